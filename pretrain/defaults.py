@@ -1,0 +1,87 @@
+"""Default pretraining settings: the SimSiam paper's ImageNet ResNet-50 recipe (100 epochs, batch 512).
+
+Presets in eval_configs/pretrain/ change only what differs from these values.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # "embedded" generates the built-in synthetic ImageFolder under cache_dir; anything else is a path
+    # to an ImageFolder tree (ImageNet layout: <root>/<class>/<image>) or its parent holding train/ (+ val/).
+    root: str = "embedded"
+    train_split: str = "train"      # sub-folder used for training when present
+    val_split: str = "val"          # held-out split for the kNN monitor; "" disables it
+    image_size: int = 224
+    min_scale: float = 0.2          # RandomResizedCrop scale lower bound (MoCo v2)
+    blur: bool = True               # Gaussian blur p=0.5 (off for CIFAR, as in the paper's appendix)
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    workers: int = 8                # loader processes per rank
+    on_corrupt: str = "error"       # "error": stop naming the file; "skip": warn once per file, use another
+    limit_per_class: int = 0        # >0 keeps the first N images of each class (quick runs, tests)
+    cache_dir: str = "~/.cache/simsiam"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "resnet50"          # resnet50 | resnet18 | resnet18_cifar (3x3 stem, no max-pool)
+    dim: int = 2048                 # projector output / predictor output
+    pred_dim: int = 512             # predictor bottleneck
+    proj_layers: int = 3            # 3 for ImageNet, 2 for the CIFAR variant
+    stop_gradient: bool = True      # the paper's central ablation: False collapses
+    sync_bn: bool = True            # SyncBatchNorm across GPUs (plain BN on CPU / single process)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    base_lr: float = 0.05           # lr = base_lr * batch_size / 256
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    fix_pred_lr: bool = True        # predictor keeps the initial lr (paper: 68.1 vs 67.7)
+    schedule: str = "cosine"        # cosine (per epoch, to 0, no warm-up) | constant
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 100
+    batch_size: int = 512           # global batch, split evenly across ranks
+    seed: int = 0
+    deterministic: bool = False     # deterministic algorithms (CPU tests of resume equality)
+    amp: str = "none"               # none | bf16 | fp16
+    channels_last: bool = False
+    compile: bool = False
+    gpu_augment: bool = False       # decode + augment on the GPU (pretrain.gpu_augment)
+    print_freq: int = 10
+    save_freq: int = 10             # keep checkpoint_{epoch:04d}.pth every N epochs (0: only the latest)
+    max_steps_per_epoch: int = 0    # >0 truncates epochs (smoke runs)
+    stop_after_epochs: int = 0      # >0 stops cleanly after this many epochs in this invocation (tests)
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    knn: bool = True
+    knn_k: int = 200
+    knn_t: float = 0.1
+    knn_every: int = 1
+    knn_max_train: int = 0          # >0 caps the kNN memory bank (images per class)
+    collapse: bool = True
+    tensorboard: bool = True
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    init_from: Optional[str] = None  # start from weights of a checkpoint (not a resume)
+
+
+def init_lr(cfg: PretrainConfig) -> float:
+    """The paper's linear scaling rule: lr = base_lr x batch / 256."""
+    return cfg.optim.base_lr * cfg.train.batch_size / 256
