@@ -1,0 +1,146 @@
+"""pretrain.synthetic: deterministic embedded shapes dataset, atomic caching, drawing helpers."""
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from pretrain import synthetic
+from pretrain.synthetic import SHAPES, draw_shape, ensure_embedded, random_background, write_imagefolder
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_deterministic_bytes_and_layout(tmp_path):
+    a = write_imagefolder(tmp_path / "a", n_train_per_class=6, n_val_per_class=2, size=48, seed=3)
+    b = write_imagefolder(tmp_path / "b", n_train_per_class=6, n_val_per_class=2, size=48, seed=3)
+    ha, hb = tree_hashes(a), tree_hashes(b)
+    assert ha == hb
+    assert len(ha) == len(SHAPES) * 8 + 1                      # images + dataset.json
+    assert sorted(p.name for p in (a / "train").iterdir()) == sorted(SHAPES)
+    assert sorted(p.name for p in (a / "val").iterdir()) == sorted(SHAPES)
+    for shape in SHAPES:
+        assert sorted(p.name for p in (a / "train" / shape).iterdir()) == [f"{i:04d}.png" for i in range(6)]
+        assert len(list((a / "val" / shape).iterdir())) == 2
+    img = Image.open(a / "train" / "star" / "0003.png")
+    assert img.size == (48, 48) and img.mode == "RGB"
+    marker = json.loads((a / "dataset.json").read_text())
+    assert marker["classes"] == list(SHAPES) and marker["size"] == 48 and marker["train_per_class"] == 6
+    # an image does not depend on how many were generated; another seed gives other images
+    c = write_imagefolder(tmp_path / "c", n_train_per_class=3, n_val_per_class=0, size=48, seed=3)
+    assert (c / "train/ring/0002.png").read_bytes() == (a / "train/ring/0002.png").read_bytes()
+    d = write_imagefolder(tmp_path / "d", n_train_per_class=3, n_val_per_class=0, size=48, seed=4)
+    assert (d / "train/ring/0002.png").read_bytes() != (a / "train/ring/0002.png").read_bytes()
+    # images differ from each other (random position/colour/background)
+    assert len(set(ha.values())) == len(ha)
+
+
+def test_imagefolder_compatible(tmp_path):
+    from torchvision.datasets import ImageFolder
+    root = write_imagefolder(tmp_path / "e", n_train_per_class=2, n_val_per_class=1, size=32, seed=0)
+    ds = ImageFolder(root / "train")
+    assert ds.classes == sorted(SHAPES) and len(ds) == 2 * len(SHAPES)
+    img, label = ds[5]
+    assert img.size == (32, 32) and label == 2
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="size"):
+        write_imagefolder(tmp_path / "x", 1, 1, size=4)
+    with pytest.raises(ValueError, match="unknown shape 'blob'"):
+        draw_shape(Image.new("RGB", (10, 10)), "blob", (1, 1, 5, 5), (255, 0, 0))
+    with pytest.raises(ValueError, match="x1 > x0"):
+        draw_shape(Image.new("RGB", (10, 10)), "circle", (5, 1, 5, 5), (255, 0, 0))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_draw_shape_fills_its_box(shape):
+    img = Image.new("RGB", (80, 60), (0, 0, 0))
+    box = draw_shape(ImageDraw.Draw(img), shape, (10, 5, 61, 45), (255, 255, 255), rotation=10.0)
+    assert box == (10.0, 5.0, 61.0, 45.0)
+    a = np.asarray(img)[..., 0] > 0
+    ys, xs = np.nonzero(a)
+    # the painted pixels span the box (within a pixel of rasterisation) and nothing is outside it
+    assert abs(xs.min() - 10) <= 1 and abs(xs.max() - 61) <= 1
+    assert abs(ys.min() - 5) <= 1 and abs(ys.max() - 45) <= 1
+    fill = a.mean() / ((52 * 41) / (80 * 60))
+    assert 0.15 < fill < 1.01, fill  # a real filled shape (ring/star/cross are sparser than a square)
+    if shape == "ring":
+        assert not a[25, 35]  # the hole in the middle
+
+
+def test_random_background_deterministic_and_textured():
+    a = random_background(np.random.default_rng(7), 50, 30)
+    b = random_background(np.random.default_rng(7), 50, 30)
+    assert a.size == (50, 30) and a.mode == "RGB"
+    assert a.tobytes() == b.tobytes()
+    arr = np.asarray(a, dtype=float)
+    assert arr.std() > 1.0  # noisy / textured, not flat
+    assert np.asarray(random_background(np.random.default_rng(8), 50, 30)).tobytes() != a.tobytes()
+    assert np.asarray(random_background(np.random.default_rng(1), 40, 40, bright=True), dtype=float).mean() > \
+        np.asarray(random_background(np.random.default_rng(1), 40, 40, bright=False), dtype=float).mean() + 60
+
+
+def _ensure(cache: str) -> str:
+    return str(ensure_embedded(cache, size=32))
+
+
+def test_ensure_embedded_atomic_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setattr(synthetic, "DEFAULT_TRAIN_PER_CLASS", 4)
+    monkeypatch.setattr(synthetic, "DEFAULT_VAL_PER_CLASS", 2)
+    root = ensure_embedded(tmp_path / "cache", size=32)
+    assert root == tmp_path / "cache" / "embedded-v1-32px"
+    assert (root / "train").is_dir() and (root / "val").is_dir() and (root / "dataset.json").is_file()
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["embedded-v1-32px"]  # no temp left
+    hashes = tree_hashes(root)
+    mtime = (root / "dataset.json").stat().st_mtime_ns
+    assert ensure_embedded(tmp_path / "cache", size=32) == root
+    assert (root / "dataset.json").stat().st_mtime_ns == mtime  # reused, not regenerated
+    # a damaged tree (a file deleted) is rebuilt identically
+    (root / "train" / "star" / "0001.png").unlink()
+    assert ensure_embedded(tmp_path / "cache", size=32) == root
+    assert tree_hashes(root) == hashes
+    assert synthetic.embedded_dir("~/x") == Path("~/x").expanduser().absolute() / "embedded-v1"
+
+
+def test_ensure_embedded_concurrent(tmp_path):
+    # four processes race to build the same tree; all get the same complete tree, no temp folder remains
+    # (default counts at 32 px: about a second of work per process)
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(2) as pool:
+        roots = pool.map(_ensure, [str(tmp_path)] * 3)
+    assert len(set(roots)) == 1
+    root = Path(roots[0])
+    assert [p.name for p in tmp_path.iterdir()] == [root.name]
+    marker = json.loads((root / "dataset.json").read_text())
+    assert marker["train_per_class"] == 100 and marker["val_per_class"] == 30
+    assert len(list(root.rglob("*.png"))) == 130 * len(SHAPES)
+
+
+def test_main_cli(tmp_path, capsys):
+    out = tmp_path / "data"
+    assert synthetic.main([str(out), "--size", "32", "--train-per-class", "2", "--val-per-class", "1"]) == 0
+    assert "wrote 24 images of 8 classes (32x32)" in capsys.readouterr().out
+    assert len(list(out.rglob("*.png"))) == 24
+    # same parameters: reused; other parameters: refused without --force, replaced with it
+    assert synthetic.main([str(out), "--size", "32", "--train-per-class", "2", "--val-per-class", "1"]) == 0
+    assert synthetic.main([str(out), "--size", "32", "--train-per-class", "3"]) == 2
+    assert "other parameters" in capsys.readouterr().err
+    assert synthetic.main([str(out), "--size", "32", "--train-per-class", "3", "--val-per-class", "0",
+                           "--force"]) == 0
+    assert len(list(out.rglob("*.png"))) == 24
+    # a folder with foreign content is never touched
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep")
+    assert synthetic.main([str(other), "--force"]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert (other / "notes.txt").read_text() == "keep"
