@@ -1,0 +1,231 @@
+"""What runs inside a submitted job, and how the submitting side follows jobs.
+
+`StageCall` is the callable submitit pickles: it exports the env:// variables of torch.distributed
+(RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) and calls `<module>.main(argv)`, the same entry
+point as `simsiam <stage>`. The training code therefore never knows it runs under SLURM.
+
+Preemption / time limit: SLURM sends USR2 (`--signal=USR2@<delay>`); submitit calls `StageCall.checkpoint()`,
+which returns a DelayedSubmission of the same call, so the job is requeued and reruns the same command; the
+stage resumes from the checkpoint in its output folder. Requeues are bounded (`max_requeues`) and every one
+is logged to `<output>/requeues.jsonl`. A job requeued by the scheduler itself (`scontrol requeue`, node
+failure) is counted and logged the same way when it starts again.
+
+Only this package reads SLURM variables (SLURM_RESTART_COUNT, SLURM_JOB_ID) or imports submitit.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import importlib
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+import submitit
+from submitit.core.utils import JobPaths
+
+REQUEUE_LOG = "requeues.jsonl"
+
+
+class StageFailed(RuntimeError):
+    """A stage's main() returned a non-zero exit code (the job fails, its dependants do not start)."""
+
+
+class RequeueLimitError(RuntimeError):
+    """The job was requeued more often than allowed."""
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def append_event(run_dir: Path, event: dict[str, Any]) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / REQUEUE_LOG, "a") as f:
+        f.write(json.dumps({"time": _now(), **event}) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_events(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / REQUEUE_LOG
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def export_distributed_env() -> dict[str, str]:
+    """Inside a submitit job (SLURM or local executor): export the env:// variables of this task.
+
+    CUDA_VISIBLE_DEVICES is left as the scheduler set it: every task sees its node's GPUs and picks
+    cuda:LOCAL_RANK, as under torchrun. Outside a submitit job nothing is exported (single process).
+    """
+    try:
+        dist = submitit.helpers.TorchDistributedEnvironment()
+    except RuntimeError:  # not started by submitit: a plain single process
+        return {}
+    dist.export(set_cuda_visible_devices=False, overwrite=True)
+    keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    return {k: os.environ[k] for k in keys}
+
+
+def scheduler_restarts() -> int:
+    """How often SLURM restarted this job (requeue by submitit, by `scontrol requeue`, or a node failure)."""
+    try:
+        return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    except ValueError:
+        return 0
+
+
+def stage_done(output: str | Path) -> bool:
+    """A stage is finished when its run folder holds results.json (every stage writes it last)."""
+    return (Path(output) / "results.json").is_file()
+
+
+class StageCall(submitit.helpers.Checkpointable):
+    """`<module>.main(argv)` as a requeueable job.
+
+    module: "pretrain.main", "transfer.linear", ... (the module behind `simsiam <stage>`)
+    output: the stage's run folder (requeues.jsonl goes there; the stage is skipped when `done` says so)
+    done: optional path whose existence means the stage is finished (default: <output>/results.json)
+    """
+
+    def __init__(self, stage: str, module: str, argv: list[str], output: str | Path, *,
+                 max_requeues: int = 3, threads: int = 0, done: str | Path | None = None) -> None:
+        self.stage = stage
+        self.module = module
+        self.argv = [str(a) for a in argv]
+        self.output = str(output)
+        self.max_requeues = int(max_requeues)
+        self.threads = int(threads)
+        self.done = str(done) if done else str(Path(output) / "results.json")
+        self.requeues = 0  # requeues asked for by checkpoint(); carried in the pickled callable
+
+    def __repr__(self) -> str:
+        return f"StageCall({self.stage}: {self.module} {' '.join(self.argv)})"
+
+    def attempts(self) -> int:
+        return max(self.requeues, scheduler_restarts())
+
+    def __call__(self) -> dict[str, Any]:
+        dist = export_distributed_env()
+        rank = int(dist.get("RANK", "0"))
+        out = Path(self.output)
+        restarts = self.attempts()
+        if restarts and rank == 0:
+            append_event(out, {"event": "restart", "stage": self.stage, "restart": restarts,
+                               "job_id": os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID"),
+                               "host": socket.gethostname()})
+        if restarts > self.max_requeues:
+            raise RequeueLimitError(f"stage '{self.stage}' was requeued {restarts} times, more than "
+                                    f"--max-requeues {self.max_requeues}; see {out / REQUEUE_LOG}")
+        if Path(self.done).exists():
+            print(f"[submit] stage '{self.stage}' already finished ({self.done}); nothing to do", flush=True)
+            return {"stage": self.stage, "output": self.output, "skipped": True}
+        if self.threads > 0:
+            os.environ["OMP_NUM_THREADS"] = str(self.threads)
+            import torch
+            torch.set_num_threads(self.threads)
+        print(f"[submit] rank {rank}/{dist.get('WORLD_SIZE', '1')}: {self.module}.main({self.argv})", flush=True)
+        rc = importlib.import_module(self.module).main(list(self.argv))
+        if rc:
+            raise StageFailed(f"stage '{self.stage}' ({self.module}) exited with code {rc}")
+        return {"stage": self.stage, "output": self.output, "skipped": False}
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Optional[submitit.helpers.DelayedSubmission]:
+        """Called by submitit on rank 0 when the job is preempted or reaches its time limit."""
+        out = Path(self.output)
+        done_so_far = self.attempts()
+        if done_so_far >= self.max_requeues:
+            append_event(out, {"event": "requeue-refused", "stage": self.stage, "requeues": done_so_far,
+                               "max_requeues": self.max_requeues, "job_id": os.environ.get("SLURM_JOB_ID")})
+            return None
+        self.requeues = done_so_far + 1
+        append_event(out, {"event": "requeue", "stage": self.stage, "requeue": self.requeues,
+                           "max_requeues": self.max_requeues, "job_id": os.environ.get("SLURM_JOB_ID")})
+        return submitit.helpers.DelayedSubmission(self)
+
+
+class CallFunction(submitit.helpers.Checkpointable):
+    """A plain Python function as a job (used by the trial summary and by tests)."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        self.fn, self.args, self.kwargs = fn, args, kwargs
+
+    def __call__(self) -> Any:
+        export_distributed_env()
+        return self.fn(*self.args, **self.kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- following jobs
+
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
+            "DEADLINE", "PREEMPTED_FINAL", "GONE", "FINISHED", "INTERRUPTED", "DONE"}
+
+
+def _expand_ids(field: str) -> list[str]:
+    """'12' -> ['12']; '12_3' -> ['12_3']; '12_[0-2,5%2]' -> ['12_0', '12_1', '12_2', '12_5']."""
+    m = re.fullmatch(r"(\d+)_\[([^\]]+)\]", field)
+    if not m:
+        return [field]
+    ids = []
+    for part in m.group(2).split("%")[0].split(","):
+        lo, _, hi = part.partition("-")
+        ids.extend(f"{m.group(1)}_{i}" for i in range(int(lo), int(hi or lo) + 1))
+    return ids
+
+
+def slurm_states(job_ids: Iterable[str]) -> dict[str, str]:
+    """State of each SLURM job id (also array elements '123_4'): sacct when accounting is enabled, else squeue
+    (which knows finished jobs for MinJobAge seconds). Ids neither knows are reported as 'GONE'."""
+    ids = [str(j) for j in job_ids]
+    if not ids:
+        return {}
+    mains = sorted({j.split("_")[0] for j in ids})
+    found: dict[str, str] = {}
+    out = None
+    if shutil.which("sacct"):
+        r = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(mains)],
+                           capture_output=True, text=True)
+        if r.returncode == 0 and r.stdout.strip():
+            out = r.stdout
+    if out is None:
+        r = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i|%T", "-j", ",".join(mains)],
+                           capture_output=True, text=True)
+        out = r.stdout if r.returncode == 0 else ""
+    for line in out.splitlines():
+        if "|" not in line:
+            continue
+        jid, state = line.split("|", 1)
+        state = state.split()[0].upper() if state.strip() else "UNKNOWN"
+        for one in _expand_ids(jid.strip()):
+            found[one] = state
+    return {j: found.get(j, "GONE") for j in ids}
+
+
+def job_state(job: submitit.Job) -> str:
+    """State of a submitit job: COMPLETED/FAILED/... for SLURM; for local jobs from the process and result."""
+    if isinstance(job, submitit.SlurmJob):
+        return slurm_states([job.job_id])[job.job_id]
+    if not job.done():
+        return "RUNNING"
+    return "COMPLETED" if job.exception() is None else "FAILED"
+
+
+def log_paths(job: submitit.Job) -> JobPaths:
+    """Paths of the logs of the job's first task."""
+    return JobPaths(job.paths.folder, job_id=job.job_id, task_id=0)
+
+
+def log_tail(job: submitit.Job, lines: int = 30) -> str:
+    """The last lines of the job's stderr (first task), else of its stdout."""
+    paths = log_paths(job)
+    for path in (paths.stderr, paths.stdout):
+        if path.is_file():
+            text = path.read_text(errors="replace").splitlines()
+            return f"{path}:\n" + "\n".join(text[-lines:])
+    return f"(no log yet under {paths.folder})"

@@ -1,0 +1,534 @@
+"""`simsiam submit <stage> [stage args...] [resources...]`: run a stage, or the whole pipeline, as SLURM jobs.
+
+  simsiam submit pretrain --config imagenet_r50_100ep --output runs/r50 data.root=/data/in1k \\
+      --nodes 1 --gpus-per-node 8 --cpus-per-task 10 --mem-gb 400 --partition gpu --time 4320
+  simsiam submit detect --weights runs/r50/convert/backbone_detectron2.pkl --config voc0712 \\
+      --output runs/r50/detection --trials 5 --seed 0 --gpus-per-node 8        # a job array, one trial per task
+  simsiam submit pipeline --output runs/r50 --pretrain-args "--config imagenet_r50_200ep data.root=/data/in1k" \\
+      --gpus-per-node 8 --trials 5                     # pretrain -> convert -> knn, linear, detection -> table
+  simsiam submit status runs/r50                       # state of a submitted pipeline (reads pipeline.json)
+
+Everything that is not one of the options below is passed to the stage unchanged (put stage arguments
+after `--` if one collides with an option name). One task per GPU; each task gets the env:// variables of
+torch.distributed and calls the stage's `main(argv)` (see slurm/jobs.py). Logs: <run folder>/slurm/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+STAGES = {  # stage -> module whose main(argv) runs it (the same as `simsiam <stage>`)
+    "pretrain": "pretrain.main",
+    "convert": "transfer.convert",
+    "knn": "transfer.knn",
+    "linear": "transfer.linear",
+    "detect": "transfer.detect",
+    "table": "transfer.tables",
+}
+FILE_OUTPUT_STAGES = ("convert", "table")  # --output names a file; the run folder is its parent
+PIPELINE_STAGES = ("pretrain", "convert", "knn", "linear", "detect", "table")
+
+
+class SubmitError(RuntimeError):
+    pass
+
+
+# ------------------------------------------------------------------------------------------ resources / options
+
+@dataclass(frozen=True)
+class Resources:
+    nodes: int = 1
+    gpus_per_node: int = 0
+    tasks_per_node: Optional[int] = None     # default: one per GPU, or 1 on CPU
+    cpus_per_task: Optional[int] = None      # default: 8 with GPUs, else 1
+    mem_gb: Optional[float] = None
+    partition: Optional[str] = None
+    time_min: int = 1440
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    constraint: Optional[str] = None
+    sbatch: tuple[tuple[str, Any], ...] = ()  # extra `#SBATCH --key=value` lines
+    setup: tuple[str, ...] = ()               # shell lines run before srun (module load ..., source venv)
+    array_parallelism: Optional[int] = None
+    max_requeues: int = 3
+    signal_delay_s: int = 120
+    executor: str = "auto"                   # auto | slurm | local
+    log_dir: Optional[str] = None
+
+    @property
+    def tasks(self) -> int:
+        if self.tasks_per_node:
+            return self.tasks_per_node
+        return self.gpus_per_node if self.gpus_per_node > 0 else 1
+
+    @property
+    def cpus(self) -> int:
+        if self.cpus_per_task:
+            return self.cpus_per_task
+        return 8 if self.gpus_per_node > 0 else 1
+
+    def light(self) -> "Resources":
+        """The same allocation cut to one task on one node (convert, kNN, tables)."""
+        from dataclasses import replace
+        return replace(self, nodes=1, tasks_per_node=1, gpus_per_node=min(1, self.gpus_per_node))
+
+
+def _positive(name: str, value: Optional[int], zero_ok: bool = False) -> None:
+    if value is not None and (value < 0 or (value == 0 and not zero_ok)):
+        raise SubmitError(f"--{name.replace('_', '-')} must be {'>= 0' if zero_ok else '> 0'}, got {value}")
+
+
+def parse_sbatch(items: list[str]) -> tuple[tuple[str, Any], ...]:
+    """--sbatch KEY=VALUE (or a bare KEY for a flag) -> ((key, value), ...), e.g. mail-type=END, exclusive."""
+    out = []
+    for item in items:
+        key, eq, value = item.partition("=")
+        key = key.strip().lstrip("-")
+        if not key or (eq and not value):
+            raise SubmitError(f"--sbatch expects KEY=VALUE or KEY, got '{item}'")
+        out.append((key, value if eq else True))
+    return tuple(out)
+
+
+def add_resource_args(ap: argparse.ArgumentParser) -> None:
+    g = ap.add_argument_group("resources (sbatch)")
+    g.add_argument("--nodes", type=int, default=1)
+    g.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node; one task per GPU")
+    g.add_argument("--tasks-per-node", type=int, default=None,
+                   help="tasks (processes) per node; default = --gpus-per-node, or 1 without GPUs "
+                        "(set 2+ for multi-process CPU runs with gloo)")
+    g.add_argument("--cpus-per-task", type=int, default=None, help="default 8 with GPUs, else 1")
+    g.add_argument("--mem-gb", type=float, default=None, help="memory per node in GB (default: the partition's)")
+    g.add_argument("--partition", default=None)
+    g.add_argument("--time", type=int, default=1440, help="time limit in minutes per job (default 1440)")
+    g.add_argument("--account", default=None)
+    g.add_argument("--qos", default=None)
+    g.add_argument("--constraint", default=None)
+    g.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other sbatch option, repeatable, e.g. --sbatch mail-type=END --sbatch exclusive")
+    g.add_argument("--setup", action="append", default=[], metavar="SHELL",
+                   help="shell line run in the batch script before the tasks start (module load ...)")
+    g.add_argument("--array-parallelism", type=int, default=None, help="max array tasks running at once")
+    g.add_argument("--max-requeues", type=int, default=3, help="bound on preemption/time-limit requeues")
+    g.add_argument("--signal-delay", type=int, default=120,
+                   help="seconds before the time limit at which the job checkpoints and requeues")
+    g.add_argument("--executor", choices=("auto", "slurm", "local"), default="auto",
+                   help="slurm, local (subprocesses on this machine), auto = slurm when sbatch exists")
+    g.add_argument("--log-dir", default=None, help="submitit folder (default: <run folder>/slurm)")
+
+
+def resources_from_args(a: argparse.Namespace) -> Resources:
+    _positive("nodes", a.nodes)
+    _positive("gpus_per_node", a.gpus_per_node, zero_ok=True)
+    _positive("tasks_per_node", a.tasks_per_node)
+    _positive("cpus_per_task", a.cpus_per_task)
+    _positive("time", a.time)
+    _positive("array_parallelism", a.array_parallelism)
+    _positive("max_requeues", a.max_requeues, zero_ok=True)
+    if a.mem_gb is not None and a.mem_gb <= 0:
+        raise SubmitError(f"--mem-gb must be > 0, got {a.mem_gb}")
+    if a.tasks_per_node and a.gpus_per_node and a.tasks_per_node != a.gpus_per_node:
+        raise SubmitError(f"--tasks-per-node {a.tasks_per_node} differs from --gpus-per-node {a.gpus_per_node}: "
+                          "the stages run one task per GPU")
+    return Resources(nodes=a.nodes, gpus_per_node=a.gpus_per_node, tasks_per_node=a.tasks_per_node,
+                     cpus_per_task=a.cpus_per_task, mem_gb=a.mem_gb, partition=a.partition, time_min=a.time,
+                     account=a.account, qos=a.qos, constraint=a.constraint, sbatch=parse_sbatch(a.sbatch),
+                     setup=tuple(a.setup), array_parallelism=a.array_parallelism, max_requeues=a.max_requeues,
+                     signal_delay_s=a.signal_delay, executor=a.executor, log_dir=a.log_dir)
+
+
+def slurm_parameters(res: Resources, name: str, dependency: Optional[str] = None) -> dict[str, Any]:
+    """The parameters of submitit's SlurmExecutor.update_parameters for one job (or job array)."""
+    p: dict[str, Any] = {
+        "job_name": name,
+        "time": res.time_min,
+        "nodes": res.nodes,
+        "ntasks_per_node": res.tasks,
+        "cpus_per_task": res.cpus,
+        "signal_delay_s": res.signal_delay_s,
+    }
+    if res.gpus_per_node:
+        p["gpus_per_node"] = res.gpus_per_node
+    if res.mem_gb is not None:
+        p["mem_gb"] = res.mem_gb
+    for key in ("partition", "account", "qos", "constraint"):
+        if getattr(res, key):
+            p[key] = getattr(res, key)
+    if res.array_parallelism:
+        p["array_parallelism"] = res.array_parallelism
+    if res.setup:
+        p["setup"] = list(res.setup)
+    extra: dict[str, Any] = {"requeue": True}
+    if dependency:
+        extra["dependency"] = dependency
+        extra["kill-on-invalid-dep"] = "yes"  # a failed parent cancels its dependants instead of leaving them pending
+    extra.update(dict(res.sbatch))
+    p["additional_parameters"] = extra
+    return p
+
+
+def executor_kind(res: Resources) -> str:
+    if res.executor != "auto":
+        return res.executor
+    return "slurm" if shutil.which("sbatch") else "local"
+
+
+def make_executor(res: Resources, folder: Path, name: str, dependency: Optional[str] = None):
+    import submitit
+    kind = executor_kind(res)
+    if kind == "slurm":
+        if not shutil.which("sbatch"):
+            raise SubmitError("--executor slurm: sbatch is not on PATH (no SLURM here; use --executor local)")
+        ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=res.max_requeues)
+        ex.update_parameters(**slurm_parameters(res, name, dependency))
+        return ex
+    if res.nodes != 1:
+        raise SubmitError(f"--executor local runs on this machine only: --nodes must be 1, got {res.nodes}")
+    ex = submitit.LocalExecutor(folder=folder, max_num_timeout=res.max_requeues)
+    ex.update_parameters(timeout_min=res.time_min, tasks_per_node=res.tasks, gpus_per_node=res.gpus_per_node,
+                         signal_delay_s=min(res.signal_delay_s, 30))
+    return ex
+
+
+def dependency_string(jobs: list) -> Optional[str]:
+    ids = sorted({j.job_id.split("_")[0] for j in jobs if j is not None})
+    return ("afterok:" + ":".join(ids)) if ids else None
+
+
+# ------------------------------------------------------------------------------------------------ one stage
+
+def find_option(argv: list[str], *names: str) -> Optional[str]:
+    for i, a in enumerate(argv):
+        for n in names:
+            if a == n and i + 1 < len(argv):
+                return argv[i + 1]
+            if a.startswith(n + "="):
+                return a.split("=", 1)[1]
+    return None
+
+
+def drop_options(argv: list[str], *names: str) -> list[str]:
+    """argv without `--name VALUE` / `--name=VALUE` for each name."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in names:
+            skip = True
+            continue
+        if any(a.startswith(n + "=") for n in names):
+            continue
+        out.append(a)
+    return out
+
+
+def stage_paths(stage: str, argv: list[str]) -> tuple[Path, Path]:
+    """(run folder, file whose existence means the stage is finished) from the stage's --output."""
+    output = find_option(argv, "--output", "-o")
+    if not output:
+        raise SubmitError(f"simsiam submit {stage}: the stage needs --output (its run folder; logs and "
+                          "requeue records go there)")
+    out = Path(output).resolve()
+    if stage in FILE_OUTPUT_STAGES:
+        return out.parent, out
+    return out, out / "results.json"
+
+
+@dataclass
+class Submitted:
+    stage: str
+    output: Path
+    job: Any = None                     # submitit Job (None when skipped)
+    jobs: list = field(default_factory=list)  # array elements (detection trials)
+    skipped: bool = False
+
+    @property
+    def all_jobs(self) -> list:
+        return [j for j in ([self.job] if self.job is not None else []) + self.jobs]
+
+
+def submit_stage(stage: str, argv: list[str], res: Resources, dependency: Optional[str] = None,
+                 name: Optional[str] = None) -> Submitted:
+    from .jobs import StageCall
+    if stage not in STAGES:
+        raise SubmitError(f"unknown stage '{stage}' (known: {', '.join(STAGES)}, pipeline)")
+    run_dir, done = stage_paths(stage, argv)
+    if done.exists():
+        print(f"[submit] {stage}: already finished ({done}); not submitted")
+        return Submitted(stage, run_dir, skipped=True)
+    trials = find_option(argv, "--trials")
+    if stage == "detect" and trials is not None and int(trials) > 1:
+        return submit_trials(argv, res, dependency, name)
+    folder = Path(res.log_dir) if res.log_dir else run_dir / "slurm"
+    ex = make_executor(res, folder, name or f"simsiam-{stage}", dependency)
+    call = StageCall(stage, STAGES[stage], argv, run_dir, max_requeues=res.max_requeues,
+                     threads=res.cpus, done=done)
+    job = ex.submit(call)
+    print(f"[submit] {stage}: job {job.job_id} ({executor_kind(res)}, {res.nodes} node(s) x {res.tasks} task(s)); "
+          f"logs {folder}")
+    return Submitted(stage, run_dir, job=job)
+
+
+# ------------------------------------------------------------------------------------ detection trial arrays
+
+def trial_argv(argv: list[str], output: Path, seed: int, index: int) -> list[str]:
+    """The detect command of trial `index`: one trial, its own seed and folder."""
+    rest = drop_options(argv, "--trials", "--seed", "--output", "-o")
+    return [*rest, "--trials", "1", "--seed", str(seed + index), "--output", str(output / f"trial_{index}")]
+
+
+def submit_trials(argv: list[str], res: Resources, dependency: Optional[str] = None,
+                  name: Optional[str] = None) -> Submitted:
+    """`detect --trials N --seed S --output DIR` as a job array of N one-trial jobs
+    (seed S+i, folder DIR/trial_i), then a summary job (afterok) writing DIR/results.json."""
+    from .jobs import CallFunction, StageCall
+    run_dir, _ = stage_paths("detect", argv)
+    n = int(find_option(argv, "--trials") or 1)
+    seed = int(find_option(argv, "--seed") or 0)
+    folder = Path(res.log_dir) if res.log_dir else run_dir / "slurm"
+    calls = [StageCall("detect", STAGES["detect"], trial_argv(argv, run_dir, seed, i), run_dir / f"trial_{i}",
+                       max_requeues=res.max_requeues, threads=res.cpus) for i in range(n)]
+    ex = make_executor(res, folder, name or "simsiam-detect", dependency)
+    todo = [c for c in calls if not Path(c.done).exists()]
+    trial_jobs = []
+    if todo:
+        with ex.batch():
+            for c in todo:
+                trial_jobs.append(ex.submit(c))
+    print(f"[submit] detect: {len(trial_jobs)} trial job(s) {[j.job_id for j in trial_jobs]}, "
+          f"{n - len(todo)} already finished; logs {folder}")
+    if executor_kind(res) == "local":  # no scheduler dependencies: let the trials finish first
+        wait_all({"detect": Submitted("detect", run_dir, jobs=trial_jobs)}, quiet=True)
+        dep = None
+    else:
+        dep = dependency_string(trial_jobs) or dependency
+    sex = make_executor(res.light(), folder, "simsiam-detect-summary", dep)
+    summary = sex.submit(CallFunction(summarize_trials, str(run_dir), n))
+    print(f"[submit] detect summary: job {summary.job_id} (after the trials)")
+    return Submitted("detect", run_dir, job=summary, jobs=trial_jobs)
+
+
+def summarize_trials(run_dir: str, n: int) -> str:
+    """Mean/std over the trials' results.json into <run_dir>/results.json (via transfer.detect when it
+    offers a summary function, else here with transfer.results)."""
+    import statistics
+    from transfer import results as R
+    run = Path(run_dir)
+    docs = []
+    for i in range(n):
+        path = run / f"trial_{i}" / "results.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"detection trial {i} has no results: {path}")
+        docs.append(R.read_results(path))
+    try:
+        from transfer import detect as D
+        fn = getattr(D, "summarize_trials", None)
+    except Exception:  # noqa: BLE001 - detectron2 not importable here: summarise without it
+        fn = None
+    if fn is not None:
+        return str(fn(run, [run / f"trial_{i}" for i in range(n)]))
+    keys = [k for k, v in docs[0]["metrics"].items() if isinstance(v, (int, float))]
+    metrics: dict[str, Any] = {}
+    for k in keys:
+        vals = [float(d["metrics"][k]) for d in docs if isinstance(d["metrics"].get(k), (int, float))]
+        metrics[k] = statistics.fmean(vals)
+        metrics[f"{k}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    first = docs[0]
+    return str(R.write_results(run, task=first["task"], dataset=first["dataset"], metrics=metrics,
+                               config=first.get("config", {}), source=first.get("source"),
+                               epochs=first.get("epochs"), batch_size=first.get("batch_size"),
+                               extra={"trials": n, "trial_dirs": [f"trial_{i}" for i in range(n)],
+                                      "per_trial": [d["metrics"] for d in docs]}))
+
+
+# ------------------------------------------------------------------------------------------------- pipeline
+
+def pipeline_argvs(out: Path, a: argparse.Namespace) -> dict[str, list[str]]:
+    pre, conv = out / "pretrain", out / "convert"
+    ckpt = pre / "checkpoint.pth"
+    d2 = conv / "backbone_detectron2.pkl"
+    return {
+        "pretrain": ["--output", str(pre), *shlex.split(a.pretrain_args)],
+        "convert": [str(ckpt), "--to", "detectron2", "--output", str(d2), *shlex.split(a.convert_args)],
+        "knn": ["--weights", str(ckpt), "--output", str(out / "knn"), *shlex.split(a.knn_args)],
+        "linear": ["--weights", str(ckpt), "--output", str(out / "linear"), *shlex.split(a.linear_args)],
+        "detect": ["--weights", str(d2), "--output", str(out / "detection"), "--trials", str(a.trials),
+                   "--seed", str(a.seed), *shlex.split(a.detect_args)],
+        "table": [str(out), "--format", "markdown", "--output", str(out / "table.md"), *shlex.split(a.table_args)],
+    }
+
+
+PIPELINE_DEPS = {"pretrain": (), "convert": ("pretrain",), "knn": ("pretrain",), "linear": ("pretrain",),
+                 "detect": ("convert",), "table": ("knn", "linear", "detect")}
+
+
+def submit_pipeline(out: Path, a: argparse.Namespace, res: Resources) -> dict[str, Submitted]:
+    stages = [s for s in PIPELINE_STAGES if s in a.stages]
+    argvs = pipeline_argvs(out, a)
+    local = executor_kind(res) == "local"
+    subs: dict[str, Submitted] = {}
+    for stage in stages:
+        parents = [subs[p] for p in PIPELINE_DEPS[stage] if p in subs]
+        if local:  # no scheduler dependencies: run the parents to completion first
+            for p in parents:
+                if not wait_all({p.stage: p}, quiet=True):
+                    return subs
+        dep = None if local else dependency_string([j for p in parents for j in p.all_jobs])
+        r = res if stage in ("pretrain", "linear", "detect") else res.light()
+        subs[stage] = submit_stage(stage, argvs[stage], r, dependency=dep, name=f"simsiam-{stage}")
+    manifest = {s: {"output": str(v.output), "skipped": v.skipped,
+                    "jobs": [j.job_id for j in v.all_jobs],
+                    "logs": [str(j.paths.folder) for j in v.all_jobs][:1],
+                    "depends_on": [p for p in PIPELINE_DEPS[s] if p in subs]} for s, v in subs.items()}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pipeline.json").write_text(json.dumps({"executor": executor_kind(res), "stages": manifest}, indent=2))
+    return subs
+
+
+def _job_states(jobs: list) -> dict[str, str]:
+    from .jobs import job_state, slurm_states
+    import submitit
+    slurm = [j for j in jobs if isinstance(j, submitit.SlurmJob)]
+    states = slurm_states([j.job_id for j in slurm]) if slurm else {}
+    for j in jobs:
+        if j.job_id not in states:
+            states[j.job_id] = job_state(j)
+    return states
+
+
+def wait_all(subs: dict[str, Submitted], poll_s: float = 3.0, quiet: bool = False) -> bool:
+    """Follow the jobs until all finished; on the first failure report the stage, its log tail, and cancel the
+    jobs that can no longer run. True when everything completed."""
+    from .jobs import TERMINAL, log_tail
+    jobs = {j.job_id: (s.stage, j) for s in subs.values() for j in s.all_jobs}
+    last: dict[str, str] = {}
+    while True:
+        states = _job_states([j for _, j in jobs.values()])
+        for jid, st in states.items():
+            if not quiet and last.get(jid) != st:
+                print(f"[submit] {jobs[jid][0]:<9} job {jid}: {st}", flush=True)
+        last = states
+        failed = [(jid, st) for jid, st in states.items() if st in TERMINAL and st != "COMPLETED"]
+        # a job of the scheduler that vanished without a result counts as failed
+        if failed:
+            jid, st = failed[0]
+            stage, job = jobs[jid]
+            print(f"\n[submit] stage '{stage}' failed (job {jid}: {st}). Last lines of its log:\n"
+                  f"{log_tail(job)}\n", file=sys.stderr, flush=True)
+            pending = [j for j, s in states.items() if s not in TERMINAL]
+            if pending:
+                cancel([jobs[j][1] for j in pending])
+                names = sorted({jobs[j][0] for j in pending})
+                print(f"[submit] cancelled the stages that depend on it: {', '.join(names)}", file=sys.stderr)
+            return False
+        if all(st == "COMPLETED" for st in states.values()):
+            return True
+        time.sleep(poll_s)
+
+
+def cancel(jobs: list) -> None:
+    import submitit
+    ids = [j.job_id for j in jobs if isinstance(j, submitit.SlurmJob)]
+    if ids:
+        subprocess.run(["scancel", *ids], capture_output=True)
+    for j in jobs:
+        if not isinstance(j, submitit.SlurmJob):
+            j.cancel(check=False)
+
+
+def status(out: Path) -> int:
+    from .jobs import slurm_states
+    path = out / "pipeline.json"
+    if not path.is_file():
+        print(f"simsiam submit status: {path} does not exist (submit the pipeline first)", file=sys.stderr)
+        return 2
+    doc = json.loads(path.read_text())
+    ids = [j for s in doc["stages"].values() for j in s["jobs"]]
+    states = slurm_states(ids) if doc.get("executor") == "slurm" and shutil.which("squeue") else {}
+    for stage, s in doc["stages"].items():
+        if s["skipped"]:
+            print(f"{stage:<9} skipped (already finished) {s['output']}")
+            continue
+        st = ", ".join(f"{j} {states.get(j, '?')}" for j in s["jobs"])
+        print(f"{stage:<9} {st}   logs: {(s['logs'] or ['-'])[0]}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------- cli
+
+def build_parser(stage: str) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=f"simsiam submit {stage}", allow_abbrev=False,
+                                 description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_resource_args(ap)
+    ap.add_argument("--no-wait", action="store_true",
+                    help="return after submitting (default: follow the jobs and report failures)")
+    if stage == "pipeline":
+        g = ap.add_argument_group("pipeline")
+        g.add_argument("--output", required=True, help="run folder of the whole chain")
+        g.add_argument("--stages", default=",".join(PIPELINE_STAGES),
+                       help=f"comma-separated subset of {','.join(PIPELINE_STAGES)}")
+        g.add_argument("--trials", type=int, default=1, help="detection trials (a job array)")
+        g.add_argument("--seed", type=int, default=0, help="seed of detection trial 0 (trial i: seed+i)")
+        for s in PIPELINE_STAGES:
+            g.add_argument(f"--{s}-args", default="", metavar="ARGS",
+                           help=f"extra arguments of `simsiam {s}` (one quoted string)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    stage, rest = argv[0], argv[1:]
+    if stage == "status":
+        return status(Path(rest[0]) if rest else Path("."))
+    if stage not in STAGES and stage != "pipeline":
+        print(f"simsiam submit: unknown stage '{stage}' (known: {', '.join(STAGES)}, pipeline, status)",
+              file=sys.stderr)
+        return 2
+    ap = build_parser(stage)
+    if "--" in rest:
+        i = rest.index("--")
+        a, extra = ap.parse_args(rest[:i]), rest[i + 1:]
+    elif stage == "pipeline":
+        a, extra = ap.parse_args(rest), []
+    else:
+        a, extra = ap.parse_known_args(rest)
+    try:
+        res = resources_from_args(a)
+        if stage == "pipeline":
+            a.stages = [s.strip() for s in a.stages.split(",") if s.strip()]
+            unknown = sorted(set(a.stages) - set(PIPELINE_STAGES))
+            if unknown:
+                raise SubmitError(f"--stages: unknown stage(s) {unknown} (known: {', '.join(PIPELINE_STAGES)})")
+            if a.trials < 1:
+                raise SubmitError(f"--trials must be >= 1, got {a.trials}")
+            out = Path(a.output).resolve()
+            subs = submit_pipeline(out, a, res)
+            print(f"[submit] pipeline submitted; `simsiam submit status {out}` shows its state")
+        else:
+            subs = {stage: submit_stage(stage, extra, res)}
+    except SubmitError as e:
+        print(f"simsiam submit: error: {e}", file=sys.stderr)
+        return 2
+    if a.no_wait or all(s.skipped for s in subs.values()):
+        return 0
+    if not wait_all(subs):
+        return 1
+    print("[submit] all jobs completed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
