@@ -161,6 +161,23 @@ class CallFunction(submitit.helpers.Checkpointable):
         return self.fn(*self.args, **self.kwargs)
 
 
+def distributed_check() -> dict[str, Any]:
+    """A gloo all_reduce over all tasks of the job (`simsiam submit check`): each rank adds rank+1, so every
+    rank must see world*(world+1)/2. Returns what this rank saw."""
+    import torch
+    import torch.distributed as dist
+    env = export_distributed_env()
+    world = int(env.get("WORLD_SIZE", "1"))
+    if world > 1:
+        dist.init_process_group("gloo")
+    t = torch.tensor([float(int(env.get("RANK", "0")) + 1)])
+    if world > 1:
+        dist.all_reduce(t)
+        dist.destroy_process_group()
+    return {"rank": int(env.get("RANK", "0")), "world_size": world, "local_rank": int(env.get("LOCAL_RANK", "0")),
+            "host": socket.gethostname(), "sum": t.item(), "expected": world * (world + 1) / 2}
+
+
 # ---------------------------------------------------------------------------------------------- following jobs
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",

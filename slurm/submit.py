@@ -7,6 +7,7 @@
   simsiam submit pipeline --output runs/r50 --pretrain-args "--config imagenet_r50_200ep data.root=/data/in1k" \\
       --gpus-per-node 8 --trials 5                     # pretrain -> convert -> knn, linear, detection -> table
   simsiam submit status runs/r50                       # state of a submitted pipeline (reads pipeline.json)
+  simsiam submit check --nodes 2 --gpus-per-node 8 --log-dir /tmp/chk    # all_reduce across the allocation
 
 Everything that is not one of the options below is passed to the stage unchanged (put stage arguments
 after `--` if one collides with an option name). One task per GPU; each task gets the env:// variables of
@@ -463,6 +464,29 @@ def status(out: Path) -> int:
     return 0
 
 
+def check(argv: list[str]) -> int:
+    """`simsiam submit check [resources] --log-dir DIR`: a gloo all_reduce across the tasks of one job, to test
+    an allocation (and the env:// set-up) before submitting real work."""
+    from .jobs import CallFunction, distributed_check
+    ap = argparse.ArgumentParser(prog="simsiam submit check", allow_abbrev=False)
+    add_resource_args(ap)
+    try:
+        res = resources_from_args(ap.parse_args(argv))
+        folder = Path(res.log_dir or "slurm-check")
+        job = make_executor(res, folder, "simsiam-check").submit(CallFunction(distributed_check))
+    except SubmitError as e:
+        print(f"simsiam submit: error: {e}", file=sys.stderr)
+        return 2
+    print(f"[submit] check: job {job.job_id}; logs {folder}")
+    if not wait_all({"check": Submitted("check", folder, job=job)}):
+        return 1
+    results = job.results()
+    for r in results:
+        print(f"rank {r['rank']}/{r['world_size']} (local {r['local_rank']}) on {r['host']}: "
+              f"all_reduce {r['sum']:g} (expected {r['expected']:g})")
+    return 0 if all(r["sum"] == r["expected"] for r in results) else 1
+
+
 # ---------------------------------------------------------------------------------------------------------- cli
 
 def build_parser(stage: str) -> argparse.ArgumentParser:
@@ -493,8 +517,10 @@ def main(argv: list[str] | None = None) -> int:
     stage, rest = argv[0], argv[1:]
     if stage == "status":
         return status(Path(rest[0]) if rest else Path("."))
+    if stage == "check":
+        return check(rest)
     if stage not in STAGES and stage != "pipeline":
-        print(f"simsiam submit: unknown stage '{stage}' (known: {', '.join(STAGES)}, pipeline, status)",
+        print(f"simsiam submit: unknown stage '{stage}' (known: {', '.join(STAGES)}, pipeline, status, check)",
               file=sys.stderr)
         return 2
     ap = build_parser(stage)

@@ -1,0 +1,188 @@
+"""slurm.submit / slurm.jobs without a SLURM cluster: sbatch options from the CLI flags, stage argv building,
+requeue bookkeeping, and the local executor (real submitit LocalExecutor subprocesses)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from submitit.slurm.slurm import _make_sbatch_string
+
+from slurm import jobs as J
+from slurm import submit as S
+
+
+def resources(*flags: str) -> S.Resources:
+    ap = argparse.ArgumentParser()
+    S.add_resource_args(ap)
+    return S.resources_from_args(ap.parse_args(list(flags)))
+
+
+def sbatch_lines(res: S.Resources, tmp_path: Path, dependency=None, array=None) -> set[str]:
+    params = S.slurm_parameters(res, "simsiam-test", dependency)
+    params["mem"] = None
+    if "mem_gb" in params:  # the executor converts mem_gb the same way (submitit's _convert_mem)
+        params["mem"] = f"{int(params.pop('mem_gb'))}GB"
+    text = _make_sbatch_string(command="python -m x", folder=tmp_path, map_count=array,
+                               **{k: v for k, v in params.items() if v is not None})
+    return {line for line in text.splitlines() if line.startswith("#SBATCH")}
+
+
+def test_eight_gpu_node_options(tmp_path):
+    res = resources("--nodes", "2", "--gpus-per-node", "8", "--cpus-per-task", "10", "--mem-gb", "400",
+                    "--partition", "gpu", "--time", "4320", "--account", "proj", "--qos", "high",
+                    "--constraint", "h100", "--sbatch", "mail-type=END", "--sbatch", "exclusive",
+                    "--max-requeues", "5", "--signal-delay", "300")
+    assert res.tasks == 8 and res.cpus == 10 and res.max_requeues == 5
+    lines = sbatch_lines(res, tmp_path)
+    for expected in ("--nodes=2", "--ntasks-per-node=8", "--gpus-per-node=8", "--cpus-per-task=10",
+                     "--mem=400GB", "--partition=gpu", "--time=4320", "--account=proj", "--qos=high",
+                     "--constraint=h100", "--mail-type=END", "--exclusive", "--requeue", "--signal=USR2@300",
+                     "--job-name=simsiam-test"):
+        assert f"#SBATCH {expected}" in lines, (expected, sorted(lines))
+    assert not any("dependency" in line for line in lines)
+
+
+def test_cpu_defaults_and_tasks(tmp_path):
+    res = resources()
+    assert (res.tasks, res.cpus, res.gpus_per_node, res.time_min, res.executor) == (1, 1, 0, 1440, "auto")
+    lines = sbatch_lines(res, tmp_path)
+    assert "#SBATCH --ntasks-per-node=1" in lines and not any("gpus" in line for line in lines)
+    assert not any("--mem" in line for line in lines), "no --mem unless asked: the partition default applies"
+    two = resources("--tasks-per-node", "2")
+    assert two.tasks == 2 and "#SBATCH --ntasks-per-node=2" in sbatch_lines(two, tmp_path)
+    gpu = resources("--gpus-per-node", "4")
+    assert (gpu.tasks, gpu.cpus) == (4, 8)
+    light = gpu.light()
+    assert (light.nodes, light.tasks, light.gpus_per_node) == (1, 1, 1)
+
+
+def test_dependency_and_array_options(tmp_path):
+    res = resources("--array-parallelism", "2")
+
+    class FakeJob:  # only .job_id is read
+        def __init__(self, jid):
+            self.job_id = jid
+
+    dep = S.dependency_string([FakeJob("17_0"), FakeJob("17_1"), FakeJob("12")])
+    assert dep == "afterok:12:17"
+    lines = sbatch_lines(res, tmp_path, dependency=dep, array=5)
+    assert "#SBATCH --dependency=afterok:12:17" in lines
+    assert "#SBATCH --kill-on-invalid-dep=yes" in lines
+    assert "#SBATCH --array=0-4%2" in lines
+    assert S.dependency_string([]) is None
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--nodes", "0"], "--nodes must be > 0"),
+    (["--gpus-per-node", "-1"], "--gpus-per-node must be >= 0"),
+    (["--gpus-per-node", "8", "--tasks-per-node", "4"], "one task per GPU"),
+    (["--sbatch", "mail-type="], "--sbatch expects KEY=VALUE"),
+    (["--mem-gb", "0"], "--mem-gb must be > 0"),
+    (["--time", "0"], "--time must be > 0"),
+])
+def test_bad_flags_name_the_flag(flags, message):
+    with pytest.raises(S.SubmitError, match=message):
+        resources(*flags)
+
+
+def test_cli_errors(capsys):
+    assert S.main(["bogus"]) == 2
+    assert "unknown stage 'bogus'" in capsys.readouterr().err
+    assert S.main(["pretrain", "--executor", "local", "--config", "test_tiny"]) == 2
+    assert "needs --output" in capsys.readouterr().err
+    assert S.main(["pipeline", "--output", "x", "--stages", "pretrain,nope"]) == 2
+    assert "unknown stage(s) ['nope']" in capsys.readouterr().err
+    assert S.main(["status", "/nonexistent/run"]) == 2
+
+
+def test_stage_args_split():
+    ap = S.build_parser("pretrain")
+    a, extra = ap.parse_known_args(["--config", "demo", "--gpus-per-node", "8", "--output", "r", "train.epochs=3"])
+    assert a.gpus_per_node == 8 and extra == ["--config", "demo", "--output", "r", "train.epochs=3"]
+    assert S.find_option(extra, "--output", "-o") == "r"
+    assert S.find_option(["--output=q"], "--output") == "q"
+    run, done = S.stage_paths("pretrain", extra)
+    assert done == run / "results.json" and run.name == "r"
+    run, done = S.stage_paths("convert", ["c.pth", "--to", "detectron2", "--output", "out/b.pkl"])
+    assert done.name == "b.pkl" and run.name == "out"
+
+
+def test_trial_argv(tmp_path):
+    argv = ["--weights", "w.pkl", "--config", "tiny", "--trials", "5", "--seed", "3", "--output", str(tmp_path),
+            "SOLVER.MAX_ITER", "4"]
+    t2 = S.trial_argv(argv, tmp_path, 3, 2)
+    assert t2 == ["--weights", "w.pkl", "--config", "tiny", "SOLVER.MAX_ITER", "4", "--trials", "1",
+                  "--seed", "5", "--output", str(tmp_path / "trial_2")]
+
+
+def test_pipeline_argvs_and_order(tmp_path):
+    ap = S.build_parser("pipeline")
+    a = ap.parse_args(["--output", str(tmp_path), "--pretrain-args", "--config demo train.epochs=1",
+                       "--trials", "3", "--seed", "7", "--detect-args", "--config tiny"])
+    argvs = S.pipeline_argvs(tmp_path, a)
+    assert argvs["pretrain"] == ["--output", str(tmp_path / "pretrain"), "--config", "demo", "train.epochs=1"]
+    assert argvs["convert"][:3] == [str(tmp_path / "pretrain" / "checkpoint.pth"), "--to", "detectron2"]
+    assert S.find_option(argvs["detect"], "--trials") == "3" and S.find_option(argvs["detect"], "--seed") == "7"
+    assert S.find_option(argvs["detect"], "--weights") == S.find_option(argvs["convert"], "--output")
+    # every dependency comes earlier in the submission order
+    for stage, parents in S.PIPELINE_DEPS.items():
+        assert all(S.PIPELINE_STAGES.index(p) < S.PIPELINE_STAGES.index(stage) for p in parents)
+
+
+def test_expand_array_ids():
+    assert J._expand_ids("12") == ["12"]
+    assert J._expand_ids("12_3") == ["12_3"]
+    assert J._expand_ids("12_[0-2,5%2]") == ["12_0", "12_1", "12_2", "12_5"]
+
+
+# ------------------------------------------------------------------------ StageCall (in-process, no scheduler)
+
+def test_stage_call_failure_skip_and_requeue_bound(tmp_path, monkeypatch):
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    out = tmp_path / "run"
+    bad = J.StageCall("pretrain", "pretrain.main", ["--config", "test_tiny", "--output", str(out),
+                                                    "train.no_such_key=1"], out, max_requeues=2)
+    with pytest.raises(J.StageFailed, match="stage 'pretrain' .* exited with code 1"):
+        bad()
+    # finished stage: skipped without importing the module
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text("{}")
+    skip = J.StageCall("x", "no.such.module", [], out, max_requeues=2)
+    assert skip() == {"stage": "x", "output": str(out), "skipped": True}
+    # checkpoint(): requeue twice, then refuse; each decision logged in requeues.jsonl
+    d1 = skip.checkpoint()
+    assert d1 is not None and d1.function is skip and skip.requeues == 1
+    assert skip.checkpoint() is not None and skip.requeues == 2
+    assert skip.checkpoint() is None
+    events = [e["event"] for e in J.read_events(out)]
+    assert events == ["requeue", "requeue", "requeue-refused"]
+    # a scheduler restart beyond the bound stops the job with a clear error
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "3")
+    with pytest.raises(J.RequeueLimitError, match="requeued 3 times, more than --max-requeues 2"):
+        skip()
+    assert J.read_events(out)[-1]["event"] == "restart"
+
+
+# ------------------------------------------------------------------------------------------ local executor
+
+def test_local_executor_two_tasks_gloo(tmp_path):
+    res = resources("--executor", "local", "--tasks-per-node", "2", "--time", "5")
+    ex = S.make_executor(res, tmp_path / "logs", "gloo")
+    job = ex.submit(J.CallFunction(J.distributed_check))
+    assert S.wait_all({"gloo": S.Submitted("gloo", tmp_path, job=job)}, poll_s=0.5)
+    got = sorted((r["rank"], r["world_size"], r["local_rank"], r["sum"]) for r in job.results())
+    assert got == [(0, 2, 0, 3.0), (1, 2, 1, 3.0)]
+
+
+def test_local_executor_failing_stage_reports(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = S.main(["pretrain", "--executor", "local", "--time", "5", "--config", "test_tiny", "--output", str(out),
+                 "train.no_such_key=1"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "stage 'pretrain' failed" in err
+    assert "no_such_key" in err, err[-2000:]
+    assert not (out / "results.json").exists()
