@@ -10,8 +10,9 @@ Each class is one shape (see `SHAPES`). Position, size, aspect, small rotation, 
 background texture are random, so only the shape identifies the class: self-supervised features that
 capture shape give a kNN classifier well above chance, whereas colour or texture statistics do not.
 
-The two drawing helpers, `random_background` and `draw_shape`, are public: the detection-data generator
-reuses them to paint objects with known boxes into larger images.
+The drawing helpers `random_background`, `random_colour`, `draw_shape` (and `polygon_outline`, the exact
+vertices `draw_shape` fills) are public: the detection-data generator reuses them to paint objects with
+known boxes (and polygons) into larger images.
 
 Command line: `simsiam make-data OUT [--size 64] [--train-per-class 100] [--val-per-class 30] [--seed 0]`
 (or `python -m pretrain.synthetic OUT ...`).
@@ -106,15 +107,23 @@ def draw_shape(target: Union[Image.Image, ImageDraw.ImageDraw], shape: str, box:
         t = max(1, int(round(ring_width * min(x1 - x0, y1 - y0))))
         draw.ellipse([x0, y0, x1, y1], outline=fill, width=t)
     else:
-        pts = _OUTLINES[shape]
-        a = math.radians(rotation)
-        rot = np.array([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]])  # y axis points down
-        pts = pts @ rot.T
-        lo, hi = pts.min(0), pts.max(0)
-        unit = (pts - lo) / (hi - lo)
-        xy = np.stack([x0 + unit[:, 0] * (x1 - x0), y0 + unit[:, 1] * (y1 - y0)], 1)
-        draw.polygon([(float(px), float(py)) for px, py in xy], fill=fill)
+        draw.polygon([(float(px), float(py)) for px, py in polygon_outline(shape, (x0, y0, x1, y1), rotation)],
+                     fill=fill)
     return (x0, y0, x1, y1)
+
+
+def polygon_outline(shape: str, box: Sequence[float], rotation: float = 0.0) -> np.ndarray:
+    """The vertices (K, 2) of the polygon `draw_shape` paints for a polygon shape (every shape but "circle"
+    and "ring"): the shape's outline rotated by `rotation` degrees, then stretched to fill `box` exactly."""
+    if shape not in _OUTLINES:
+        raise ValueError(f"'{shape}' is not a polygon shape (polygon shapes: {', '.join(sorted(_OUTLINES))})")
+    x0, y0, x1, y1 = (float(v) for v in box)
+    a = math.radians(rotation)
+    rot = np.array([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]])  # image y axis points down
+    pts = _OUTLINES[shape] @ rot.T
+    lo, hi = pts.min(0), pts.max(0)
+    unit = (pts - lo) / (hi - lo)
+    return np.stack([x0 + unit[:, 0] * (x1 - x0), y0 + unit[:, 1] * (y1 - y0)], 1)
 
 
 def random_colour(rng: np.random.Generator, dark: bool | None = None) -> Colour:

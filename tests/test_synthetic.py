@@ -77,6 +77,22 @@ def test_draw_shape_fills_its_box(shape):
         assert not a[25, 35]  # the hole in the middle
 
 
+def test_polygon_outline_is_what_draw_shape_fills():
+    box, rot = (4.5, 6.0, 50.25, 40.0), -12.0
+    for shape in SHAPES:
+        if shape in ("circle", "ring"):
+            with pytest.raises(ValueError, match="not a polygon shape"):
+                synthetic.polygon_outline(shape, box)
+            continue
+        pts = synthetic.polygon_outline(shape, box, rot)
+        assert pts[:, 0].min() == pytest.approx(4.5) and pts[:, 0].max() == pytest.approx(50.25)
+        assert pts[:, 1].min() == pytest.approx(6.0) and pts[:, 1].max() == pytest.approx(40.0)
+        a, b = Image.new("RGB", (60, 50)), Image.new("RGB", (60, 50))
+        draw_shape(a, shape, box, (255, 255, 255), rotation=rot)
+        ImageDraw.Draw(b).polygon([tuple(p) for p in pts.tolist()], fill=(255, 255, 255))
+        assert a.tobytes() == b.tobytes()
+
+
 def test_random_background_deterministic_and_textured():
     a = random_background(np.random.default_rng(7), 50, 30)
     b = random_background(np.random.default_rng(7), 50, 30)
