@@ -282,9 +282,10 @@ def submit_stage(stage: str, argv: list[str], res: Resources, dependency: Option
 # ------------------------------------------------------------------------------------ detection trial arrays
 
 def trial_argv(argv: list[str], output: Path, seed: int, index: int) -> list[str]:
-    """The detect command of trial `index`: one trial, its own seed and folder."""
+    """The detect command of trial `index`: one trial, its own seed and folder (DIR/trial_<index>). Our options
+    go first: transfer.detect takes trailing detectron2 KEY VALUE pairs as a remainder."""
     rest = drop_options(argv, "--trials", "--seed", "--output", "-o")
-    return [*rest, "--trials", "1", "--seed", str(seed + index), "--output", str(output / f"trial_{index}")]
+    return ["--trials", "1", "--seed", str(seed + index), "--output", str(output / f"trial_{index}"), *rest]
 
 
 def submit_trials(argv: list[str], res: Resources, dependency: Optional[str] = None,
@@ -318,37 +319,35 @@ def submit_trials(argv: list[str], res: Resources, dependency: Optional[str] = N
     return Submitted("detect", run_dir, job=summary, jobs=trial_jobs)
 
 
+def trial_results(run_dir: Path, index: int) -> Path:
+    """results.json of array trial `index`: `detect --trials 1 --output DIR/trial_i` writes its one trial to
+    DIR/trial_i/trial_0/results.json (and a one-trial summary next to it)."""
+    return run_dir / f"trial_{index}" / "trial_0" / "results.json"
+
+
 def summarize_trials(run_dir: str, n: int) -> str:
-    """Mean/std over the trials' results.json into <run_dir>/results.json (via transfer.detect when it
-    offers a summary function, else here with transfer.results)."""
-    import statistics
-    from transfer import results as R
+    """DIR/results.json over the array's trials, in the layout of `simsiam detect --trials N`: "metrics" = mean,
+    "std" = sample std (transfer.detect.aggregate), "trials" = per-trial list."""
+    from transfer import detect as D
+    from transfer.results import read_results, write_results
     run = Path(run_dir)
-    docs = []
+    trials = []
     for i in range(n):
-        path = run / f"trial_{i}" / "results.json"
+        path = trial_results(run, i)
         if not path.is_file():
             raise FileNotFoundError(f"detection trial {i} has no results: {path}")
-        docs.append(R.read_results(path))
-    try:
-        from transfer import detect as D
-        fn = getattr(D, "summarize_trials", None)
-    except Exception:  # noqa: BLE001 - detectron2 not importable here: summarise without it
-        fn = None
-    if fn is not None:
-        return str(fn(run, [run / f"trial_{i}" for i in range(n)]))
-    keys = [k for k, v in docs[0]["metrics"].items() if isinstance(v, (int, float))]
-    metrics: dict[str, Any] = {}
-    for k in keys:
-        vals = [float(d["metrics"][k]) for d in docs if isinstance(d["metrics"].get(k), (int, float))]
-        metrics[k] = statistics.fmean(vals)
-        metrics[f"{k}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
-    first = docs[0]
-    return str(R.write_results(run, task=first["task"], dataset=first["dataset"], metrics=metrics,
-                               config=first.get("config", {}), source=first.get("source"),
-                               epochs=first.get("epochs"), batch_size=first.get("batch_size"),
-                               extra={"trials": n, "trial_dirs": [f"trial_{i}" for i in range(n)],
-                                      "per_trial": [d["metrics"] for d in docs]}))
+        doc = read_results(path)
+        trials.append({"trial": i, "seed": doc.get("seed"), "metrics": doc["metrics"], "path": str(path)})
+    first = read_results(trial_results(run, 0))
+    mean, std = D.aggregate([t["metrics"] for t in trials])
+    extra = {k: first[k] for k in ("iterations", "test_datasets", "train_datasets") if k in first}
+    path = write_results(run, task="detection", dataset=first["dataset"], metrics=mean,
+                         config={k: v for k, v in (first.get("config") or {}).items() if k not in ("seed", "OUTPUT_DIR")},
+                         source=first.get("source"), batch_size=first.get("batch_size"),
+                         extra={"std": std, "std_note": "sample std (ddof=1); null for a single trial",
+                                "n_trials": n, "trials": trials, "job_array": True, **extra})
+    print(f"detection summary over {n} trial(s): mean {json.dumps(mean)}; std {json.dumps(std)}; {path}")
+    return str(path)
 
 
 # ------------------------------------------------------------------------------------------------- pipeline
@@ -364,8 +363,17 @@ def pipeline_argvs(out: Path, a: argparse.Namespace) -> dict[str, list[str]]:
         "linear": ["--weights", str(ckpt), "--output", str(out / "linear"), *shlex.split(a.linear_args)],
         "detect": ["--weights", str(d2), "--output", str(out / "detection"), "--trials", str(a.trials),
                    "--seed", str(a.seed), *shlex.split(a.detect_args)],
-        "table": [str(out), "--format", "markdown", "--output", str(out / "table.md"), *shlex.split(a.table_args)],
+        # explicit inputs: an array run's trial folders also hold one-trial summaries that must not become rows
+        "table": [*table_inputs(out, a.stages), "--format", "markdown", "--output", str(out / "table.md"),
+                  *shlex.split(a.table_args)],
     }
+
+
+def table_inputs(out: Path, stages) -> list[str]:
+    stages = stages.split(",") if isinstance(stages, str) else list(stages)
+    where = {"pretrain": out / "pretrain", "knn": out / "knn", "linear": out / "linear",
+             "detect": out / "detection" / "results.json"}
+    return [str(where[s]) for s in PIPELINE_STAGES if s in where and s in stages]
 
 
 PIPELINE_DEPS = {"pretrain": (), "convert": ("pretrain",), "knn": ("pretrain",), "linear": ("pretrain",),
@@ -447,7 +455,10 @@ def cancel(jobs: list) -> None:
 
 
 def status(out: Path) -> int:
-    from .jobs import slurm_states
+    """`simsiam submit status RUN`: state of each stage of a submitted pipeline; for a failed stage, why
+    (the tail of its log). Exit code 1 when a stage failed."""
+    from submitit.core.utils import JobPaths
+    from .jobs import TERMINAL, slurm_states
     path = out / "pipeline.json"
     if not path.is_file():
         print(f"simsiam submit status: {path} does not exist (submit the pipeline first)", file=sys.stderr)
@@ -455,13 +466,23 @@ def status(out: Path) -> int:
     doc = json.loads(path.read_text())
     ids = [j for s in doc["stages"].values() for j in s["jobs"]]
     states = slurm_states(ids) if doc.get("executor") == "slurm" and shutil.which("squeue") else {}
+    failed = False
     for stage, s in doc["stages"].items():
         if s["skipped"]:
             print(f"{stage:<9} skipped (already finished) {s['output']}")
             continue
         st = ", ".join(f"{j} {states.get(j, '?')}" for j in s["jobs"])
         print(f"{stage:<9} {st}   logs: {(s['logs'] or ['-'])[0]}")
-    return 0
+        for j in s["jobs"]:
+            state = states.get(j, "?")
+            if state in TERMINAL and state not in ("COMPLETED", "CANCELLED") and s["logs"]:
+                failed = True
+                paths = JobPaths(s["logs"][0], job_id=j, task_id=0)
+                tail = paths.stderr.read_text(errors="replace").splitlines()[-20:] if paths.stderr.is_file() else []
+                print(f"  stage '{stage}' failed (job {j}: {state}); {paths.stderr}:\n    " + "\n    ".join(tail))
+            elif state == "CANCELLED":
+                failed = True
+    return 1 if failed else 0
 
 
 def check(argv: list[str]) -> int:

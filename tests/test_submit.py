@@ -114,8 +114,9 @@ def test_trial_argv(tmp_path):
     argv = ["--weights", "w.pkl", "--config", "tiny", "--trials", "5", "--seed", "3", "--output", str(tmp_path),
             "SOLVER.MAX_ITER", "4"]
     t2 = S.trial_argv(argv, tmp_path, 3, 2)
-    assert t2 == ["--weights", "w.pkl", "--config", "tiny", "SOLVER.MAX_ITER", "4", "--trials", "1",
-                  "--seed", "5", "--output", str(tmp_path / "trial_2")]
+    # our options first: detect takes the trailing detectron2 KEY VALUE pairs as a remainder
+    assert t2 == ["--trials", "1", "--seed", "5", "--output", str(tmp_path / "trial_2"),
+                  "--weights", "w.pkl", "--config", "tiny", "SOLVER.MAX_ITER", "4"]
 
 
 def test_pipeline_argvs_and_order(tmp_path):
@@ -127,6 +128,9 @@ def test_pipeline_argvs_and_order(tmp_path):
     assert argvs["convert"][:3] == [str(tmp_path / "pretrain" / "checkpoint.pth"), "--to", "detectron2"]
     assert S.find_option(argvs["detect"], "--trials") == "3" and S.find_option(argvs["detect"], "--seed") == "7"
     assert S.find_option(argvs["detect"], "--weights") == S.find_option(argvs["convert"], "--output")
+    table = argvs["table"]
+    assert table[:4] == [str(tmp_path / "pretrain"), str(tmp_path / "knn"), str(tmp_path / "linear"),
+                         str(tmp_path / "detection" / "results.json")]
     # every dependency comes earlier in the submission order
     for stage, parents in S.PIPELINE_DEPS.items():
         assert all(S.PIPELINE_STAGES.index(p) < S.PIPELINE_STAGES.index(stage) for p in parents)
