@@ -68,6 +68,7 @@ class MonitorConfig:
     knn_t: float = 0.1
     knn_every: int = 1
     knn_max_train: int = 0          # >0 caps the kNN memory bank (images per class)
+    knn_max_val: int = 0            # >0 caps the held-out split of the kNN monitor (images per class)
     collapse: bool = True
     tensorboard: bool = True
 

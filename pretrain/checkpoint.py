@@ -1,0 +1,198 @@
+"""Pretraining checkpoints: atomic writes, resume, and loading of the official SimSiam format.
+
+Our format (one dict, `torch.load(..., weights_only=True)`-safe):
+    {"format": "simsiam-suite/pretrain", "version": 1, "epoch": <epochs completed>, "step": <optimizer
+     steps so far>, "arch": str, "model": {encoder.*, predictor.*}, "optimizer": state_dict,
+     "scaler": state_dict | None, "rng": {"torch", "cuda", "numpy", "python"},
+     "config": to_dict(PretrainConfig), "dataset": str}
+The official SimSiam file {"epoch", "arch", "state_dict", "optimizer"} with `module.encoder.*` and
+`module.predictor.*` keys is recognised too (for `init_from`).
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+FORMAT = "simsiam-suite/pretrain"
+VERSION = 1
+OFFICIAL = "official-simsiam"
+LATEST = "checkpoint.pth"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used for what was asked (wrong kind, missing keys, ...)."""
+
+
+def snapshot_name(epoch: int) -> str:
+    return f"checkpoint_{epoch:04d}.pth"
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """torch.save to a temporary file in the same folder, fsync, then os.replace.
+
+    A kill at any moment leaves either the old file or the new one, never a truncated file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+    return path
+
+
+# ----------------------------------------------------------------------------------------- RNG states
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # numpy's key array as a tensor so that the file loads with weights_only=True
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                  int(np_state[3]), float(np_state[4])],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and state.get("cuda"):
+        cuda = state["cuda"]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+# ------------------------------------------------------------------------------------------ save/load
+def make_checkpoint(model: nn.Module, optimizer, scaler, *, epoch: int, step: int, config: dict,
+                    dataset: str, arch: str) -> dict:
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "epoch": int(epoch),
+        "step": int(step),
+        "arch": arch,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "rng": rng_state(),
+        "config": config,
+        "dataset": dataset,
+    }
+
+
+def save_checkpoint(ckpt: dict, run_dir: str | Path, save_freq: int = 0) -> Path:
+    """checkpoint.pth (latest) and, every `save_freq` epochs, checkpoint_{epoch:04d}.pth."""
+    run_dir = Path(run_dir)
+    latest = atomic_save(ckpt, run_dir / LATEST)
+    if save_freq > 0 and ckpt["epoch"] % save_freq == 0:
+        atomic_save(ckpt, run_dir / snapshot_name(ckpt["epoch"]))
+    return latest
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """torch.load a checkpoint file with a clear error for missing or non-PyTorch files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling problem means: not a file we can use
+        raise CheckpointError(
+            f"{path}: not a PyTorch checkpoint this program can read ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}). Expected a SimSiam pretraining checkpoint "
+            f"(format '{FORMAT}' or the official SimSiam {{'epoch','arch','state_dict','optimizer'}} file); "
+            "Detectron2 .pkl files and torchvision backbones are not pretraining checkpoints") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a dict checkpoint, found {type(obj).__name__}")
+    return obj
+
+
+def checkpoint_kind(obj: dict) -> str | None:
+    if obj.get("format") == FORMAT:
+        return FORMAT
+    sd = obj.get("state_dict")
+    if isinstance(sd, dict) and any(k.startswith(("module.encoder.", "encoder.")) for k in sd):
+        return OFFICIAL
+    return None
+
+
+def model_state(obj: dict, path: str | Path = "<checkpoint>") -> dict[str, torch.Tensor]:
+    """The SimSiam state dict (encoder.*, predictor.*) of either supported checkpoint kind."""
+    kind = checkpoint_kind(obj)
+    if kind == FORMAT:
+        return dict(obj["model"])
+    if kind == OFFICIAL:
+        return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj["state_dict"].items()}
+    keys = ", ".join(sorted(map(str, obj))[:12])
+    raise CheckpointError(
+        f"{path}: wrong kind of checkpoint for SimSiam pretraining (top-level keys: {keys}). Expected format "
+        f"'{FORMAT}' or the official SimSiam file with 'state_dict' keys module.encoder.* / module.predictor.*")
+
+
+def load_model_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str = "<checkpoint>") -> None:
+    """Load every key; any missing, unexpected or mis-shaped key is an error listing exactly which."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                    for k in set(own) & set(state) if tuple(state[k].shape) != tuple(own[k].shape))
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
+        if shapes:
+            parts.append(f"shape mismatches ({len(shapes)}): {'; '.join(shapes)}")
+        raise CheckpointError(f"{source} does not match the model:\n  " + "\n  ".join(parts))
+    model.load_state_dict(state, strict=True)
+
+
+def load_weights(model: nn.Module, path: str | Path) -> dict:
+    """init_from: load model weights (ours or official format) strictly; returns the checkpoint dict."""
+    obj = read_checkpoint(path)
+    load_model_strict(model, model_state(obj, path), str(path))
+    return obj
+
+
+def resume(run_dir: str | Path, model: nn.Module, optimizer=None, scaler=None,
+           restore_rng: bool = True) -> dict | None:
+    """Load checkpoint.pth of `run_dir` into model/optimizer/scaler (+ RNG states); None if absent."""
+    path = Path(run_dir) / LATEST
+    if not path.is_file():
+        return None
+    obj = read_checkpoint(path)
+    if checkpoint_kind(obj) != FORMAT:
+        raise CheckpointError(f"{path}: cannot resume from it: not a '{FORMAT}' checkpoint")
+    load_model_strict(model, obj["model"], str(path))
+    if optimizer is not None and obj.get("optimizer") is not None:
+        optimizer.load_state_dict(obj["optimizer"])
+    if scaler is not None and obj.get("scaler") is not None:
+        scaler.load_state_dict(obj["scaler"])
+    if restore_rng and obj.get("rng"):
+        set_rng_state(obj["rng"])
+    return obj

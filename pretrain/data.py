@@ -1,0 +1,215 @@
+"""Pretraining data: where the images are, a loader that reports bad files by path, and the loaders.
+
+Roots: "embedded" (the built-in generated ImageFolder, see pretrain.synthetic), an ImageFolder tree
+(<root>/<class>/<image>), or its parent holding train/ and a held-out val/ (or test/, as in the
+CIFAR-10 JPEG tree). The global batch is split evenly over the ranks; each epoch reshuffles with
+set_epoch; augmentation randomness is seeded per rank (and per worker).
+"""
+from __future__ import annotations
+
+import os
+import random
+import warnings
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torchvision.datasets import ImageFolder
+
+from .augment import TwoCropsTransform, eval_transform, moco_v2_transform  # noqa: F401 (contract re-export)
+
+EMBEDDED = "embedded"
+HELD_OUT_FALLBACKS = ("val", "test")
+
+
+class DataError(RuntimeError):
+    """Missing dataset folders, empty class folders and the like."""
+
+
+class CorruptImageError(OSError):
+    """An image file that cannot be read; the message names the file.
+
+    DataLoader workers re-raise exceptions as `type(msg)` with the whole worker traceback as message;
+    this class keeps only its own line, so the user sees 'cannot read image <path>: <reason>'.
+    """
+
+    def __init__(self, message: str = ""):
+        message = str(message)
+        if "Traceback" in message:
+            lines = [ln for ln in message.strip().splitlines() if "CorruptImageError:" in ln]
+            if lines:
+                message = lines[-1].split("CorruptImageError:", 1)[1].strip()
+        super().__init__(message)
+
+
+def dataset_name(data_cfg) -> str:
+    return EMBEDDED if data_cfg.root == EMBEDDED else Path(os.path.expanduser(data_cfg.root)).resolve().name
+
+
+def _has_class_folders(path: Path) -> bool:
+    return path.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in path.iterdir())
+
+
+def resolve_roots(data_cfg) -> tuple[Path, Path | None]:
+    """(train folder, held-out folder or None) for data.root."""
+    if data_cfg.root == EMBEDDED:
+        from .synthetic import ensure_embedded
+        root = Path(ensure_embedded(Path(os.path.expanduser(data_cfg.cache_dir))))
+    else:
+        root = Path(os.path.expanduser(str(data_cfg.root)))
+        if not root.is_dir():
+            raise DataError(f"data.root: dataset folder '{root}' does not exist (set data.root=<folder> to an "
+                            "ImageFolder tree, or to its parent holding train/ and val/, or 'embedded')")
+    train = root / data_cfg.train_split if data_cfg.train_split else root
+    if data_cfg.train_split and not train.is_dir():
+        train = root  # the root itself is the ImageFolder (<root>/<class>/<image>)
+        held_out = None
+    else:
+        held_out = None
+        if data_cfg.val_split:
+            for name in (data_cfg.val_split,) + tuple(n for n in HELD_OUT_FALLBACKS if n != data_cfg.val_split):
+                if (root / name).is_dir() and root / name != train:
+                    held_out = root / name
+                    break
+    if not _has_class_folders(train):
+        raise DataError(f"data.root: '{train}' has no class sub-folders (expected <root>/<class>/<image> "
+                        f"or <root>/{data_cfg.train_split or 'train'}/<class>/<image>)")
+    return train, held_out
+
+
+class RobustImageFolder(ImageFolder):
+    """ImageFolder whose unreadable images are an error naming the file, or skipped with a warning.
+
+    on_corrupt="error": raise CorruptImageError('cannot read image <path>: <reason>').
+    on_corrupt="skip":  warn once per file and return another (readable) sample instead.
+    limit_per_class > 0 keeps the first N images (sorted by path) of each class.
+    """
+
+    def __init__(self, root, transform=None, on_corrupt: str = "error", limit_per_class: int = 0):
+        if on_corrupt not in ("error", "skip"):
+            raise ValueError(f"data.on_corrupt: '{on_corrupt}' is not one of error, skip")
+        if not Path(root).is_dir():
+            raise DataError(f"image folder '{root}' does not exist")
+        super().__init__(str(root), transform=transform)
+        self.on_corrupt = on_corrupt
+        if limit_per_class > 0:
+            per_class: dict[int, int] = defaultdict(int)
+            kept = []
+            for path, target in self.samples:
+                if per_class[target] < limit_per_class:
+                    per_class[target] += 1
+                    kept.append((path, target))
+            self.samples = self.imgs = kept
+            self.targets = [t for _, t in kept]
+        self._warned: set[str] = set()
+
+    @staticmethod
+    def read_image(path: str) -> Image.Image:
+        try:
+            with open(path, "rb") as f:
+                img = Image.open(f)
+                return img.convert("RGB")  # forces decoding: truncated / corrupt data fails here
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            raise CorruptImageError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
+
+    def __getitem__(self, index: int):
+        for attempt in range(min(len(self.samples), 100)):
+            path, target = self.samples[(index + attempt) % len(self.samples)]
+            try:
+                img = self.read_image(path)
+            except CorruptImageError as e:
+                if self.on_corrupt == "error":
+                    raise
+                if path not in self._warned:
+                    self._warned.add(path)
+                    warnings.warn(f"skipping unreadable image (data.on_corrupt=skip): {e}", stacklevel=2)
+                continue
+            if self.transform is not None:
+                img = self.transform(img)
+            return img, target
+        raise CorruptImageError(f"no readable image found near index {index} in {self.root}")
+
+
+# --------------------------------------------------------------------------------------------- loaders
+def seed_worker(worker_id: int) -> None:
+    """Seed numpy and random in each loader worker from its torch seed (distinct per rank/worker/epoch)."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+class EpochLoader:
+    """A DataLoader plus its sampler; `set_epoch(e)` reshuffles and reseeds the worker seeds."""
+
+    def __init__(self, loader: DataLoader, sampler: DistributedSampler, seed: int, rank: int):
+        self.loader, self.sampler, self.seed, self.rank = loader, sampler, seed, rank
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+        if self.loader.generator is not None:
+            self.loader.generator.manual_seed((self.seed * 1_000_003 + epoch * 1009 + self.rank) % 2**63)
+
+    def __iter__(self):
+        return iter(self.loader)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    @property
+    def dataset(self):
+        return self.loader.dataset
+
+
+def per_rank_batch(global_batch: int, world_size: int) -> int:
+    if global_batch % world_size:
+        raise DataError(f"train.batch_size={global_batch} is not divisible by the {world_size} processes")
+    return global_batch // world_size
+
+
+def build_pretrain_loader(cfg, train_dir: Path, rank: int = 0, world_size: int = 1,
+                          pin_memory: bool = False) -> EpochLoader:
+    """Two MoCo v2 views per image; global batch split over ranks; drop_last; reshuffled per epoch."""
+    d = cfg.data
+    base = moco_v2_transform(d.image_size, d.min_scale, d.blur, d.mean, d.std)
+    dataset = RobustImageFolder(train_dir, TwoCropsTransform(base), d.on_corrupt, d.limit_per_class)
+    batch = per_rank_batch(cfg.train.batch_size, world_size)
+    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
+                                 seed=cfg.train.seed, drop_last=True)
+    if len(sampler) < batch:
+        raise DataError(f"{train_dir}: {len(dataset)} images give {len(sampler)} per process, fewer than the "
+                        f"per-process batch {batch} (train.batch_size={cfg.train.batch_size} over {world_size} "
+                        "processes): lower train.batch_size or use more data")
+    generator = torch.Generator()
+    loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=d.workers,
+                        pin_memory=pin_memory, drop_last=True, worker_init_fn=seed_worker,
+                        generator=generator, persistent_workers=False)
+    out = EpochLoader(loader, sampler, cfg.train.seed, rank)
+    out.set_epoch(0)
+    return out
+
+
+def _shard(dataset, rank: int, world_size: int):
+    return dataset if world_size == 1 else Subset(dataset, list(range(rank, len(dataset), world_size)))
+
+
+def build_knn_loaders(cfg, train_dir: Path, val_dir: Path, rank: int = 0, world_size: int = 1,
+                      batch_size: int | None = None, pin_memory: bool = False):
+    """Memory bank (train, eval transform, knn_max_train images per class) and held-out loaders.
+
+    Each rank reads a disjoint shard (no padding); features are gathered afterwards.
+    """
+    d = cfg.data
+    # small images (CIFAR 32 px, the 64 px embedded set) are evaluated whole, as the CIFAR kNN monitor does;
+    # larger ones with the usual Resize(size*256/224) + CenterCrop(size)
+    tf = eval_transform(d.image_size, d.mean, d.std, **({"crop_fraction": 1.0} if d.image_size <= 64 else {}))
+    bank = RobustImageFolder(train_dir, tf, d.on_corrupt, cfg.monitor.knn_max_train or d.limit_per_class)
+    test = RobustImageFolder(val_dir, tf, d.on_corrupt, cfg.monitor.knn_max_val)
+    if bank.classes != test.classes:
+        raise DataError(f"kNN monitor: classes of {train_dir} and {val_dir} differ")
+    bs = batch_size or max(32, per_rank_batch(cfg.train.batch_size, world_size))
+    mk = lambda ds: DataLoader(_shard(ds, rank, world_size), batch_size=bs, shuffle=False,  # noqa: E731
+                               num_workers=d.workers, pin_memory=pin_memory, worker_init_fn=seed_worker)
+    return mk(bank), mk(test), len(bank.classes)

@@ -1,0 +1,350 @@
+"""SimSiam pretraining: setup -> build -> (resume) -> epochs -> summary.
+
+`run(cfg, output_dir)` is the whole job. It reads only the env:// variables for distribution, writes
+everything under output_dir (config.yaml/json, checkpoint.pth + snapshots, metrics.jsonl, tb/, log.txt,
+results.json) and resumes by itself when output_dir already holds checkpoint.pth.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import random
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from . import checkpoint as ckpt_io
+from . import config as config_mod
+from . import data as data_mod
+from . import distributed
+from .defaults import PretrainConfig, init_lr
+from .logs import MetricsWriter, progress, setup_logger
+from .loss import simsiam_loss
+from .model import build_model
+from .monitor import collapse_std, extract_features, knn_accuracy
+from .optim import adjust_learning_rate, build_optimizer
+
+RESULTS_SCHEMA = "simsiam-suite/results/v1"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN/inf: the run stops and the last good checkpoint is kept."""
+
+
+class ResumeConfigError(ValueError):
+    """The config of a run folder's checkpoint disagrees with the config given for resuming."""
+
+
+# ------------------------------------------------------------------------------------------------ setup
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_deterministic(flag: bool) -> None:
+    torch.backends.cudnn.deterministic = flag
+    torch.backends.cudnn.benchmark = not flag
+    torch.use_deterministic_algorithms(flag, warn_only=True)
+    if flag:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def amp_dtype(cfg: PretrainConfig, device: torch.device):
+    """bf16 / fp16 autocast on CUDA; on CPU amp is a no-op (returns None)."""
+    if cfg.train.amp not in ("none", "bf16", "fp16"):
+        raise config_mod.ConfigError(f"train.amp: '{cfg.train.amp}' is not one of none, bf16, fp16")
+    if cfg.train.amp == "none" or device.type != "cuda":
+        return None
+    return torch.bfloat16 if cfg.train.amp == "bf16" else torch.float16
+
+
+CHECKED_ON_RESUME = ("model", "train.batch_size")
+
+
+def config_differences(stored: dict, cfg: PretrainConfig, keys=CHECKED_ON_RESUME) -> list[str]:
+    """Differences between a checkpoint's stored config and `cfg` under the given (dotted) keys."""
+    now = config_mod.to_dict(cfg)
+    diffs = []
+
+    def walk(a, b, prefix):
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                walk(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k)
+        elif (list(a) if isinstance(a, (list, tuple)) else a) != (list(b) if isinstance(b, (list, tuple)) else b):
+            diffs.append(f"{prefix}: checkpoint {a!r} vs now {b!r}")
+
+    for key in keys:
+        a, b = stored, now
+        for part in key.split("."):
+            a = a.get(part) if isinstance(a, dict) else None
+            b = b.get(part) if isinstance(b, dict) else None
+        walk(a, b, key)
+    return diffs
+
+
+def code_version() -> str:
+    root = Path(__file__).resolve().parents[1]
+    try:
+        out = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--tags"],
+                             capture_output=True, text=True, timeout=5)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return "unknown"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_summary(output_dir: Path, cfg: PretrainConfig, dataset: str, metrics: dict, epochs_done: int,
+                  complete: bool) -> Path:
+    """results.json of the pretraining run (same schema as every evaluation's results.json)."""
+    latest = output_dir / ckpt_io.LATEST
+    doc = {
+        "schema": RESULTS_SCHEMA,
+        "task": "pretrain",
+        "dataset": dataset,
+        "metrics": metrics,
+        "epochs": epochs_done,
+        "batch_size": cfg.train.batch_size,
+        "source": {"checkpoint": str(latest.resolve()), "sha256": _sha256(latest) if latest.is_file() else None,
+                   "pretrain": {"method": "SimSiam", "arch": cfg.model.arch, "epochs": epochs_done,
+                                "batch_size": cfg.train.batch_size, "dataset": dataset}},
+        "config": config_mod.to_dict(cfg),
+        "code_version": code_version(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "complete": complete,
+        "planned_epochs": cfg.train.epochs,
+    }
+    path = output_dir / "results.json"
+    tmp = path.with_name(".results.json.tmp")
+    tmp.write_text(json.dumps(doc, indent=2, default=str))
+    os.replace(tmp, path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------- one epoch
+def train_one_epoch(model, loader, optimizer, scaler, *, epoch: int, step: int, cfg: PretrainConfig,
+                    info: distributed.DistInfo, dtype, last_good: str) -> tuple[dict, int]:
+    model.train()
+    loader.set_epoch(epoch)
+    n_steps = len(loader) if cfg.train.max_steps_per_epoch <= 0 else min(len(loader), cfg.train.max_steps_per_epoch)
+    memory_format = torch.channels_last if (cfg.train.channels_last and info.device.type == "cuda") \
+        else torch.contiguous_format
+    loss_sum = col_sum = 0.0
+    n = batch_per_rank = 0
+    t0 = time.time()
+    bar = progress(loader, total=n_steps, enabled=info.is_main, desc=f"epoch {epoch + 1}/{cfg.train.epochs}")
+    for i, ((x1, x2), _) in enumerate(bar):
+        if i >= n_steps:
+            break
+        x1 = x1.to(info.device, non_blocking=True, memory_format=memory_format)
+        x2 = x2.to(info.device, non_blocking=True, memory_format=memory_format)
+        autocast = torch.autocast("cuda", dtype=dtype) if dtype is not None else contextlib.nullcontext()
+        with autocast:
+            p1, p2, z1, z2 = model(x1, x2)
+            loss = simsiam_loss(p1, p2, z1, z2)
+        loss_val = distributed.all_reduce_mean(loss.detach().float()).item()
+        if not math.isfinite(loss_val):  # every rank sees the same reduced value and stops together
+            raise NonFiniteLossError(
+                f"loss is {loss_val} at epoch {epoch + 1}, step {i + 1}/{n_steps} (global step {step + 1}): "
+                f"training stopped before this update; the last good checkpoint is kept: {last_good}")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        step += 1
+        n += 1
+        batch_per_rank = x1.shape[0]
+        loss_sum += loss_val
+        if cfg.monitor.collapse:
+            col_sum += collapse_std(z1)
+        if info.is_main and hasattr(bar, "set_postfix") and (i % max(cfg.train.print_freq, 1) == 0):
+            bar.set_postfix(loss=f"{loss_val:.4f}")
+    elapsed = time.time() - t0
+    stats = {"loss": loss_sum / max(n, 1), "steps": n, "time": elapsed, "world_size": info.world_size,
+             "batch_per_rank": batch_per_rank,
+             "images_per_s": n * cfg.train.batch_size / max(elapsed, 1e-9)}
+    if cfg.monitor.collapse:
+        stats["collapse_std"] = distributed.all_reduce_mean(
+            torch.tensor(col_sum / max(n, 1), device=info.device)).item()
+    return stats, step
+
+
+def parameters_finite(model) -> bool:
+    return all(torch.isfinite(p).all().item() for p in model.parameters())
+
+
+@torch.no_grad()
+def knn_monitor(model, bank_loader, test_loader, num_classes: int, cfg: PretrainConfig,
+                info: distributed.DistInfo, dtype) -> dict:
+    net = distributed.unwrap(model)
+    was_training = net.training
+    net.eval()
+    autocast = torch.autocast("cuda", dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    try:
+        with autocast:
+            bank, bank_y = extract_features(net.backbone_features, bank_loader, info.device)
+            test, test_y = extract_features(net.backbone_features, test_loader, info.device)
+    finally:
+        net.train(was_training)
+    return knn_accuracy(bank, bank_y, test, test_y, cfg.monitor.knn_k, cfg.monitor.knn_t, num_classes)
+
+
+# ------------------------------------------------------------------------------------------------- run
+def run(cfg: PretrainConfig, output_dir: str | Path) -> dict:
+    """Pretrain (or resume) into output_dir; returns a summary of this invocation."""
+    output_dir = Path(output_dir)
+    owns_group = not (dist.is_available() and dist.is_initialized())
+    info = distributed.init_distributed()
+    try:
+        return _run(cfg, output_dir, info)
+    finally:
+        if owns_group:
+            distributed.cleanup()
+
+
+def _run(cfg: PretrainConfig, output_dir: Path, info: distributed.DistInfo) -> dict:
+    # ---- setup
+    if info.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    distributed.barrier()
+    log = setup_logger(output_dir, info.is_main)
+    set_deterministic(cfg.train.deterministic)
+    if cfg.train.gpu_augment:
+        raise config_mod.ConfigError("train.gpu_augment=true: GPU augmentation is not available in this build")
+    dtype = amp_dtype(cfg, info.device)
+    if info.is_main:
+        config_mod.save(cfg, output_dir / "config.yaml")
+    writer = MetricsWriter(output_dir, enabled=info.is_main, tensorboard=cfg.monitor.tensorboard)
+
+    # ---- build
+    train_dir, val_dir = data_mod.resolve_roots(cfg.data)
+    dataset = data_mod.dataset_name(cfg.data)
+    seed_everything(cfg.train.seed)            # same initial weights on every rank
+    model = build_model(cfg.model)
+    latest = output_dir / ckpt_io.LATEST
+    if cfg.init_from and not latest.is_file():
+        ckpt_io.load_weights(model, os.path.expanduser(cfg.init_from))
+        log.info("initialised weights from %s", cfg.init_from)
+    if cfg.train.channels_last and info.device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    model = distributed.prepare_model(model, info, sync_bn=cfg.model.sync_bn)
+    lr0 = init_lr(cfg)
+    optimizer = build_optimizer(model, cfg.optim, lr0)
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+
+    seed_everything(cfg.train.seed + info.rank)  # augmentation randomness differs per rank
+    loader = data_mod.build_pretrain_loader(cfg, train_dir, info.rank, info.world_size,
+                                            pin_memory=info.device.type == "cuda")
+    knn_loaders = None
+    if cfg.monitor.knn and val_dir is not None:
+        knn_loaders = data_mod.build_knn_loaders(cfg, train_dir, val_dir, info.rank, info.world_size,
+                                                 pin_memory=info.device.type == "cuda")
+
+    # ---- resume
+    start_epoch, step = 0, 0
+    state = ckpt_io.resume(output_dir, distributed.unwrap(model), optimizer, scaler)
+    if state is not None:
+        start_epoch, step = int(state["epoch"]), int(state["step"])
+        per_rank = state.get("rng_ranks") or []
+        if len(per_rank) == info.world_size and info.world_size > 1:
+            ckpt_io.set_rng_state(per_rank[info.rank])
+        log.info("resumed from %s at epoch %d (step %d)", latest, start_epoch, step)
+
+    run_model = model
+    if cfg.train.compile and info.device.type == "cuda":
+        run_model = torch.compile(model)
+
+    log.info("SimSiam %s on %s (%s): %d processes, global batch %d (%d per process), lr %.4g, %d epochs; "
+             "train %s, held-out %s", cfg.model.arch, dataset, info.device, info.world_size,
+             cfg.train.batch_size, cfg.train.batch_size // info.world_size, lr0, cfg.train.epochs,
+             train_dir, val_dir)
+
+    # ---- epochs
+    history: list[dict] = []
+    last = {"loss": float("nan")}
+    knn = None
+    ran = 0
+    epoch = start_epoch
+    try:
+        for epoch in range(start_epoch, cfg.train.epochs):
+            lr = adjust_learning_rate(optimizer, lr0, epoch, cfg.train.epochs, cfg.optim.schedule)
+            good = str(latest) if latest.is_file() else "none (no epoch finished yet)"
+            stats, step = train_one_epoch(run_model, loader, optimizer, scaler, epoch=epoch, step=step, cfg=cfg,
+                                          info=info, dtype=dtype, last_good=good)
+            if not parameters_finite(distributed.unwrap(model)):
+                raise NonFiniteLossError(f"weights became NaN/inf during epoch {epoch + 1}: training stopped; "
+                                         f"the last good checkpoint is kept: {good}")
+            record = {"stage": "pretrain", "epoch": epoch + 1, "step": step, "lr": lr,
+                      "pred_lr": optimizer.param_groups[1]["lr"], **stats}
+            if cfg.monitor.collapse:
+                record["collapse_ref"] = 1.0 / math.sqrt(cfg.model.dim)
+            if knn_loaders is not None and ((epoch + 1) % max(cfg.monitor.knn_every, 1) == 0
+                                            or epoch + 1 == cfg.train.epochs):
+                knn = knn_monitor(model, *knn_loaders, cfg, info, dtype)
+                record["knn_top1"], record["knn_top5"] = knn["top1"], knn["top5"]
+
+            # checkpoint: RNG states of every rank so that a resumed multi-process run continues exactly
+            rng_all = None
+            if info.distributed:
+                rng_all = [None] * info.world_size
+                dist.all_gather_object(rng_all, ckpt_io.rng_state())
+            if info.is_main:
+                ck = ckpt_io.make_checkpoint(distributed.unwrap(model), optimizer, scaler, epoch=epoch + 1,
+                                             step=step, config=config_mod.to_dict(cfg), dataset=dataset,
+                                             arch=cfg.model.arch)
+                if rng_all is not None:
+                    ck["rng_ranks"] = rng_all
+                ckpt_io.save_checkpoint(ck, output_dir, cfg.train.save_freq)
+                writer.write(record)
+                log.info("epoch %d/%d: loss %.4f  collapse_std %s  kNN top-1 %s  lr %.4g  %.1f img/s",
+                         epoch + 1, cfg.train.epochs, stats["loss"],
+                         f"{stats['collapse_std']:.4f}" if "collapse_std" in stats else "-",
+                         f"{record['knn_top1']:.2f}" if "knn_top1" in record else "-", lr, stats["images_per_s"])
+            distributed.barrier()
+            history.append(record)
+            last = record
+            ran += 1
+            if cfg.train.stop_after_epochs and ran >= cfg.train.stop_after_epochs:
+                log.info("stopping after %d epoch(s) in this invocation (train.stop_after_epochs); run the "
+                         "same command again to resume", ran)
+                break
+    except NonFiniteLossError as e:
+        log.error("%s", e)
+        writer.close()
+        raise
+
+    epochs_done = start_epoch + ran
+    complete = epochs_done >= cfg.train.epochs
+    if state is not None and ran == 0 and knn_loaders is not None:  # finished run restarted: re-measure kNN
+        knn = knn_monitor(model, *knn_loaders, cfg, info, dtype)
+    metrics = {"loss": last.get("loss"), "collapse_std": last.get("collapse_std"),
+               "knn_top1": knn["top1"] if knn else None, "knn_top5": knn["top5"] if knn else None}
+    if info.is_main:
+        write_summary(output_dir, cfg, dataset, metrics, epochs_done, complete)
+    writer.close()
+    distributed.barrier()
+    return {"output_dir": str(output_dir), "checkpoint": str(latest), "epoch": epochs_done, "step": step,
+            "complete": complete, "resumed_from": start_epoch if state is not None else None,
+            "per_rank_batch": cfg.train.batch_size // info.world_size, "world_size": info.world_size,
+            "metrics": metrics, "history": history}

@@ -1,0 +1,84 @@
+"""pretrain.model: the paper's architecture, shapes, and the stop-gradient."""
+import pytest
+import torch
+from torch import nn
+
+from pretrain.defaults import ModelConfig
+from pretrain.loss import simsiam_loss
+from pretrain.model import SimSiam, build_model
+
+
+def test_resnet50_shapes_and_paper_layout():
+    torch.manual_seed(0)
+    m = build_model(ModelConfig())  # the paper's defaults
+    fc = m.encoder.fc
+    linears = [x for x in fc if isinstance(x, nn.Linear)]
+    assert [(l.in_features, l.out_features) for l in linears] == [(2048, 2048)] * 3
+    assert [l.bias is None for l in linears] == [True, True, False]
+    assert linears[-1].bias.requires_grad is False          # followed by BN: not trained
+    assert isinstance(fc[-1], nn.BatchNorm1d) and fc[-1].affine is False
+    pl = [x for x in m.predictor if isinstance(x, nn.Linear)]
+    assert [(l.in_features, l.out_features) for l in pl] == [(2048, 512), (512, 2048)]
+    # zero-initialised last BN in each residual block
+    assert all(torch.all(b.bn3.weight == 0) for layer in (m.encoder.layer1, m.encoder.layer4) for b in layer)
+    keys = m.state_dict().keys()
+    assert all(k.startswith(("encoder.", "predictor.")) for k in keys)
+    assert "encoder.fc.6.weight" in keys and "predictor.3.bias" in keys
+    m.eval()
+    with torch.no_grad():
+        x = torch.randn(2, 3, 32, 32)
+        p1, p2, z1, z2 = m(x, x)
+        assert p1.shape == p2.shape == z1.shape == z2.shape == (2, 2048)
+        assert m.backbone_features(x).shape == (2, 2048)
+        assert isinstance(m.encoder.fc, nn.Sequential)  # restored after backbone_features
+
+
+def test_cifar_resnet18_variant():
+    m = SimSiam("resnet18_cifar", dim=2048, pred_dim=512, proj_layers=2)
+    assert m.encoder.conv1.kernel_size == (3, 3) and m.encoder.conv1.stride == (1, 1)
+    assert isinstance(m.encoder.maxpool, nn.Identity)
+    assert len([x for x in m.encoder.fc if isinstance(x, nn.Linear)]) == 2
+    m.eval()
+    with torch.no_grad():
+        x = torch.randn(2, 3, 32, 32)
+        assert m.backbone_features(x).shape == (2, 512)
+        assert m(x, x)[0].shape == (2, 2048)
+    with pytest.raises(ValueError, match="unknown arch 'resnet34'"):
+        SimSiam("resnet34")
+
+
+def _grads(stop_gradient: bool):
+    torch.manual_seed(0)
+    m = SimSiam("resnet18", dim=64, pred_dim=16, proj_layers=2, stop_gradient=stop_gradient)
+    x1, x2 = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)
+    captured = []
+    m.encoder.register_forward_hook(lambda mod, inp, out: captured.append(out))
+    p1, p2, z1, z2 = m(x1, x2)
+    loss = simsiam_loss(p1, p2, z1, z2)
+    # gradient reaching the projections z (encoder outputs) directly through the target path
+    z_enc = captured  # [z1 (undetached encoder output), z2]
+    return m, loss, z1, z2, z_enc, p1, p2
+
+
+def test_stop_gradient_blocks_the_target_path():
+    m, loss, z1, z2, z_enc, p1, p2 = _grads(True)
+    assert not z1.requires_grad and z1.grad_fn is None and not z2.requires_grad
+    # the only way from the loss to the encoder output is through the predictor: d loss / d z_enc equals
+    # the gradient through p alone
+    g_total = torch.autograd.grad(loss, z_enc[0], retain_graph=True)[0]
+    g_via_p = torch.autograd.grad(0.5 * (-torch.nn.functional.cosine_similarity(p1, z2.detach()).mean()),
+                                  z_enc[0], retain_graph=True)[0]
+    assert torch.allclose(g_total, g_via_p, atol=1e-7)
+    loss.backward()
+    assert m.encoder.conv1.weight.grad is not None and m.predictor[0].weight.grad is not None
+
+
+def test_without_stop_gradient_the_target_receives_gradient():
+    m, loss, z1, z2, z_enc, p1, p2 = _grads(False)
+    assert z1.requires_grad and z1.grad_fn is not None
+    g_z1 = torch.autograd.grad(loss, z1, retain_graph=True)[0]
+    assert g_z1.abs().sum() > 0
+    g_total = torch.autograd.grad(loss, z_enc[0], retain_graph=True)[0]
+    g_via_p = torch.autograd.grad(0.5 * (-torch.nn.functional.cosine_similarity(p1, z2.detach()).mean()),
+                                  z_enc[0], retain_graph=True)[0]
+    assert not torch.allclose(g_total, g_via_p, atol=1e-7)
