@@ -1,0 +1,519 @@
+"""Detection transfer with detectron2: fine-tune Faster/Mask R-CNN R50-C4 from converted weights, N trials.
+
+    simsiam detect --weights FILE --config PRESET_OR_YAML --output DIR [--trials N] [--seed S] [--amp]
+                   [--data-root DIR] [--cache-dir DIR] [--train-dataset SPEC ...] [--test-dataset SPEC ...]
+                   [--norm auto|BN|SyncBN|naiveSyncBN] [--caffe-weights] [KEY VALUE ...]
+    python -m transfer.detect ...
+
+--weights: detectron2 weights written by `simsiam convert --to detectron2` (.pkl), or any pretraining
+checkpoint that transfer.convert reads (converted on the fly into DIR/weights_detectron2.pkl).
+--config: a preset of eval_configs/detection (voc07, voc0712, coco_1x, coco_2x, tiny, tiny_coco) or a YAML
+file (detectron2 format, `_BASE_` allowed). Our weights come from torchvision ResNets, so the overlay
+eval_configs/detection/torchvision.yaml (RGB input, ImageNet mean/std x255, STRIDE_IN_1X1 False) is merged
+after the preset (--caffe-weights skips it). KEY VALUE pairs are detectron2 overrides, applied last.
+Datasets: see transfer.detection_data (standard names under --data-root, VOC folders, COCO JSON files).
+
+Each trial i (seed S+i) runs in DIR/trial_{i}/ (detectron2 checkpoints, config.yaml, log.txt, metrics.json,
+TensorBoard events, our metrics.jsonl with stage "detection", results.json). A finished trial (results.json
+present) is skipped; an interrupted one resumes from its last checkpoint. DIR/results.json then summarises:
+"metrics" = mean over trials, "std" = sample standard deviation (ddof=1; null with one trial), "trials" =
+the per-trial list. Metrics: VOC evaluation -> {AP50, AP, AP75}; COCO -> {"bbox": {...}, "segm": {...}}.
+
+Norm (SIMSIAM.NORM, --norm): the protocol's SyncBN needs several CUDA processes. "auto" keeps the config's
+MODEL.RESNETS.NORM for a multi-GPU run, uses naiveSyncBN for a multi-process CPU run and BN for one process.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from transfer.d2compat import has_real_extension, import_detectron2
+
+import_detectron2()
+from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
+from detectron2.config import CfgNode as CN  # noqa: E402
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog  # noqa: E402
+from detectron2.data import build_detection_test_loader, build_detection_train_loader  # noqa: E402
+from detectron2.engine import DefaultTrainer, hooks  # noqa: E402
+from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator  # noqa: E402
+from detectron2.layers import get_norm  # noqa: E402
+from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, Res5ROIHeads  # noqa: E402
+from detectron2.utils import comm  # noqa: E402
+from detectron2.utils.events import EventWriter, get_event_storage  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+
+from pretrain.config import ConfigError, find_preset  # noqa: E402
+from transfer import detection_data as dd  # noqa: E402
+from transfer.results import read_results, sha256_file, write_results  # noqa: E402
+
+log = logging.getLogger("simsiam.detect")
+OVERLAY = "torchvision.yaml"
+NORMS = ("auto", "BN", "SyncBN", "naiveSyncBN")
+
+
+# ------------------------------------------------------------------------------------------ model parts
+class Res5ROIHeadsExtraNorm(Res5ROIHeads):
+    """The C4 ROI head with a normalisation layer after res5 (MoCo's detection recipe): with BN in every
+    block of a fine-tuned backbone, the res5 output feeding the box/mask predictors is normalised too."""
+
+    @classmethod
+    def _build_res5_block(cls, cfg):
+        seq, out_channels = super()._build_res5_block(cfg)
+        seq.add_module("norm", get_norm(cfg.MODEL.RESNETS.NORM, out_channels))
+        return seq, out_channels
+
+
+if "Res5ROIHeadsExtraNorm" not in ROI_HEADS_REGISTRY:
+    ROI_HEADS_REGISTRY.register(Res5ROIHeadsExtraNorm)
+
+
+# ----------------------------------------------------------------------------------------------- config
+def add_simsiam_config(cfg: CN) -> CN:
+    """Our keys (all under SIMSIAM, documented in eval_configs/detection/Base-RCNN-C4-BN.yaml)."""
+    cfg.SIMSIAM = CN()
+    cfg.SIMSIAM.NORM = "auto"             # auto | BN | SyncBN | naiveSyncBN (see module docstring)
+    cfg.SIMSIAM.MAX_TRAIN_IMAGES = 0      # >0: train on the first N images of each training set only
+    cfg.SIMSIAM.MAX_TEST_IMAGES = 0       # >0: evaluate on the first N test images only
+    cfg.SIMSIAM.VOC_YEAR = 2007           # metric of custom VOC folders: 2007 = 11-point AP, 2012 = area
+    cfg.SIMSIAM.CLASSES = []              # class names of custom VOC folders ([] = discovered from the XML)
+    cfg.SIMSIAM.BENCHMARK = ""            # dataset name in results.json ("" = derived from the datasets)
+    cfg.SIMSIAM.KEEP_CHECKPOINTS = 1      # periodic snapshots kept per trial (besides model_final.pth)
+    return cfg
+
+
+def _merge_file(cfg: CN, path: Path) -> None:
+    try:
+        cfg.merge_from_file(str(path))
+    except KeyError as e:
+        raise ConfigError(f"{path}: unknown config key ({e.args[0] if e.args else e})") from None
+    except (ValueError, TypeError, AssertionError) as e:
+        raise ConfigError(f"{path}: {type(e).__name__}: {e}") from None
+
+
+def build_config(config: str, overrides: list[str] = (), caffe_weights: bool = False) -> CN:
+    """detectron2 defaults + our SIMSIAM keys + the preset/YAML + the torchvision overlay + KEY VALUE overrides."""
+    cfg = add_simsiam_config(get_cfg())
+    preset = find_preset(config, "detection")
+    _merge_file(cfg, preset)
+    if not caffe_weights:
+        _merge_file(cfg, find_preset(OVERLAY, "detection"))
+    if len(overrides) % 2:
+        raise ConfigError(f"overrides must be KEY VALUE pairs, got an odd number: {' '.join(overrides)}")
+    for key, value in zip(overrides[0::2], overrides[1::2]):
+        try:
+            cfg.merge_from_list([key, value])
+        except KeyError:
+            raise ConfigError(f"override {key}: unknown config key") from None
+        except (ValueError, TypeError, AssertionError) as e:
+            raise ConfigError(f"override {key} {value}: {e}") from None
+    if cfg.SIMSIAM.NORM not in NORMS:
+        raise ConfigError(f"SIMSIAM.NORM={cfg.SIMSIAM.NORM!r}: expected one of {', '.join(NORMS)}")
+    return cfg
+
+
+def resolve_norm(requested: str, configured: str, world_size: int, cuda: bool) -> str:
+    """The normalisation actually used (see the module docstring)."""
+    if requested != "auto":
+        return requested
+    if world_size > 1:
+        return configured if cuda else "naiveSyncBN"
+    return "BN"
+
+
+# ----------------------------------------------------------------------------------------------- trainer
+class RobustMapper(DatasetMapper):
+    """DatasetMapper that names the file when an image cannot be read. Training skips such an image with a
+    warning (detectron2's MapDataset then draws another); evaluation stops with the file's name."""
+
+    def __call__(self, dataset_dict):
+        try:
+            return super().__call__(dataset_dict)
+        except Exception as e:  # noqa: BLE001 - PIL/numpy raise many kinds for a bad image
+            msg = f"{dataset_dict.get('file_name')}: cannot be used ({type(e).__name__}: {e})"
+            if self.is_train:
+                logging.getLogger("simsiam.detect").warning(msg + "; skipped")
+                return None
+            raise dd.DatasetError(msg) from e
+
+
+class JsonlWriter(EventWriter):
+    """metrics.jsonl: one line per iteration (stage "detection", iter = iterations done, losses, lr, time).
+
+    `start_iter()` gives the first iteration of this run: on a resumed trial, lines of iterations that will be
+    run again are dropped first."""
+
+    def __init__(self, path: Path, start_iter):
+        self.path = Path(path)
+        self._start_iter = start_iter
+        self._last: int | None = None
+
+    def write(self):
+        storage = get_event_storage()
+        if self._last is None:
+            self._last = int(self._start_iter())
+            if self.path.exists():
+                keep = [ln for ln in self.path.read_text().splitlines()
+                        if ln.strip() and json.loads(ln).get("iter", 0) <= self._last]
+                self.path.write_text("".join(k + "\n" for k in keep))
+        rows: dict[int, dict] = {}
+        for name, hist in storage.histories().items():
+            if name.startswith("loss") or name in ("total_loss", "lr", "time", "data_time"):
+                for value, it in hist.values():
+                    if it >= self._last:
+                        rows.setdefault(int(it), {})[name] = float(value)
+        with open(self.path, "a") as f:
+            for it in sorted(rows):
+                if "total_loss" in rows[it]:
+                    f.write(json.dumps({"stage": "detection", "iter": it + 1, **rows[it]}) + "\n")
+        self._last = storage.iter + 1
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer with our evaluators, robust data loading, metrics.jsonl and bounded checkpoints."""
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        if dd.dataset_kind(dataset_name) == "voc":
+            dd.prepare_voc_evaluation(dataset_name)
+            return PascalVOCDetectionEvaluator(dataset_name)
+        tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
+        return COCOEvaluator(dataset_name, tasks=tasks, distributed=True,
+                             output_dir=output_folder or os.path.join(cfg.OUTPUT_DIR, "inference"),
+                             use_fast_impl=has_real_extension())
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=RobustMapper(cfg, is_train=True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name, mapper=RobustMapper(cfg, is_train=False))
+
+    def build_hooks(self):
+        cfg = self.cfg.clone()
+        cfg.defrost()
+        cfg.DATALOADER.NUM_WORKERS = 0
+        ret = [hooks.IterationTimer(), hooks.LRScheduler()]
+        if cfg.TEST.PRECISE_BN.ENABLED and hooks.get_bn_modules(self.model):
+            ret.append(hooks.PreciseBN(cfg.TEST.EVAL_PERIOD, self.model, self.build_train_loader(cfg),
+                                       cfg.TEST.PRECISE_BN.NUM_ITER))
+        if comm.is_main_process():
+            ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD,
+                                                  max_to_keep=max(1, cfg.SIMSIAM.KEEP_CHECKPOINTS)))
+
+        def test_and_save_results():
+            self._last_eval_results = self.test(self.cfg, self.model)
+            return self._last_eval_results
+
+        ret.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, test_and_save_results))
+        if comm.is_main_process():
+            ret.append(hooks.PeriodicWriter(self.build_writers(), period=min(20, cfg.SOLVER.MAX_ITER)))
+        return ret
+
+    def build_writers(self):
+        from detectron2.engine.defaults import default_writers
+
+        return [*default_writers(self.cfg.OUTPUT_DIR, self.max_iter),
+                JsonlWriter(Path(self.cfg.OUTPUT_DIR) / "metrics.jsonl", lambda: self.start_iter)]
+
+
+# ----------------------------------------------------------------------------------------------- weights
+BACKBONE_PREFIXES = ("backbone.", "roi_heads.res5.")
+NEW_LAYERS = ("roi_heads.res5.norm.",)  # the extra norm is not part of a ResNet
+
+
+def load_pretrained(trainer: Trainer, weights: str) -> dict:
+    """Load converted weights into the model, log detectron2's report, and fail when a backbone tensor
+    (stem, res2-res5) is missing or has the wrong shape. Returns a summary."""
+    ckp: DetectionCheckpointer = trainer.checkpointer
+    ckpt = ckp._load_file(weights)  # noqa: SLF001 - detectron2's reader (handles .pkl + name matching)
+    src = dict(ckpt["model"])
+    incompatible = ckp._load_model(ckpt)  # noqa: SLF001
+    ckp._log_incompatible_keys(incompatible)  # noqa: SLF001 - detectron2's own report, in our log
+    state = trainer.model.state_dict() if not hasattr(trainer.model, "module") else trainer.model.module.state_dict()
+    backbone_keys = [k for k in state if k.startswith(BACKBONE_PREFIXES) and not k.startswith(NEW_LAYERS)
+                     and not k.endswith("num_batches_tracked")]
+    missing = sorted(set(incompatible.missing_keys) & set(backbone_keys))
+    bad_shapes = [s for s in incompatible.incorrect_shapes if s[0].startswith(BACKBONE_PREFIXES)]
+    if missing or bad_shapes:
+        raise RuntimeError(f"{weights}: the pretrained backbone was not fully loaded: {len(missing)} of "
+                           f"{len(backbone_keys)} backbone tensors missing ({', '.join(missing[:8])}"
+                           f"{' ...' if len(missing) > 8 else ''}); wrong shapes: {bad_shapes[:4]}. "
+                           f"Is this a ResNet-50 converted with `simsiam convert --to detectron2`?")
+    summary = {"weights": str(weights), "source_tensors": len(src), "backbone_tensors_loaded": len(backbone_keys),
+               "new_tensors": sorted(k for k in incompatible.missing_keys if k not in backbone_keys),
+               "unexpected": list(incompatible.unexpected_keys)}
+    log.info("pretrained weights %s: %d backbone tensors loaded (stem, res2-res5); %d tensors start from "
+             "scratch (RPN, box/mask predictors, extra norm, BN counters); %d unexpected", weights,
+             len(backbone_keys), len(summary["new_tensors"]), len(summary["unexpected"]))
+    return summary
+
+
+def prepare_weights(path: str, output: Path) -> tuple[str, dict]:
+    """(detectron2 .pkl path, results.json `source`). A pretraining checkpoint is converted once."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"--weights {p}: no such file")
+    if p.suffix == ".pkl":
+        import pickle
+
+        try:
+            with open(p, "rb") as f:
+                obj = pickle.load(f, encoding="latin1")
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(f"--weights {p}: not a readable detectron2 .pkl ({type(e).__name__}: {e})") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("model"), dict):
+            raise ValueError(f"--weights {p}: not detectron2 weights (expected a dict with 'model')")
+        source = obj.get("source") if isinstance(obj.get("source"), dict) else {}
+        source = {**source, "weights": str(p.resolve()), "weights_sha256": sha256_file(p)}
+        source.setdefault("checkpoint", str(p.resolve()))
+        source.setdefault("sha256", source["weights_sha256"])
+        return str(p), source
+    from transfer import convert
+
+    out = output / "weights_detectron2.pkl"
+    _, _, info = convert.load_any_checkpoint(p, "resnet50")
+    if comm.is_main_process() and not out.exists():
+        _, report = convert.to_detectron2(p, out, arch="resnet50")
+        log.info("converted %s -> %s (%d tensors; dropped %s)", p, out, report["converted"], report["dropped"])
+    comm.synchronize()
+    source = convert.describe_source(p, info)
+    source.update(weights=str(out.resolve()))
+    return str(out), source
+
+
+# ------------------------------------------------------------------------------------------------ trials
+def _finite(v):
+    return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else float(v)
+
+
+def extract_metrics(results: dict, kind: str, mask_on: bool) -> dict:
+    """detectron2 evaluator output -> our metrics ({AP50, AP, AP75} for VOC; {"bbox": ..., "segm": ...})."""
+    def triple(d):
+        return {k: _finite(d.get(k)) for k in ("AP50", "AP", "AP75")}
+
+    if kind == "voc":
+        return triple(results["bbox"])
+    out = {"bbox": triple(results["bbox"])}
+    if mask_on:
+        out["segm"] = triple(results["segm"])
+    return out
+
+
+def aggregate(trial_metrics: list[dict]) -> tuple[dict, dict]:
+    """(mean, std) with the nesting of the per-trial metrics; std is the sample std (ddof=1), None for n=1.
+    Missing/None values are left out of a key's statistics."""
+    def walk(items: list):
+        first = items[0]
+        if isinstance(first, dict):
+            keys = list(first)
+            pairs = {k: walk([it.get(k) for it in items]) for k in keys}
+            return {k: v[0] for k, v in pairs.items()}, {k: v[1] for k, v in pairs.items()}
+        vals = [float(v) for v in items if v is not None and math.isfinite(float(v))]
+        mean = statistics.fmean(vals) if vals else None
+        std = statistics.stdev(vals) if len(vals) > 1 else None
+        return mean, std
+
+    if not trial_metrics:
+        raise ValueError("no trial metrics to aggregate")
+    return walk(trial_metrics)
+
+
+def benchmark_name(cfg: CN, train_names: list[str], test_names: list[str]) -> str:
+    if cfg.SIMSIAM.BENCHMARK:
+        return cfg.SIMSIAM.BENCHMARK
+    base = [n.split("@")[0] for n in train_names]
+    test = test_names[0].split("@")[0]
+    if test == "voc_2007_test":
+        return "voc0712" if any(b.startswith("voc_2012") for b in base) else "voc07"
+    if test.startswith("coco_2017"):
+        return "coco"
+    return dd.display_name(test_names[0])
+
+
+def setup_datasets(cfg: CN, args) -> tuple[list[str], list[str]]:
+    train_specs = args.train_dataset or list(cfg.DATASETS.TRAIN)
+    test_specs = args.test_dataset or list(cfg.DATASETS.TEST)
+    if not train_specs or not test_specs:
+        raise ConfigError("no training or test dataset: set DATASETS.TRAIN/TEST or --train-dataset/--test-dataset")
+    kw = dict(data_root=args.data_root, cache_dir=args.cache_dir, classes=list(cfg.SIMSIAM.CLASSES) or None,
+              year=int(cfg.SIMSIAM.VOC_YEAR))
+    train = [dd.resolve_dataset(s, **kw) for s in train_specs]
+    test = [dd.resolve_dataset(s, **kw) for s in test_specs]
+    train = [dd.limit_dataset(n, cfg.SIMSIAM.MAX_TRAIN_IMAGES) for n in train]
+    test = [dd.limit_dataset(n, cfg.SIMSIAM.MAX_TEST_IMAGES) for n in test]
+    classes = [list(MetadataCatalog.get(n).thing_classes) for n in train + test]
+    if any(c != classes[0] for c in classes):
+        raise dd.DatasetError("training and test datasets have different classes: " + "; ".join(
+            f"{n}: {', '.join(c[:6])}{' ...' if len(c) > 6 else ''}" for n, c in zip(train + test, classes)))
+    return train, test
+
+
+def setup(args) -> tuple[CN, list[str], list[str]]:
+    cfg = build_config(args.config, args.opts, args.caffe_weights)
+    if args.norm:
+        cfg.SIMSIAM.NORM = args.norm
+    world = comm.get_world_size()
+    cuda = torch.cuda.is_available()
+    cfg.MODEL.DEVICE = "cuda" if cuda else "cpu"
+    cfg.MODEL.RESNETS.NORM = resolve_norm(cfg.SIMSIAM.NORM, cfg.MODEL.RESNETS.NORM, world, cuda)
+    if args.amp:
+        cfg.SOLVER.AMP.ENABLED = True
+    if cfg.SOLVER.AMP.ENABLED and not cuda:
+        raise ConfigError("--amp / SOLVER.AMP.ENABLED needs a CUDA GPU (detectron2's AMPTrainer is CUDA-only)")
+    if cfg.SOLVER.IMS_PER_BATCH % world:
+        raise ConfigError(f"SOLVER.IMS_PER_BATCH={cfg.SOLVER.IMS_PER_BATCH} is not divisible by {world} processes")
+    train, test = setup_datasets(cfg, args)
+    cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = tuple(train), tuple(test)
+    n_classes = len(MetadataCatalog.get(train[0]).thing_classes)
+    if cfg.MODEL.ROI_HEADS.NUM_CLASSES != n_classes:
+        log.info("MODEL.ROI_HEADS.NUM_CLASSES: %d -> %d (the classes of %s)", cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+                 n_classes, train[0])
+        cfg.MODEL.ROI_HEADS.NUM_CLASSES = n_classes
+    return cfg, train, test
+
+
+def run_trial(base: CN, trial_dir: Path, seed: int, weights: str) -> dict:
+    """Train + evaluate one trial in trial_dir (resuming if it holds a checkpoint); returns evaluator results."""
+    cfg = base.clone()
+    cfg.OUTPUT_DIR = str(trial_dir)
+    cfg.SEED = seed
+    cfg.MODEL.WEIGHTS = weights
+    cfg.freeze()
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    if comm.is_main_process():
+        (trial_dir / "config.yaml").write_text(cfg.dump())
+    handler = _trial_log(trial_dir)
+    try:
+        return _run_trial(cfg, trial_dir, seed, weights)
+    finally:
+        for name in ("detectron2", "simsiam"):
+            logging.getLogger(name).removeHandler(handler)
+        handler.close()
+
+
+def _trial_log(trial_dir: Path) -> logging.Handler:
+    """trial_dir/log.txt (rank 0) gets the detectron2 and simsiam log records of this trial."""
+    handler: logging.Handler = (logging.FileHandler(trial_dir / "log.txt") if comm.is_main_process()
+                                else logging.NullHandler())
+    handler.setFormatter(logging.Formatter("[%(asctime)s] %(name)s %(levelname)s: %(message)s", "%m/%d %H:%M:%S"))
+    for name in ("detectron2", "simsiam"):
+        logging.getLogger(name).addHandler(handler)
+    return handler
+
+
+def _run_trial(cfg: CN, trial_dir: Path, seed: int, weights: str) -> dict:
+    from detectron2.utils.env import seed_all_rng
+
+    seed_all_rng(seed + comm.get_rank())
+    resume = (trial_dir / "last_checkpoint").is_file()
+    trainer = Trainer(cfg)
+    if resume:
+        log.info("resuming %s from its last checkpoint", trial_dir)
+        trainer.resume_or_load(resume=True)
+    else:
+        load_pretrained(trainer, weights)
+    t0 = time.time()
+    trainer.train()
+    results = getattr(trainer, "_last_eval_results", None)
+    elapsed = time.time() - t0
+    done = cfg.SOLVER.MAX_ITER - trainer.start_iter
+    log.info("trial %s: %d iterations in %.1f s (%.3f s/iter incl. evaluation)", trial_dir.name, done, elapsed,
+             elapsed / max(done, 1))
+    return results or {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="simsiam detect", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    ap.add_argument("--weights", required=True, help="detectron2 .pkl (simsiam convert) or a pretraining checkpoint")
+    ap.add_argument("--config", required=True, help="preset name (eval_configs/detection) or YAML file")
+    ap.add_argument("--output", required=True, help="run folder (trials in trial_<i>/)")
+    ap.add_argument("--trials", type=int, default=1, help="number of trials (the paper reports 5 on VOC)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of trial 0; trial i uses seed+i")
+    ap.add_argument("--amp", action="store_true", help="mixed precision (SOLVER.AMP.ENABLED; CUDA only)")
+    ap.add_argument("--data-root", help="folder with VOC2007/, VOC2012/, coco/ (default $DETECTRON2_DATASETS or ./datasets)")
+    ap.add_argument("--cache-dir", default=dd.DEFAULT_CACHE, help="embedded data and VOC evaluation copies")
+    ap.add_argument("--train-dataset", action="append", help="dataset name/path (repeatable); default from config")
+    ap.add_argument("--test-dataset", action="append", help="dataset name/path (repeatable); default from config")
+    ap.add_argument("--norm", choices=NORMS, help="normalisation (default SIMSIAM.NORM = auto)")
+    ap.add_argument("--caffe-weights", action="store_true", help="do not merge the torchvision overlay (BGR weights)")
+    ap.add_argument("opts", nargs=argparse.REMAINDER, help="detectron2 KEY VALUE overrides")
+    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.trials < 1:
+        ap.error("--trials must be >= 1")
+    from pretrain.distributed import init_distributed
+
+    info = init_distributed()
+    if info.distributed:
+        comm.create_local_process_group(int(os.environ.get("LOCAL_WORLD_SIZE", torch.cuda.device_count() or 1)))
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    setup_logger(str(out), distributed_rank=comm.get_rank(), name="simsiam")
+    setup_logger(str(out), distributed_rank=comm.get_rank(), name="detectron2")
+    try:
+        cfg, train, test = setup(args)
+        weights, source = prepare_weights(args.weights, out)
+    except (ConfigError, dd.DatasetError, FileNotFoundError, ValueError) as e:
+        print(f"simsiam detect: error: {e}", file=sys.stderr)
+        return 2
+    kind = dd.dataset_kind(test[0])
+    bench = benchmark_name(cfg, train, test)
+    resolved = yaml_dict(cfg)
+    trials = []
+    for i in range(args.trials):
+        tdir, seed = out / f"trial_{i}", args.seed + i
+        if (tdir / "results.json").is_file():
+            doc = read_results(tdir)
+            log.info("trial %d already finished (%s): skipped", i, tdir / "results.json")
+        else:
+            results = run_trial(cfg, tdir, seed, weights)
+            if comm.is_main_process():
+                if test[0] not in results and "bbox" not in results:
+                    raise RuntimeError(f"trial {i}: the evaluator returned no results ({results})")
+                res = results.get(test[0], results)
+                metrics = extract_metrics(res, kind, cfg.MODEL.MASK_ON)
+                flat = {f"{t}/{k}" if kind == "coco" else k: v for t, d in
+                        (metrics.items() if kind == "coco" else [("bbox", metrics)]) for k, v in d.items()}
+                with open(tdir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps({"stage": "detection", "iter": cfg.SOLVER.MAX_ITER, "trial": i, **flat}) + "\n")
+                write_results(tdir, task="detection", dataset=bench, metrics=metrics,
+                              config={**resolved, "seed": seed, "OUTPUT_DIR": str(tdir)}, source=source,
+                              batch_size=cfg.SOLVER.IMS_PER_BATCH,
+                              extra={"trial": i, "seed": seed, "iterations": cfg.SOLVER.MAX_ITER,
+                                     "test_datasets": test, "train_datasets": train})
+            comm.synchronize()
+            doc = read_results(tdir) if comm.is_main_process() else None
+        if comm.is_main_process():
+            trials.append({"trial": i, "seed": doc.get("seed", seed), "metrics": doc["metrics"],
+                           "path": str(tdir / "results.json")})
+    if comm.is_main_process():
+        mean, std = aggregate([t["metrics"] for t in trials])
+        path = write_results(out, task="detection", dataset=bench, metrics=mean, config=resolved, source=source,
+                             batch_size=cfg.SOLVER.IMS_PER_BATCH,
+                             extra={"std": std, "std_note": "sample std (ddof=1); null for a single trial",
+                                    "n_trials": len(trials), "trials": trials, "iterations": cfg.SOLVER.MAX_ITER,
+                                    "test_datasets": test, "train_datasets": train})
+        print(f"simsiam detect: {len(trials)} trial(s) on {bench}: mean {json.dumps(mean)}; std {json.dumps(std)}")
+        print(f"results: {path}")
+    return 0
+
+
+def yaml_dict(cfg: CN) -> dict:
+    import yaml
+
+    return yaml.safe_load(cfg.dump())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
