@@ -1,0 +1,94 @@
+"""transfer.knn: offline kNN (k=200 and k=20, t=0.1) of a checkpoint on real CIFAR-10 images, checked against
+an independent computation; results.json contract; clear errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pretrain.augment import eval_transform
+from pretrain.data import DataError, RobustImageFolder
+from pretrain.model import SimSiam
+from transfer import knn
+from transfer.results import read_results, sha256_file
+
+MEAN, STD = [0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = SimSiam("resnet18_cifar", dim=128, pred_dim=32, proj_layers=2)
+    for m in model.encoder.modules():  # data-like BN statistics, so the features are not degenerate
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_var.fill_(4.0)
+    path = tmp_path_factory.mktemp("ckpt") / "checkpoint.pth"
+    torch.save({"format": "simsiam-suite/pretrain", "version": 1, "epoch": 5, "step": 50, "arch": "resnet18_cifar",
+                "model": model.state_dict(), "optimizer": None, "scaler": None, "rng": {},
+                "config": {"data": {"image_size": 32, "mean": MEAN, "std": STD}, "train": {"batch_size": 64}},
+                "dataset": "cifar10-jpg"}, path)
+    return path, model
+
+
+def _manual_knn(model, root, k, t=0.1):
+    """Independent reference: plain loops, explicit cosine similarities and weighted votes."""
+    tf = eval_transform(32, MEAN, STD, crop_fraction=1.0)
+    bank = RobustImageFolder(root / "train", tf, limit_per_class=20)
+    test = RobustImageFolder(root / "test", tf, limit_per_class=8)
+
+    def feats(ds):
+        x = torch.stack([ds[i][0] for i in range(len(ds))])
+        with torch.no_grad():
+            return F.normalize(model.eval().backbone_features(x), dim=1), torch.tensor(ds.targets)
+
+    fb, yb = feats(bank)
+    ft, yt = feats(test)
+    correct = 0
+    for f, y in zip(ft, yt):
+        sim = fb @ f
+        top = sim.topk(min(k, len(fb)))
+        votes = torch.zeros(10)
+        for s, i in zip(top.values, top.indices):
+            votes[yb[i]] += torch.exp(s / t)
+        correct += int(votes.argmax() == y)
+    return 100.0 * correct / len(yt)
+
+
+def test_knn_matches_reference_and_writes_results(checkpoint, cifar_root, tmp_path, capsys):
+    path, model = checkpoint
+    rc = knn.main(["--weights", str(path), "--data", str(cifar_root), "--output", str(tmp_path / "knn"),
+                   "data.limit_per_class=20", "data.val_limit_per_class=8", "data.workers=0"])
+    assert rc == 0 and "top1_k200" in capsys.readouterr().out
+    doc = read_results(tmp_path / "knn")
+    assert doc["task"] == "knn" and doc["dataset"] == "cifar10-jpg"
+    m = doc["metrics"]
+    assert set(m) >= {"top1_k200", "top5_k200", "top1_k20", "top5_k20", "top1", "top5"}
+    assert doc["k"] == [200, 20] and doc["t"] == 0.1 and doc["bank_images"] == 200 and doc["test_images"] == 80
+    # the resolution and normalisation come from the checkpoint's pretraining config
+    assert doc["config"]["data"]["image_size"] == 32 and doc["config"]["data"]["crop_fraction"] == 1.0
+    assert list(doc["config"]["data"]["mean"]) == MEAN
+    assert doc["source"]["sha256"] == sha256_file(path)
+    assert doc["source"]["pretrain"] == {"method": "SimSiam", "arch": "resnet18_cifar", "epochs": 5,
+                                         "batch_size": 64, "dataset": "cifar10-jpg"}
+    for k in (200, 20):
+        assert m[f"top1_k{k}"] == pytest.approx(_manual_knn(model, cifar_root, k), abs=1e-6)
+        assert m[f"top1_k{k}"] <= m[f"top5_k{k}"] <= 100.0
+    assert m["top1"] == m["top1_k200"]
+
+
+def test_knn_errors(checkpoint, cifar_root, tmp_path):
+    path, _ = checkpoint
+    with pytest.raises(DataError, match="does not exist"):
+        knn.main(["--weights", str(path), "--data", str(tmp_path / "nowhere"), "--output", str(tmp_path / "o")])
+    only_train = tmp_path / "only"
+    (only_train / "train").mkdir(parents=True)
+    (only_train / "train" / "cat").symlink_to(cifar_root / "train" / "cat")
+    with pytest.raises(DataError, match="no held-out split"):
+        knn.main(["--weights", str(path), "--data", str(only_train), "--output", str(tmp_path / "o")])
+    assert knn.main(["--weights", str(path), "--data", str(cifar_root), "--output", str(tmp_path / "o"),
+                     "bogus=1"]) == 2
+    from transfer.convert import ConvertError
+    with pytest.raises(ConvertError, match="but --arch resnet50 was asked"):
+        knn.main(["--weights", str(path), "--data", str(cifar_root), "--output", str(tmp_path / "o"),
+                  "arch=resnet50"])
