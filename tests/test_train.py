@@ -1,0 +1,173 @@
+"""pretrain.train / pretrain.main: real short CPU runs.
+
+The stop-gradient ablation, interrupt-and-resume equality, learning above random init, a two-process
+gloo run, NaN handling and unreadable images, all through the real training loop.
+"""
+import hashlib
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pretrain import checkpoint as ck
+from pretrain import config
+from pretrain.data import build_knn_loaders, resolve_roots
+from pretrain.defaults import PretrainConfig
+from pretrain.distributed import DistInfo
+from pretrain.logs import read_metrics
+from pretrain.main import main
+from pretrain.model import build_model
+from pretrain.train import NonFiniteLossError, knn_monitor, run
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR_MEAN_STD = ["data.mean=[0.4914,0.4822,0.4465]", "data.std=[0.2023,0.1994,0.2010]"]
+
+
+def tiny(*overrides):
+    return config.resolve(PretrainConfig(), ["test_tiny"], list(overrides), kind="pretrain")
+
+
+def test_stop_gradient_ablation(tmp_path):
+    """With stop-gradient the outputs stay spread out (~1/sqrt(d)); without it they collapse towards 0."""
+    common = ["data.limit_per_class=32", "train.batch_size=32", "train.epochs=3", "monitor.knn=false",
+              "monitor.tensorboard=false", "train.save_freq=0", "train.deterministic=false", "optim.base_lr=4.0"]
+    with_sg = run(tiny(*common, "model.stop_gradient=true"), tmp_path / "sg")
+    without = run(tiny(*common, "model.stop_gradient=false"), tmp_path / "nosg")
+    ref = 1 / math.sqrt(256)
+    sg = [h["collapse_std"] for h in with_sg["history"]]
+    nosg = [h["collapse_std"] for h in without["history"]]
+    assert sg[-1] > 0.7 * ref, sg
+    assert nosg[-1] < 0.25 * ref, nosg
+    assert nosg[-1] < nosg[0]
+
+
+def _weights(path):
+    return torch.load(path, weights_only=True)
+
+
+def test_interrupt_and_resume_is_exact(tmp_path, capsys):
+    common = ["train.max_steps_per_epoch=2", "monitor.knn_max_val=4", "monitor.knn_max_train=4",
+              f"data.cache_dir={os.path.expanduser('~/.cache/simsiam')}"]
+    full = run(tiny(*common), tmp_path / "full")
+    assert full["complete"] and full["epoch"] == 2 and full["step"] == 4
+
+    # the same command twice; the first stops cleanly after one epoch, the second resumes by itself
+    argv = ["--config", "test_tiny", "--output", str(tmp_path / "split"), *common, "train.stop_after_epochs=1"]
+    assert main(argv) == 0
+    first = _weights(tmp_path / "split" / "checkpoint.pth")
+    assert first["epoch"] == 1 and first["step"] == 2
+    assert not json.loads((tmp_path / "split" / "results.json").read_text())["complete"]
+    assert main(argv) == 0
+    assert "resumed" in (tmp_path / "split" / "log.txt").read_text()
+
+    a, b = _weights(tmp_path / "full" / "checkpoint.pth"), _weights(tmp_path / "split" / "checkpoint.pth")
+    assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) == (2, 4)
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), f"weights differ after resume: {k}"
+    bufs = lambda o: [s["momentum_buffer"] for s in o["optimizer"]["state"].values()]  # noqa: E731
+    assert all(torch.equal(x, y) for x, y in zip(bufs(a), bufs(b)))
+    ma, mb = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "split")
+    assert [m["loss"] for m in ma] == [m["loss"] for m in mb]
+    assert [m["knn_top1"] for m in ma] == [m["knn_top1"] for m in mb]
+
+    # the run folder: resolved config, snapshots, metrics with the required keys, TensorBoard, results.json
+    run_dir = tmp_path / "full"
+    assert config.from_dict(PretrainConfig, config.load_yaml(run_dir / "config.yaml")) == tiny(*common)
+    assert (run_dir / "checkpoint_0001.pth").is_file() and (run_dir / "checkpoint_0002.pth").is_file()
+    for m in ma:
+        assert m["stage"] == "pretrain" and {"epoch", "loss", "lr", "collapse_std", "knn_top1", "time",
+                                              "images_per_s"} <= set(m)
+    assert ma[1]["lr"] == pytest.approx(0.05 * 16 / 256 * 0.5) and ma[1]["pred_lr"] == pytest.approx(0.05 * 16 / 256)
+    assert any(p.name.startswith("events.out.tfevents") for p in (run_dir / "tb").iterdir())
+    res = json.loads((run_dir / "results.json").read_text())
+    assert (res["schema"], res["task"], res["dataset"], res["epochs"], res["batch_size"]) == \
+        ("simsiam-suite/results/v1", "pretrain", "embedded", 2, 16)
+    assert {"knn_top1", "loss", "collapse_std"} <= set(res["metrics"]) and res["code_version"]
+    assert res["source"]["sha256"] == hashlib.sha256((run_dir / "checkpoint.pth").read_bytes()).hexdigest()
+
+    # resuming with a different model or batch is refused unless allowed
+    capsys.readouterr()
+    assert main(["--config", "test_tiny", "--output", str(run_dir), *common, "train.batch_size=32"]) == 1
+    err = capsys.readouterr().err
+    assert "train.batch_size: checkpoint 16 vs now 32" in err and "--allow-config-change" in err
+
+
+def test_learning_beats_random_init(cifar_root, tmp_path):
+    """A short run on a CIFAR-10 slice raises kNN top-1 clearly above the same network at random init."""
+    cfg = tiny(f"data.root={cifar_root}", *CIFAR_MEAN_STD, "data.limit_per_class=60", "monitor.knn_max_train=60",
+               "monitor.knn_max_val=30", "train.epochs=4", "train.batch_size=32", "optim.base_lr=0.4",
+               "train.save_freq=0", "monitor.tensorboard=false")
+    train_dir, val_dir = resolve_roots(cfg.data)
+    torch.manual_seed(cfg.train.seed)
+    init = build_model(cfg.model)
+    before = knn_monitor(init, *build_knn_loaders(cfg, train_dir, val_dir), cfg, DistInfo(), None)["top1"]
+    after = run(cfg, tmp_path / "run")
+    top1 = [h["knn_top1"] for h in after["history"]]
+    assert max(top1[-2:]) > before + 4, (before, top1)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_gloo_run(tmp_path):
+    """torchrun with two CPU processes: env:// set-up, gloo, the global batch split in two."""
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", "-m", "pretrain.main", "--config", "test_tiny", "--output", str(out),
+           "train.epochs=1", "train.max_steps_per_epoch=2", "monitor.knn_max_train=4", "monitor.knn_max_val=4"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (m,) = read_metrics(out)
+    assert m["world_size"] == 2 and m["batch_per_rank"] == 8 == 16 // 2 and m["steps"] == 2
+    assert math.isfinite(m["loss"]) and "knn_top1" in m
+    assert "2 processes, global batch 16 (8 per process)" in (out / "log.txt").read_text()
+    ckpt = _weights(out / "checkpoint.pth")
+    assert ckpt["epoch"] == 1 and len(ckpt["rng_ranks"]) == 2
+    assert not any(k.startswith("module.") for k in ckpt["model"])
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["--config", "test_tiny", "--output", str(out), "train.max_steps_per_epoch=2", "monitor.knn=false",
+            "monitor.tensorboard=false"]
+    assert main(base + ["train.stop_after_epochs=1"]) == 0
+    good = _weights(out / "checkpoint.pth")
+    capsys.readouterr()
+    # an absurd learning rate drives the weights to inf within a step or two; the loss becomes NaN
+    assert main(base + ["optim.base_lr=1e30"]) == 1
+    err = capsys.readouterr().err
+    assert "epoch 2" in err and "last good checkpoint is kept" in err and str(out / "checkpoint.pth") in err
+    kept = _weights(out / "checkpoint.pth")
+    assert kept["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
+    assert all(torch.equal(v, good["model"][k]) for k, v in kept["model"].items())
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2, step \d+/2"):
+        run(tiny("train.max_steps_per_epoch=2", "monitor.knn=false", "optim.base_lr=1e30"), out)
+
+
+def test_unreadable_image_fails_the_run_with_its_path(cifar_root, tmp_path, capsys):
+    root = tmp_path / "imgs"
+    for cls in ("bird", "ship"):
+        (root / cls).mkdir(parents=True)
+        for src in sorted((cifar_root / "train" / cls).iterdir())[:8]:
+            shutil.copy(src, root / cls / src.name)
+    bad = root / "ship" / sorted(os.listdir(root / "ship"))[3]
+    bad.write_bytes(b"garbage")
+    argv = ["--config", "test_tiny", "--output", str(tmp_path / "run"), f"data.root={root}", "train.epochs=1",
+            "monitor.knn=false"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"cannot read image {bad}" in err and "Traceback" not in err
+    # skip mode: the run finishes
+    assert main(argv[:3] + [str(tmp_path / "run2")] + argv[4:] + ["data.on_corrupt=skip"]) == 0
