@@ -238,11 +238,28 @@ def log_paths(job: submitit.Job) -> JobPaths:
     return JobPaths(job.paths.folder, job_id=job.job_id, task_id=0)
 
 
-def log_tail(job: submitit.Job, lines: int = 30) -> str:
-    """The last lines of the job's stderr (first task), else of its stdout."""
-    paths = log_paths(job)
+def failure_reason(text: str) -> str:
+    """The stage's own error line in a failed job's stderr (e.g. "simsiam pretrain: error: ..."), else the
+    exception line of the traceback; '' when none is found."""
+    lines = [x.strip() for x in text.splitlines() if x.strip()]
+    own = [x for x in lines if re.search(r"\berror:", x, re.I)
+           and not x.startswith(("submitit ERROR", "srun: error", "slurmstepd"))]
+    if own:
+        return own[-1]
+    exc = [x for x in lines if re.match(r"^[\w.]+(Error|Exception|Failed)\b", x)]
+    return exc[-1] if exc else ""
+
+
+def tail_of(paths: JobPaths, lines: int = 30) -> str:
+    """'reason' line + the last lines of the first task's stderr (else stdout)."""
     for path in (paths.stderr, paths.stdout):
         if path.is_file():
-            text = path.read_text(errors="replace").splitlines()
-            return f"{path}:\n" + "\n".join(text[-lines:])
+            text = path.read_text(errors="replace")
+            reason = failure_reason(text)
+            body = "\n".join(text.splitlines()[-lines:])
+            return (f"reason: {reason}\n" if reason else "") + f"{path} (last {lines} lines):\n{body}"
     return f"(no log yet under {paths.folder})"
+
+
+def log_tail(job: submitit.Job, lines: int = 30) -> str:
+    return tail_of(log_paths(job), lines)

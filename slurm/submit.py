@@ -458,7 +458,7 @@ def status(out: Path) -> int:
     """`simsiam submit status RUN`: state of each stage of a submitted pipeline; for a failed stage, why
     (the tail of its log). Exit code 1 when a stage failed."""
     from submitit.core.utils import JobPaths
-    from .jobs import TERMINAL, slurm_states
+    from .jobs import TERMINAL, slurm_states, tail_of
     path = out / "pipeline.json"
     if not path.is_file():
         print(f"simsiam submit status: {path} does not exist (submit the pipeline first)", file=sys.stderr)
@@ -477,9 +477,8 @@ def status(out: Path) -> int:
             state = states.get(j, "?")
             if state in TERMINAL and state not in ("COMPLETED", "CANCELLED") and s["logs"]:
                 failed = True
-                paths = JobPaths(s["logs"][0], job_id=j, task_id=0)
-                tail = paths.stderr.read_text(errors="replace").splitlines()[-20:] if paths.stderr.is_file() else []
-                print(f"  stage '{stage}' failed (job {j}: {state}); {paths.stderr}:\n    " + "\n    ".join(tail))
+                text = tail_of(JobPaths(s["logs"][0], job_id=j, task_id=0), 20)
+                print(f"  stage '{stage}' failed (job {j}: {state}).\n    " + "\n    ".join(text.splitlines()))
             elif state == "CANCELLED":
                 failed = True
     return 1 if failed else 0

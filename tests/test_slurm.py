@@ -1,0 +1,201 @@
+"""Real SLURM (the one-node cluster of slurm/local_cluster.sh): jobs submitted with `simsiam submit`.
+
+Skipped only when SLURM is not installed and CI is unset; under CI these tests must run (and fail when the
+cluster is not up). Every run is tiny (32 px, 2-3 steps per epoch) so the file stays within a few minutes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from slurm.jobs import read_events, slurm_states
+
+pytestmark = pytest.mark.slurm
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster():
+    if shutil.which("sinfo") is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI is set but SLURM is not installed: run `bash slurm/local_cluster.sh up` first")
+        pytest.skip("SLURM is not installed (sinfo missing); `bash slurm/local_cluster.sh up` sets it up")
+    r = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True)
+    states = r.stdout.split()
+    if r.returncode != 0 or not any(s.rstrip("*~#") in ("idle", "mixed", "allocated", "completing") for s in states):
+        pytest.fail(f"the SLURM cluster is not usable (sinfo: rc {r.returncode}, {r.stdout.strip()} "
+                    f"{r.stderr.strip()}): run `bash slurm/local_cluster.sh up`")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    """Embedded datasets generated once for all jobs of this file."""
+    from pretrain.synthetic import ensure_embedded
+    root = tmp_path_factory.mktemp("slurm-cache")
+    ensure_embedded(root)
+    return root
+
+
+def simsiam(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The project's command line, as a user runs it."""
+    exe = Path(sys.executable).with_name("simsiam")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "transfer.cli"]
+    r = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    print(r.stdout[-3000:], r.stderr[-3000:])
+    return r
+
+
+def job_id(stdout: str, stage: str = "pretrain") -> str:
+    m = re.search(rf"\[submit\] {stage}: job (\d+)", stdout)
+    assert m, stdout
+    return m.group(1)
+
+
+def tiny(cache: Path, *extra: str) -> list[str]:
+    return ["--config", "test_tiny", "train.max_steps_per_epoch=2", "monitor.knn=false", "monitor.tensorboard=false",
+            f"data.cache_dir={cache}", *extra]
+
+
+def wait_until(cond, timeout: float, what: str, poll: float = 0.2):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        v = cond()
+        if v:
+            return v
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def release(jid: str) -> None:
+    """A requeued job waits ~2 minutes (SLURM's requeue BeginTime); let it start now."""
+    wait_until(lambda: slurm_states([jid])[jid] == "PENDING", 60, f"job {jid} back in the queue")
+    subprocess.run(["scontrol", "update", f"jobid={jid}", "StartTime=now"], check=True, capture_output=True)
+
+
+def epochs_in_metrics(run: Path) -> list[int]:
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    return [d["epoch"] for d in lines if d.get("stage") == "pretrain"]
+
+
+def test_two_task_cpu_pretraining(tmp_path, cache):
+    out = tmp_path / "pre2"
+    t0 = time.time()
+    r = simsiam("submit", "pretrain", "--tasks-per-node", "2", "--cpus-per-task", "1", "--time", "10",
+                *tiny(cache, "train.epochs=2"), "--output", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    jid = job_id(r.stdout)
+    assert "[submit] all jobs completed" in r.stdout
+    res = json.loads((out / "results.json").read_text())
+    assert res["task"] == "pretrain" and res["epochs"] == 2
+    ckpt = torch.load(out / "checkpoint.pth", map_location="cpu", weights_only=False)
+    assert ckpt["epoch"] == 2 and ckpt["format"] == "simsiam-suite/pretrain"
+    assert "2 processes" in (out / "log.txt").read_text()  # world size 2 via the env:// variables
+    assert epochs_in_metrics(out) == [1, 2]
+    # both tasks ran and returned (submitit result per task), logs in <run>/slurm
+    assert (out / "slurm" / f"{jid}_0_result.pkl").is_file() and (out / "slurm" / f"{jid}_1_result.pkl").is_file()
+    assert slurm_states([jid])[jid] == "COMPLETED"
+    print(f"two-task job: {time.time() - t0:.0f} s")
+
+
+def test_requeued_job_resumes_to_same_weights(tmp_path, cache):
+    """Interrupted twice (scontrol requeue after epoch 1; USR2 = preemption signal -> checkpoint() -> requeue)
+    and still ends with exactly the weights of an uninterrupted run (deterministic CPU settings)."""
+    args = tiny(cache, "train.epochs=5", "train.deterministic=true", "train.save_freq=1")
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    common = ["--cpus-per-task", "1", "--time", "10", "--no-wait", "--max-requeues", "3"]
+    r_ref = simsiam("submit", "pretrain", *common, *args, "--output", str(ref))
+    r_run = simsiam("submit", "pretrain", *common, *args, "--output", str(run))
+    assert r_ref.returncode == 0 and r_run.returncode == 0
+    jref, jid = job_id(r_ref.stdout), job_id(r_run.stdout)
+
+    # 1) scheduler requeue once the first epoch checkpoint exists
+    wait_until(lambda: (run / "checkpoint_0001.pth").exists(), 180, "the first checkpoint")
+    subprocess.run(["scontrol", "requeue", jid], check=True, capture_output=True)
+    release(jid)
+    # 2) after the restart wrote a new checkpoint: preemption signal, handled by submitit + StageCall.checkpoint
+    wait_until(lambda: any(e["event"] == "restart" for e in read_events(run)), 120, "the restart record")
+    first = torch.load(run / "checkpoint.pth", map_location="cpu", weights_only=False)["epoch"]
+    wait_until(lambda: torch.load(run / "checkpoint.pth", map_location="cpu", weights_only=False)["epoch"] > first
+               if (run / "checkpoint.pth").exists() else False, 120, "a checkpoint after the restart", poll=0.3)
+    subprocess.run(["scancel", "--signal=USR2", jid], check=True, capture_output=True)
+    wait_until(lambda: any(e["event"] == "requeue" for e in read_events(run)), 60, "checkpoint() requeue record")
+    release(jid)
+
+    done = wait_until(lambda: (lambda s: s if all(v in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT") for v in
+                                                  s.values()) else None)(slurm_states([jref, jid])),
+                      240, "both jobs to finish", poll=1)
+    assert done == {jref: "COMPLETED", jid: "COMPLETED"}, done
+
+    events = read_events(run)
+    kinds = [e["event"] for e in events]
+    assert kinds.count("requeue") == 1, events           # the signal path
+    assert [e["restart"] for e in events if e["event"] == "restart"] == [1, 2], events
+    assert not read_events(ref)
+
+    a = torch.load(ref / "checkpoint.pth", map_location="cpu", weights_only=False)
+    b = torch.load(run / "checkpoint.pth", map_location="cpu", weights_only=False)
+    assert a["epoch"] == b["epoch"] == 5
+    assert a["model"].keys() == b["model"].keys()
+    differ = [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])]
+    assert not differ, f"weights differ after requeue: {differ[:5]}"
+    assert epochs_in_metrics(run) == [1, 2, 3, 4, 5]  # no epoch logged twice
+
+
+def test_detection_trials_job_array(tmp_path, cache):
+    """`submit detect --trials 2` = a 2-element job array (one trial per task, seeds S, S+1) + a summary job."""
+    import torchvision
+    torch.manual_seed(0)
+    weights = tmp_path / "r50_torchvision.pth"
+    torch.save(torchvision.models.resnet50().state_dict(), weights)  # untrained R50: the mechanism, not AP
+    out = tmp_path / "detection"
+    r = simsiam("submit", "detect", "--cpus-per-task", "1", "--time", "20",
+                "--weights", str(weights), "--config", "tiny", "--output", str(out), "--trials", "2", "--seed", "5",
+                "--cache-dir", str(cache),
+                "SOLVER.MAX_ITER", "1", "SOLVER.WARMUP_ITERS", "0", "SIMSIAM.MAX_TEST_IMAGES", "1",
+                "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "96", "INPUT.MIN_SIZE_TEST", "64",
+                "INPUT.MAX_SIZE_TEST", "96", timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ids = re.search(r"detect: 2 trial job\(s\) \['(\d+)_0', '\1_1'\]", r.stdout)
+    assert ids, r.stdout
+    for i in range(2):
+        doc = json.loads((out / f"trial_{i}" / "trial_0" / "results.json").read_text())
+        assert doc["task"] == "detection" and doc["seed"] == 5 + i
+        assert set(doc["metrics"]) == {"AP50", "AP", "AP75"}
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["n_trials"] == 2 and [t["seed"] for t in summary["trials"]] == [5, 6]
+    assert summary["job_array"] is True
+    # the array elements ran as separate SLURM jobs
+    assert (out / "slurm" / f"{ids.group(1)}_0_0_log.out").is_file()
+    assert (out / "slurm" / f"{ids.group(1)}_1_0_log.out").is_file()
+
+
+def test_failing_stage_stops_dependants(tmp_path, cache):
+    out = tmp_path / "pipe"
+    r = simsiam("submit", "pipeline", "--output", str(out), "--time", "5",
+                "--pretrain-args", f"--config test_tiny data.cache_dir={cache} train.no_such_key=1",
+                "--detect-args", "--config tiny", timeout=180)
+    assert r.returncode == 1
+    assert "stage 'pretrain' failed" in r.stderr
+    assert "no_such_key" in r.stderr  # the why: the tail of the failed job's log
+    manifest = json.loads((out / "pipeline.json").read_text())["stages"]
+    assert list(manifest) == ["pretrain", "convert", "knn", "linear", "detect", "table"]
+    assert manifest["convert"]["depends_on"] == ["pretrain"] and manifest["table"]["depends_on"] == ["knn", "linear",
+                                                                                                      "detect"]
+    states = slurm_states([j for s in manifest.values() for j in s["jobs"]])
+    pre = manifest["pretrain"]["jobs"][0]
+    assert states.pop(pre) == "FAILED"
+    assert set(states.values()) == {"CANCELLED"}, states  # afterok: none of the dependants ran
+    for stage in ("knn", "linear", "detection"):
+        assert not (out / stage / "results.json").exists()
+    assert not (out / "table.md").exists()
+    st = simsiam("submit", "status", str(out))
+    assert st.returncode == 1 and "stage 'pretrain' failed" in st.stdout and "no_such_key" in st.stdout
