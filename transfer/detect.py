@@ -232,15 +232,16 @@ BACKBONE_PREFIXES = ("backbone.", "roi_heads.res5.")
 NEW_LAYERS = ("roi_heads.res5.norm.",)  # the extra norm is not part of a ResNet
 
 
-def load_pretrained(trainer: Trainer, weights: str) -> dict:
+def load_pretrained(model: torch.nn.Module, weights: str) -> dict:
     """Load converted weights into the model, log detectron2's report, and fail when a backbone tensor
     (stem, res2-res5) is missing or has the wrong shape. Returns a summary."""
-    ckp: DetectionCheckpointer = trainer.checkpointer
+    model = getattr(model, "module", model)  # DDP
+    ckp = DetectionCheckpointer(model)
     ckpt = ckp._load_file(weights)  # noqa: SLF001 - detectron2's reader (handles .pkl + name matching)
     src = dict(ckpt["model"])
     incompatible = ckp._load_model(ckpt)  # noqa: SLF001
     ckp._log_incompatible_keys(incompatible)  # noqa: SLF001 - detectron2's own report, in our log
-    state = trainer.model.state_dict() if not hasattr(trainer.model, "module") else trainer.model.module.state_dict()
+    state = model.state_dict()
     backbone_keys = [k for k in state if k.startswith(BACKBONE_PREFIXES) and not k.startswith(NEW_LAYERS)
                      and not k.endswith("num_batches_tracked")]
     missing = sorted(set(incompatible.missing_keys) & set(backbone_keys))
@@ -422,7 +423,7 @@ def _run_trial(cfg: CN, trial_dir: Path, seed: int, weights: str) -> dict:
         log.info("resuming %s from its last checkpoint", trial_dir)
         trainer.resume_or_load(resume=True)
     else:
-        load_pretrained(trainer, weights)
+        load_pretrained(trainer.model, weights)
     t0 = time.time()
     trainer.train()
     results = getattr(trainer, "_last_eval_results", None)
@@ -462,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logger(str(out), distributed_rank=comm.get_rank(), name="simsiam")
     setup_logger(str(out), distributed_rank=comm.get_rank(), name="detectron2")
     try:
+        if not Path(args.weights).is_file():
+            raise FileNotFoundError(f"--weights {args.weights}: no such file")
         cfg, train, test = setup(args)
         weights, source = prepare_weights(args.weights, out)
     except (ConfigError, dd.DatasetError, FileNotFoundError, ValueError) as e:

@@ -297,6 +297,9 @@ def _read_coco_json(json_file: Path) -> dict:
         doc = json.loads(json_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DatasetError(f"{json_file}: not valid JSON ({e})") from None
+    if not isinstance(doc, dict):
+        raise DatasetError(f"{json_file}: not a COCO instances file (the top level is a {type(doc).__name__}, "
+                           f"expected an object with images/annotations/categories)")
     missing = [k for k in ("images", "annotations", "categories") if not isinstance(doc.get(k), list)]
     if missing:
         raise DatasetError(f"{json_file}: not a COCO instances file (no list '{missing[0]}')")
@@ -311,7 +314,7 @@ def load_coco(json_file, image_root, name: str) -> list[dict]:
     json_file, image_root = Path(json_file), Path(image_root)
     _read_coco_json(json_file)
     try:
-        dicts = load_coco_json(str(json_file), str(image_root), name)
+        dicts = load_coco_json(str(json_file), str(image_root), name, extra_annotation_keys=["id"])
     except (KeyError, ValueError, TypeError, AssertionError) as e:
         raise DatasetError(f"{json_file}: cannot be loaded as COCO instances ({type(e).__name__}: {e})") from None
     kept, problems = [], []

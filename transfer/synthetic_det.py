@@ -28,7 +28,7 @@ from PIL import Image
 
 from pretrain import synthetic as shapes
 
-VERSION = 1
+VERSION = 2
 WIDTH, HEIGHT = 160, 128
 N_TRAIN, N_VAL = 160, 40
 SEED = 0
@@ -84,7 +84,7 @@ def render_scene(rng: np.random.Generator) -> tuple[Image.Image, list[dict]]:
             aspect = math.exp(rng.uniform(math.log(2 / 3), math.log(3 / 2)))
             bw, bh = side * math.sqrt(aspect), side / math.sqrt(aspect)
             x0, y0 = rng.uniform(0, WIDTH - bw), rng.uniform(0, HEIGHT - bh)
-            box = (x0, y0, x0 + bw, y0 + bh)
+            box = tuple(round(v, 2) for v in (x0, y0, x0 + bw, y0 + bh))  # exact in both VOC and COCO files
             if all(_iou(box, o["box"]) < 0.05 for o in objects):
                 break
         else:

@@ -1,0 +1,223 @@
+"""transfer.detect: protocol configs, norm choice, trial statistics, weight loading, and short real fine-tuning
+runs (R50-C4, detectron2 on CPU) on real data: a BCCD slice (VOC evaluation) and coco-tiny (Mask R-CNN, COCO
+evaluation), from weights made by our converter."""
+from __future__ import annotations
+
+import json
+import math
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from pretrain.config import ConfigError
+from transfer import convert, detect
+from transfer.results import read_results
+
+# A fast variant of the tiny preset for the tests: 2 iterations, fixed 128 px short side, 2 test images.
+FAST = ["INPUT.MIN_SIZE_TRAIN", "(128,)", "SOLVER.MAX_ITER", "2", "SOLVER.STEPS", "()",
+        "SOLVER.WARMUP_ITERS", "1", "SIMSIAM.MAX_TRAIN_IMAGES", "8", "SIMSIAM.MAX_TEST_IMAGES", "2"]
+
+
+@pytest.fixture(scope="module")
+def tv_resnet50(tmp_path_factory) -> tuple[Path, dict]:
+    """A randomly initialised torchvision ResNet-50 saved as a plain state dict."""
+    torch.manual_seed(0)
+    sd = torchvision.models.resnet50().state_dict()
+    path = tmp_path_factory.mktemp("weights") / "resnet50_random.pth"
+    torch.save(sd, path)
+    return path, sd
+
+
+@pytest.fixture(scope="module")
+def d2_weights(tv_resnet50, tmp_path_factory) -> Path:
+    path, _ = tv_resnet50
+    out = tmp_path_factory.mktemp("weights") / "resnet50_random.pkl"
+    convert.to_detectron2(path, out, arch="resnet50")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ configs
+def _cfg(preset, *overrides):
+    return detect.build_config(preset, list(overrides))
+
+
+def test_voc_presets_resolve_to_the_protocol():
+    cfg = _cfg("voc07")
+    assert cfg.SOLVER.MAX_ITER == 24000 and tuple(cfg.SOLVER.STEPS) == (18000, 22000)
+    assert cfg.SOLVER.WARMUP_ITERS == 100
+    assert cfg.SOLVER.IMS_PER_BATCH == 16 and cfg.SOLVER.BASE_LR == pytest.approx(0.02)
+    assert tuple(cfg.INPUT.MIN_SIZE_TRAIN) == tuple(range(480, 801, 32)) and cfg.INPUT.MIN_SIZE_TEST == 800
+    assert tuple(cfg.DATASETS.TRAIN) == ("voc_2007_trainval",) and tuple(cfg.DATASETS.TEST) == ("voc_2007_test",)
+    assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == 20 and not cfg.MODEL.MASK_ON
+    assert cfg.MODEL.BACKBONE.FREEZE_AT == 0 and cfg.MODEL.RESNETS.NORM == "SyncBN"
+    assert cfg.MODEL.ROI_HEADS.NAME == "Res5ROIHeadsExtraNorm" and cfg.MODEL.RESNETS.OUT_FEATURES == ["res4"]
+    # the torchvision overlay is merged after the preset
+    assert cfg.INPUT.FORMAT == "RGB" and not cfg.MODEL.RESNETS.STRIDE_IN_1X1
+    assert list(cfg.MODEL.PIXEL_MEAN) == [123.675, 116.280, 103.530]
+    assert list(cfg.MODEL.PIXEL_STD) == [58.395, 57.120, 57.375]
+    assert detect.build_config("voc07", caffe_weights=True).INPUT.FORMAT == "BGR"
+    c12 = _cfg("voc0712")
+    assert tuple(c12.DATASETS.TRAIN) == ("voc_2007_trainval", "voc_2012_trainval")
+    assert c12.SOLVER.MAX_ITER == 24000 and tuple(c12.DATASETS.TEST) == ("voc_2007_test",)
+
+
+def test_coco_presets_resolve_to_the_protocol():
+    c1, c2 = _cfg("coco_1x"), _cfg("coco_2x")
+    assert c1.MODEL.MASK_ON and c1.MODEL.ROI_HEADS.NUM_CLASSES == 80
+    assert c1.SOLVER.MAX_ITER == 90000 and tuple(c1.SOLVER.STEPS) == (60000, 80000)
+    assert c2.SOLVER.MAX_ITER == 180000 and tuple(c2.SOLVER.STEPS) == (120000, 160000)
+    for c in (c1, c2):
+        assert tuple(c.INPUT.MIN_SIZE_TRAIN) == (640, 672, 704, 736, 768, 800)
+        assert c.SOLVER.IMS_PER_BATCH == 16 and c.SOLVER.BASE_LR == pytest.approx(0.02)
+        assert tuple(c.DATASETS.TRAIN) == ("coco_2017_train",) and tuple(c.DATASETS.TEST) == ("coco_2017_val",)
+    tiny = _cfg("tiny")
+    assert tiny.SOLVER.IMS_PER_BATCH == 2 and tiny.SOLVER.MAX_ITER == 20 and max(tiny.INPUT.MIN_SIZE_TRAIN) <= 160
+
+
+def test_unknown_keys_and_bad_overrides_are_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text('_BASE_: "%s"\nSOLVER:\n  MAX_ITERS: 5\n' % (detect.find_preset("voc07", "detection")))
+    with pytest.raises(ConfigError, match="bad.yaml.*MAX_ITERS"):
+        detect.build_config(str(bad))
+    with pytest.raises(ConfigError, match="SOLVER.NOPE"):
+        detect.build_config("tiny", ["SOLVER.NOPE", "1"])
+    with pytest.raises(ConfigError, match="odd"):
+        detect.build_config("tiny", ["SOLVER.MAX_ITER"])
+    with pytest.raises(ConfigError, match="no-such-preset"):
+        detect.build_config("no-such-preset")
+
+
+def test_norm_choice():
+    assert detect.resolve_norm("auto", "SyncBN", 1, cuda=True) == "BN"
+    assert detect.resolve_norm("auto", "SyncBN", 8, cuda=True) == "SyncBN"
+    assert detect.resolve_norm("auto", "SyncBN", 2, cuda=False) == "naiveSyncBN"
+    assert detect.resolve_norm("naiveSyncBN", "SyncBN", 1, cuda=False) == "naiveSyncBN"
+
+
+# ------------------------------------------------------------------------------------------------- trials
+def test_aggregate_mean_and_sample_std():
+    mean, std = detect.aggregate([{"AP50": 1.0, "AP": 2.0, "AP75": 4.0}, {"AP50": 2.0, "AP": 2.0, "AP75": 6.0},
+                                  {"AP50": 3.0, "AP": 2.0, "AP75": 8.0}])
+    assert mean == {"AP50": 2.0, "AP": 2.0, "AP75": 6.0}
+    assert std == {"AP50": pytest.approx(1.0), "AP": 0.0, "AP75": pytest.approx(2.0)}  # ddof=1
+    nested = [{"bbox": {"AP": 10.0}, "segm": {"AP": 1.0}}, {"bbox": {"AP": 20.0}, "segm": {"AP": None}}]
+    mean, std = detect.aggregate(nested)
+    assert mean == {"bbox": {"AP": 15.0}, "segm": {"AP": 1.0}}
+    assert std["bbox"]["AP"] == pytest.approx(math.sqrt(50.0)) and std["segm"]["AP"] is None
+    mean, std = detect.aggregate([{"AP": 3.5}])
+    assert mean == {"AP": 3.5} and std == {"AP": None}  # one trial: no spread
+
+
+def test_extract_metrics_shapes():
+    voc = detect.extract_metrics({"bbox": {"AP": 40.0, "AP50": 70.0, "AP75": 41.0}}, "voc", False)
+    assert voc == {"AP50": 70.0, "AP": 40.0, "AP75": 41.0}
+    coco = detect.extract_metrics({"bbox": {"AP": 1.0, "AP50": 2.0, "AP75": float("nan"), "APs": 0.0},
+                                   "segm": {"AP": 0.5, "AP50": 1.5, "AP75": 0.1}}, "coco", True)
+    assert coco == {"bbox": {"AP50": 2.0, "AP": 1.0, "AP75": None}, "segm": {"AP50": 1.5, "AP": 0.5, "AP75": 0.1}}
+
+
+# ------------------------------------------------------------------------------------------------ weights
+def test_converted_weights_are_really_loaded(tv_resnet50, d2_weights, tmp_path):
+    from detectron2.modeling import build_model
+
+    _, sd = tv_resnet50
+    cfg = _cfg("tiny", "MODEL.RESNETS.NORM", "BN", "MODEL.DEVICE", "cpu")
+    model = build_model(cfg)
+    assert torch.count_nonzero(model.backbone.stem.conv1.weight - sd["conv1.weight"]) > 0  # not yet loaded
+    summary = detect.load_pretrained(model, str(d2_weights))
+    assert summary["backbone_tensors_loaded"] == 265 and summary["unexpected"] == []
+    assert torch.equal(model.backbone.stem.conv1.weight, sd["conv1.weight"])
+    assert torch.equal(model.backbone.res4[5].conv3.norm.running_var, sd["layer3.5.bn3.running_var"])
+    assert torch.equal(model.roi_heads.res5[0].shortcut.weight, sd["layer4.0.downsample.0.weight"])
+    assert torch.equal(model.roi_heads.res5[2].conv2.norm.weight, sd["layer4.2.bn2.weight"])
+    assert isinstance(model.roi_heads.res5.norm, torch.nn.BatchNorm2d)  # MoCo's extra norm after res5
+    assert any(k.startswith("roi_heads.res5.norm.") for k in summary["new_tensors"])
+    # weights without res3 are refused, naming what is missing
+    obj = pickle.loads(d2_weights.read_bytes())
+    obj["model"] = {k: v for k, v in obj["model"].items() if not k.startswith("res3.")}
+    broken = tmp_path / "no_res3.pkl"
+    broken.write_bytes(pickle.dumps(obj))
+    with pytest.raises(RuntimeError, match=r"backbone tensors missing \(backbone\.res3"):
+        detect.load_pretrained(build_model(cfg), str(broken))
+
+
+def test_coco_evaluator_uses_the_official_implementation_without_C(coco_tiny_root, tmp_path):
+    from transfer import detection_data as dd
+    from transfer.d2compat import has_real_extension
+
+    name = dd.resolve_dataset(str(coco_tiny_root / "annotations" / "instances_val2017.json"))
+    cfg = _cfg("tiny", "MODEL.MASK_ON", "True", "OUTPUT_DIR", str(tmp_path))
+    ev = detect.Trainer.build_evaluator(cfg, name)
+    assert ev._use_fast_impl == has_real_extension()  # noqa: SLF001
+    assert ev._tasks == ("bbox", "segm")  # noqa: SLF001
+
+
+# -------------------------------------------------------------------------------------------- end to end
+def _finite_losses(trial: Path, n: int) -> list[dict]:
+    rows = [json.loads(ln) for ln in (trial / "metrics.jsonl").read_text().splitlines()]
+    losses = [r for r in rows if "total_loss" in r]
+    assert [r["iter"] for r in losses] == list(range(1, n + 1))
+    for r in losses:
+        assert r["stage"] == "detection"
+        assert all(math.isfinite(v) for k, v in r.items() if k.startswith("loss") or k == "total_loss")
+    return rows
+
+
+def test_finetune_bccd_voc_with_resume(bccd_root, d2_weights, tmp_path, caplog):
+    out = tmp_path / "bccd"
+    argv = ["--weights", str(d2_weights), "--config", "tiny", "--output", str(out), "--seed", "3",
+            "--cache-dir", str(tmp_path / "cache"), "--train-dataset", f"{bccd_root}:train",
+            "--test-dataset", f"{bccd_root}:test", *FAST]
+    assert detect.main(argv) == 0
+    trial = out / "trial_0"
+    doc = read_results(trial)
+    assert doc["task"] == "detection" and doc["dataset"] == "bccd" and doc["seed"] == 3
+    assert set(doc["metrics"]) == {"AP50", "AP", "AP75"}
+    assert all(v is not None and 0.0 <= v <= 100.0 for v in doc["metrics"].values())
+    assert doc["config"]["MODEL"]["RESNETS"]["NORM"] == "BN"  # auto: one CPU process
+    assert doc["config"]["MODEL"]["ROI_HEADS"]["NUM_CLASSES"] == 3
+    rows = _finite_losses(trial, 2)
+    assert rows[-1]["AP50"] == doc["metrics"]["AP50"]
+    summary = read_results(out)
+    assert summary["n_trials"] == 1 and summary["metrics"] == doc["metrics"]
+    assert summary["std"] == {"AP50": None, "AP": None, "AP75": None}
+    assert summary["trials"][0]["seed"] == 3
+    # a finished trial is skipped
+    assert detect.main(argv) == 0
+    assert read_results(trial)["created"] == doc["created"]
+    # an interrupted trial resumes from its last checkpoint: pretend iteration 3 was still to run
+    (trial / "results.json").unlink()
+    assert detect.main(argv + ["SOLVER.MAX_ITER", "3"]) == 0
+    assert "resuming" in (trial / "log.txt").read_text()
+    _finite_losses(trial, 3)
+    assert read_results(trial)["iterations"] == 3
+
+
+def test_finetune_coco_tiny_mask_rcnn(coco_tiny_root, d2_weights, tmp_path):
+    ann = coco_tiny_root / "annotations"
+    out = tmp_path / "coco"
+    argv = ["--weights", str(d2_weights), "--config", "tiny", "--output", str(out), "--cache-dir", str(tmp_path),
+            "--train-dataset", str(ann / "instances_train2017.json"),
+            "--test-dataset", str(ann / "instances_val2017.json"), *FAST, "MODEL.MASK_ON", "True"]
+    assert detect.main(argv) == 0
+    doc = read_results(out / "trial_0")
+    assert doc["dataset"] == "coco-tiny"
+    assert set(doc["metrics"]) == {"bbox", "segm"}
+    for task in ("bbox", "segm"):
+        assert set(doc["metrics"][task]) == {"AP50", "AP", "AP75"}
+        assert all(v is not None and 0.0 <= v <= 100.0 for v in doc["metrics"][task].values())
+    assert doc["config"]["MODEL"]["ROI_HEADS"]["NUM_CLASSES"] == 80
+    rows = _finite_losses(out / "trial_0", 2)
+    assert "loss_mask" in rows[0] and "bbox/AP" in rows[-1]
+
+
+def test_bad_input_is_a_clear_error(d2_weights, tmp_path, capsys):
+    base = ["--config", "tiny", "--output", str(tmp_path / "x"), "--cache-dir", str(tmp_path)]
+    assert detect.main(["--weights", str(tmp_path / "missing.pkl"), *base]) == 2
+    assert "missing.pkl" in capsys.readouterr().err
+    assert detect.main(["--weights", str(d2_weights), *base, "--test-dataset", str(tmp_path / "nope")]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert detect.main(["--weights", str(d2_weights), *base, "--amp"]) == 2 or torch.cuda.is_available()
