@@ -1,0 +1,387 @@
+"""Throughput benchmark of the reference and fast data/compute paths (issue 7).
+
+    python -m transfer.benchmark [--device cuda] [--images N] [--steps K] [--batch B] [--workers W]
+                                 [--arch resnet50] [--size 224] [--out docs/benchmarks.md]
+
+Writes an ImageNet-like JPEG folder (N images of about 400x350 px, quality 90: shapes on textures from
+pretrain.synthetic, one class per shape) unless --data points at one, then measures images/s, in one run:
+
+pretraining (a SimSiam step: two views, forward, loss, backward, SGD step)
+  reference  PIL loader (moco_v2_transform + TwoCropsTransform, W workers), fp32
+  fast       pretrain.fastdata streaming: file bytes from W workers, JPEG decode + MoCo v2 augmentation on the
+             device, bf16 autocast + channels_last + torch.compile (each a switch; CUDA only)
+  ceiling    the fast step on tensors already on the device (no data path)
+linear evaluation (frozen trunk in eval mode + linear head, LARS step)
+  reference  PIL loader (linear_train_transform, W workers), fp32
+  fast       GPU decode + RandomResizedCrop/flip on the device, bf16 + channels_last
+  ceiling    the fast step on device tensors
+
+Warm-up steps are not timed; CUDA is synchronised around the timers. The table (tabulate) gives images/s
+and the ratio to the reference row, with the device, torch version, date and the exact command; --out
+appends it as markdown. On CPU the switches are no-ops (reported as such) and tiny sizes are meant for tests.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from pretrain.augment import TwoCropsTransform, linear_train_transform, moco_v2_transform
+from pretrain.data import RobustImageFolder
+from pretrain.defaults import DataConfig, ModelConfig, OptimConfig
+from pretrain.fastdata import build_gpu_batches
+from pretrain.loss import simsiam_loss
+from pretrain.model import build_backbone, build_model
+from pretrain.optim import build_optimizer as build_pretrain_optimizer
+
+DATA_MARKER = "benchmark-data.json"
+ROWS = (("pretrain", "reference"), ("pretrain", "fast"), ("pretrain", "ceiling"),
+        ("linear", "reference"), ("linear", "fast"), ("linear", "ceiling"))
+
+
+# --------------------------------------------------------------------------------------------- the data
+def _write_one(args) -> None:
+    path, seed, shape, w, h = args
+    from pretrain.synthetic import draw_shape, random_background, random_colour
+    rng = np.random.default_rng(seed)
+    bright = bool(rng.random() < 0.5)
+    img = random_background(rng, w, h, bright=bright)
+    for _ in range(int(rng.integers(1, 4))):
+        side = rng.uniform(0.2, 0.6) * min(w, h)
+        x0, y0 = rng.uniform(0, w - side), rng.uniform(0, h - side)
+        draw_shape(img, shape, (x0, y0, x0 + side * rng.uniform(0.75, 1.33), y0 + side),
+                   random_colour(rng, dark=bright), rotation=float(rng.uniform(-20, 20)))
+    img.save(path, "JPEG", quality=90)
+
+
+def write_jpeg_folder(root: Path, n_images: int, classes: int = 10, seed: int = 0, workers: int = 0) -> Path:
+    """An ImageFolder root/train/<class>/*.jpg of `n_images` JPEGs (q90) of about 400x350 px; kept and reused
+    when root already holds the same set (a marker file records its parameters)."""
+    from pretrain.synthetic import SHAPES
+    root = Path(root)
+    params = {"images": n_images, "classes": classes, "seed": seed, "version": 1}
+    marker = root / DATA_MARKER
+    if marker.is_file() and json.loads(marker.read_text()) == params:
+        return root
+    names = [SHAPES[i % len(SHAPES)] + (f"_{i // len(SHAPES)}" if i >= len(SHAPES) else "") for i in range(classes)]
+    rng = np.random.default_rng(seed)
+    jobs = []
+    for i in range(n_images):
+        c = i % classes
+        folder = root / "train" / names[c]
+        folder.mkdir(parents=True, exist_ok=True)
+        w, h = int(rng.integers(330, 470)), int(rng.integers(290, 410))
+        jobs.append((folder / f"{i:07d}.jpg", seed * 10_000_019 + i, SHAPES[c % len(SHAPES)], w, h))
+    if workers > 1:
+        import multiprocessing as mp
+        with mp.get_context("spawn" if sys.platform == "darwin" else "fork").Pool(workers) as pool:
+            pool.map(_write_one, jobs, chunksize=64)
+    else:
+        for j in jobs:
+            _write_one(j)
+    marker.write_text(json.dumps(params))
+    return root
+
+
+# ------------------------------------------------------------------------------------------- the steps
+@dataclass(frozen=True)
+class Switches:
+    bf16: bool = False
+    channels_last: bool = False
+    compile: bool = False
+
+    def active(self, device: torch.device) -> "Switches":
+        """What is really applied: bf16 / channels_last / compile only on CUDA."""
+        cuda = device.type == "cuda"
+        return Switches(self.bf16 and cuda, self.channels_last and cuda, self.compile and cuda)
+
+    def describe(self) -> str:
+        on = [n for n, v in (("bf16", self.bf16), ("channels_last", self.channels_last), ("compile", self.compile)) if v]
+        return " + ".join(on) if on else "fp32"
+
+
+def _autocast(device: torch.device, sw: Switches):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if sw.bf16 else contextlib.nullcontext()
+
+
+def make_pretrain_step(arch: str, device: torch.device, sw: Switches, dim: int | None = None,
+                       pred_dim: int | None = None, proj_layers: int | None = None) -> Callable:
+    """One SimSiam SGD step (x1, x2) -> loss, built from pretrain.model / loss / optim with the paper's
+    settings (pretrain.train exposes no step function to share)."""
+    mc = ModelConfig(arch=arch)
+    if arch == "resnet18_cifar":
+        mc = ModelConfig(arch=arch, proj_layers=2)
+    if dim or pred_dim or proj_layers:
+        mc = ModelConfig(arch=arch, dim=dim or mc.dim, pred_dim=pred_dim or mc.pred_dim,
+                         proj_layers=proj_layers or mc.proj_layers)
+    model = build_model(mc).to(device)
+    if sw.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_pretrain_optimizer(model, OptimConfig(), 0.05)
+    run = torch.compile(model) if sw.compile else model
+    model.train()
+
+    def step(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        if sw.channels_last:
+            x1 = x1.contiguous(memory_format=torch.channels_last)
+            x2 = x2.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, sw):
+            p1, p2, z1, z2 = run(x1, x2)
+            loss = simsiam_loss(p1, p2, z1, z2)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return step
+
+
+def make_linear_step(arch: str, device: torch.device, sw: Switches, num_classes: int) -> Callable:
+    """Frozen trunk (eval mode, no grad) + linear head (N(0, 0.01) init) with the LARS of transfer.linear."""
+    from transfer.linear import LinearConfig, build_head, build_optimizer
+    trunk = build_backbone(arch)
+    dim = trunk.fc.in_features
+    trunk.fc = nn.Identity()
+    trunk = trunk.to(device).eval()
+    for p in trunk.parameters():
+        p.requires_grad_(False)
+    if sw.channels_last:
+        trunk = trunk.to(memory_format=torch.channels_last)
+    run = torch.compile(trunk) if sw.compile else trunk
+    head = build_head(dim, num_classes).to(device)
+    optimizer = build_optimizer(head.parameters(), LinearConfig(), 1.6)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if sw.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad(), _autocast(device, sw):
+            f = run(x)
+        loss = F.cross_entropy(head(f.float()), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return step
+
+
+# ------------------------------------------------------------------------------------------- timing
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(batches: Iterator, step: Callable, batch: int, warmup: int, steps: int,
+               device: torch.device) -> dict:
+    """Run `warmup` untimed then `steps` timed steps, each `step(*next(batches))`; images/s of the timed part."""
+    for _ in range(warmup):
+        step(*next(batches))
+    _sync(device)
+    t0 = time.perf_counter()
+    loss = None
+    for _ in range(steps):
+        loss = step(*next(batches))
+    _sync(device)
+    elapsed = time.perf_counter() - t0
+    if loss is not None and not math.isfinite(float(loss)):
+        raise FloatingPointError(f"benchmark: the loss became {float(loss)}")
+    return {"images_per_s": steps * batch / elapsed, "s_per_step": elapsed / steps, "steps": steps}
+
+
+def _cycle(make_iter: Callable[[int], Iterator]) -> Iterator:
+    """Endless batches: a new epoch (reshuffled) whenever one ends."""
+    epoch = 0
+    while True:
+        for b in make_iter(epoch):
+            yield b
+        epoch += 1
+
+
+def _to_device(it: Iterator, device: torch.device, pretrain: bool) -> Iterator:
+    for a, b in it:
+        if pretrain:
+            x1, x2 = a
+            yield x1.to(device, non_blocking=True), x2.to(device, non_blocking=True)
+        else:
+            yield a.to(device, non_blocking=True), b.to(device, non_blocking=True)
+
+
+def reference_loader(train_dir: Path, transform, batch: int, workers: int, device: torch.device) -> Callable:
+    ds = RobustImageFolder(train_dir, transform)
+    loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
+                        pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+                        generator=torch.Generator().manual_seed(0))
+    if len(loader) < 1:
+        raise ValueError(f"benchmark: {len(ds)} images are fewer than one batch of {batch}")
+    return lambda epoch: iter(loader)
+
+
+def fast_source(data_cfg: DataConfig, batch: int, device: torch.device, task: str, workers: int) -> Callable:
+    src = build_gpu_batches(data_cfg, batch, 0, 1, 0, device, mode="stream", task=task, workers=workers)
+
+    def make(epoch: int):
+        src.set_epoch(epoch)
+        return iter(src)
+    return make
+
+
+# -------------------------------------------------------------------------------------------- the run
+def run_benchmark(args) -> tuple[list[dict], dict]:
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = False   # the reference is plain fp32 as shipped
+        torch.backends.cudnn.allow_tf32 = False
+    fast = Switches(args.bf16, args.channels_last, args.compile).active(device)
+    ref = Switches()
+    root = write_jpeg_folder(Path(args.data), args.images, args.classes, workers=args.gen_workers)
+    train_dir = root / "train"
+    data_cfg = DataConfig(root=str(root), val_split="", image_size=args.size, workers=args.workers)
+    rows = []
+
+    def add(stage, mode, setting, res):
+        rows.append({"stage": stage, "mode": mode, "setting": setting, **res})
+        print(f"  {stage:8s} {mode:9s} {res['images_per_s']:10.1f} images/s  ({setting})", flush=True)
+
+    torch.manual_seed(0)
+    B, LB = args.batch, args.linear_batch
+    # ---- pretraining
+    if not args.skip_pretrain:
+        step = make_pretrain_step(args.arch, device, ref)
+        tf = TwoCropsTransform(moco_v2_transform(args.size))
+        it = _to_device(_cycle(reference_loader(train_dir, tf, B, args.workers, device)), device, True)
+        add("pretrain", "reference", f"PIL loader, {args.workers} workers, {ref.describe()}",
+            time_steps(it, step, B, args.warmup, args.steps, device))
+        del step, it
+        step = make_pretrain_step(args.arch, device, fast)
+        it = _cycle(fast_source(data_cfg, B, device, "pretrain", args.workers))
+        add("pretrain", "fast", f"GPU decode + augment, {args.workers} workers, {fast.describe()}",
+            time_steps(it, step, B, args.warmup, args.steps, device))
+        x1, x2 = next(it)
+        del it
+        add("pretrain", "ceiling", f"device tensors, {fast.describe()}",
+            time_steps(_repeat((x1, x2)), step, B, args.warmup, args.steps, device))
+        del step
+    # ---- linear evaluation
+    if not args.skip_linear:
+        step = make_linear_step(args.arch, device, ref, args.classes)
+        it = _to_device(_cycle(reference_loader(train_dir, linear_train_transform(args.size), LB, args.workers,
+                                                device)), device, False)
+        add("linear", "reference", f"PIL loader, {args.workers} workers, {ref.describe()}",
+            time_steps(it, step, LB, args.warmup, args.steps, device))
+        del step, it
+        lin = Switches(fast.bf16, fast.channels_last, False)   # the head step is not compiled
+        step = make_linear_step(args.arch, device, lin, args.classes)
+        it = _cycle(fast_source(data_cfg, LB, device, "linear", args.workers))
+        add("linear", "fast", f"GPU decode + augment, {args.workers} workers, {lin.describe()}",
+            time_steps(it, step, LB, args.warmup, args.steps, device))
+        x, y = next(it)
+        del it
+        add("linear", "ceiling", f"device tensors, {lin.describe()}",
+            time_steps(_repeat((x, y)), step, LB, args.warmup, args.steps, device))
+    for stage in ("pretrain", "linear"):
+        base = next((r["images_per_s"] for r in rows if r["stage"] == stage and r["mode"] == "reference"), None)
+        for r in rows:
+            if r["stage"] == stage and base:
+                r["vs_reference"] = r["images_per_s"] / base
+    meta = {"date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "device": device_name(device), "torch": torch.__version__, "python": platform.python_version(),
+            "command": "python -m transfer.benchmark " + " ".join(shlex.quote(a) for a in args.argv),
+            "arch": args.arch, "size": args.size, "batch": B, "linear_batch": LB, "workers": args.workers,
+            "images": args.images, "steps": args.steps, "warmup": args.warmup,
+            "switches_requested": Switches(args.bf16, args.channels_last, args.compile).describe(),
+            "switches_applied": fast.describe()}
+    return rows, meta
+
+
+def _repeat(batch: tuple) -> Iterator:
+    while True:
+        yield batch
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def format_table(rows: list[dict], meta: dict, fmt: str = "github") -> str:
+    from tabulate import tabulate
+    table = [[r["stage"], r["mode"], r["setting"], f"{r['images_per_s']:.1f}", f"{r['s_per_step']:.4f}",
+              f"{r['vs_reference']:.2f}x" if "vs_reference" in r else "-"] for r in rows]
+    body = tabulate(table, headers=["stage", "mode", "setting", "images/s", "s/step", "vs reference"], tablefmt=fmt)
+    head = (f"### Throughput, {meta['date']}\n\n"
+            f"- device: {meta['device']}; torch {meta['torch']}; python {meta['python']}\n"
+            f"- command: `{meta['command']}`\n"
+            f"- {meta['arch']} at {meta['size']} px, pretraining batch {meta['batch']}, linear batch "
+            f"{meta['linear_batch']}, {meta['workers']} loader workers, {meta['images']} JPEGs, "
+            f"{meta['warmup']} warm-up + {meta['steps']} timed steps; fast switches requested "
+            f"{meta['switches_requested']}, applied {meta['switches_applied']}\n")
+    return head + "\n" + body + "\n"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m transfer.benchmark", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--images", type=int, default=10240, help="JPEGs to write (default 10240)")
+    ap.add_argument("--classes", type=int, default=10)
+    ap.add_argument("--data", default=None, help="folder for the JPEGs (kept and reused; default: a temp folder)")
+    ap.add_argument("--steps", type=int, default=30, help="timed steps per row")
+    ap.add_argument("--warmup", type=int, default=5, help="untimed steps per row")
+    ap.add_argument("--batch", type=int, default=256, help="pretraining batch")
+    ap.add_argument("--linear-batch", type=int, default=1024, help="linear-evaluation batch")
+    ap.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1))
+    ap.add_argument("--gen-workers", type=int, default=os.cpu_count() or 1, help="processes writing the JPEGs")
+    ap.add_argument("--arch", default="resnet50", choices=("resnet50", "resnet18", "resnet18_cifar"))
+    ap.add_argument("--size", type=int, default=224)
+    for name in ("bf16", "channels_last", "compile"):
+        ap.add_argument(f"--{name.replace('_', '-')}", dest=name, action=argparse.BooleanOptionalAction, default=True,
+                        help=f"fast mode: {name} (CUDA only)")
+    ap.add_argument("--skip-pretrain", action="store_true")
+    ap.add_argument("--skip-linear", action="store_true")
+    ap.add_argument("--out", default=None, help="markdown file to append the table to")
+    ap.add_argument("--json", default=None, help="also write rows + meta as JSON here")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    with contextlib.ExitStack() as stack:
+        if args.data is None:
+            args.data = stack.enter_context(tempfile.TemporaryDirectory(prefix="simsiam-bench-"))
+        print(f"benchmark on {device_name(torch.device(args.device))}, data {args.data}", flush=True)
+        rows, meta = run_benchmark(args)
+    text = format_table(rows, meta)
+    print()
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "a") as f:
+            f.write("\n" + text)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "meta": meta}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
