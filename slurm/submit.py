@@ -380,8 +380,25 @@ PIPELINE_DEPS = {"pretrain": (), "convert": ("pretrain",), "knn": ("pretrain",),
                  "detect": ("convert",), "table": ("knn", "linear", "detect")}
 
 
+def active_jobs(out: Path) -> list[str]:
+    """Jobs of an earlier submission of this pipeline (RUN/pipeline.json) that are still queued or running."""
+    from .jobs import TERMINAL, slurm_states
+    path = out / "pipeline.json"
+    if not path.is_file() or not shutil.which("squeue"):
+        return []
+    doc = json.loads(path.read_text())
+    if doc.get("executor") != "slurm":
+        return []
+    ids = [j for s in doc["stages"].values() for j in s["jobs"]]
+    return [j for j, st in slurm_states(ids).items() if st not in TERMINAL]
+
+
 def submit_pipeline(out: Path, a: argparse.Namespace, res: Resources) -> dict[str, Submitted]:
     stages = [s for s in PIPELINE_STAGES if s in a.stages]
+    busy = active_jobs(out) if executor_kind(res) == "slurm" else []
+    if busy:
+        raise SubmitError(f"{out} already has jobs queued or running ({', '.join(busy)}): wait for them "
+                          f"(`simsiam submit status {out}`) or cancel them (`scancel {' '.join(busy)}`) first")
     argvs = pipeline_argvs(out, a)
     local = executor_kind(res) == "local"
     subs: dict[str, Submitted] = {}

@@ -183,22 +183,34 @@ def test_detection_trials_job_array(tmp_path, cache):
 
 def test_failing_stage_stops_dependants(tmp_path, cache):
     out = tmp_path / "pipe"
-    r = simsiam("submit", "pipeline", "--output", str(out), "--time", "5",
-                "--pretrain-args", f"--config test_tiny data.cache_dir={cache} train.no_such_key=1",
-                "--detect-args", "--config tiny", timeout=180)
-    assert r.returncode == 1
-    assert "stage 'pretrain' failed" in r.stderr
-    assert "no_such_key" in r.stderr  # the why: the tail of the failed job's log
+    cmd = ["submit", "pipeline", "--output", str(out), "--time", "5",
+           "--pretrain-args", f"--config test_tiny data.cache_dir={cache} train.no_such_key=1",
+           "--detect-args", "--config tiny"]
+    r0 = simsiam(*cmd, "--no-wait")
+    assert r0.returncode == 0, r0.stderr[-2000:]
+    busy = simsiam(*cmd, "--no-wait")  # the first submission is still queued: no second copy
+    assert busy.returncode == 2 and "already has jobs queued or running" in busy.stderr
+
     manifest = json.loads((out / "pipeline.json").read_text())["stages"]
     assert list(manifest) == ["pretrain", "convert", "knn", "linear", "detect", "table"]
-    assert manifest["convert"]["depends_on"] == ["pretrain"] and manifest["table"]["depends_on"] == ["knn", "linear",
-                                                                                                      "detect"]
-    states = slurm_states([j for s in manifest.values() for j in s["jobs"]])
+    assert manifest["convert"]["depends_on"] == ["pretrain"]
+    assert manifest["table"]["depends_on"] == ["knn", "linear", "detect"]
+    ids = [j for s in manifest.values() for j in s["jobs"]]
     pre = manifest["pretrain"]["jobs"][0]
+    # nobody cancels anything here: SLURM itself drops the dependants of the failed stage (afterok)
+    states = wait_until(lambda: (lambda st: st if all(v not in ("PENDING", "RUNNING", "COMPLETING")
+                                                      for v in st.values()) else None)(slurm_states(ids)),
+                        120, "the pipeline's jobs to end", poll=1)
     assert states.pop(pre) == "FAILED"
-    assert set(states.values()) == {"CANCELLED"}, states  # afterok: none of the dependants ran
+    assert set(states.values()) == {"CANCELLED"}, states
     for stage in ("knn", "linear", "detection"):
         assert not (out / stage / "results.json").exists()
     assert not (out / "table.md").exists()
     st = simsiam("submit", "status", str(out))
     assert st.returncode == 1 and "stage 'pretrain' failed" in st.stdout and "no_such_key" in st.stdout
+
+    # the pipeline command itself (following its jobs) names the failed stage and why
+    r = simsiam(*cmd, timeout=180)
+    assert r.returncode == 1
+    assert "stage 'pretrain' failed" in r.stderr
+    assert "reason: simsiam pretrain: error:" in r.stderr and "no_such_key" in r.stderr
