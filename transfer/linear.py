@@ -165,7 +165,9 @@ def _check_config(cfg: LinearConfig) -> None:
 def load_frozen_backbone(cfg: LinearConfig) -> tuple[nn.Module, dict]:
     """(backbone with fc=Identity, results.json `source`)."""
     if cfg.weights == RANDOM:
-        net = build_backbone(cfg.model.arch)
+        with torch.random.fork_rng():
+            torch.manual_seed(cfg.train.seed)  # the same random backbone on every rank and every call
+            net = build_backbone(cfg.model.arch)
         net.fc = nn.Identity()
         return net, {"checkpoint": None, "sha256": None, "kind": "random-init",
                      "pretrain": {"method": "random init", "arch": cfg.model.arch, "epochs": 0,
@@ -233,8 +235,6 @@ def _run(cfg: LinearConfig, out: Path, info, train_backbone: bool) -> dict:
         out.mkdir(parents=True, exist_ok=True)
     distributed.barrier()
     log = setup_logger(out, info.is_main)
-    if info.is_main:
-        config_mod.save(cfg, out / "config.yaml")
     dev = info.device
     torch.manual_seed(cfg.train.seed)
 
@@ -279,6 +279,8 @@ def _run(cfg: LinearConfig, out: Path, info, train_backbone: bool) -> dict:
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, best = int(state["epoch"]), state.get("best", best)
         log.info("resumed from %s after epoch %d", ckpt_path, start_epoch)
+    if info.is_main:
+        config_mod.save(cfg, out / "config.yaml")
 
     # ---- loaders (cached features when asked)
     per_rank = cfg.train.batch_size // info.world_size
