@@ -3,8 +3,6 @@ requeue bookkeeping, and the local executor (real submitit LocalExecutor subproc
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
 import pytest
