@@ -313,7 +313,8 @@ def choose_mode(folder: RobustImageFolder, image_size: int) -> str:
             with Image.open(path) as im:
                 sizes.add(im.size)
         except (OSError, ValueError, SyntaxError) as e:
-            raise CorruptImageError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
+            if folder.on_corrupt == "error":
+                raise CorruptImageError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
     if len(sizes) != 1:
         return "stream"
     w, h = sizes.pop()

@@ -131,7 +131,7 @@ def test_linear_task_yields_images_and_labels(tmp_path):
     assert x.shape == (5, 3, 16, 16) and y.dtype == torch.long and set(y.tolist()) <= {0, 1}
 
 
-@pytest.mark.parametrize("mode", ["memory", "stream"])
+@pytest.mark.parametrize("mode", ["memory", "stream", "auto"])
 def test_corrupt_jpeg_names_the_file(tmp_path, mode):
     root = write_jpegs(tmp_path / "jpg", sizes=((32, 32),))
     bad = root / "train" / "b" / "002.jpg"
