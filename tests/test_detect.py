@@ -111,6 +111,16 @@ def test_aggregate_mean_and_sample_std():
     assert mean == {"AP": 3.5} and std == {"AP": None}  # one trial: no spread
 
 
+def test_benchmark_names():
+    cfg = _cfg("tiny")
+    assert detect.benchmark_name(cfg, ["voc_2007_trainval"], ["voc_2007_test"]) == "voc07"
+    assert detect.benchmark_name(cfg, ["voc_2007_trainval", "voc_2012_trainval"], ["voc_2007_test"]) == "voc0712"
+    assert detect.benchmark_name(cfg, ["coco_2017_train"], ["coco_2017_val"]) == "coco"
+    # part of a benchmark is not the benchmark (kept out of the paper's table)
+    assert detect.benchmark_name(cfg, ["voc_2007_trainval"], ["voc_2007_test@16"]) == "voc07-subset"
+    assert detect.benchmark_name(_cfg("tiny", "SIMSIAM.BENCHMARK", "mine"), ["a"], ["b"]) == "mine"
+
+
 def test_extract_metrics_shapes():
     voc = detect.extract_metrics({"bbox": {"AP": 40.0, "AP50": 70.0, "AP75": 41.0}}, "voc", False)
     assert voc == {"AP50": 70.0, "AP": 40.0, "AP75": 41.0}

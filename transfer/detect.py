@@ -184,7 +184,8 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         if dd.dataset_kind(dataset_name) == "voc":
-            dd.prepare_voc_evaluation(dataset_name)
+            if comm.is_main_process():  # only rank 0 reads it (the evaluator gathers predictions there)
+                dd.prepare_voc_evaluation(dataset_name)
             return PascalVOCDetectionEvaluator(dataset_name)
         tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
         return COCOEvaluator(dataset_name, tasks=tasks, distributed=True,
@@ -335,10 +336,12 @@ def benchmark_name(cfg: CN, train_names: list[str], test_names: list[str]) -> st
         return cfg.SIMSIAM.BENCHMARK
     base = [n.split("@")[0] for n in train_names]
     test = test_names[0].split("@")[0]
-    if test == "voc_2007_test":
-        return "voc0712" if any(b.startswith("voc_2012") for b in base) else "voc07"
-    if test.startswith("coco_2017"):
-        return "coco"
+    # a run on part of a benchmark's data is not that benchmark (it must not land in the paper's table)
+    subset = "-subset" if any("@" in n for n in train_names + test_names) else ""
+    if test == "voc_2007_test" and set(base) <= {"voc_2007_trainval", "voc_2012_trainval"}:
+        return ("voc0712" if "voc_2012_trainval" in base else "voc07") + subset
+    if test == "coco_2017_val" and base == ["coco_2017_train"]:
+        return "coco" + subset
     return dd.display_name(test_names[0])
 
 
@@ -394,23 +397,44 @@ def run_trial(base: CN, trial_dir: Path, seed: int, weights: str) -> dict:
     trial_dir.mkdir(parents=True, exist_ok=True)
     if comm.is_main_process():
         (trial_dir / "config.yaml").write_text(cfg.dump())
-    handler = _trial_log(trial_dir)
+    handler = _file_log(trial_dir / "log.txt")
     try:
         return _run_trial(cfg, trial_dir, seed, weights)
     finally:
-        for name in ("detectron2", "simsiam"):
-            logging.getLogger(name).removeHandler(handler)
-        handler.close()
+        _remove_log(handler)
 
 
-def _trial_log(trial_dir: Path) -> logging.Handler:
-    """trial_dir/log.txt (rank 0) gets the detectron2 and simsiam log records of this trial."""
-    handler: logging.Handler = (logging.FileHandler(trial_dir / "log.txt") if comm.is_main_process()
-                                else logging.NullHandler())
+LOGGERS = ("detectron2", "fvcore", "simsiam")  # fvcore: the checkpointer's report on loaded weights
+
+
+def _console_log() -> None:
+    """Console output on rank 0: detectron2's own set-up (once per process) and one handler for ours (which
+    keeps propagating, so callers such as pytest still see our records)."""
+    setup_logger(distributed_rank=comm.get_rank(), name="detectron2", abbrev_name="d2")
+    setup_logger(distributed_rank=comm.get_rank(), name="fvcore")
+    ours = logging.getLogger("simsiam")
+    ours.setLevel(logging.INFO)
+    if comm.is_main_process() and not any(getattr(h, "_simsiam_console", False) for h in ours.handlers):
+        h = logging.StreamHandler(sys.stdout)
+        h.setFormatter(logging.Formatter("[%(asctime)s %(name)s]: %(message)s", "%m/%d %H:%M:%S"))
+        h._simsiam_console = True  # noqa: SLF001
+        ours.addHandler(h)
+
+
+def _file_log(path: Path) -> logging.Handler:
+    """`path` (rank 0) receives the detectron2 and simsiam log records until `_remove_log`."""
+    handler: logging.Handler = logging.FileHandler(path) if comm.is_main_process() else logging.NullHandler()
     handler.setFormatter(logging.Formatter("[%(asctime)s] %(name)s %(levelname)s: %(message)s", "%m/%d %H:%M:%S"))
-    for name in ("detectron2", "simsiam"):
+    handler.setLevel(logging.INFO)
+    for name in LOGGERS:
         logging.getLogger(name).addHandler(handler)
     return handler
+
+
+def _remove_log(handler: logging.Handler) -> None:
+    for name in LOGGERS:
+        logging.getLogger(name).removeHandler(handler)
+    handler.close()
 
 
 def _run_trial(cfg: CN, trial_dir: Path, seed: int, weights: str) -> dict:
@@ -460,8 +484,15 @@ def main(argv: list[str] | None = None) -> int:
         comm.create_local_process_group(int(os.environ.get("LOCAL_WORLD_SIZE", torch.cuda.device_count() or 1)))
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    setup_logger(str(out), distributed_rank=comm.get_rank(), name="simsiam")
-    setup_logger(str(out), distributed_rank=comm.get_rank(), name="detectron2")
+    _console_log()
+    handler = _file_log(out / "log.txt")
+    try:
+        return _main(args, out)
+    finally:
+        _remove_log(handler)
+
+
+def _main(args, out: Path) -> int:
     try:
         if not Path(args.weights).is_file():
             raise FileNotFoundError(f"--weights {args.weights}: no such file")

@@ -427,7 +427,7 @@ def resolve_dataset(spec: str, data_root=None, cache_dir=DEFAULT_CACHE, classes=
             raise DatasetError(f"dataset {spec}: folder {d} not found (set --data-root or DETECTRON2_DATASETS to the "
                                f"folder holding VOC2007/, VOC2012/, coco/)")
         register_voc(spec, d, split, VOC_CLASSES, y, cache_dir)
-        MetadataCatalog.get(spec).set(display_name=f"voc_{y}")
+        MetadataCatalog.get(spec).set(display_name=spec)  # the benchmark name (voc07/voc0712) is decided by detect
         return spec
     if spec in STANDARD_COCO:
         images, js = STANDARD_COCO[spec]
@@ -437,7 +437,7 @@ def resolve_dataset(spec: str, data_root=None, cache_dir=DEFAULT_CACHE, classes=
         register_coco(spec, root / js, root / images)
         if [c for c in MetadataCatalog.get(spec).thing_classes] != _get_coco_instances_meta()["thing_classes"]:
             raise DatasetError(f"{root / js}: categories differ from the 80 COCO classes")
-        MetadataCatalog.get(spec).set(display_name="coco")
+        MetadataCatalog.get(spec).set(display_name=spec)
         return spec
     path_part, _, extra = spec.partition(":") if not os.path.exists(spec) else (spec, "", "")
     p = Path(path_part).expanduser()
