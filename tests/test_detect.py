@@ -154,6 +154,29 @@ def test_converted_weights_are_really_loaded(tv_resnet50, d2_weights, tmp_path):
         detect.load_pretrained(build_model(cfg), str(broken))
 
 
+def test_pretraining_checkpoint_is_converted_on_the_fly(tmp_path):
+    """--weights may be a pretraining checkpoint: it becomes DIR/weights_detectron2.pkl via transfer.convert,
+    and results.json's source describes the pretraining run."""
+    from detectron2.modeling import build_model
+
+    from pretrain.defaults import ModelConfig
+    from pretrain.model import build_model as build_simsiam
+
+    torch.manual_seed(1)
+    net = build_simsiam(ModelConfig())
+    ckpt = tmp_path / "checkpoint.pth"
+    torch.save({"format": "simsiam-suite/pretrain", "version": 1, "epoch": 7, "step": 70, "arch": "resnet50",
+                "model": net.state_dict(), "optimizer": None, "scaler": None, "rng": {},
+                "config": {"train": {"batch_size": 64}}, "dataset": "embedded"}, ckpt)
+    weights, source = detect.prepare_weights(str(ckpt), tmp_path)
+    assert Path(weights) == tmp_path / "weights_detectron2.pkl"
+    assert source["pretrain"]["epochs"] == 7 and source["pretrain"]["batch_size"] == 64
+    assert source["pretrain"]["dataset"] == "embedded" and len(source["sha256"]) == 64
+    model = build_model(_cfg("tiny", "MODEL.RESNETS.NORM", "BN", "MODEL.DEVICE", "cpu"))
+    detect.load_pretrained(model, weights)
+    assert torch.equal(model.roi_heads.res5[1].conv1.weight, net.encoder.layer4[1].conv1.weight.detach())
+
+
 def test_coco_evaluator_uses_the_official_implementation_without_C(coco_tiny_root, tmp_path):
     from transfer import detection_data as dd
     from transfer.d2compat import has_real_extension
