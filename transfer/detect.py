@@ -455,6 +455,13 @@ def _run_trial(cfg: CN, trial_dir: Path, seed: int, weights: str) -> dict:
     done = cfg.SOLVER.MAX_ITER - trainer.start_iter
     log.info("trial %s: %d iterations in %.1f s (%.3f s/iter incl. evaluation)", trial_dir.name, done, elapsed,
              elapsed / max(done, 1))
+    # the next trial builds its own model and loaders: release this one's (loader workers, GPU memory) now
+    del trainer
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     return results or {}
 
 
