@@ -284,8 +284,9 @@ def submit_stage(stage: str, argv: list[str], res: Resources, dependency: Option
 def trial_argv(argv: list[str], output: Path, seed: int, index: int) -> list[str]:
     """The detect command of trial `index`: one trial, its own seed and folder (DIR/trial_<index>). Our options
     go first: transfer.detect takes trailing detectron2 KEY VALUE pairs as a remainder."""
-    rest = drop_options(argv, "--trials", "--seed", "--output", "-o")
-    return ["--trials", "1", "--seed", str(seed + index), "--output", str(output / f"trial_{index}"), *rest]
+    n = find_option(argv, "--trials") or "1"
+    rest = drop_options(argv, "--trials", "--seed", "--output", "-o", "--trial-index")
+    return ["--trials", str(n), "--trial-index", str(index), "--seed", str(seed), "--output", str(output), *rest]
 
 
 def submit_trials(argv: list[str], res: Resources, dependency: Optional[str] = None,
@@ -320,9 +321,9 @@ def submit_trials(argv: list[str], res: Resources, dependency: Optional[str] = N
 
 
 def trial_results(run_dir: Path, index: int) -> Path:
-    """results.json of array trial `index`: `detect --trials 1 --output DIR/trial_i` writes its one trial to
-    DIR/trial_i/trial_0/results.json (and a one-trial summary next to it)."""
-    return run_dir / f"trial_{index}" / "trial_0" / "results.json"
+    """results.json of array trial `index`: `detect --trials N --trial-index i --output DIR` writes
+    DIR/trial_i/results.json, the same layout as `simsiam detect --trials N`."""
+    return run_dir / f"trial_{index}" / "results.json"
 
 
 def summarize_trials(run_dir: str, n: int) -> str:
@@ -363,7 +364,7 @@ def pipeline_argvs(out: Path, a: argparse.Namespace) -> dict[str, list[str]]:
         "linear": ["--weights", str(ckpt), "--output", str(out / "linear"), *shlex.split(a.linear_args)],
         "detect": ["--weights", str(d2), "--output", str(out / "detection"), "--trials", str(a.trials),
                    "--seed", str(a.seed), *shlex.split(a.detect_args)],
-        # explicit inputs: an array run's trial folders also hold one-trial summaries that must not become rows
+        # explicit inputs: only the stages of this pipeline become rows
         "table": [*table_inputs(out, a.stages), "--format", "markdown", "--output", str(out / "table.md"),
                   *shlex.split(a.table_args)],
     }

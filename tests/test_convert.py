@@ -331,3 +331,20 @@ def test_detectron2_features_equal_torchvision(tmp_path):
         assert a.shape == b.shape
         assert b.abs().max() > 0
         assert (a - b).abs().max() / b.abs().max() < 1e-4
+
+
+def test_detectron2_file_names_its_source(tmp_path):
+    """The .pkl carries where its weights came from, so detection rows join the same checkpoint's other rows."""
+    import pickle
+
+    import torchvision
+
+    from transfer.convert import describe_source, to_detectron2
+
+    src = tmp_path / "tv.pth"
+    torch.save(torchvision.models.resnet50().state_dict(), src)
+    to_detectron2(src, tmp_path / "w.pkl")
+    with open(tmp_path / "w.pkl", "rb") as f:
+        obj = pickle.load(f)
+    assert obj["source"]["sha256"] == describe_source(src)["sha256"]
+    assert obj["source"]["pretrain"]["arch"] == "resnet50"

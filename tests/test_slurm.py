@@ -170,7 +170,7 @@ def test_detection_trials_job_array(tmp_path, cache):
     ids = re.search(r"detect: 2 trial job\(s\) \['(\d+)_0', '\1_1'\]", r.stdout)
     assert ids, r.stdout
     for i in range(2):
-        doc = json.loads((out / f"trial_{i}" / "trial_0" / "results.json").read_text())
+        doc = json.loads((out / f"trial_{i}" / "results.json").read_text())
         assert doc["task"] == "detection" and doc["seed"] == 5 + i
         assert set(doc["metrics"]) == {"AP50", "AP", "AP75"}
     summary = json.loads((out / "results.json").read_text())

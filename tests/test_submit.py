@@ -113,7 +113,7 @@ def test_trial_argv(tmp_path):
             "SOLVER.MAX_ITER", "4"]
     t2 = S.trial_argv(argv, tmp_path, 3, 2)
     # our options first: detect takes the trailing detectron2 KEY VALUE pairs as a remainder
-    assert t2 == ["--trials", "1", "--seed", "5", "--output", str(tmp_path / "trial_2"),
+    assert t2 == ["--trials", "5", "--trial-index", "2", "--seed", "3", "--output", str(tmp_path),
                   "--weights", "w.pkl", "--config", "tiny", "SOLVER.MAX_ITER", "4"]
 
 

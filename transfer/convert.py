@@ -375,6 +375,8 @@ def to_detectron2(src, output: str | Path | None = None, arch: str | None = None
     # names refer to the source checkpoint's keys, prefixed as they were there
     extra = {"BN batch counters (num_batches_tracked)": counters} if counters else {}
     obj = {"model": model, "__author__": D2_AUTHOR, "matching_heuristics": True}
+    if isinstance(src, (str, Path)):  # where the weights came from, for results.json (read by simsiam detect)
+        obj["source"] = describe_source(src, info)
     if output is not None:
         _atomic_pickle(obj, Path(output))
     return obj, _report(kind, info, "detectron2", str(output) if output else None, len(model), extra)

@@ -473,6 +473,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", required=True, help="run folder (trials in trial_<i>/)")
     ap.add_argument("--trials", type=int, default=1, help="number of trials (the paper reports 5 on VOC)")
     ap.add_argument("--seed", type=int, default=0, help="seed of trial 0; trial i uses seed+i")
+    ap.add_argument("--trial-index", type=int, help="run only trial I of --trials N (seed+I, DIR/trial_I) and "
+                    "write no summary: one element of a job array (simsiam submit detect)")
     ap.add_argument("--amp", action="store_true", help="mixed precision (SOLVER.AMP.ENABLED; CUDA only)")
     ap.add_argument("--data-root", help="folder with VOC2007/, VOC2012/, coco/ (default $DETECTRON2_DATASETS or ./datasets)")
     ap.add_argument("--cache-dir", default=dd.DEFAULT_CACHE, help="embedded data and VOC evaluation copies")
@@ -484,6 +486,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     if args.trials < 1:
         ap.error("--trials must be >= 1")
+    if args.trial_index is not None and not 0 <= args.trial_index < args.trials:
+        ap.error(f"--trial-index {args.trial_index} is not in 0..{args.trials - 1}")
     from pretrain.distributed import init_distributed
 
     info = init_distributed()
@@ -512,7 +516,8 @@ def _main(args, out: Path) -> int:
     bench = benchmark_name(cfg, train, test)
     resolved = yaml_dict(cfg)
     trials = []
-    for i in range(args.trials):
+    indices = range(args.trials) if args.trial_index is None else [args.trial_index]
+    for i in indices:
         tdir, seed = out / f"trial_{i}", args.seed + i
         if (tdir / "results.json").is_file():
             doc = read_results(tdir)
@@ -538,6 +543,8 @@ def _main(args, out: Path) -> int:
         if comm.is_main_process():
             trials.append({"trial": i, "seed": doc.get("seed", seed), "metrics": doc["metrics"],
                            "path": str(tdir / "results.json")})
+    if args.trial_index is not None:  # one array element: the summary is written once all trials exist
+        return 0
     if comm.is_main_process():
         mean, std = aggregate([t["metrics"] for t in trials])
         path = write_results(out, task="detection", dataset=bench, metrics=mean, config=resolved, source=source,
