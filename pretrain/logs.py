@@ -5,6 +5,7 @@ Other ranks get no-op writers, so the training loop can call them unconditionall
 from __future__ import annotations
 
 import json
+import os
 import logging
 import math
 import sys
@@ -69,6 +70,31 @@ class MetricsWriter:
                 if k not in ("stage", "epoch", "iter") and isinstance(v, (int, float)) and not isinstance(v, bool):
                     self.tb.add_scalar(f"{record['stage']}/{k}", v, step)
             self.tb.flush()
+
+    def drop_after(self, stage: str, epoch: int) -> int:
+        """Remove `stage` lines with epoch > `epoch` (written before a crash that lost their checkpoint);
+        returns how many were removed. Lines of other stages and unparsable lines are kept."""
+        if not self.enabled or not self.path.is_file():
+            return 0
+        kept, dropped = [], 0
+        for line in self.path.read_text().splitlines(keepends=True):
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                if not line.endswith("\n"):  # a partial last line of a killed write
+                    dropped += 1
+                    continue
+                kept.append(line)
+                continue
+            if rec.get("stage") == stage and isinstance(rec.get("epoch"), int) and rec["epoch"] > epoch:
+                dropped += 1
+            else:
+                kept.append(line)
+        if dropped:
+            tmp = self.path.with_name(".metrics.jsonl.tmp")
+            tmp.write_text("".join(kept))
+            os.replace(tmp, self.path)
+        return dropped
 
     def scalar(self, name: str, value: float, step: int) -> None:
         if self.enabled and self.tb is not None:

@@ -138,6 +138,28 @@ def write_summary(output_dir: Path, cfg: PretrainConfig, dataset: str, metrics: 
     return path
 
 
+# ------------------------------------------------------------------------------------------- one step
+def forward_loss(model, x1: torch.Tensor, x2: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """SimSiam forward on two views (autocast to `dtype` on CUDA when given): (loss, z1)."""
+    autocast = torch.autocast("cuda", dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    with autocast:
+        p1, p2, z1, z2 = model(x1, x2)
+        loss = simsiam_loss(p1, p2, z1, z2)
+    return loss, z1
+
+
+def optimizer_step(loss: torch.Tensor, optimizer, scaler) -> None:
+    """Backward and update (through the GradScaler for fp16)."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+
+
 # ------------------------------------------------------------------------------------------- one epoch
 def train_one_epoch(model, loader, optimizer, scaler, *, epoch: int, step: int, cfg: PretrainConfig,
                     info: distributed.DistInfo, dtype, last_good: str) -> tuple[dict, int]:
@@ -155,23 +177,13 @@ def train_one_epoch(model, loader, optimizer, scaler, *, epoch: int, step: int, 
             break
         x1 = x1.to(info.device, non_blocking=True, memory_format=memory_format)
         x2 = x2.to(info.device, non_blocking=True, memory_format=memory_format)
-        autocast = torch.autocast("cuda", dtype=dtype) if dtype is not None else contextlib.nullcontext()
-        with autocast:
-            p1, p2, z1, z2 = model(x1, x2)
-            loss = simsiam_loss(p1, p2, z1, z2)
+        loss, z1 = forward_loss(model, x1, x2, dtype)
         loss_val = distributed.all_reduce_mean(loss.detach().float()).item()
         if not math.isfinite(loss_val):  # every rank sees the same reduced value and stops together
             raise NonFiniteLossError(
                 f"loss is {loss_val} at epoch {epoch + 1}, step {i + 1}/{n_steps} (global step {step + 1}): "
                 f"training stopped before this update; the last good checkpoint is kept: {last_good}")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        optimizer_step(loss, optimizer, scaler)
         step += 1
         n += 1
         batch_per_rank = x1.shape[0]
@@ -188,6 +200,35 @@ def train_one_epoch(model, loader, optimizer, scaler, *, epoch: int, step: int, 
         stats["collapse_std"] = distributed.all_reduce_mean(
             torch.tensor(col_sum / max(n, 1), device=info.device)).item()
     return stats, step
+
+
+def build_data(cfg: PretrainConfig, train_dir: Path, val_dir, info: distributed.DistInfo):
+    """(training batches, kNN monitor loaders or None). train.gpu_augment: JPEG decode + MoCo v2 augmentation
+    on the device (pretrain.fastdata; the whole split in device memory for small images), else the PIL
+    reference pipeline. Both yield ((x1, x2), labels) batches with the same augmentation distributions."""
+    pin = info.device.type == "cuda"
+    want_knn = cfg.monitor.knn and val_dir is not None
+    if not cfg.train.gpu_augment:
+        loader = data_mod.build_pretrain_loader(cfg, train_dir, info.rank, info.world_size, pin_memory=pin)
+        knn = data_mod.build_knn_loaders(cfg, train_dir, val_dir, info.rank, info.world_size,
+                                         pin_memory=pin) if want_knn else None
+        return loader, knn
+    from . import fastdata
+
+    per_rank = data_mod.per_rank_batch(cfg.train.batch_size, info.world_size)
+    cl = cfg.train.channels_last and info.device.type == "cuda"
+    loader = fastdata.build_gpu_batches(cfg.data, per_rank, info.rank, info.world_size, cfg.train.seed,
+                                        info.device, channels_last=cl, with_labels=True)
+    if not want_knn:
+        return loader, None
+    d = cfg.data
+    crop = 1.0 if d.image_size <= 64 else 224 / 256  # as the PIL kNN loaders: small images are used whole
+    mk = lambda folder, limit: fastdata.build_gpu_eval_batches(  # noqa: E731
+        folder, d, info.device, limit_per_class=limit, batch_size=max(256, per_rank), crop_fraction=crop,
+        rank=info.rank, world_size=info.world_size, channels_last=cl)
+    bank = mk(train_dir, cfg.monitor.knn_max_train or d.limit_per_class)
+    test = mk(val_dir, cfg.monitor.knn_max_val)
+    return loader, (bank, test, len(data_mod.RobustImageFolder(train_dir, None, d.on_corrupt, 1).classes))
 
 
 def parameters_finite(model) -> bool:
@@ -230,8 +271,6 @@ def _run(cfg: PretrainConfig, output_dir: Path, info: distributed.DistInfo) -> d
     distributed.barrier()
     log = setup_logger(output_dir, info.is_main)
     set_deterministic(cfg.train.deterministic)
-    if cfg.train.gpu_augment:
-        raise config_mod.ConfigError("train.gpu_augment=true: GPU augmentation is not available in this build")
     dtype = amp_dtype(cfg, info.device)
     if info.is_main:
         config_mod.save(cfg, output_dir / "config.yaml")
@@ -254,12 +293,7 @@ def _run(cfg: PretrainConfig, output_dir: Path, info: distributed.DistInfo) -> d
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
 
     seed_everything(cfg.train.seed + info.rank)  # augmentation randomness differs per rank
-    loader = data_mod.build_pretrain_loader(cfg, train_dir, info.rank, info.world_size,
-                                            pin_memory=info.device.type == "cuda")
-    knn_loaders = None
-    if cfg.monitor.knn and val_dir is not None:
-        knn_loaders = data_mod.build_knn_loaders(cfg, train_dir, val_dir, info.rank, info.world_size,
-                                                 pin_memory=info.device.type == "cuda")
+    loader, knn_loaders = build_data(cfg, train_dir, val_dir, info)
 
     # ---- resume
     start_epoch, step = 0, 0
@@ -270,6 +304,7 @@ def _run(cfg: PretrainConfig, output_dir: Path, info: distributed.DistInfo) -> d
         if len(per_rank) == info.world_size and info.world_size > 1:
             ckpt_io.set_rng_state(per_rank[info.rank])
         log.info("resumed from %s at epoch %d (step %d)", latest, start_epoch, step)
+    writer.drop_after("pretrain", start_epoch)  # lines of an epoch that was not checkpointed are redone
 
     run_model = model
     if cfg.train.compile and info.device.type == "cuda":
@@ -315,8 +350,8 @@ def _run(cfg: PretrainConfig, output_dir: Path, info: distributed.DistInfo) -> d
                                              arch=cfg.model.arch)
                 if rng_all is not None:
                     ck["rng_ranks"] = rng_all
+                writer.write(record)  # first: a kill between the two repeats this epoch, never loses its line
                 ckpt_io.save_checkpoint(ck, output_dir, cfg.train.save_freq)
-                writer.write(record)
                 log.info("epoch %d/%d: loss %.4f  collapse_std %s  kNN top-1 %s  lr %.4g  %.1f img/s",
                          epoch + 1, cfg.train.epochs, stats["loss"],
                          f"{stats['collapse_std']:.4f}" if "collapse_std" in stats else "-",

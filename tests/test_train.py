@@ -182,3 +182,27 @@ def test_unreadable_image_fails_the_run_with_its_path(cifar_root, tmp_path, caps
     assert f"cannot read image {bad}" in err and "Traceback" not in err
     # skip mode: the run finishes
     assert main(argv[:3] + [str(tmp_path / "run2")] + argv[4:] + ["data.on_corrupt=skip"]) == 0
+
+
+def test_gpu_augment_path_trains_on_any_device(tmp_path):
+    """train.gpu_augment=true (decode + MoCo v2 views on the device, pretrain.fastdata) runs the same loop:
+    finite loss, the kNN monitor on device-resident splits, and the per-rank batch of the config."""
+    out = tmp_path / "fast"
+    result = run(tiny("train.gpu_augment=true", "train.epochs=1", "train.max_steps_per_epoch=2"), out)
+    rec = read_metrics(out / "metrics.jsonl")[-1]
+    assert rec["steps"] == 2 and rec["batch_per_rank"] == 16
+    assert math.isfinite(rec["loss"]) and rec["collapse_std"] > 0.5 * rec["collapse_ref"]
+    assert 0.0 <= rec["knn_top1"] <= 100.0 and result["complete"]
+
+
+def test_metrics_lines_of_an_uncheckpointed_epoch_are_redone(tmp_path):
+    """A kill after an epoch's metrics line but before its checkpoint: the resumed run drops that line and
+    writes it again, so metrics.jsonl ends with exactly one line per epoch."""
+    out = tmp_path / "r"
+    run(tiny("train.epochs=2", "train.stop_after_epochs=1", "train.max_steps_per_epoch=1"), out)
+    with open(out / "metrics.jsonl", "a") as f:  # the line of an epoch 2 whose checkpoint never landed
+        f.write(json.dumps({"stage": "pretrain", "epoch": 2, "loss": 123.0}) + "\n")
+        f.write('{"stage": "pretr')                  # and a partial line of a killed write
+    run(tiny("train.epochs=2", "train.max_steps_per_epoch=1"), out)
+    recs = read_metrics(out / "metrics.jsonl")
+    assert [r["epoch"] for r in recs] == [1, 2] and recs[1]["loss"] != 123.0
