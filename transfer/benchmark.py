@@ -47,9 +47,9 @@ from pretrain.augment import TwoCropsTransform, linear_train_transform, moco_v2_
 from pretrain.data import RobustImageFolder
 from pretrain.defaults import DataConfig, ModelConfig, OptimConfig
 from pretrain.fastdata import build_gpu_batches
-from pretrain.loss import simsiam_loss
 from pretrain.model import build_backbone, build_model
 from pretrain.optim import build_optimizer as build_pretrain_optimizer
+from pretrain.train import forward_loss, optimizer_step
 
 DATA_MARKER = "benchmark-data.json"
 ROWS = (("pretrain", "reference"), ("pretrain", "fast"), ("pretrain", "ceiling"),
@@ -123,8 +123,8 @@ def _autocast(device: torch.device, sw: Switches):
 
 def make_pretrain_step(arch: str, device: torch.device, sw: Switches, dim: int | None = None,
                        pred_dim: int | None = None, proj_layers: int | None = None) -> Callable:
-    """One SimSiam SGD step (x1, x2) -> loss, built from pretrain.model / loss / optim with the paper's
-    settings (pretrain.train exposes no step function to share)."""
+    """One SimSiam SGD step (x1, x2) -> loss: the training loop's own forward_loss / optimizer_step on a model
+    and optimiser built with the paper's settings."""
     mc = ModelConfig(arch=arch)
     if arch == "resnet18_cifar":
         mc = ModelConfig(arch=arch, proj_layers=2)
@@ -142,12 +142,8 @@ def make_pretrain_step(arch: str, device: torch.device, sw: Switches, dim: int |
         if sw.channels_last:
             x1 = x1.contiguous(memory_format=torch.channels_last)
             x2 = x2.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, sw):
-            p1, p2, z1, z2 = run(x1, x2)
-            loss = simsiam_loss(p1, p2, z1, z2)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss, _ = forward_loss(run, x1, x2, torch.bfloat16 if sw.bf16 else None)
+        optimizer_step(loss, optimizer, None)
         return loss.detach()
 
     return step
