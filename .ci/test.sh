@@ -8,4 +8,4 @@ if bash slurm/local_cluster.sh up; then
 else
   echo "[test] no local SLURM cluster could be started: SLURM tests will fail under CI=true, skip otherwise"
 fi
-.venv/bin/python -m pytest -q -p no:cacheprovider tests "$@"
+.venv/bin/python -m pytest -q -p no:cacheprovider --durations=15 tests "$@"
