@@ -15,6 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -61,10 +62,14 @@ def plot_pretrain(rows: list[dict], out: Path, dim: int | None = None) -> Path:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     _panel(axes[0], rows, "epoch", ["loss"], "SimSiam loss (min -1)", "loss")
     _panel(axes[1], rows, "epoch", ["collapse_std"], "collapse monitor: std of l2-normalised z", "std")
-    if dim:
-        axes[1].axhline(1 / math.sqrt(dim), ls="--", color="grey", label=f"1/sqrt({dim})")
+    ref = 1 / math.sqrt(dim) if dim else next((r["collapse_ref"] for r in rows if "collapse_ref" in r), None)
+    if ref:
+        axes[1].axhline(ref, ls="--", color="grey", label=f"healthy: 1/sqrt(d) = {ref:.4f}")
         axes[1].legend(fontsize=8)
-    axes[1].set_ylim(bottom=0)
+    top = max([ref or 0.0] + _series(rows, "epoch", "collapse_std")[1])
+    axes[1].set_ylim(0, 1.3 * top if top > 0 else None)
+    for ax in axes:
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     _panel(axes[2], rows, "epoch", ["knn_top1"], "kNN top-1 (held-out split)", "top-1 (%)")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
