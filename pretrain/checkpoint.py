@@ -10,10 +10,11 @@ The official SimSiam file {"epoch", "arch", "state_dict", "optimizer"} with `mod
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 import torch
@@ -33,8 +34,8 @@ def snapshot_name(epoch: int) -> str:
     return f"checkpoint_{epoch:04d}.pth"
 
 
-def atomic_save(obj: Any, path: str | Path) -> Path:
-    """torch.save to a temporary file in the same folder, fsync, then os.replace.
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
+    """write(file) into a temporary file in the same folder, fsync, then os.replace (and fsync the folder).
 
     A kill at any moment leaves either the old file or the new one, never a truncated file.
     """
@@ -43,7 +44,7 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -59,6 +60,20 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     except OSError:
         pass
     return path
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """torch.save, atomically (see atomic_write)."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """The sha256 of a file (checkpoints are named by it in results.json)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------- RNG states

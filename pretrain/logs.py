@@ -8,6 +8,7 @@ import json
 import os
 import logging
 import math
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Iterable
@@ -43,6 +44,23 @@ def _jsonable(v: Any) -> Any:
     if hasattr(v, "item"):
         return _jsonable(v.item())
     return v
+
+
+def code_version() -> str:
+    """`git describe` of this checkout when available, else the installed package version."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        out = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--tags"],
+                             capture_output=True, text=True, timeout=5)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        from importlib.metadata import version
+        return version("simsiam-suite")
+    except Exception:  # noqa: BLE001 - not installed as a distribution
+        return "unknown"
 
 
 class MetricsWriter:

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import hashlib
 import json
 import math
 import os
 import random
-import subprocess
 import time
 from pathlib import Path
 
@@ -26,7 +24,7 @@ from . import config as config_mod
 from . import data as data_mod
 from . import distributed
 from .defaults import PretrainConfig, init_lr
-from .logs import MetricsWriter, progress, setup_logger
+from .logs import MetricsWriter, code_version, progress, setup_logger
 from .loss import simsiam_loss
 from .model import build_model
 from .monitor import collapse_std, extract_features, knn_accuracy
@@ -91,26 +89,6 @@ def config_differences(stored: dict, cfg: PretrainConfig, keys=CHECKED_ON_RESUME
     return diffs
 
 
-def code_version() -> str:
-    root = Path(__file__).resolve().parents[1]
-    try:
-        out = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--tags"],
-                             capture_output=True, text=True, timeout=5)
-        if out.returncode == 0 and out.stdout.strip():
-            return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return "unknown"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_summary(output_dir: Path, cfg: PretrainConfig, dataset: str, metrics: dict, epochs_done: int,
                   complete: bool) -> Path:
     """results.json of the pretraining run (same schema as every evaluation's results.json)."""
@@ -122,7 +100,7 @@ def write_summary(output_dir: Path, cfg: PretrainConfig, dataset: str, metrics: 
         "metrics": metrics,
         "epochs": epochs_done,
         "batch_size": cfg.train.batch_size,
-        "source": {"checkpoint": str(latest.resolve()), "sha256": _sha256(latest) if latest.is_file() else None,
+        "source": {"checkpoint": str(latest.resolve()), "sha256": ckpt_io.sha256_file(latest) if latest.is_file() else None,
                    "pretrain": {"method": "SimSiam", "arch": cfg.model.arch, "epochs": epochs_done,
                                 "batch_size": cfg.train.batch_size, "dataset": dataset}},
         "config": config_mod.to_dict(cfg),

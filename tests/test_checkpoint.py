@@ -1,5 +1,4 @@
 """pretrain.checkpoint: atomic writes survive a kill, strict loading, official format, wrong kinds."""
-import os
 import random
 import signal
 import subprocess

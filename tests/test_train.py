@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from pretrain import checkpoint as ck
 from pretrain import config
 from pretrain.defaults import PretrainConfig
 from pretrain.logs import read_metrics

@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     from pretrain.data import CorruptImageError, DataError
     command = "python -m transfer.cifar_bench " + " ".join(shlex.quote(a) for a in argv)
     try:
-        s = run_bench(args.data, args.output, epochs=args.epochs, device=args.device, short=args.short,
+        run_bench(args.data, args.output, epochs=args.epochs, device=args.device, short=args.short,
                       ablation=args.ablation, overrides=args.overrides, limit_per_class=args.limit_per_class,
                       batch=args.batch, linear_epochs=args.linear_epochs, linear_augment=args.linear_augment,
                       command=command)

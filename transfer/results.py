@@ -6,40 +6,16 @@ run folder with `write_results`. `simsiam table` reads nothing else.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
+from pretrain.checkpoint import sha256_file  # noqa: F401 - part of this module's API
+from pretrain.logs import code_version
+
 SCHEMA = "simsiam-suite/results/v1"
 TASKS = ("pretrain", "knn", "linear", "detection")
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def code_version() -> str:
-    """`git describe` of this checkout when available, else the installed package version."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        out = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--tags"],
-                             capture_output=True, text=True, timeout=5)
-        if out.returncode == 0 and out.stdout.strip():
-            return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    try:
-        from importlib.metadata import version
-        return version("simsiam-suite")
-    except Exception:  # noqa: BLE001 - not installed as a distribution
-        return "unknown"
 
 
 def write_results(run_dir: str | Path, *, task: str, dataset: str, metrics: dict[str, Any],
