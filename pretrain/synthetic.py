@@ -28,7 +28,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Callable, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -259,6 +259,31 @@ def _is_complete(root: Path, params: dict) -> bool:
     return True
 
 
+def publish_tree(target: Path, write: Callable[[Path], object], is_complete: Callable[[], bool]) -> None:
+    """write(tmp) into a temporary sibling folder, then rename it to `target`, so that a reader (or a
+    concurrent process) never sees a partial tree. A damaged `target` is moved aside and deleted first; if
+    another process renamed its own tree into place meanwhile, that one is kept when is_complete() says so."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        write(tmp)
+        if target.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            try:
+                os.replace(target, trash / "tree")  # rename is atomic; deleting can then take its time
+            except FileNotFoundError:
+                pass
+            shutil.rmtree(trash, ignore_errors=True)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not is_complete():  # a concurrent process won the rename with the same data
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def build_atomically(target: Union[str, Path], n_train_per_class: int = DEFAULT_TRAIN_PER_CLASS,
                      n_val_per_class: int = DEFAULT_VAL_PER_CLASS, size: int = DEFAULT_SIZE,
                      seed: int = DEFAULT_SEED, replace: bool = False) -> Path:
@@ -284,27 +309,8 @@ def build_atomically(target: Union[str, Path], n_train_per_class: int = DEFAULT_
             if not (replace or damaged):
                 raise FileExistsError(f"{target} holds an embedded dataset written with other parameters "
                                       f"({old}); pass --force to replace it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        write_imagefolder(tmp, n_train_per_class, n_val_per_class, size, seed)
-        if target.exists():
-            # a damaged or replaced tree: move it aside first (rename is atomic), then delete it
-            trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            try:
-                os.replace(target, trash / "tree")
-            except FileNotFoundError:
-                pass
-            shutil.rmtree(trash, ignore_errors=True)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            # another process renamed its (identical) tree into place first
-            if not _is_complete(target, params):
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    publish_tree(target, lambda tmp: write_imagefolder(tmp, n_train_per_class, n_val_per_class, size, seed),
+                 lambda: _is_complete(target, params))
     return target
 
 

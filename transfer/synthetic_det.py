@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Union
 
@@ -187,25 +184,8 @@ def ensure_embedded_detection(cache_dir: Union[str, Path] = "~/.cache/simsiam", 
         if target.exists() and any(target.iterdir()) and not (target / MARKER).exists() and not any(
                 target.glob("Annotations")):
             raise FileExistsError(f"{target} exists, is not empty and is no embedded detection dataset")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        try:
-            write_dataset(tmp, n_train, n_val, seed)
-            if target.exists():  # a partial/damaged tree of ours: replace it
-                trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-                try:
-                    os.replace(target, trash / "tree")
-                except FileNotFoundError:
-                    pass
-                shutil.rmtree(trash, ignore_errors=True)
-            try:
-                os.rename(tmp, target)
-            except OSError:
-                if not _complete(target, params):  # a concurrent process won the rename with the same data
-                    raise
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+        shapes.publish_tree(target, lambda tmp: write_dataset(tmp, n_train, n_val, seed),
+                     lambda: _complete(target, params))
     return {"root": target, "image_root": target / "JPEGImages",
             "coco_train_json": target / "annotations" / "instances_train.json",
             "coco_val_json": target / "annotations" / "instances_val.json"}
