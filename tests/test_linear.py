@@ -124,3 +124,15 @@ def test_config_presets_and_errors(tmp_path):
     torch.manual_seed(0)
     head = linear.build_head(2048, 1000)
     assert head.weight.std().item() == pytest.approx(0.01, rel=0.02) and head.bias.abs().sum() == 0
+
+
+def test_gpu_augment_path_gives_the_reference_evaluation(cifar_root, tmp_path):
+    """train.gpu_augment=true (device decode + linear crop/flip, held-out split in device memory) runs on any
+    device; with a head that never trains (lr 0) its held-out accuracy equals the PIL reference path's."""
+    common = ["data.limit_per_class=4", "data.val_limit_per_class=3", "train.epochs=1", "train.batch_size=20",
+              "optim.base_lr=0.0"]
+    ref = linear.run(_linear_cfg("random", cifar_root, *common), tmp_path / "ref")
+    fast = linear.run(_linear_cfg("random", cifar_root, *common, "train.gpu_augment=true"), tmp_path / "fast")
+    assert fast["complete"] and fast["backbone_checksum"] == ref["backbone_checksum"]
+    assert fast["metrics"]["val_images"] == ref["metrics"]["val_images"] == 30
+    assert fast["metrics"]["top1"] == pytest.approx(ref["metrics"]["top1"], abs=1e-6)

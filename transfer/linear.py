@@ -92,6 +92,7 @@ class LinearTrainConfig:
     cache_features: bool = False    # needs data.augment=false: extract features once, train the head on them
     amp: str = "none"               # none | bf16 (backbone forward on CUDA)
     channels_last: bool = False
+    gpu_augment: bool = False       # decode + augment on the device (pretrain.fastdata, task "linear")
     print_freq: int = 50
     eval_every: int = 1             # validate every N epochs (and after the last)
     max_steps_per_epoch: int = 0    # >0 truncates epochs (smoke runs)
@@ -308,10 +309,21 @@ def _run(cfg: LinearConfig, out: Path, info, train_backbone: bool) -> dict:
     else:
         train_set, to_features, workers = data.train, features, cfg.data.workers
         val_loader = eval_loader(data.val)
-    sampler = DistributedSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,
-                                 seed=cfg.train.seed, drop_last=False)
-    train_loader = DataLoader(train_set, batch_size=per_rank, sampler=sampler, num_workers=workers,
-                              pin_memory=pin and not cfg.train.cache_features, drop_last=False)
+    if cfg.train.gpu_augment and not cfg.train.cache_features:
+        # the fast path: JPEG decode + RandomResizedCrop/flip on the device, the held-out split in device memory
+        from pretrain import fastdata
+        cl = cfg.train.channels_last and dev.type == "cuda"
+        train_loader = sampler = fastdata.build_gpu_batches(
+            cfg.data, per_rank, info.rank, info.world_size, cfg.train.seed, dev, task="linear", channels_last=cl)
+        val_loader = fastdata.build_gpu_eval_batches(
+            data.val_dir, cfg.data, dev, limit_per_class=cfg.data.val_limit_per_class,
+            batch_size=cfg.train.eval_batch_size, crop_fraction=cfg.data.crop_fraction, rank=info.rank,
+            world_size=info.world_size, channels_last=cl)
+    else:
+        sampler = DistributedSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                     seed=cfg.train.seed, drop_last=False)
+        train_loader = DataLoader(train_set, batch_size=per_rank, sampler=sampler, num_workers=workers,
+                                  pin_memory=pin and not cfg.train.cache_features, drop_last=False)
 
     writer = MetricsWriter(out, enabled=info.is_main, tensorboard=cfg.train.tensorboard)
     log.info("linear evaluation of %s (%s, %d-d features) on %s: %d classes, %d train / %d held-out images, "
