@@ -21,9 +21,11 @@ import time
 from pathlib import Path
 
 # Stage-size knobs for --quick (CI): same chain, fewer steps.
-QUICK_PRETRAIN = ["train.epochs=2", "data.limit_per_class=24", "train.batch_size=32"]
-QUICK_LINEAR = ["train.epochs=2"]
-QUICK_DETECT = ["SOLVER.MAX_ITER", "4"]
+QUICK_PRETRAIN = ["train.epochs=2", "data.limit_per_class=12", "train.batch_size=32", "monitor.knn_max_train=12",
+                  "monitor.knn_max_val=8"]
+QUICK_KNN = ["data.limit_per_class=12", "data.val_limit_per_class=8"]
+QUICK_LINEAR = ["train.epochs=2", "data.limit_per_class=12", "data.val_limit_per_class=8"]
+QUICK_DETECT = ["SOLVER.MAX_ITER", "4", "SIMSIAM.MAX_TEST_IMAGES", "8"]
 
 
 def _stage(name: str, index: int, total: int) -> float:
@@ -71,7 +73,7 @@ def run_demo(out: Path, quick: bool = False, cache_dir: str | None = None) -> Pa
     t0 = _stage("kNN evaluation", 3, total)
     if not (out / "knn" / "results.json").exists():
         _call(knn.main, ["--weights", str(ckpt), "--data", "embedded", "--output", str(out / "knn"),
-                         *([f"--cache-dir={cache_dir}"] if cache_dir else [])], "knn")
+                         *([f"--cache-dir={cache_dir}"] if cache_dir else []), *(QUICK_KNN if quick else [])], "knn")
     _done(t0, "kNN")
 
     t0 = _stage("linear evaluation (frozen backbone)", 4, total)
