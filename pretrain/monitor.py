@@ -2,11 +2,18 @@
 
 collapse_std: std over the batch of l2-normalised z, per channel, averaged over channels. A healthy
 representation gives about 1/sqrt(d); a collapsed one (every image mapped to the same vector) gives 0.
+Measured on training batches, with SimSiam's BatchNorm (affine=False) at the projector output, it cannot
+reach 0: BN centres every channel over the batch, so not all B vectors can point one way. The lowest value
+(B-1 images on one vector, one opposite, which outweighs them) is collapse_floor(B, d) = 2 sqrt(B-1) / B
+/ sqrt(d): 0.35/sqrt(d) for a batch of 32, 0.09/sqrt(d) for the paper's 512. A collapsed run approaches this
+floor; read "near 0" as "near collapse_floor" for small batches.
 
 kNN (InstDisc / official SimSiam CIFAR monitor): l2-normalised pooled backbone features, cosine
 similarity to the memory bank, the k nearest vote with weight exp(sim / t).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +25,13 @@ from . import distributed
 def collapse_std(z: torch.Tensor) -> float:
     z = F.normalize(z.detach().float(), dim=1)
     return z.std(dim=0).mean().item()
+
+
+def collapse_floor(batch: int, dim: int) -> float:
+    """The smallest collapse_std a batch of `batch` BN-centred (zero-mean per channel) outputs can have."""
+    if batch < 2:
+        raise ValueError(f"collapse_floor needs a batch of at least 2, got {batch}")
+    return 2.0 * math.sqrt(batch - 1) / batch / math.sqrt(dim)
 
 
 @torch.no_grad()

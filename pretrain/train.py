@@ -27,7 +27,7 @@ from .defaults import PretrainConfig, init_lr
 from .logs import MetricsWriter, code_version, progress, setup_logger
 from .loss import simsiam_loss
 from .model import build_model
-from .monitor import collapse_std, extract_features, knn_accuracy
+from .monitor import collapse_floor, collapse_std, extract_features, knn_accuracy
 from .optim import adjust_learning_rate, build_optimizer
 
 RESULTS_SCHEMA = "simsiam-suite/results/v1"
@@ -284,6 +284,9 @@ def _run(cfg: PretrainConfig, output_dir: Path, info: distributed.DistInfo) -> d
         log.info("resumed from %s at epoch %d (step %d)", latest, start_epoch, step)
     writer.drop_after("pretrain", start_epoch)  # lines of an epoch that was not checkpointed are redone
 
+    # the batch each BN normalises over (SyncBN: the global batch), which sets the collapse monitor's floor
+    synced = any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
+    bn_batch = cfg.train.batch_size if synced else cfg.train.batch_size // info.world_size
     run_model = model
     if cfg.train.compile and info.device.type == "cuda":
         run_model = torch.compile(model)
@@ -312,6 +315,7 @@ def _run(cfg: PretrainConfig, output_dir: Path, info: distributed.DistInfo) -> d
                       "pred_lr": optimizer.param_groups[1]["lr"], **stats}
             if cfg.monitor.collapse:
                 record["collapse_ref"] = 1.0 / math.sqrt(cfg.model.dim)
+                record["collapse_floor"] = collapse_floor(bn_batch, cfg.model.dim)
             if knn_loaders is not None and ((epoch + 1) % max(cfg.monitor.knn_every, 1) == 0
                                             or epoch + 1 == cfg.train.epochs):
                 knn = knn_monitor(model, *knn_loaders, cfg, info, dtype)

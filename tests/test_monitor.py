@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from pretrain.monitor import collapse_std, extract_features, knn_accuracy, knn_predict
+from pretrain.monitor import collapse_floor, collapse_std, extract_features, knn_accuracy, knn_predict
 
 
 def test_collapse_std_healthy_and_collapsed():
@@ -18,6 +18,32 @@ def test_collapse_std_healthy_and_collapsed():
     # scale-invariant: l2-normalised before the std
     z = torch.randn(64, d)
     assert collapse_std(z) == pytest.approx(collapse_std(5 * z), rel=1e-5)
+
+
+def _bn(x):
+    return torch.nn.functional.batch_norm(x, None, None, training=True)  # SimSiam's BN(affine=False) output
+
+
+@pytest.mark.parametrize("batch", [32, 512])
+def test_collapse_floor_of_bn_centred_outputs(batch):
+    """With BN at the projector output no batch gets below collapse_floor, and the outlier batch reaches it."""
+    torch.manual_seed(0)
+    d = 64
+    u = torch.randn(d)
+    worst = u.repeat(batch, 1)
+    worst[-1] = -(batch - 1) * u
+    floor = collapse_floor(batch, d)
+    assert collapse_std(_bn(worst + 1e-4 * torch.randn(batch, d))) == pytest.approx(floor, rel=0.02)
+    assert floor == pytest.approx({32: 0.348, 512: 0.088}[batch] / math.sqrt(d), rel=0.01)
+    # other collapsed shapes (a few images opposite the rest, low-rank outputs) stay above it
+    for k in (2, 4, batch // 4):
+        two = u.repeat(batch, 1) + 0.01 * torch.randn(batch, d)
+        two[:k] = -u
+        assert floor < collapse_std(_bn(two)) < 1 / math.sqrt(d)
+    low_rank = torch.randn(batch, 2) @ torch.randn(2, d)
+    assert collapse_std(_bn(low_rank)) > floor
+    with pytest.raises(ValueError, match="at least 2"):
+        collapse_floor(1, d)
 
 
 def test_knn_weighted_votes():

@@ -16,11 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from pretrain import config
+from pretrain import config, distributed
+from pretrain import data as data_mod
 from pretrain.defaults import PretrainConfig
 from pretrain.logs import read_metrics
 from pretrain.main import main
-from pretrain.train import NonFiniteLossError, run
+from pretrain.model import build_model
+from pretrain.train import NonFiniteLossError, build_data, knn_monitor, run, seed_everything
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_MEAN_STD = ["data.mean=[0.4914,0.4822,0.4465]", "data.std=[0.2023,0.1994,0.2010]"]
@@ -32,12 +34,13 @@ def tiny(*overrides):
 
 def test_stop_gradient_ablation(tmp_path):
     """The paper's central ablation: with stop-gradient the l2-normalised outputs stay spread out
-    (collapse_std ~ 1/sqrt(d)); without it they collapse, and collapse_std falls towards 0.
+    (collapse_std ~ 1/sqrt(d)); without it they collapse and collapse_std falls to its floor.
 
-    A high constant lr and weight decay make the no-stop-gradient degeneration show within 40 CPU steps
-    (measured here: with stop-gradient 0.126 -> 0.122 ~ 1/sqrt(64) = 0.125; without 0.123 -> 0.067). The BN at
-    the projector output keeps each channel's batch variance at 1, so the full fall to 0 takes far longer
-    than a CPU test can run; the test asserts the clear separation that the first 40 steps give.
+    The floor: BN(affine=False) at the projector output centres every channel over the batch, so on training
+    batches collapse_std cannot go below collapse_floor = 2 sqrt(B-1)/B/sqrt(d) (0.35/sqrt(d) for B=32;
+    0.09/sqrt(d) at the paper's 512, which is the "0" of its Figure 2). A high constant lr and weight decay make
+    the degeneration show within 40 CPU steps (measured: with stop-gradient 0.126 -> 0.122 ~ 1/sqrt(64) = 0.125;
+    without 0.123 -> 0.062-0.070, floor 0.044).
     """
     common = ["data.limit_per_class=32", "train.batch_size=32", "train.epochs=5", "monitor.knn=false",
               "monitor.tensorboard=false", "train.save_freq=0", "train.deterministic=false",
@@ -45,14 +48,17 @@ def test_stop_gradient_ablation(tmp_path):
               "optim.weight_decay=0.05"]
     with_sg = run(tiny(*common, "model.stop_gradient=true"), tmp_path / "sg")
     without = run(tiny(*common, "model.stop_gradient=false"), tmp_path / "nosg")
-    ref = 1 / math.sqrt(64)
+    ref, floor = 1 / math.sqrt(64), 2 * math.sqrt(31) / 32 / math.sqrt(64)
+    assert all(h["collapse_ref"] == pytest.approx(ref) and h["collapse_floor"] == pytest.approx(floor)
+               for h in without["history"])
     sg = [h["collapse_std"] for h in with_sg["history"]]
     nosg = [h["collapse_std"] for h in without["history"]]
     assert min(sg) > 0.8 * ref, (sg, nosg)
-    assert nosg[-1] < 0.65 * ref, (sg, nosg)
-    assert nosg[-1] < 0.65 * nosg[0] and nosg[-1] < 0.65 * sg[-1], (sg, nosg)
-    # without stop-gradient the loss is driven towards its trivial minimum -1 much faster
-    assert without["history"][-1]["loss"] < with_sg["history"][-1]["loss"]
+    # without stop-gradient: from healthy to within a factor 2 of the lowest value BN allows
+    assert nosg[0] > 0.75 * ref and nosg[-1] < 2 * floor, (sg, nosg, floor)
+    assert nosg[-1] < 0.65 * sg[-1], (sg, nosg)
+    # and the loss is driven towards its trivial minimum -1 much faster
+    assert without["history"][-1]["loss"] < with_sg["history"][-1]["loss"] - 0.2
 
 
 def _weights(path):
@@ -107,19 +113,28 @@ def test_interrupt_and_resume_is_exact(tmp_path, capsys):
 
 
 def test_short_cifar_run_learns(cifar_root, tmp_path):
-    """A short run on a CIFAR-10 slice learns the SimSiam task: the loss falls clearly, kNN stays above chance.
-
-    Note: beating the kNN accuracy of the same network at random init needs more steps than a CPU test has
-    (measured: random init 13.3%, after these 72 steps 14.3-16.0%, k=200), so this is not asserted here.
+    """A short run on a CIFAR-10 slice (5000 images, 312 steps of 32, the CIFAR recipe with a higher lr) raises
+    kNN top-1 (k=200, 5000-image bank, 2000 held-out test images) clearly above the same network at random
+    init. Measured: 20.4% at random init -> 24.0% after training (about 3 minutes on 2 CPU cores; SimSiam at
+    32 px gains only slowly at first: 156 steps gave +1 point, see the closing note of the issue).
     """
-    cfg = tiny(f"data.root={cifar_root}", *CIFAR_MEAN_STD, "data.limit_per_class=60", "monitor.knn_max_train=60",
-               "monitor.knn_max_val=30", "train.epochs=4", "train.batch_size=32", "optim.base_lr=0.4",
-               "train.save_freq=0", "monitor.tensorboard=false")
+    cfg = tiny(f"data.root={cifar_root}", *CIFAR_MEAN_STD, "data.limit_per_class=500", "monitor.knn_max_train=500",
+               "monitor.knn_max_val=200", "monitor.knn_every=2", "train.epochs=2", "train.batch_size=32",
+               "optim.base_lr=1.6", "train.gpu_augment=true", "train.save_freq=0", "monitor.tensorboard=false")
+    # the baseline: the network run() starts from (same seed), through the same kNN monitor and data
+    info = distributed.init_distributed("cpu")
+    seed_everything(cfg.train.seed)
+    random_init = build_model(cfg.model)
+    _, knn_loaders = build_data(cfg, *data_mod.resolve_roots(cfg.data), info)
+    before = knn_monitor(random_init, *knn_loaders, cfg, info, None)["top1"]
+
     result = run(cfg, tmp_path / "run")
     hist = result["history"]
-    assert [h["steps"] for h in hist] == [18] * 4               # 600 images / batch 32, drop_last
-    assert hist[-1]["loss"] < hist[0]["loss"] - 0.15, [h["loss"] for h in hist]
-    assert hist[-1]["knn_top1"] > 11.0                           # 10 classes: chance is 10%
+    assert [h["steps"] for h in hist] == [156] * 2               # 5000 images / batch 32, drop_last
+    assert hist[-1]["loss"] < -0.5, [h["loss"] for h in hist]
+    after = hist[-1]["knn_top1"]
+    assert before > 12.0                                         # 10 classes: chance is 10%
+    assert after > before + 2.5, (before, after)
     assert abs(hist[-1]["collapse_std"] - 1 / math.sqrt(256)) < 0.2 / math.sqrt(256)
 
 
