@@ -20,7 +20,7 @@ The same views as `pretrain.augment.moco_v2_transform`, computed for a whole bat
 Every random choice is per sample, drawn by `sample_params` (so tests can inspect them) and applied by
 `apply`. Inputs: a uint8 (0..255) or float (0..1) batch (N, 3, H, W), or a list of (3, H_i, W_i) images of
 different sizes (e.g. from `decode_jpeg_batch`). `DeviceImageDataset` keeps a small dataset (CIFAR-size)
-as one uint8 tensor on the device.
+as one uint8 tensor on the device (`pretrain.fastdata.load_memory` fills it from an image folder).
 """
 from __future__ import annotations
 
@@ -28,7 +28,6 @@ import math
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Iterator, Sequence, Union
 
 import torch
@@ -435,9 +434,6 @@ def _decode_pil(t: Tensor, name: str) -> Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
-
-
 class DeviceImageDataset:
     """A small labelled image set held as one uint8 tensor (N, 3, H, W) on a device (e.g. CIFAR: 150 MB).
 
@@ -458,48 +454,6 @@ class DeviceImageDataset:
     @property
     def device(self) -> torch.device:
         return self.images.device
-
-    @classmethod
-    def from_folder(cls, root: Union[str, Path], device: Union[str, torch.device] = "cpu", size: int | None = None,
-                    limit_per_class: int = 0) -> "DeviceImageDataset":
-        """Load an ImageFolder tree (root/<class>/<image>, classes sorted by name) into memory on `device`.
-
-        All images must have the same size unless `size` is given (then each is resized to size x size).
-        `limit_per_class` > 0 keeps the first N files (sorted by name) of each class.
-        """
-        from torchvision.io import ImageReadMode, decode_image
-        from torchvision.transforms.functional import resize
-
-        root = Path(root).expanduser()
-        if not root.is_dir():
-            raise FileNotFoundError(f"image folder not found: {root}")
-        classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-        if not classes:
-            raise FileNotFoundError(f"no class folders in {root} (expected {root}/<class>/<image>)")
-        images, labels, first = [], [], None
-        for label, name in enumerate(classes):
-            files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-            if limit_per_class > 0:
-                files = files[:limit_per_class]
-            for path in files:
-                data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
-                try:
-                    with _quiet_torchvision_io():
-                        im = decode_image(data, mode=ImageReadMode.RGB)
-                except RuntimeError:
-                    im = _decode_pil(data, str(path))
-                if size is not None:
-                    im = resize(im, [size, size], antialias=True)
-                elif first is None:
-                    first = (tuple(im.shape), path)
-                elif tuple(im.shape) != first[0]:
-                    raise ValueError(f"{path}: size {tuple(im.shape[1:])} differs from {tuple(first[0][1:])} of "
-                                     f"{first[1]}; pass size= to resize all images")
-                images.append(im)
-                labels.append(label)
-        if not images:
-            raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
-        return cls(torch.stack(images).to(device), torch.tensor(labels, device=device), classes)
 
     def batches(self, batch_size: int, generator: torch.Generator | None = None, shuffle: bool = True,
                 drop_last: bool = True) -> Iterator[tuple[Tensor, Tensor]]:

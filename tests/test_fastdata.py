@@ -11,10 +11,10 @@ from PIL import Image
 from torch.utils.data import DistributedSampler
 
 from pretrain.augment import CIFAR_MEAN, CIFAR_STD, eval_transform
-from pretrain.data import CorruptImageError
+from pretrain.data import CorruptImageError, DataError, RobustImageFolder
 from pretrain.defaults import DataConfig
-from pretrain.fastdata import (GPUBatchSource, build_gpu_batches, build_gpu_eval_batches, pad_to_batch,
-                               rank_indices)
+from pretrain.fastdata import (GPUBatchSource, build_gpu_batches, build_gpu_eval_batches, load_memory,
+                               pad_to_batch, rank_indices)
 from pretrain.gpu_augment import GPUMoCoV2Augment
 
 
@@ -156,3 +156,26 @@ def test_eval_loader_matches_reference_transform(cifar_root):
     first = sorted((cifar_root / "test" / "airplane").iterdir())[0]
     ref = eval_transform(32, CIFAR_MEAN, CIFAR_STD, crop_fraction=1.0)(Image.open(first))
     assert torch.allclose(x[0], ref, atol=2e-2)   # same pixels up to JPEG decoder rounding
+
+
+def test_load_memory_keeps_pixels_labels_and_names_a_wrong_size(tmp_path):
+    from pretrain.synthetic import SHAPES, write_imagefolder
+    root = write_imagefolder(tmp_path / "shapes", n_train_per_class=3, n_val_per_class=0, size=32, seed=0)
+    ds = load_memory(RobustImageFolder(root / "train", None), "cpu")
+    assert len(ds) == 3 * len(SHAPES) and ds.images.shape == (24, 3, 32, 32) and ds.images.dtype == torch.uint8
+    assert ds.classes == sorted(SHAPES) and ds.labels.tolist() == [i // 3 for i in range(24)]
+    png = np.array(Image.open(root / "train" / sorted(SHAPES)[1] / "0002.png"))
+    assert torch.equal(ds.images[5], torch.from_numpy(png).permute(2, 0, 1))   # PNG decoded losslessly
+    assert load_memory(RobustImageFolder(root / "train", None, limit_per_class=1), "cpu").images.shape == \
+        (8, 3, 32, 32)
+    Image.new("RGB", (20, 20)).save(root / "train" / "star" / "9999.png")
+    with pytest.raises(DataError, match="9999.png"):
+        load_memory(RobustImageFolder(root / "train", None), "cpu")
+
+
+def test_load_memory_real_cifar(cifar_root):
+    ds = load_memory(RobustImageFolder(cifar_root / "train", None, limit_per_class=5), "cpu")
+    assert ds.images.shape == (50, 3, 32, 32) and len(ds.classes) == 10
+    assert ds.images.float().std() > 20  # real photos, not blank
+    out = GPUMoCoV2Augment(32, blur=False, mean=(0.4914, 0.4822, 0.4465), std=(0.247, 0.2435, 0.2616))(ds.images)
+    assert out.shape == (50, 3, 32, 32) and abs(out.mean().item()) < 0.6

@@ -298,36 +298,19 @@ def test_decode_jpeg_batch_cpu():
         decode_jpeg_batch([datas[0], bad], names=["ok.jpg", "broken.jpg"])
 
 
-def test_device_image_dataset(tmp_path):
-    from pretrain.synthetic import SHAPES, write_imagefolder
-    root = write_imagefolder(tmp_path / "shapes", n_train_per_class=3, n_val_per_class=0, size=32, seed=0)
-    ds = DeviceImageDataset.from_folder(root / "train", device="cpu")
-    assert len(ds) == 3 * len(SHAPES) and ds.images.shape == (24, 3, 32, 32) and ds.images.dtype == torch.uint8
-    assert ds.classes == sorted(SHAPES) and ds.labels.tolist() == [i // 3 for i in range(24)]
-    png = np.array(Image.open(root / "train" / sorted(SHAPES)[1] / "0002.png"))
-    assert torch.equal(ds.images[5], torch.from_numpy(png).permute(2, 0, 1))
+def test_device_image_dataset_batches():
+    images = torch.arange(24, dtype=torch.uint8).view(24, 1, 1, 1).expand(24, 3, 32, 32).contiguous()
+    ds = DeviceImageDataset(images, torch.arange(24) // 3, [f"c{i}" for i in range(8)])
+    assert len(ds) == 24 and ds.device == torch.device("cpu") and ds.labels.dtype == torch.long
     batches = list(ds.batches(10, torch.Generator().manual_seed(0)))
     assert [b[0].shape[0] for b in batches] == [10, 10]
+    for x, y in batches:                      # images and labels stay paired
+        assert torch.equal(x[:, 0, 0, 0].long() // 3, y)
     seen = torch.cat([b[1] for b in ds.batches(10, torch.Generator().manual_seed(0), drop_last=False)])
     assert sorted(seen.tolist()) == sorted(ds.labels.tolist())
     out = GPUMoCoV2Augment(32, blur=False)(batches[0][0], torch.Generator().manual_seed(0))
     assert out.shape == (10, 3, 32, 32)
-    small = DeviceImageDataset.from_folder(root / "train", size=16, limit_per_class=1)
-    assert small.images.shape == (8, 3, 16, 16)
-    Image.new("RGB", (20, 20)).save(root / "train" / "star" / "9999.png")
-    with pytest.raises(ValueError, match="9999.png"):
-        DeviceImageDataset.from_folder(root / "train")
-    (root / "train" / "star" / "9999.png").write_bytes(b"not an image")
-    with pytest.raises(ValueError, match="9999.png"):
-        DeviceImageDataset.from_folder(root / "train", size=16)
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="no class folders"):
-        DeviceImageDataset.from_folder(tmp_path / "empty")
-
-
-def test_device_image_dataset_real_cifar(cifar_root):
-    ds = DeviceImageDataset.from_folder(cifar_root / "train", limit_per_class=5)
-    assert ds.images.shape == (50, 3, 32, 32) and len(ds.classes) == 10
-    assert ds.images.float().std() > 20  # real photos, not blank
-    out = GPUMoCoV2Augment(32, blur=False, mean=(0.4914, 0.4822, 0.4465), std=(0.247, 0.2435, 0.2616))(ds.images)
-    assert out.shape == (50, 3, 32, 32) and abs(out.mean().item()) < 0.6
+    with pytest.raises(ValueError, match="uint8"):
+        DeviceImageDataset(images.float(), ds.labels, ds.classes)
+    with pytest.raises(ValueError, match="23 labels for 24 images"):
+        DeviceImageDataset(images, ds.labels[:23], ds.classes)
