@@ -256,42 +256,36 @@ def run_benchmark(args) -> tuple[list[dict], dict]:
         rows.append({"stage": stage, "mode": mode, "setting": setting, **res})
         print(f"  {stage:8s} {mode:9s} {res['images_per_s']:10.1f} images/s  ({setting})", flush=True)
 
+    def three_modes(stage: str, make_step: Callable, batch: int, ref_batches: Callable[[], Iterator], sw: Switches):
+        """reference (PIL loader, plain fp32), fast (GPU decode + augment, switches `sw`) and ceiling (one batch
+        already on the device, `sw`), timed one after the other in this process. Each loader is dropped before
+        the next mode starts, so its worker processes do not compete with it."""
+        step, it = make_step(ref), ref_batches()
+        add(stage, "reference", f"PIL loader, {args.workers} workers, {ref.describe()}",
+            time_steps(it, step, batch, args.warmup, args.steps, device))
+        del step, it
+        step = make_step(sw)
+        it = _cycle(fast_source(data_cfg, batch, device, stage, args.workers))
+        add(stage, "fast", f"GPU decode + augment, {args.workers} workers, {sw.describe()}",
+            time_steps(it, step, batch, args.warmup, args.steps, device))
+        first = next(it)
+        del it
+        add(stage, "ceiling", f"device tensors, {sw.describe()}",
+            time_steps(_repeat(first), step, batch, args.warmup, args.steps, device))
+
+    def reference_batches(transform, batch: int, pretrain: bool) -> Callable[[], Iterator]:
+        return lambda: _to_device(_cycle(reference_loader(train_dir, transform, batch, args.workers, device)),
+                                  device, pretrain)
+
     torch.manual_seed(0)
     B, LB = args.batch, args.linear_batch
-    # ---- pretraining
     if not args.skip_pretrain:
-        step = make_pretrain_step(args.arch, device, ref)
-        tf = TwoCropsTransform(moco_v2_transform(args.size))
-        it = _to_device(_cycle(reference_loader(train_dir, tf, B, args.workers, device)), device, True)
-        add("pretrain", "reference", f"PIL loader, {args.workers} workers, {ref.describe()}",
-            time_steps(it, step, B, args.warmup, args.steps, device))
-        del step, it
-        step = make_pretrain_step(args.arch, device, fast)
-        it = _cycle(fast_source(data_cfg, B, device, "pretrain", args.workers))
-        add("pretrain", "fast", f"GPU decode + augment, {args.workers} workers, {fast.describe()}",
-            time_steps(it, step, B, args.warmup, args.steps, device))
-        x1, x2 = next(it)
-        del it
-        add("pretrain", "ceiling", f"device tensors, {fast.describe()}",
-            time_steps(_repeat((x1, x2)), step, B, args.warmup, args.steps, device))
-        del step
-    # ---- linear evaluation
+        three_modes("pretrain", lambda sw: make_pretrain_step(args.arch, device, sw), B,
+                    reference_batches(TwoCropsTransform(moco_v2_transform(args.size)), B, True), fast)
     if not args.skip_linear:
-        step = make_linear_step(args.arch, device, ref, args.classes)
-        it = _to_device(_cycle(reference_loader(train_dir, linear_train_transform(args.size), LB, args.workers,
-                                                device)), device, False)
-        add("linear", "reference", f"PIL loader, {args.workers} workers, {ref.describe()}",
-            time_steps(it, step, LB, args.warmup, args.steps, device))
-        del step, it
         lin = Switches(fast.bf16, fast.channels_last, False)   # the head step is not compiled
-        step = make_linear_step(args.arch, device, lin, args.classes)
-        it = _cycle(fast_source(data_cfg, LB, device, "linear", args.workers))
-        add("linear", "fast", f"GPU decode + augment, {args.workers} workers, {lin.describe()}",
-            time_steps(it, step, LB, args.warmup, args.steps, device))
-        x, y = next(it)
-        del it
-        add("linear", "ceiling", f"device tensors, {lin.describe()}",
-            time_steps(_repeat((x, y)), step, LB, args.warmup, args.steps, device))
+        three_modes("linear", lambda sw: make_linear_step(args.arch, device, sw, args.classes), LB,
+                    reference_batches(linear_train_transform(args.size), LB, False), lin)
     for stage in ("pretrain", "linear"):
         base = next((r["images_per_s"] for r in rows if r["stage"] == stage and r["mode"] == "reference"), None)
         for r in rows:
