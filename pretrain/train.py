@@ -286,7 +286,7 @@ def _run(cfg: PretrainConfig, output_dir: Path, info: distributed.DistInfo) -> d
 
     # the batch each BN normalises over (SyncBN: the global batch), which sets the collapse monitor's floor
     synced = any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
-    bn_batch = cfg.train.batch_size if synced else cfg.train.batch_size // info.world_size
+    bn_batch = cfg.train.batch_size if synced else data_mod.per_rank_batch(cfg.train.batch_size, info.world_size)
     run_model = model
     if cfg.train.compile and info.device.type == "cuda":
         run_model = torch.compile(model)
