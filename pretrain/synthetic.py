@@ -261,12 +261,15 @@ def _is_complete(root: Path, params: dict) -> bool:
 
 def publish_tree(target: Path, write: Callable[[Path], object], is_complete: Callable[[], bool]) -> None:
     """write(tmp) into a temporary sibling folder, then rename it to `target`, so that a reader (or a
-    concurrent process) never sees a partial tree. A damaged `target` is moved aside and deleted first; if
-    another process renamed its own tree into place meanwhile, that one is kept when is_complete() says so."""
+    concurrent process) never sees a partial tree. The first complete tree wins: if another process put a
+    complete tree (is_complete()) in place while we were writing, ours is discarded, because that process
+    may already be reading it. Only a damaged `target` is moved aside and deleted before the rename."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         write(tmp)
+        if is_complete():  # a concurrent writer finished first; its readers must never see it vanish
+            return
         if target.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
             try:

@@ -141,6 +141,37 @@ def test_ensure_embedded_concurrent(tmp_path):
     assert len(list(root.rglob("*.png"))) == 130 * len(SHAPES)
 
 
+def test_publish_tree_keeps_the_first_complete_tree(tmp_path):
+    # Two writers race (as two array tasks of one SLURM job did): the first renames its tree into place and
+    # starts reading it; the second, finishing later, must not move that tree aside (its reader would find
+    # the folder gone) but discard its own copy.
+    target = tmp_path / "tree"
+    is_complete = lambda: (target / "done").is_file()
+
+    def write(who: str):
+        def _write(tmp: Path):
+            (tmp / "who").write_text(who)
+            (tmp / "done").write_text("")
+        return _write
+
+    def slow_second_writer(tmp: Path):
+        synthetic.publish_tree(target, write("first"), is_complete)  # finishes while we are still writing
+        inode = target.stat().st_ino
+        write("second")(tmp)
+        seen.append(inode)
+
+    seen: list[int] = []
+    synthetic.publish_tree(target, slow_second_writer, is_complete)
+    assert (target / "who").read_text() == "first" and target.stat().st_ino == seen[0]
+    assert [p.name for p in tmp_path.iterdir()] == ["tree"]  # the discarded copy is gone too
+
+    # a damaged target (not complete) is still replaced
+    (target / "done").unlink()
+    synthetic.publish_tree(target, write("third"), is_complete)
+    assert (target / "who").read_text() == "third" and is_complete()
+    assert [p.name for p in tmp_path.iterdir()] == ["tree"]
+
+
 def test_main_cli(tmp_path, capsys):
     out = tmp_path / "data"
     assert synthetic.main([str(out), "--size", "32", "--train-per-class", "2", "--val-per-class", "1"]) == 0
