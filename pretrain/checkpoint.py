@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
@@ -34,32 +35,48 @@ def snapshot_name(epoch: int) -> str:
     return f"checkpoint_{epoch:04d}.pth"
 
 
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
-    """write(file) into a temporary file in the same folder, fsync, then os.replace (and fsync the folder).
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None], durable: bool = True) -> Path:
+    """write(file) into a temporary file of its own in the same folder, then os.replace it onto `path`.
 
-    A kill at any moment leaves either the old file or the new one, never a truncated file.
+    A kill at any moment leaves either the old file or the new one, never a truncated file; several writers
+    (processes or threads) of the same path never share a temporary file, and a reader sees one whole
+    version. durable: fsync the file and the folder, so the rename survives a power loss (checkpoints);
+    False for files that are cheap to write again (evaluation copies of annotations).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(name)
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(fd, "wb") as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode open() would
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+    if durable:
+        try:  # make the rename itself durable
+            dfd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError:
+            pass
     return path
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only way to read it; done once, at import, before any thread exists
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:

@@ -40,6 +40,35 @@ def test_atomic_save_survives_kill(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == ["checkpoint.pth"]
 
 
+def test_atomic_write_concurrent_writers_of_one_path(tmp_path):
+    """Two writers of the same file interleave (a second one starts and finishes while the first is still
+    writing, as two trials of a job array do in a shared cache): both succeed, each rename publishes one
+    whole version, no temporary file is left, and the file gets the mode a plain open() would give it."""
+    import os
+    path = tmp_path / "shared.txt"
+    seen = []
+
+    def outer(f):
+        f.write(b"first half, ")
+        ck.atomic_write(path, lambda g: g.write(b"the other writer's whole file"), durable=False)
+        seen.append(path.read_bytes())
+        f.write(b"second half")
+
+    ck.atomic_write(path, outer)
+    assert seen == [b"the other writer's whole file"]
+    assert path.read_bytes() == b"first half, second half"
+    assert [p.name for p in tmp_path.iterdir()] == ["shared.txt"]
+    plain = tmp_path / "plain.txt"
+    plain.write_bytes(b"")
+    assert path.stat().st_mode == plain.stat().st_mode
+    # a failing writer leaves the old version and no temporary file
+    with pytest.raises(RuntimeError):
+        ck.atomic_write(path, lambda f: (f.write(b"partial"), (_ for _ in ()).throw(RuntimeError("boom"))))
+    assert path.read_bytes() == b"first half, second half"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.txt", "shared.txt"]
+    assert os.access(path, os.R_OK)
+
+
 def test_save_and_resume_roundtrip(tmp_path):
     m = tiny()
     opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,37 @@ def test_voc_evaluator_reads_our_evaluation_copy(bccd_root, tmp_path):
         ev.process([{"image_id": r["image_id"]}], [{"instances": inst}])
     res = ev.evaluate()["bbox"]
     assert res["AP50"] == pytest.approx(100.0) and res["AP75"] == pytest.approx(100.0)
+
+
+def test_voc_evaluation_copy_written_by_two_trials_at_once(bccd_root, tmp_path, monkeypatch):
+    """Trials of a job array share the evaluation copy (it lives in the cache): a second trial writing it
+    while the first is half-way must leave both with a complete copy, and an unchanged copy is not rewritten."""
+    name = dd.limit_dataset(dd.resolve_dataset(f"{bccd_root}:test", cache_dir=tmp_path), 4)
+    real = dd.atomic_write
+    calls = []
+
+    def interleaved(path, write, **kw):
+        calls.append(path.name)
+        if len(calls) == 2:  # the other trial runs its whole preparation between our first and second file
+            monkeypatch.setattr(dd, "atomic_write", real)
+            dd.prepare_voc_evaluation(name)
+            monkeypatch.setattr(dd, "atomic_write", interleaved)
+        return real(path, write, **kw)
+
+    monkeypatch.setattr(dd, "atomic_write", interleaved)
+    folder = dd.prepare_voc_evaluation(name)
+    ids = [r["image_id"] for r in DatasetCatalog.get(name)]
+    assert (folder / "ImageSets" / "Main" / "test.txt").read_text().split() == ids
+    assert sorted(p.name for p in (folder / "Annotations").iterdir()) == sorted(f"{i}.xml" for i in ids)
+    assert not [p for p in folder.rglob(".*")]                      # no temporary file left behind
+    src = {i: ET.parse(bccd_root / "Annotations" / f"{i}.xml").getroot() for i in ids}
+    for i in ids:  # same objects as the source (minus zero-area boxes)
+        ours = ET.parse(folder / "Annotations" / f"{i}.xml").getroot()
+        assert {o.findtext("name") for o in ours.iter("object")} <= {o.findtext("name") for o in src[i].iter("object")}
+    calls.clear()
+    before = {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+    dd.prepare_voc_evaluation(name)
+    assert calls == [] and before == {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
 
 
 def test_damaged_voc_folder(bccd_root, tmp_path, caplog):

@@ -36,6 +36,7 @@ import xml.etree.ElementTree as ET
 from functools import lru_cache
 from pathlib import Path
 
+from pretrain.checkpoint import atomic_write
 from transfer.d2compat import import_detectron2
 
 import_detectron2()
@@ -278,15 +279,18 @@ def prepare_voc_evaluation(name: str) -> Path:
                         f"<xmax>{int(round(x1))}</xmax><ymax>{int(round(y1))}</ymax></bndbox></object>")
         text = (f"<annotation><filename>{Path(r['file_name']).name}</filename><size><width>{r['width']}</width>"
                 f"<height>{r['height']}</height><depth>3</depth></size>{''.join(objs)}</annotation>\n")
-        p = ann / f"{r['image_id']}.xml"
-        if not p.is_file() or p.read_text() != text:
-            tmp = p.with_suffix(".xml.tmp")
-            tmp.write_text(text)
-            os.replace(tmp, p)
-    main = out / "ImageSets" / "Main"
-    main.mkdir(parents=True, exist_ok=True)
-    (main / f"{meta.split}.txt").write_text("\n".join(str(r["image_id"]) for r in dicts) + "\n")
+        _write_if_changed(ann / f"{r['image_id']}.xml", text)
+    ids = "\n".join(str(r["image_id"]) for r in dicts) + "\n"
+    _write_if_changed(out / "ImageSets" / "Main" / f"{meta.split}.txt", ids)
     return out
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    """The evaluation copy lives in a shared cache: trials of a job array write it at the same time and
+    read it while another writes, so every file is replaced whole (its own temporary file, then rename)."""
+    if path.is_file() and path.read_text() == text:
+        return
+    atomic_write(path, lambda f: f.write(text.encode()), durable=False)
 
 
 # ------------------------------------------------------------------------------------------------ COCO
