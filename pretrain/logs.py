@@ -1,21 +1,28 @@
-"""Logging on rank 0: text log, metrics.jsonl, TensorBoard and a tqdm progress bar.
+"""Logging on rank 0: text log, metrics.jsonl, TensorBoard, a tqdm progress bar, and results.json.
 
-Other ranks get no-op writers, so the training loop can call them unconditionally.
+Other ranks get no-op writers, so the training loop can call them unconditionally. results.json is the one
+contract between every stage (pretraining, kNN, linear, detection) and the comparison tables; it is written
+here so that pretraining and the evaluations in `transfer` share it (transfer.results reads it).
 """
 from __future__ import annotations
 
+import datetime as _dt
 import json
-import os
 import logging
 import math
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
 from tqdm import tqdm
 
+from .checkpoint import atomic_write
+
 LOGGER_NAME = "simsiam"
+RESULTS_SCHEMA = "simsiam-suite/results/v1"
+RESULTS_TASKS = ("pretrain", "knn", "linear", "detection")
 
 
 def setup_logger(output_dir: str | Path | None, main: bool = True) -> logging.Logger:
@@ -109,9 +116,7 @@ class MetricsWriter:
             else:
                 kept.append(line)
         if dropped:
-            tmp = self.path.with_name(".metrics.jsonl.tmp")
-            tmp.write_text("".join(kept))
-            os.replace(tmp, self.path)
+            atomic_write(self.path, lambda f: f.write("".join(kept).encode()))
         return dropped
 
     def scalar(self, name: str, value: float, step: int) -> None:
@@ -130,8 +135,50 @@ def progress(iterable: Iterable, total: int | None, enabled: bool, desc: str = "
                 file=sys.stderr)
 
 
-def read_metrics(path: str | Path) -> list[dict]:
+def read_metrics(path: str | Path, skip_bad: bool = False) -> list[dict]:
+    """The records of a metrics.jsonl (or of the one in a run folder). An unterminated last line (a write cut
+    short by a kill, or one still being written) is left out. Any other unparsable line is an error naming the
+    file and line, or with skip_bad (plots of a damaged log) a warning, and the line is skipped."""
     path = Path(path)
     if path.is_dir():
         path = path / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for n, line in enumerate(path.read_text().splitlines(keepends=True), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if not line.endswith("\n"):
+                break
+            if not skip_bad:
+                raise ValueError(f"{path}:{n}: not a JSON record ({e})") from None
+            warnings.warn(f"{path}:{n}: skipping a line that is not a JSON record", stacklevel=2)
+    return records
+
+
+def write_results(run_dir: str | Path, *, task: str, dataset: str, metrics: dict[str, Any],
+                  config: dict[str, Any], source: dict[str, Any] | None = None, epochs: int | None = None,
+                  batch_size: int | None = None, extra: dict[str, Any] | None = None) -> Path:
+    """Write <run_dir>/results.json atomically and return its path.
+
+    source: {"checkpoint": path, "sha256": ..., "pretrain": {"method", "arch", "epochs", "batch_size",
+    "dataset"}} describing the pretrained weights that were evaluated (see transfer.convert.describe_source).
+    """
+    if task not in RESULTS_TASKS:
+        raise ValueError(f"unknown task '{task}' (known: {', '.join(RESULTS_TASKS)})")
+    doc = {
+        "schema": RESULTS_SCHEMA,
+        "task": task,
+        "dataset": dataset,
+        "metrics": metrics,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "source": source or {},
+        "config": config,
+        "code_version": code_version(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **(extra or {}),
+    }
+    text = json.dumps(doc, indent=2, default=str)
+    return atomic_write(Path(run_dir) / "results.json", lambda f: f.write(text.encode()))

@@ -7,8 +7,6 @@ results.json) and resumes by itself when output_dir already holds checkpoint.pth
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
-import json
 import math
 import os
 import random
@@ -24,13 +22,12 @@ from . import config as config_mod
 from . import data as data_mod
 from . import distributed
 from .defaults import PretrainConfig, init_lr
-from .logs import MetricsWriter, code_version, progress, setup_logger
+from .logs import MetricsWriter, progress, setup_logger, write_results
 from .loss import simsiam_loss
 from .model import build_model
 from .monitor import collapse_floor, collapse_std, extract_features, knn_accuracy
 from .optim import adjust_learning_rate, build_optimizer
 
-RESULTS_SCHEMA = "simsiam-suite/results/v1"
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -93,27 +90,13 @@ def write_summary(output_dir: Path, cfg: PretrainConfig, dataset: str, metrics: 
                   complete: bool) -> Path:
     """results.json of the pretraining run (same schema as every evaluation's results.json)."""
     latest = output_dir / ckpt_io.LATEST
-    doc = {
-        "schema": RESULTS_SCHEMA,
-        "task": "pretrain",
-        "dataset": dataset,
-        "metrics": metrics,
-        "epochs": epochs_done,
-        "batch_size": cfg.train.batch_size,
-        "source": {"checkpoint": str(latest.resolve()), "sha256": ckpt_io.sha256_file(latest) if latest.is_file() else None,
-                   "pretrain": {"method": "SimSiam", "arch": cfg.model.arch, "epochs": epochs_done,
-                                "batch_size": cfg.train.batch_size, "dataset": dataset}},
-        "config": config_mod.to_dict(cfg),
-        "code_version": code_version(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "complete": complete,
-        "planned_epochs": cfg.train.epochs,
-    }
-    path = output_dir / "results.json"
-    tmp = path.with_name(".results.json.tmp")
-    tmp.write_text(json.dumps(doc, indent=2, default=str))
-    os.replace(tmp, path)
-    return path
+    source = {"checkpoint": str(latest.resolve()), "sha256": ckpt_io.sha256_file(latest) if latest.is_file() else None,
+              "pretrain": {"method": "SimSiam", "arch": cfg.model.arch, "epochs": epochs_done,
+                           "batch_size": cfg.train.batch_size, "dataset": dataset}}
+    return write_results(output_dir, task="pretrain", dataset=dataset, metrics=metrics,
+                         config=config_mod.to_dict(cfg), source=source, epochs=epochs_done,
+                         batch_size=cfg.train.batch_size,
+                         extra={"complete": complete, "planned_epochs": cfg.train.epochs})
 
 
 # ------------------------------------------------------------------------------------------- one step

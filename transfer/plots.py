@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from collections import defaultdict
@@ -20,18 +19,7 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-
-def read_metrics(path: Path) -> list[dict]:
-    rows = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            # a run killed mid-write leaves a partial last line: say so and keep the rest
-            print(f"simsiam plot: {path}:{i}: skipping a line that is not JSON", file=sys.stderr)
-    return rows
+from pretrain.logs import read_metrics  # noqa: E402
 
 
 def _series(rows: list[dict], x: str, y: str) -> tuple[list, list]:
@@ -136,7 +124,7 @@ def plot_run(run_dir: str | Path, output: str | Path | None = None) -> list[Path
     stages: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for path in sorted(run_dir.rglob("metrics.jsonl")):
         where = str(path.parent.relative_to(run_dir)) or "."
-        for r in read_metrics(path):
+        for r in read_metrics(path, skip_bad=True):
             stages[r.get("stage", "unknown")][where].append(r)
     written = []
     for stage, by_folder in stages.items():
