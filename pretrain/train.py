@@ -29,7 +29,6 @@ from .monitor import collapse_floor, collapse_std, extract_features, knn_accurac
 from .optim import adjust_learning_rate, build_optimizer
 
 
-
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN/inf: the run stops and the last good checkpoint is kept."""
 

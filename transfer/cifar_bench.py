@@ -199,9 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m transfer.cifar_bench " + " ".join(shlex.quote(a) for a in argv)
     try:
         run_bench(args.data, args.output, epochs=args.epochs, device=args.device, short=args.short,
-                      ablation=args.ablation, overrides=args.overrides, limit_per_class=args.limit_per_class,
-                      batch=args.batch, linear_epochs=args.linear_epochs, linear_augment=args.linear_augment,
-                      command=command)
+                  ablation=args.ablation, overrides=args.overrides, limit_per_class=args.limit_per_class,
+                  batch=args.batch, linear_epochs=args.linear_epochs, linear_augment=args.linear_augment,
+                  command=command)
     except (ConfigError, DataError, CorruptImageError, RuntimeError) as e:
         print(f"cifar_bench: error: {e}", file=sys.stderr)
         return 2

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pretrain.checkpoint import atomic_save, atomic_write
 from pretrain.model import ARCHS, build_backbone
 
 SUITE_FORMAT = "simsiam-suite/pretrain"
@@ -347,7 +348,6 @@ def to_torchvision(src, output: str | Path | None = None, arch: str | None = Non
     """(torchvision ResNet state dict without fc, report); written to `output` when given."""
     kind, sd, info = _load(src, arch)
     if output is not None:
-        from pretrain.checkpoint import atomic_save
         atomic_save(OrderedDict(sd), output)
     return sd, _report(kind, info, "torchvision", str(output) if output else None, len(sd))
 
@@ -382,7 +382,6 @@ def to_detectron2(src, output: str | Path | None = None, arch: str | None = None
 
 
 def _atomic_pickle(obj: Any, path: Path) -> None:
-    from pretrain.checkpoint import atomic_write
     atomic_write(path, lambda f: pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL))
 
 

@@ -25,6 +25,7 @@ MODEL.RESNETS.NORM for a multi-GPU run, uses naiveSyncBN for a multi-process CPU
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import math
@@ -457,8 +458,6 @@ def _run_trial(cfg: CN, trial_dir: Path, seed: int, weights: str) -> dict:
              elapsed / max(done, 1))
     # the next trial builds its own model and loaders: release this one's (loader workers, GPU memory) now
     del trainer
-    import gc
-
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -185,7 +185,7 @@ def ensure_embedded_detection(cache_dir: Union[str, Path] = "~/.cache/simsiam", 
                 target.glob("Annotations")):
             raise FileExistsError(f"{target} exists, is not empty and is no embedded detection dataset")
         shapes.publish_tree(target, lambda tmp: write_dataset(tmp, n_train, n_val, seed),
-                     lambda: _complete(target, params))
+                            lambda: _complete(target, params))
     return {"root": target, "image_root": target / "JPEGImages",
             "coco_train_json": target / "annotations" / "instances_train.json",
             "coco_val_json": target / "annotations" / "instances_val.json"}
