@@ -105,6 +105,18 @@ def test_unpack_wheel_leaves_out_only_the_extension(tmp_path):
 
 
 def test_check_command(capsys):
+    d2 = d2compat.import_detectron2()
     assert d2compat.main(["check"]) == 0
-    out = capsys.readouterr().out
-    assert "R50-C4 Faster R-CNN built" in out and "detectron2 0.7.2" in out
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[d2compat] ")]
+    # the version and place of the detectron2 that is actually imported (official build or our wheel)
+    assert lines[0] == f"[d2compat] detectron2 {d2.__version__} at {Path(d2.__file__).parent}"
+    info = d2compat.install_info()
+    if info is not None:  # our pure-Python install: the pinned wheel's version
+        assert d2.__version__ == d2compat.WHEEL_VERSION
+        assert lines[1].startswith(f"[d2compat] installed as: pure-Python install from {info['wheel']} ")
+    elif d2compat.has_real_extension():
+        assert lines[1].startswith("[d2compat] installed as: official build;")
+    ops = "yes" if d2compat.has_real_extension() else "no"
+    assert f"; compiled ops: {ops};" in lines[1]
+    assert lines[2] == f"[d2compat] python {sys.version.split()[0]}, torch {torch.__version__}"
+    assert lines[3].startswith("[d2compat] R50-C4 Faster R-CNN built (") and lines[3].endswith("one CPU forward: OK")

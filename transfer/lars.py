@@ -1,18 +1,21 @@
 """LARS for linear evaluation, with the semantics the official SimSiam code gets from apex's LARC.
 
-The official `main_lincls.py --lars` wraps SGD(momentum 0.9, weight decay 0) in
-`LARC(trust_coefficient=0.001, clip=False)`. One step, for each parameter w with gradient g:
+The official `main_lincls.py --lars` builds SGD(momentum 0.9) over the classifier's weight and bias and
+wraps it in `apex.parallel.LARC(trust_coefficient=0.001, clip=False)`. LARC adapts every parameter it is
+given, the bias included; nothing is excluded by shape. One step, for each parameter w with gradient g:
 
-    if ||w|| > 0 and ||g|| > 0:
-        local_lr = trust * ||w|| / (||g|| + weight_decay * ||w|| + eps)      (LARC, eps = 1e-8)
+    if ||w|| != 0 and ||g|| != 0:
+        local_lr = trust * ||w|| / (||g|| + weight_decay * ||w|| + eps)      (eps = 1e-8)
         g <- (g + weight_decay * w) * local_lr                                 (weight decay folded in)
+    otherwise g is left as it is, without weight decay
     buf <- momentum * buf + g          (buf = g on the first step, as torch.optim.SGD)
     w   <- w - lr * buf
 
-"No clipping" means local_lr is used as it is (LARC's `clip=True` would cap it at 1 relative to lr).
-When a norm is zero LARC leaves the gradient untouched and applies no weight decay; we do the same.
-Parameters with one dimension (biases, BN affine) are excluded from the adaptation and from weight
-decay, as in the LARS of the official SimSiam/MoCo v3 code: they take the plain momentum step.
+LARC folds the weight decay into the gradient itself and runs the inner SGD with weight decay 0, so a
+parameter whose norm (or whose gradient's norm) is zero takes the plain momentum step with no decay. This
+is what happens to the classifier's bias on the first step, since it is initialised to zero; from the
+second step on its norm is non-zero and it is adapted like the weight. "No clipping" (`clip=False`) means
+local_lr is used as it is; LARC's `clip=True` would cap it at 1 relative to lr.
 """
 from __future__ import annotations
 
@@ -22,8 +25,10 @@ import torch
 
 
 class LARS(torch.optim.Optimizer):
+    """SGD with momentum whose per-parameter step is scaled as apex's LARC(clip=False) scales it."""
+
     def __init__(self, params: Iterable, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
-                 trust_coefficient: float = 0.001, eps: float = 1e-8, exclude_1d: bool = True):
+                 trust_coefficient: float = 0.001, eps: float = 1e-8):
         if lr < 0:
             raise ValueError(f"LARS: invalid learning rate {lr}")
         if not 0.0 <= momentum < 1.0:
@@ -31,7 +36,7 @@ class LARS(torch.optim.Optimizer):
         if weight_decay < 0:
             raise ValueError(f"LARS: invalid weight_decay {weight_decay}")
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
-                        trust_coefficient=trust_coefficient, eps=eps, exclude_1d=exclude_1d)
+                        trust_coefficient=trust_coefficient, eps=eps)
         super().__init__(params, defaults)
 
     @staticmethod
@@ -55,10 +60,9 @@ class LARS(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 g = p.grad
-                if not (group["exclude_1d"] and p.ndim <= 1):
-                    rate = self.local_lr(p, g, group["trust_coefficient"], group["weight_decay"], group["eps"])
-                    if rate is not None:
-                        g = g.add(p, alpha=group["weight_decay"]).mul_(rate)
+                rate = self.local_lr(p, g, group["trust_coefficient"], group["weight_decay"], group["eps"])
+                if rate is not None:
+                    g = g.add(p, alpha=group["weight_decay"]).mul_(rate)
                 state = self.state[p]
                 buf = state.get("momentum_buffer")
                 if buf is None:
