@@ -5,22 +5,38 @@ The same views as `pretrain.augment.moco_v2_transform`, computed for a whole bat
 1. random resized crop: boxes drawn exactly like torchvision's `RandomResizedCrop.get_params` (10 tries of
    area fraction ~ U[min_scale, 1] and log aspect ratio ~ U[log 3/4, log 4/3], integer width/height rounded,
    a uniform integer position; after 10 failures a centre crop of the whole image clamped to the ratio
-   range), then resampled to image_size x image_size for all boxes at once with `torchvision.ops.roi_align`
-   (bilinear, `aligned=True`, averaging ceil(box/out) samples per output pixel when shrinking). Inside the box
-   this equals torchvision's crop + bilinear resize; along the border it interpolates with the pixels just
-   outside the box instead of repeating the edge;
+   range), then resampled to image_size x image_size as PIL does it in the reference path (crop, then
+   bilinear resize with a triangle filter widened by the shrink factor, i.e. antialiased; `crop_resize`);
 2. horizontal flip with p=0.5 (done right after the crop; every later op is mirror-symmetric);
 3. colour jitter with p=0.8: brightness, contrast, saturation ~ U[0.6, 1.4], hue ~ U[-0.1, 0.1], in a random
    order per sample, with the semantics of torchvision.transforms.functional.adjust_* on float images;
 4. grayscale with p=0.2 (ITU-R 601 luma 0.2989 R + 0.587 G + 0.114 B, copied to the 3 channels);
-5. Gaussian blur with p=0.5 (when enabled), sigma ~ U[0.1, 2.0], an odd kernel of about 10% of the image
-   side (23 at 224), reflect padding, as torchvision's `gaussian_blur`;
+5. Gaussian blur with p=0.5 (when enabled), sigma ~ U[0.1, 2.0], computed as PIL's
+   `ImageFilter.GaussianBlur(radius=sigma)` computes it: three extended box blurs per axis whose variances add
+   up to sigma^2, the edge pixel repeated beyond the border (`gaussian_blur`). Its width follows sigma only,
+   whatever the image size;
 6. normalisation with mean/std.
 
 Every random choice is per sample, drawn by `sample_params` (so tests can inspect them) and applied by
 `apply`. Inputs: a uint8 (0..255) or float (0..1) batch (N, 3, H, W), or a list of (3, H_i, W_i) images of
 different sizes (e.g. from `decode_jpeg_batch`). `DeviceImageDataset` keeps a small dataset (CIFAR-size)
 as one uint8 tensor on the device (`pretrain.fastdata.load_memory` fills it from an image folder).
+
+Agreement with the PIL reference path (`pretrain.augment`), op by op on the same uint8 natural images (COCO
+photos at 32-224 px, CIFAR-10 images), in 0..255 units. The differences come from PIL computing in uint8
+inside each op, which this module does not do. Measured mean / max, then the tolerance that
+tests/test_gpu_augment.py enforces:
+
+- crop + resize (any box, 32-224 px): 0.25-0.29 / 1.00 (PIL rounds after each axis); tolerance 0.5 / 1.5;
+- brightness: 0.40 / 0.80 (PIL truncates the blend); tolerance 0.7 / 1.5;
+- contrast, saturation: 0.42 / 1.19 (PIL blends with its integer luma); tolerance 0.7 / 2;
+- hue: 0.38 / 11.3 (the PIL path converts to 8-bit HSV and shifts the hue by int(255 h) / 256 of a turn);
+  tolerance 0.6 / 16;
+- grayscale: 0.24 / 0.52 (PIL's rounded integer luma); tolerance 0.4 / 1;
+- Gaussian blur, sigma 0.1-2 at 32, 64, 96 and 224 px: 0.11-0.63 / 2.67 (PIL rounds after each of its 6 box
+  passes, which bounds the difference by 3); tolerance 1 / 3.1;
+- flip: exact;
+- a whole view (all ops, random parameters): 1.14-1.23 / 14.9, the roundings adding up; tolerance 2 / 24.
 """
 from __future__ import annotations
 
@@ -37,6 +53,7 @@ from torch import Tensor
 from pretrain.augment import BLUR_SIGMA, CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, JITTER, P_BLUR, P_GRAY, P_JITTER
 
 P_FLIP = 0.5
+BLUR_PASSES = 3          # box blurs per axis in Pillow's GaussianBlur
 CROP_TRIES = 10
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
 Images = Union[Tensor, Sequence[Tensor]]
@@ -102,25 +119,53 @@ def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
 _COLOUR_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
 
 
-def blur_kernel_size(image_size: int) -> int:
-    """Odd kernel side of about 10% of the image: 23 at 224, 7 at 64, 3 at 32."""
-    return max(3, int(0.1 * image_size) // 2 * 2 + 1)
+def pil_box_radius(sigma: Tensor, passes: int = BLUR_PASSES) -> Tensor:
+    """Pillow's extended box radius l + a for a Gaussian of standard deviation `sigma` made of `passes` box
+    blurs (`_gaussian_blur_radius` in Pillow's BoxBlur.c, after Gwosdek et al., SSVM 2011): each box has
+    variance sigma^2 / passes, so `passes` of them have variance sigma^2. 0 for sigma = 0."""
+    s2 = sigma.double() ** 2 / passes
+    length = torch.sqrt(12.0 * s2 + 1.0)
+    whole = torch.floor((length - 1.0) / 2.0)
+    frac = (2 * whole + 1) * (whole * (whole + 1) - 3 * s2) / (6 * (s2 - (whole + 1) ** 2))
+    return whole + frac
 
 
-def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
-    """Separable Gaussian blur of (n, C, H, W) with one sigma per sample and reflect padding
-    (same kernel as torchvision: exp(-t^2 / 2 sigma^2) at integer offsets t, normalised to sum 1)."""
+def box_weights(radius: Tensor) -> Tensor:
+    """Taps of Pillow's extended box of (fractional) radius r, one row per radius: 1 / (2r + 1) on the
+    2 floor(r) + 1 central pixels and the remainder (r - floor(r)) / (2r + 1) on the two pixels next to them.
+    All rows have the width 2 R + 3 of the largest radius R (zeros outside a row's own box); each sums to 1."""
+    radius = radius.double()
+    whole = torch.floor(radius)
+    half = int(whole.max().item()) + 1 if radius.numel() else 1
+    t = torch.arange(-half, half + 1, device=radius.device, dtype=torch.float64).abs()
+    inner = 1.0 / (2 * radius + 1)
+    edge = (1.0 - (2 * whole + 1) * inner) / 2
+    r = whole.view(-1, 1)
+    return torch.where(t <= r, inner.view(-1, 1), torch.where(t == r + 1, edge.view(-1, 1), 0.0))
+
+
+def gaussian_blur(x: Tensor, sigma: Tensor, passes: int = BLUR_PASSES) -> Tensor:
+    """PIL's `ImageFilter.GaussianBlur(radius=sigma)` on float images (n, C, H, W), one sigma per sample.
+
+    As Pillow: `passes` extended box blurs of radius r = `pil_box_radius(sigma)` along the rows, then as many
+    along the columns, each pass repeating the edge pixel beyond the border. The support therefore follows
+    sigma (3 (floor(r) + 1) pixels each side: 6 at sigma = 2, where r = 1.375) and never depends on the image
+    size. The whole batch shares one kernel width (that of its largest sigma) with per-sample weights:
+    2 * passes depthwise convolutions of at most 5 taps for sigma <= 2. Pillow rounds to uint8 after every
+    pass; this keeps floats."""
     n, c, h, w = x.shape
-    half = kernel_size // 2
-    if half >= min(h, w):
-        raise ValueError(f"gaussian_blur: kernel {kernel_size} too large for {h}x{w} images")
-    t = torch.arange(kernel_size, device=x.device, dtype=x.dtype) - (kernel_size - 1) / 2
-    s = sigma.to(device=x.device, dtype=x.dtype).view(-1, 1)
-    k1 = torch.exp(-0.5 * (t / s) ** 2)
-    k1 = (k1 / k1.sum(1, keepdim=True)).repeat_interleave(c, dim=0)          # (n*c, k)
-    y = F.pad(x.reshape(1, n * c, h, w), (half, half, half, half), mode="reflect")
-    y = F.conv2d(y, k1.view(n * c, 1, kernel_size, 1), groups=n * c)
-    y = F.conv2d(y, k1.view(n * c, 1, 1, kernel_size), groups=n * c)
+    if n == 0:
+        return x
+    k = box_weights(pil_box_radius(sigma.to(x.device), passes)).to(x.dtype)   # (n, 2R + 3)
+    half = (k.shape[1] - 1) // 2
+    k = k.repeat_interleave(c, dim=0)                                          # (n*c, taps)
+    kx = k.view(n * c, 1, 1, -1)
+    ky = k.view(n * c, 1, -1, 1)
+    y = x.reshape(1, n * c, h, w)
+    for _ in range(passes):
+        y = F.conv2d(F.pad(y, (half, half, 0, 0), mode="replicate"), kx, groups=n * c)
+    for _ in range(passes):
+        y = F.conv2d(F.pad(y, (0, 0, half, half), mode="replicate"), ky, groups=n * c)
     return y.view(n, c, h, w)
 
 
@@ -215,12 +260,10 @@ class GPUMoCoV2Augment:
         min_scale: lower bound of the crop's area fraction (upper bound 1).
         blur: apply the Gaussian blur with p=0.5 (False for CIFAR).
         mean, std: normalisation.
-        kernel_size: blur kernel side (odd); default `blur_kernel_size(image_size)`.
     """
 
     def __init__(self, image_size: int = 224, min_scale: float = 0.2, blur: bool = True,
-                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                 kernel_size: int | None = None):
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
         if not 0 < min_scale <= 1:
             raise ValueError(f"GPUMoCoV2Augment: min_scale must be in (0, 1], got {min_scale}")
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
@@ -229,9 +272,6 @@ class GPUMoCoV2Augment:
         self.scale = (float(min_scale), 1.0)
         self.ratio = CROP_RATIO
         self.blur = bool(blur)
-        self.kernel_size = blur_kernel_size(self.image_size) if kernel_size is None else int(kernel_size)
-        if self.kernel_size % 2 != 1:
-            raise ValueError(f"GPUMoCoV2Augment: kernel_size must be odd, got {self.kernel_size}")
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         b, c, s, h = JITTER
@@ -239,7 +279,7 @@ class GPUMoCoV2Augment:
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(image_size={self.image_size}, min_scale={self.scale[0]}, blur={self.blur}, "
-                f"kernel_size={self.kernel_size}, mean={self.mean}, std={self.std})")
+                f"mean={self.mean}, std={self.std})")
 
     # -- randomness -------------------------------------------------------------------------------
     def sample_params(self, n: int, generator: torch.Generator | None = None,
@@ -307,7 +347,7 @@ class GPUMoCoV2Augment:
             x[idx] = grayscale(x[idx]).expand(-1, 3, -1, -1)
         idx = torch.nonzero(p.blur).squeeze(1)
         if idx.numel():
-            x[idx] = gaussian_blur(x[idx], p.sigma[idx], self.kernel_size)
+            x[idx] = gaussian_blur(x[idx], p.sigma[idx])
         mean = torch.tensor(self.mean, device=device, dtype=x.dtype).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=device, dtype=x.dtype).view(1, 3, 1, 1)
         return (x - mean) / std
@@ -337,30 +377,69 @@ def _check_dtype(t: Tensor, what: str) -> None:
         raise ValueError(f"{what}: expected uint8 (0..255) or float (0..1) pixels, got {t.dtype}")
 
 
-def _to_float(t: Tensor) -> Tensor:
-    return t.float().div_(255.0) if t.dtype == torch.uint8 else t.float()
+def resize_taps(start: Tensor, length: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    """PIL's bilinear resampling of the spans [start, start + length) of N images to `size` pixels, along one
+    axis, as `Image.crop(...).resize(..., BILINEAR)` computes it (`precompute_coeffs` in Pillow's Resample.c):
+    output pixel i is centred at c = (i + 0.5) * length / size inside the span and averages the span's pixels
+    j with the triangle weights max(0, 1 - |j + 0.5 - c| / s), s = max(length / size, 1), normalised over the
+    pixels inside the span (so shrinking is antialiased and nothing outside the span is read).
+
+    Returns (index, weight), both (N, size, K): absolute pixel indices and their weights (0 where unused);
+    K = 2 ceil(largest s) + 1."""
+    start, length = start.double(), length.double()
+    scale = length / size
+    fscale = scale.clamp(min=1.0)
+    centre = (torch.arange(size, device=start.device, dtype=torch.float64) + 0.5) * scale.view(-1, 1)   # (N, S)
+    support = fscale.view(-1, 1)
+    lo = torch.floor(centre - support + 0.5).clamp(min=0.0)
+    hi = torch.minimum(torch.floor(centre + support + 0.5), length.view(-1, 1))
+    taps = 2 * int(math.ceil(float(fscale.max()))) + 1
+    j = lo.unsqueeze(-1) + torch.arange(taps, device=start.device, dtype=torch.float64)                   # (N, S, K)
+    w = (1.0 - ((j - centre.unsqueeze(-1) + 0.5) / support.unsqueeze(-1)).abs()).clamp(min=0.0)
+    w = torch.where(j < hi.unsqueeze(-1), w, 0.0)
+    w = w / w.sum(-1, keepdim=True)
+    index = (start.view(-1, 1, 1) + torch.minimum(j, length.view(-1, 1, 1) - 1)).long()
+    return index, w.float()
+
+
+def _resample(x: Tensor, boxes: Tensor, size: int) -> Tensor:
+    """crop_resize of one batch tensor (N, 3, H, W): a pass along the rows, then along the columns."""
+    n, c, h, w = x.shape
+    yi, yw = resize_taps(boxes[:, 1], boxes[:, 3] - boxes[:, 1], size)     # (n, S, Ky)
+    xi, xw = resize_taps(boxes[:, 0], boxes[:, 2] - boxes[:, 0], size)     # (n, S, Kx)
+    if x.dtype == torch.uint8:
+        yw = yw / 255.0
+    rows = torch.zeros(n, c, size, w, device=x.device)
+    for k in range(yi.shape[2]):
+        picked = x.gather(2, yi[:, :, k].view(n, 1, size, 1).expand(n, c, size, w))
+        rows.addcmul_(picked.float(), yw[:, :, k].view(n, 1, size, 1))
+    out = torch.zeros(n, c, size, size, device=x.device)
+    for k in range(xi.shape[2]):
+        picked = rows.gather(3, xi[:, :, k].view(n, 1, 1, size).expand(n, c, size, size))
+        out.addcmul_(picked, xw[:, :, k].view(n, 1, 1, size))
+    return out
 
 
 def crop_resize(batch: Images, boxes: Tensor, size: int) -> Tensor:
     """Crop boxes (N, 4) (x0, y0, x1, y1) out of a batch (N, 3, H, W) or a list of (3, H_i, W_i) images and
-    resample them to size x size with `roi_align` (images of equal size are processed together)."""
-    from torchvision.ops import roi_align
+    resample them to size x size: float32 in [0, 1].
 
+    The result is torchvision's `resized_crop(img, y0, x0, y1 - y0, x1 - x0, size, BILINEAR, antialias=True)`
+    on the PIL image (PIL crop, then PIL's bilinear resize, see `resize_taps`), computed in float instead of
+    PIL's uint8 after each axis. Box coordinates are pixel edges and are rounded to integers (PIL crops whole
+    pixels); only pixels inside a box are read, so whatever pads an image beyond its own size is never used.
+    Images of equal size are processed together."""
     n, _, device = _describe(batch)
-    boxes = boxes.to(device=device, dtype=torch.float32)
+    boxes = boxes.to(device=device, dtype=torch.float64).round()
     if isinstance(batch, Tensor):
-        rois = torch.cat([torch.arange(n, device=device, dtype=torch.float32).view(-1, 1), boxes], 1)
-        return roi_align(_to_float(batch), rois, (size, size), 1.0, -1, True)
+        return _resample(batch, boxes, size)
     out = torch.empty(n, 3, size, size, device=device)
     groups: dict[tuple, list[int]] = {}
     for i, im in enumerate(batch):
         groups.setdefault(tuple(im.shape), []).append(i)
     for members in groups.values():
-        stack = _to_float(torch.stack([batch[i] for i in members]))
         index = torch.tensor(members, device=device)
-        rois = torch.cat([torch.arange(len(members), device=device, dtype=torch.float32).view(-1, 1),
-                          boxes[index]], 1)
-        out[index] = roi_align(stack, rois, (size, size), 1.0, -1, True)
+        out[index] = _resample(torch.stack([batch[i] for i in members]), boxes[index], size)
     return out
 
 

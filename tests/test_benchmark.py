@@ -1,6 +1,7 @@
 """transfer.benchmark and transfer.cifar_bench: real tiny CPU runs.
 
-The throughput benchmark writes its JPEG folder, measures the six rows and prints/appends the table; the CIFAR
+The throughput benchmark writes its JPEG folder, measures the six rows, checks that the fast mode's views look
+like the PIL reference's and prints/appends the table; the CIFAR
 benchmark's --short version pretrains on a slice of the real CIFAR-10 JPEGs, evaluates, and writes its summary.
 """
 from __future__ import annotations
@@ -9,6 +10,7 @@ import json
 import re
 
 import pytest
+import torch
 from PIL import Image
 
 from transfer import benchmark, cifar_bench
@@ -46,6 +48,51 @@ def test_tiny_cpu_benchmark_prints_all_rows(tmp_path, capsys):
     assert "device: CPU" in text and "torch " in text and "python -m transfer.benchmark --device cpu" in text
     assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", text)
     assert "applied fp32" in text                         # bf16 / channels_last / compile: CUDA only
+    # what the fast mode fed its step: real normalised MoCo v2 views, statistically like the PIL reference's
+    # (measured: channel means -0.45..-0.05 vs -0.53..-0.10, stds 1.07-1.16 vs 1.09-1.20, views differ 0.89
+    # vs 0.86, smallest image std 0.08-0.19)
+    assert "output check of the fast mode against the reference: pretrain ok; linear ok" in text
+    assert all(("output_check" in r) == (r["mode"] != "ceiling") for r in rows)
+    for r, batch in ((rows[1], 4), (rows[4], 8)):
+        c = r["output_check"]
+        ref = rows[0 if r["stage"] == "pretrain" else 3]["output_check"]
+        assert r["check_fast"] == {"ok": True, "failed": []}
+        assert c["images"] >= benchmark.CHECK_IMAGES and c["shape"] == [batch, 3, 32, 32] and c["finite"]
+        assert all(abs(m) < 1.2 and 0.7 < s < 1.6 for m, s in zip(c["mean"], c["std"])), c
+        assert all(abs(m - rm) < 0.4 for m, rm in zip(c["mean"], ref["mean"])), (c, ref)
+        assert c["min_image_std"] > 0.02
+    assert rows[1]["output_check"]["views_differ"] > 0.5 and rows[1]["output_check"]["labels_ok"] is None
+    assert rows[4]["output_check"]["labels_ok"] is True and rows[4]["output_check"]["views_differ"] is None
+
+
+def test_output_check_flags_broken_views():
+    """compare_checks rejects constant, unnormalised, non-finite, wrongly sized and identical views and bad
+    labels, and accepts views like the reference's."""
+    g = torch.Generator().manual_seed(0)
+
+    def views(n=4, size=8, scale=1.0, shift=0.0):
+        return [(torch.randn(n, 3, size, size, generator=g) * scale + shift,
+                 torch.randn(n, 3, size, size, generator=g) * scale + shift) for _ in range(3)]
+
+    ref = benchmark.output_check(views(), True, 3)
+    assert ref["images"] == 12 and ref["shape"] == [4, 3, 8, 8] and ref["views_differ"] == pytest.approx(1.13, abs=0.1)
+
+    def failed(batches, pretrain=True):
+        reference = ref if pretrain else benchmark.output_check([(x, torch.zeros(4)) for x, _ in views()], False, 3)
+        return benchmark.compare_checks(benchmark.output_check(batches, pretrain, 3), reference, 4, 8)["failed"]
+
+    assert failed(views()) == []
+    zeros = torch.zeros(4, 3, 8, 8)
+    assert failed([(zeros, zeros)] * 3) == ["std", "constant_image", "views_differ"]
+    assert failed([(zeros - 2.1, zeros - 2.1)] * 3) == ["mean", "std", "constant_image", "views_differ"]
+    assert {"std", "views_differ"} <= set(failed(views(scale=0.25, shift=0.45)))  # [0, 1] pixels, not normalised
+    assert failed([(x, x) for x, _ in views()]) == ["views_differ"]
+    nan = views()
+    nan[1][0][0, 0, 0, 0] = float("nan")
+    assert failed(nan) == ["finite"]
+    assert failed(views(size=16)) == ["shape"]
+    assert failed([(x, torch.tensor([0, 1, 2, 3])) for x, _ in views()], pretrain=False) == ["labels"]
+    assert failed([(x, torch.tensor([0, 1, 2, 2])) for x, _ in views()], pretrain=False) == []
 
 
 def test_cifar_short_run_learns_and_writes_summary(cifar_root, tmp_path):

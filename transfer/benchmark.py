@@ -1,4 +1,4 @@
-"""Throughput benchmark of the reference and fast data/compute paths (issue 7).
+"""Throughput benchmark of the reference and fast data/compute paths.
 
     python -m transfer.benchmark [--device cuda] [--images N] [--steps K] [--batch B] [--workers W]
                                  [--arch resnet50] [--size 224] [--out docs/benchmarks.md]
@@ -19,6 +19,14 @@ linear evaluation (frozen trunk in eval mode + linear head, LARS step)
 Warm-up steps are not timed; CUDA is synchronised around the timers. The table (tabulate) gives images/s
 and the ratio to the reference row, with the device, torch version, date and the exact command; --out
 appends it as markdown. On CPU the switches are no-ops (reported as such) and tiny sizes are meant for tests.
+
+Output check: after timing, the reference and the fast mode each hand over at least CHECK_IMAGES more
+images (whole batches) exactly as their step receives them, and `output_check` summarises them into the row
+("output_check" in --json): shape, finite values, per-channel mean and std of the normalised pixels, the
+smallest per-image std, the mean |x1 - x2| between the two views (pretraining) and whether the labels are in
+range (linear). The fast row also holds `check_fast`, its comparison with the reference's statistics; when
+that fails the table says so and the command exits with 1, so a fast path that returns garbage, constant or
+unnormalised images cannot pass as a speed-up.
 """
 from __future__ import annotations
 
@@ -52,6 +60,10 @@ from pretrain.optim import build_optimizer as build_pretrain_optimizer
 from pretrain.train import forward_loss, optimizer_step
 
 DATA_MARKER = "benchmark-data.json"
+CHECK_IMAGES = 64            # images per mode that the output check summarises (whole batches, at least one)
+CHECK_MEAN_DIFF = 0.5        # fast vs reference: largest |difference| of a channel's mean (normalised units)
+CHECK_STD_RATIO = (0.6, 1.6) # fast vs reference: allowed range of std_fast / std_ref per channel
+CHECK_VIEWS_RATIO = 0.5      # fast vs reference: mean |x1 - x2| at least this fraction of the reference's
 ROWS = (("pretrain", "reference"), ("pretrain", "fast"), ("pretrain", "ceiling"),
         ("linear", "reference"), ("linear", "fast"), ("linear", "ceiling"))
 
@@ -238,6 +250,57 @@ def fast_source(data_cfg: DataConfig, batch: int, device: torch.device, task: st
     return make
 
 
+# ------------------------------------------------------------------------------------- output check
+def take_batches(it: Iterator, batch: int, images: int = CHECK_IMAGES) -> list:
+    """The next ceil(images / batch) batches (at least one) of an endless batch iterator."""
+    return [next(it) for _ in range(max(1, math.ceil(images / batch)))]
+
+
+def output_check(batches: list, pretrain: bool, classes: int) -> dict:
+    """Statistics of what a mode feeds its step: batches of (x1, x2) views (pretrain) or (x, labels) (linear).
+
+    shape: one batch's x; finite: every value; mean / std: per channel over all images, views and pixels;
+    min_image_std: the smallest std of one image (0 for a constant image); views_differ: mean |x1 - x2| over
+    all pixels (pretrain; None for linear); labels_ok: every label in [0, classes) (linear; None for pretrain)."""
+    views = [torch.cat([b[v].detach().float().cpu() for b in batches]) for v in ((0, 1) if pretrain else (0,))]
+    x = torch.stack(views)                                                      # (V, N, 3, S, S)
+    finite = bool(torch.isfinite(x).all())
+    x = torch.nan_to_num(x)
+    labels_ok = None
+    if not pretrain:
+        y = torch.cat([b[1].cpu() for b in batches])
+        labels_ok = bool(((y >= 0) & (y < classes)).all())
+    return {"images": int(x.shape[1]), "shape": list(batches[0][0].shape), "finite": finite,
+            "mean": [round(float(v), 4) for v in x.mean(dim=(0, 1, 3, 4))],
+            "std": [round(float(v), 4) for v in x.transpose(0, 2).reshape(3, -1).std(dim=1)],
+            "min_image_std": round(float(x.flatten(2).std(dim=2).min()), 4),
+            "views_differ": round(float((x[0] - x[1]).abs().mean()), 4) if pretrain else None,
+            "labels_ok": labels_ok}
+
+
+def compare_checks(fast: dict, ref: dict, batch: int, size: int) -> dict:
+    """Whether the fast mode's output looks like the reference's: same shape (batch, 3, size, size), finite,
+    channel means within CHECK_MEAN_DIFF, channel stds within CHECK_STD_RATIO of the reference's, no constant
+    image, the two views at least CHECK_VIEWS_RATIO as different as the reference's (pretrain), labels in
+    range (linear). A constant image fails only when the reference has none. Returns {"ok": bool, "failed":
+    [names of the failed conditions]}."""
+    conditions = {
+        "shape": fast["shape"] == [batch, 3, size, size],
+        "finite": fast["finite"],
+        "mean": all(abs(f - r) <= CHECK_MEAN_DIFF for f, r in zip(fast["mean"], ref["mean"])),
+        "std": all(r > 0 and CHECK_STD_RATIO[0] <= f / r <= CHECK_STD_RATIO[1]
+                   for f, r in zip(fast["std"], ref["std"])),
+        "constant_image": fast["min_image_std"] > 0 or ref["min_image_std"] == 0,
+    }
+    if fast["views_differ"] is not None:
+        floor = CHECK_VIEWS_RATIO * (ref["views_differ"] or 0.0)
+        conditions["views_differ"] = fast["views_differ"] > 0 and fast["views_differ"] >= floor
+    if fast["labels_ok"] is not None:
+        conditions["labels"] = fast["labels_ok"]
+    failed = [k for k, v in conditions.items() if not v]
+    return {"ok": not failed, "failed": failed}
+
+
 # -------------------------------------------------------------------------------------------- the run
 def run_benchmark(args) -> tuple[list[dict], dict]:
     device = torch.device(args.device)
@@ -260,16 +323,23 @@ def run_benchmark(args) -> tuple[list[dict], dict]:
         """reference (PIL loader, plain fp32), fast (GPU decode + augment, switches `sw`) and ceiling (one batch
         already on the device, `sw`), timed one after the other in this process. Each loader is dropped before
         the next mode starts, so its worker processes do not compete with it."""
+        pretrain = stage == "pretrain"
         step, it = make_step(ref), ref_batches()
         add(stage, "reference", f"PIL loader, {args.workers} workers, {ref.describe()}",
             time_steps(it, step, batch, args.warmup, args.steps, device))
+        ref_check = rows[-1]["output_check"] = output_check(take_batches(it, batch), pretrain, args.classes)
         del step, it
         step = make_step(sw)
         it = _cycle(fast_source(data_cfg, batch, device, stage, args.workers))
         add(stage, "fast", f"GPU decode + augment, {args.workers} workers, {sw.describe()}",
             time_steps(it, step, batch, args.warmup, args.steps, device))
-        first = next(it)
-        del it
+        fast_batches = take_batches(it, batch)
+        first = fast_batches[0]
+        rows[-1]["output_check"] = output_check(fast_batches, pretrain, args.classes)
+        verdict = rows[-1]["check_fast"] = compare_checks(rows[-1]["output_check"], ref_check, batch, args.size)
+        print(f"  {stage:8s} output check: fast {_describe_check(rows[-1]['output_check'])}; reference "
+              f"{_describe_check(ref_check)}: {_verdict(verdict)}", flush=True)
+        del it, fast_batches
         add(stage, "ceiling", f"device tensors, {sw.describe()}",
             time_steps(_repeat(first), step, batch, args.warmup, args.steps, device))
 
@@ -301,6 +371,19 @@ def run_benchmark(args) -> tuple[list[dict], dict]:
     return rows, meta
 
 
+def _describe_check(c: dict) -> str:
+    text = f"mean {c['mean']} std {c['std']}"
+    return text + (f" views differ {c['views_differ']}" if c["views_differ"] is not None else "")
+
+
+def _verdict(check: dict) -> str:
+    return "ok" if check["ok"] else f"FAILED ({', '.join(check['failed'])})"
+
+
+def checks_passed(rows: list[dict]) -> bool:
+    return all(r["check_fast"]["ok"] for r in rows if "check_fast" in r)
+
+
 def _repeat(batch: tuple) -> Iterator:
     while True:
         yield batch
@@ -324,6 +407,9 @@ def format_table(rows: list[dict], meta: dict, fmt: str = "github") -> str:
             f"{meta['linear_batch']}, {meta['workers']} loader workers, {meta['images']} JPEGs, "
             f"{meta['warmup']} warm-up + {meta['steps']} timed steps; fast switches requested "
             f"{meta['switches_requested']}, applied {meta['switches_applied']}\n")
+    checks = [f"{r['stage']} {_verdict(r['check_fast'])}" for r in rows if "check_fast" in r]
+    if checks:
+        head += f"- output check of the fast mode against the reference: {'; '.join(checks)}\n"
     return head + "\n" + body + "\n"
 
 
@@ -370,6 +456,10 @@ def main(argv: list[str] | None = None) -> int:
             f.write("\n" + text)
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "meta": meta}, indent=2))
+    if not checks_passed(rows):
+        print("benchmark: the fast mode's output does not look like the reference's (see 'output check')",
+              file=sys.stderr)
+        return 1
     return 0
 
 
