@@ -10,11 +10,14 @@ Two modes (`mode="auto"` picks one):
 
 - "memory": the whole training set as one uint8 tensor on the device (`pretrain.gpu_augment.DeviceImageDataset`),
   for small images of one size (CIFAR: 50k x 3 x 32 x 32 = 150 MB). A step is an index gather + the batched
-  augmentation; no loader processes.
+  augmentation; no loader processes. Images of different sizes cannot be held this way: "auto" then uses
+  "stream" (also when its probe of a few files missed them and loading finds them), an explicit "memory"
+  is an error naming the first file of another size.
 - "stream": a torch DataLoader whose workers only read the files' bytes; the main process decodes the batch on
-  the device (`decode_jpeg_batch`: nvJPEG on CUDA) and augments it there (`GPUMoCoV2Augment`). Images of
-  different sizes are padded into one batch tensor by repeating their last row/column (which reproduces
-  `roi_align`'s clamping at the border exactly), so a view costs one crop kernel for the whole batch.
+  the device (`decode_jpeg_batch`: nvJPEG on CUDA) and augments it there (`GPUMoCoV2Augment`). Images of any
+  sizes work: they are padded into one batch tensor (unless that would more than double the pixels; then
+  they are cropped group by group of equal size), so a view costs one crop kernel for the whole batch;
+  `crop_resize` reads only pixels inside each crop box, so the padding is never read.
 
 Both modes shard the file list per rank exactly like `DistributedSampler(shuffle=True, drop_last=True,
 seed=seed)` with `set_epoch(epoch)`, i.e. the ranks see disjoint parts of one permutation that changes each
@@ -23,8 +26,13 @@ epoch is reproducible. Unreadable files follow `data.on_corrupt` ("error": `pret
 naming the file; "skip": a warning per file and another image of the batch takes its place).
 
 `task="linear"` gives the linear-evaluation training view instead (RandomResizedCrop(scale 0.08-1) + flip +
-normalisation, one view) and yields (x, labels). `build_gpu_eval_batches` is the deterministic evaluation view
-of an in-memory split (kNN monitor, linear validation) as a loader of (x, labels).
+normalisation, one view) and yields (x, labels).
+
+`build_gpu_eval_batches` is the deterministic evaluation view of a split (kNN bank and queries, linear
+validation) as a loader of (x, labels): the reference `pretrain.augment.eval_transform` (Resize of the short
+side to image_size / crop_fraction, CenterCrop(image_size)) is applied once per image on the device while the
+split is loaded (`load_eval_memory`), so images of any sizes end up as one uint8 (N, 3, S, S) tensor that
+stays in device memory (S^2 bytes x 3 per image: 150 KB at 224 px); each batch is then only normalised.
 """
 from __future__ import annotations
 
@@ -37,9 +45,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from .augment import CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD
+from .augment import CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, eval_resize_size
 from .data import CorruptImageError, DataError, RobustImageFolder, resolve_roots
-from .gpu_augment import DeviceImageDataset, GPUMoCoV2Augment, crop_resize, decode_jpeg_batch, sample_crop_boxes
+from .gpu_augment import (DeviceImageDataset, GPUMoCoV2Augment, crop_resize, decode_jpeg_batch, resize_taps,
+                          sample_crop_boxes)
 
 MODES = ("auto", "memory", "stream")
 TASKS = ("pretrain", "linear")
@@ -69,8 +78,9 @@ def augment_seed(seed: int, epoch: int, rank: int) -> int:
 def pad_to_batch(images: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
     """Variable-size (3, H_i, W_i) images -> one (N, 3, Hmax, Wmax) tensor and their sizes (N, 2) (H, W).
 
-    Each image sits at the top-left and its last row/column is repeated into the padding, so bilinear
-    sampling at the border reads the same values as on the image alone (roi_align clamps there)."""
+    Each image sits at the top-left and its last row/column is repeated into the padding. `crop_resize` never
+    reads the padding (it reads only pixels inside each crop box); repeating the edge keeps the values finite
+    and plausible for any other consumer."""
     n = len(images)
     sizes = torch.tensor([[im.shape[1], im.shape[2]] for im in images], dtype=torch.long)
     hmax, wmax = int(sizes[:, 0].max()), int(sizes[:, 1].max())
@@ -173,7 +183,7 @@ def decode_batch(datas: Sequence[Tensor], names: Sequence[str], device: Device, 
     bad = [i for i, d in enumerate(datas) if d.numel() == 0]
     if not bad:
         try:
-            return decode_jpeg_batch(datas, device, names), list(range(len(datas)))
+            return decode_images(datas, device, names), list(range(len(datas)))
         except ValueError as e:
             if on_corrupt == "error":
                 raise CorruptImageError(f"cannot read image {_name_in(e, names)}: {e}") from None
@@ -184,13 +194,56 @@ def decode_batch(datas: Sequence[Tensor], names: Sequence[str], device: Device, 
         try:
             if d.numel() == 0:
                 raise ValueError(f"{name}: empty or unreadable file")
-            images.append(decode_jpeg_batch([d], device, [name])[0])
+            images.append(decode_images([d], device, [name])[0])
             kept.append(i)
         except ValueError as e:
             if warned is not None and name not in warned:
                 warned.add(name)
                 warnings.warn(f"skipping unreadable image (data.on_corrupt=skip): {e}", stacklevel=2)
     return images, kept
+
+
+SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}   # JPEG frame headers (not DHT, JPG, DAC)
+
+
+def jpeg_components(data: Tensor) -> int:
+    """Colour components of a JPEG (1 grey, 3 YCbCr/RGB, 4 CMYK/YCCK), read from its frame header; 0 for
+    other formats (a PNG named .JPEG, say) or when no frame header is found."""
+    b = data.numpy() if isinstance(data, Tensor) else memoryview(bytes(data))
+    n = len(b)
+    if n < 4 or b[0] != 0xFF or b[1] != 0xD8:
+        return 0
+    i = 2
+    while i + 4 <= n and b[i] == 0xFF:
+        marker = int(b[i + 1])
+        if marker == 0xFF:                                   # fill byte
+            i += 1
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:      # markers without a length
+            i += 2
+        elif marker in SOF_MARKERS:
+            return int(b[i + 9]) if i + 9 < n else 0
+        else:
+            i += 2 + (int(b[i + 2]) << 8 | int(b[i + 3]))
+    return 0
+
+
+def decode_images(datas: Sequence[Tensor], device: Device, names: Sequence[str]) -> list[Tensor]:
+    """`decode_jpeg_batch` (RGB uint8 (3, H, W) on `device`; nvJPEG on CUDA, torchvision's libjpeg on the CPU,
+    PNG and other formats by torchvision one by one, PIL for what torchvision cannot read), except that on CUDA
+    4-component (CMYK/YCCK) JPEGs are decoded on the CPU and moved: on CMYK, greyscale and PNG files written by
+    PIL, torchvision's CPU decoders give exactly the pixels of PIL's `convert("RGB")`; nvJPEG's CMYK handling
+    is not documented to. Like PIL's reference loader, no decoder applies the EXIF orientation."""
+    device = torch.device(device)
+    on_cpu = [i for i, d in enumerate(datas) if jpeg_components(d) == 4] if device.type == "cuda" else []
+    if not on_cpu:
+        return decode_jpeg_batch(datas, device, names)
+    out: list[Tensor | None] = [None] * len(datas)
+    rest = [i for i in range(len(datas)) if i not in set(on_cpu)]
+    for part, dev in ((rest, device), (on_cpu, torch.device("cpu"))):
+        if part:
+            for i, im in zip(part, decode_jpeg_batch([datas[i] for i in part], dev, [names[i] for i in part])):
+                out[i] = im.to(device)
+    return out  # type: ignore[return-value]
 
 
 def _name_in(err: Exception, names: Sequence[str]) -> str:
@@ -344,7 +397,8 @@ def build_gpu_batches(data_cfg, batch_per_rank: int, rank: int = 0, world_size: 
     device = torch.device(device)
     train_dir, _ = resolve_roots(data_cfg)
     folder = _files(train_dir, data_cfg)
-    if mode == "auto":
+    auto = mode == "auto"
+    if auto:
         mode = choose_mode(folder, data_cfg.image_size)
     if task == "pretrain":
         augment = GPUMoCoV2Augment(data_cfg.image_size, getattr(data_cfg, "min_scale", 0.2),
@@ -355,16 +409,23 @@ def build_gpu_batches(data_cfg, batch_per_rank: int, rank: int = 0, world_size: 
                   seed=seed, augment=augment, channels_last=channels_last, with_labels=with_labels,
                   classes=folder.classes, on_corrupt=folder.on_corrupt, root=train_dir)
     if mode == "memory":
-        return GPUBatchSource("memory", memory=load_memory(folder, device), **common)
+        try:
+            return GPUBatchSource("memory", memory=load_memory(folder, device), **common)
+        except MixedSizesError:
+            if not auto:
+                raise
+            # the probe saw one size but the folder holds others: stream it (any sizes work there)
     return GPUBatchSource("stream", samples=folder.samples,
                           workers=data_cfg.workers if workers is None else workers, **common)
 
 
-def load_memory(folder: RobustImageFolder, device: Device, chunk: int = 1024) -> DeviceImageDataset:
-    """Decode every sample of `folder` (one size) into a DeviceImageDataset on `device`, `chunk` files at a
-    time (nvJPEG on CUDA). Unreadable files: error naming the file, or skipped with a warning when
-    on_corrupt="skip"."""
-    images, labels, first = [], [], None
+class MixedSizesError(DataError):
+    """Images of different sizes where one size is needed (the in-memory training set)."""
+
+
+def _decoded_chunks(folder: RobustImageFolder, device: Device, chunk: int) -> Iterator[tuple[list, list]]:
+    """(decoded images, their (path, label)) of `folder`, `chunk` files at a time, on `device`. Unreadable
+    files: CorruptImageError naming the file, or left out with a warning when folder.on_corrupt="skip"."""
     warned: set[str] = set()
     samples = folder.samples
     for start in range(0, len(samples), chunk):
@@ -378,13 +439,22 @@ def load_memory(folder: RobustImageFolder, device: Device, chunk: int = 1024) ->
             datas.append(torch.frombuffer(bytearray(data), dtype=torch.uint8) if data
                          else torch.empty(0, dtype=torch.uint8))
         decoded, kept = decode_batch(datas, [p for p, _ in part], device, folder.on_corrupt, warned)
-        for im, k in zip(decoded, kept):
-            path, label = part[k]
+        yield decoded, [part[k] for k in kept]
+
+
+def load_memory(folder: RobustImageFolder, device: Device, chunk: int = 1024) -> DeviceImageDataset:
+    """Decode every sample of `folder` (one size) into a DeviceImageDataset on `device`, `chunk` files at a
+    time (nvJPEG on CUDA). A file of another size than the first raises MixedSizesError naming both.
+    Unreadable files: error naming the file, or skipped with a warning when on_corrupt="skip"."""
+    images, labels, first = [], [], None
+    for decoded, part in _decoded_chunks(folder, device, chunk):
+        for im, (path, label) in zip(decoded, part):
             if first is None:
                 first = (tuple(im.shape), path)
             elif tuple(im.shape) != first[0]:
-                raise DataError(f"{path}: size {tuple(im.shape[1:])} differs from {tuple(first[0][1:])} of "
-                                f"{first[1]}: the in-memory GPU path needs images of one size (use mode='stream')")
+                raise MixedSizesError(f"{path}: size {tuple(im.shape[1:])} differs from {tuple(first[0][1:])} of "
+                                      f"{first[1]}: the in-memory GPU path needs images of one size "
+                                      "(use mode='stream' or 'auto')")
             images.append(im)
             labels.append(label)
     if not images:
@@ -393,16 +463,78 @@ def load_memory(folder: RobustImageFolder, device: Device, chunk: int = 1024) ->
 
 
 # -------------------------------------------------------------------------------------- evaluation views
-class DeviceEvalLoader:
-    """(x, labels) batches of an in-memory split, in order, with the deterministic evaluation view
-    (Resize(short side to image_size / crop_fraction) + CenterCrop(image_size) + normalisation; for images
-    already image_size square with crop_fraction 1 only the normalisation). Shards by rank like
-    pretrain.data's kNN loaders (every world_size-th image)."""
+def eval_geometry(height: int, width: int, image_size: int, resize: int) -> tuple[int, int, int, int]:
+    """(resized height, resized width, crop top, crop left) of the reference evaluation view of an image:
+    torchvision's Resize(resize) (short side to `resize`, long side int(resize * long / short)) and
+    CenterCrop(image_size) (offsets int(round((resized - image_size) / 2))). Needs resize >= image_size."""
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(resize * long / short)
+    nh, nw = (new_long, resize) if width <= height else (resize, new_long)
+    return nh, nw, int(round((nh - image_size) / 2.0)), int(round((nw - image_size) / 2.0))
 
-    def __init__(self, dataset: DeviceImageDataset, image_size: int, mean, std, batch_size: int = 512,
-                 crop_fraction: float = 1.0, rank: int = 0, world_size: int = 1, channels_last: bool = False):
-        self.dataset, self.image_size, self.batch_size = dataset, int(image_size), int(batch_size)
-        self.resize = int(round(image_size / crop_fraction, 6))
+
+def _axis_matrix(length: int, resized: int, start: int, size: int) -> Tensor:
+    """(size, length) float64: rows start..start + size - 1 of PIL's bilinear resize of `length` pixels to
+    `resized` (`pretrain.gpu_augment.resize_taps`: triangle filter widened by the shrink factor)."""
+    index, weight = resize_taps(torch.zeros(1), torch.tensor([float(length)]), resized)
+    index, weight = index[0, start:start + size], weight[0, start:start + size].double()
+    return torch.zeros(size, length, dtype=torch.float64).scatter_add_(1, index, weight)
+
+
+def eval_view(images: Sequence[Tensor], image_size: int, resize: int, batch: int = 64) -> Tensor:
+    """The reference evaluation view (Resize(resize) + CenterCrop(image_size), PIL bilinear with antialias)
+    of uint8 (3, H_i, W_i) images of any sizes: uint8 (N, 3, image_size, image_size) on their device.
+
+    Per size, each axis is one matrix of PIL's resize weights restricted to the cropped rows/columns, so a
+    view is two matrix products (in float64, immune to TF32 settings) rounded to uint8 as PIL rounds its
+    output; images of equal size share them, `batch` at a time. An image whose view is itself (already
+    image_size square, nothing to resize) is copied unchanged."""
+    if resize < image_size:
+        raise ValueError(f"eval_view: resize {resize} is smaller than the crop {image_size}")
+    dev = images[0].device
+    out = torch.empty(len(images), 3, image_size, image_size, dtype=torch.uint8, device=dev)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, im in enumerate(images):
+        groups.setdefault((im.shape[1], im.shape[2]), []).append(i)
+    for (h, w), members in groups.items():
+        nh, nw, top, left = eval_geometry(h, w, image_size, resize)
+        if (nh, nw, top, left) == (h, w, 0, 0) and h == w == image_size:
+            for i in members:
+                out[i] = images[i]
+            continue
+        my = _axis_matrix(h, nh, top, image_size).to(dev)
+        mxt = _axis_matrix(w, nw, left, image_size).t().to(dev)
+        for start in range(0, len(members), batch):
+            idx = members[start:start + batch]
+            x = torch.stack([images[i] for i in idx]).double()
+            out[torch.tensor(idx, device=dev)] = (my @ x @ mxt).round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+def load_eval_memory(folder: RobustImageFolder, device: Device, image_size: int, crop_fraction: float = 1.0,
+                     chunk: int = 256) -> DeviceImageDataset:
+    """Every sample of `folder` (any sizes) as its evaluation view (`eval_view`), one uint8 (N, 3, S, S)
+    DeviceImageDataset on `device`. Decoding and the view run `chunk` files at a time, so only a chunk's
+    full-size images are in memory at once. Unreadable files: as `load_memory`."""
+    resize = eval_resize_size(image_size, crop_fraction)
+    views, labels = [], []
+    for decoded, part in _decoded_chunks(folder, device, chunk):
+        if decoded:
+            views.append(eval_view(decoded, image_size, resize))
+            labels += [label for _, label in part]
+    if not views:
+        raise DataError(f"no readable images in {folder.root}")
+    return DeviceImageDataset(torch.cat(views), torch.tensor(labels), folder.classes)
+
+
+class DeviceEvalLoader:
+    """(x, labels) batches of an in-memory split of evaluation views (`load_eval_memory`: uint8, image_size
+    square), in order, normalised (float32). Shards by rank like pretrain.data's kNN loaders (every
+    world_size-th image)."""
+
+    def __init__(self, dataset: DeviceImageDataset, mean, std, batch_size: int = 512, rank: int = 0,
+                 world_size: int = 1, channels_last: bool = False):
+        self.dataset, self.batch_size = dataset, int(batch_size)
         self.mean = torch.tensor(list(mean), device=dataset.device).view(1, 3, 1, 1)
         self.std = torch.tensor(list(std), device=dataset.device).view(1, 3, 1, 1)
         self.index = torch.arange(rank, len(dataset), world_size, device=dataset.device)
@@ -412,14 +544,9 @@ class DeviceEvalLoader:
         return math.ceil(len(self.index) / self.batch_size)
 
     def __iter__(self):
-        from torchvision.transforms.functional import center_crop, resize
-
         for start in range(0, len(self.index), self.batch_size):
             idx = self.index[start:start + self.batch_size]
-            x = self.dataset.images[idx]
-            if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size or self.resize != self.image_size:
-                x = center_crop(resize(x, [self.resize], antialias=True), [self.image_size, self.image_size])
-            x = (x.float().div_(255.0) - self.mean) / self.std
+            x = (self.dataset.images[idx].float().div_(255.0) - self.mean) / self.std
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, self.dataset.labels[idx]
@@ -428,7 +555,9 @@ class DeviceEvalLoader:
 def build_gpu_eval_batches(folder_dir: Union[str, Path], data_cfg, device: Device = "cuda", limit_per_class: int = 0,
                            batch_size: int = 512, crop_fraction: float = 1.0, rank: int = 0, world_size: int = 1,
                            channels_last: bool = False) -> DeviceEvalLoader:
-    """An in-memory evaluation loader of an ImageFolder split (e.g. the kNN bank and held-out split)."""
+    """An in-memory evaluation loader of an ImageFolder split of images of any sizes (e.g. the kNN bank and
+    queries, the linear held-out split): the reference eval_transform(data_cfg.image_size, crop_fraction)
+    computed on `device`, then normalised with data_cfg.mean / std."""
     folder = RobustImageFolder(folder_dir, None, getattr(data_cfg, "on_corrupt", "error"), limit_per_class)
-    return DeviceEvalLoader(load_memory(folder, device), data_cfg.image_size, data_cfg.mean, data_cfg.std,
-                            batch_size, crop_fraction, rank, world_size, channels_last)
+    dataset = load_eval_memory(folder, device, data_cfg.image_size, crop_fraction)
+    return DeviceEvalLoader(dataset, data_cfg.mean, data_cfg.std, batch_size, rank, world_size, channels_last)

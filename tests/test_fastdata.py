@@ -1,5 +1,6 @@
 """pretrain.fastdata on CPU: the in-memory and streaming GPU batch sources (run here on the CPU device),
-rank sharding against DistributedSampler, per-epoch reshuffling, corrupt files, evaluation views."""
+rank sharding against DistributedSampler, per-epoch reshuffling, corrupt files, evaluation views of images of
+any sizes against the PIL reference, and pretraining / linear evaluation runs on a folder of varied sizes."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,8 +14,8 @@ from torch.utils.data import DistributedSampler
 from pretrain.augment import CIFAR_MEAN, CIFAR_STD, eval_transform
 from pretrain.data import CorruptImageError, DataError, RobustImageFolder
 from pretrain.defaults import DataConfig
-from pretrain.fastdata import (GPUBatchSource, build_gpu_batches, build_gpu_eval_batches, load_memory,
-                               pad_to_batch, rank_indices)
+from pretrain.fastdata import (GPUBatchSource, MixedSizesError, build_gpu_batches, build_gpu_eval_batches,
+                               jpeg_components, load_memory, pad_to_batch, rank_indices)
 from pretrain.gpu_augment import GPUMoCoV2Augment
 
 
@@ -179,3 +180,123 @@ def test_load_memory_real_cifar(cifar_root):
     assert ds.images.float().std() > 20  # real photos, not blank
     out = GPUMoCoV2Augment(32, blur=False, mean=(0.4914, 0.4822, 0.4465), std=(0.247, 0.2435, 0.2616))(ds.images)
     assert out.shape == (50, 3, 32, 32) and abs(out.mean().item()) < 0.6
+
+
+# ------------------------------------------------------------------------------------ images of varied sizes
+def photo(h, w, seed):
+    """A smooth, textured RGB picture with noise (closer to a photo than pure noise for resize tests)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([128 + 100 * np.sin(xx / (7 + seed % 5) + c) * np.cos(yy / (5 + c)) for c in range(3)], -1)
+    return np.clip(base + rng.normal(0, 25, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+def write_varied(folder, n=12, seed=0, extras=True):
+    """`n` JPEGs with short side 40..200 and aspect ratios 1:3..3:1, then (extras) a grayscale JPEG, a CMYK
+    JPEG, a PNG named .JPEG and a JPEG with an EXIF rotation tag; returns the paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        short, ratio = int(rng.integers(40, 201)), float(np.exp(rng.uniform(np.log(1 / 3), np.log(3))))
+        h, w = (short, max(short, int(short * ratio))) if ratio >= 1 else (max(short, int(short / ratio)), short)
+        paths.append(folder / f"{seed:02d}_{i:03d}.JPEG")
+        Image.fromarray(photo(h, w, seed * 100 + i)).save(paths[-1], "JPEG", quality=90)
+    if extras:
+        extra = [("gray", Image.fromarray(photo(90, 150, seed + 1)[..., 0]), "JPEG"),
+                 ("cmyk", Image.fromarray(photo(130, 70, seed + 2)).convert("CMYK"), "JPEG"),
+                 ("png", Image.fromarray(photo(64, 64, seed + 3)).convert("P"), "PNG")]
+        for name, im, fmt in extra:
+            paths.append(folder / f"{seed:02d}_{name}.JPEG")
+            im.save(paths[-1], fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+        exif = Image.Exif()
+        exif[0x0112] = 6                              # "rotate 90 CW": neither path applies it
+        paths.append(folder / f"{seed:02d}_exif.JPEG")
+        Image.fromarray(photo(60, 110, seed + 4)).save(paths[-1], "JPEG", quality=90, exif=exif.tobytes())
+    return paths
+
+
+def test_jpeg_components_reads_the_frame_header(tmp_path):
+    paths = write_varied(tmp_path / "v", n=1)
+    comps = {p.name.split("_", 1)[1]: jpeg_components(torch.from_numpy(np.fromfile(p, dtype=np.uint8)))
+             for p in paths}
+    assert comps == {"000.JPEG": 3, "gray.JPEG": 1, "cmyk.JPEG": 4, "png.JPEG": 0, "exif.JPEG": 3}
+    assert Image.open(paths[2]).mode == "CMYK" and Image.open(paths[3]).format == "PNG"
+
+
+# measured on the 16 images of write_varied (mean / largest per-image mean / max, 0..255 units):
+# 64 px whole: 0.14 / 0.19 / 1; 32 px whole: 0.11 / 0.17 / 1; 112 px at 0.875: 0.19 / 0.26 / 1;
+# 224 px at 0.875: 0.20 / 0.22 / 1 (PIL rounds to uint8 after each axis, the device view once at the end)
+EVAL_TOL = dict(mean=0.35, image_mean=0.5, max=1.5)
+
+
+@pytest.mark.parametrize("size, crop_fraction", [(64, 1.0), (112, 0.875), (32, 1.0)])
+def test_eval_views_of_any_size_match_the_reference(tmp_path, size, crop_fraction):
+    paths = write_varied(tmp_path / "val" / "a")
+    cfg = DataConfig(root=str(tmp_path), image_size=size, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), workers=0)
+    loader = build_gpu_eval_batches(tmp_path / "val", cfg, "cpu", batch_size=5, crop_fraction=crop_fraction)
+    x = torch.cat([xb for xb, _ in loader]) * 255
+    assert x.shape == (len(paths), 3, size, size) and len(loader) == 4
+    tf = eval_transform(size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), crop_fraction=crop_fraction)
+    ref = torch.stack([tf(RobustImageFolder.read_image(str(p))) for p in sorted(paths)]) * 255
+    diff = (x - ref).abs()
+    print(f"eval view {size} px, crop {crop_fraction}: mean {diff.mean():.3f}, per-image mean "
+          f"{diff.mean(dim=(1, 2, 3)).max():.3f}, max {diff.max():.2f}")
+    assert diff.mean() < EVAL_TOL["mean"] and diff.mean(dim=(1, 2, 3)).max() < EVAL_TOL["image_mean"]
+    assert diff.max() <= EVAL_TOL["max"]
+
+
+def test_eval_view_keeps_an_image_of_the_crop_size_whole(tmp_path):
+    folder = tmp_path / "val" / "a"
+    folder.mkdir(parents=True)
+    Image.fromarray(photo(32, 32, 0)).save(folder / "x.png")
+    cfg = DataConfig(root=str(tmp_path), image_size=32, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), workers=0)
+    x = next(iter(build_gpu_eval_batches(tmp_path / "val", cfg, "cpu", crop_fraction=1.0)))[0] * 255
+    assert torch.equal(x[0].round().to(torch.uint8), torch.from_numpy(photo(32, 32, 0)).permute(2, 0, 1))
+
+
+def test_auto_streams_when_sizes_differ_beyond_the_probe(tmp_path):
+    root = write_jpegs(tmp_path / "jpg", n_per_class=5, sizes=((32, 32),) * 4 + ((40, 24),))
+    cfg = DataConfig(root=str(root), image_size=16, workers=0, val_split="")
+    src = build_gpu_batches(cfg, 4, 0, 1, 0, "cpu")          # the probe (3 per class) sees only 32 x 32
+    assert src.mode == "stream" and len(list(src)) == 2
+    with pytest.raises(MixedSizesError, match="004.jpg"):
+        build_gpu_batches(cfg, 4, 0, 1, 0, "cpu", mode="memory")
+
+
+@pytest.fixture(scope="module")
+def varied_root(tmp_path_factory):
+    """train/ and val/ of 3 classes, JPEGs of varied sizes and aspect ratios plus the odd formats."""
+    root = tmp_path_factory.mktemp("varied")
+    for c, name in enumerate(("cat", "dog", "fox")):
+        write_varied(root / "train" / name, n=12, seed=c, extras=c == 0)
+        write_varied(root / "val" / name, n=4, seed=10 + c, extras=c == 1)
+    return root
+
+
+def test_pretraining_fast_mode_with_knn_on_varied_sizes(varied_root, tmp_path):
+    from pretrain import config
+    from pretrain.defaults import PretrainConfig
+    from pretrain.logs import read_metrics
+    from pretrain.train import run
+
+    cfg = config.resolve(PretrainConfig(), ["test_tiny"], [
+        f"data.root={varied_root}", "train.gpu_augment=true", "train.epochs=1", "train.max_steps_per_epoch=2",
+        "train.batch_size=8", "monitor.knn=true", "monitor.knn_max_train=6", "monitor.knn_max_val=4",
+        "monitor.tensorboard=false", "train.save_freq=0"], kind="pretrain")
+    result = run(cfg, tmp_path / "run")
+    rec = read_metrics(tmp_path / "run" / "metrics.jsonl")[-1]
+    assert result["complete"] and rec["steps"] == 2 and 0.0 <= rec["knn_top1"] <= 100.0
+
+
+def test_linear_fast_mode_on_varied_sizes(varied_root, tmp_path):
+    from pretrain import config
+    from transfer import linear
+    from transfer.linear import LinearConfig
+
+    cfg = config.resolve(LinearConfig(), ["cifar10"], [
+        "model.arch=resnet18_cifar", f"data.root={varied_root}", "data.val_split=val", "data.workers=0",
+        "data.crop_fraction=0.875", "train.gpu_augment=true", "train.epochs=1", "train.batch_size=8",
+        "train.eval_batch_size=8", "train.tensorboard=false", "train.print_freq=0"], kind="linear")
+    result = linear.run(dataclasses.replace(cfg, weights="random"), tmp_path / "lin")
+    assert result["complete"] and result["metrics"]["val_images"] == 3 * 4 + 4
