@@ -195,6 +195,13 @@ def _shard(dataset, rank: int, world_size: int):
     return dataset if world_size == 1 else Subset(dataset, list(range(rank, len(dataset), world_size)))
 
 
+def knn_bank_limit(cfg) -> int:
+    """Images per class of the kNN memory bank: the smaller of monitor.knn_max_train and data.limit_per_class
+    (the bank never holds images that training does not see); 0 = all."""
+    caps = [c for c in (cfg.monitor.knn_max_train, cfg.data.limit_per_class) if c > 0]
+    return min(caps) if caps else 0
+
+
 def build_knn_loaders(cfg, train_dir: Path, val_dir: Path, rank: int = 0, world_size: int = 1,
                       batch_size: int | None = None, pin_memory: bool = False):
     """Memory bank (train, eval transform, knn_max_train images per class) and held-out loaders.
@@ -205,7 +212,7 @@ def build_knn_loaders(cfg, train_dir: Path, val_dir: Path, rank: int = 0, world_
     # small images (CIFAR 32 px, the 64 px embedded set) are evaluated whole, as the CIFAR kNN monitor does;
     # larger ones with the usual Resize(size*256/224) + CenterCrop(size)
     tf = eval_transform(d.image_size, d.mean, d.std, **({"crop_fraction": 1.0} if d.image_size <= 64 else {}))
-    bank = RobustImageFolder(train_dir, tf, d.on_corrupt, cfg.monitor.knn_max_train or d.limit_per_class)
+    bank = RobustImageFolder(train_dir, tf, d.on_corrupt, knn_bank_limit(cfg))
     test = RobustImageFolder(val_dir, tf, d.on_corrupt, cfg.monitor.knn_max_val)
     if bank.classes != test.classes:
         raise DataError(f"kNN monitor: classes of {train_dir} and {val_dir} differ")

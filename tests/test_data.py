@@ -1,4 +1,5 @@
 """pretrain.data: dataset roots, unreadable images named by path, per-rank batches and shuffling."""
+import dataclasses
 import shutil
 import warnings
 
@@ -118,3 +119,15 @@ def test_knn_loaders_shard_without_overlap(cifar_root):
         x, _ = next(iter(test))
         assert x.shape[1:] == (3, 32, 32) and n_cls == 10
     assert sizes == [(15, 10), (15, 10)]
+
+
+def test_knn_bank_is_capped_by_default_and_never_exceeds_training():
+    from pretrain.data import knn_bank_limit
+    cfg = PretrainConfig()
+    assert (cfg.monitor.knn_max_train, cfg.monitor.knn_max_val) == (100, 10)   # ImageNet: 100k bank, 10k queries
+    assert knn_bank_limit(cfg) == 100
+    assert knn_bank_limit(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, limit_per_class=3))) == 3
+    none = dataclasses.replace(cfg, monitor=dataclasses.replace(cfg.monitor, knn_max_train=0))
+    assert knn_bank_limit(none) == 0
+    cifar = config.resolve(PretrainConfig(), ["cifar10_r18"], kind="pretrain")
+    assert (cifar.monitor.knn_max_train, cifar.monitor.knn_max_val) == (0, 0)  # the paper's CIFAR monitor: all

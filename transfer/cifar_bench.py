@@ -1,4 +1,4 @@
-"""The CIFAR-10 benchmark of issue 8: the paper's CIFAR recipe pretrained in the fast mode, kNN top-1 (k=200)
+"""The CIFAR-10 benchmark: the paper's CIFAR recipe pretrained in the fast mode, kNN top-1 (k=200)
 on the test split after every epoch, then a linear evaluation; curves and a markdown summary.
 
     python -m transfer.cifar_bench --data /path/cifar10-jpg --output DIR [--epochs 200] [--device cuda]
@@ -123,7 +123,7 @@ def run_bench(data: str, output: str | Path, *, epochs: int | None = None, devic
             "collapse_std": r.get("collapse_std"), "images_per_s": r.get("images_per_s"), "time": r.get("time")}
            for r in history]
     summary = {
-        "benchmark": "cifar10 SimSiam (issue 8)" + (" - stop-gradient ablation" if ablation else ""),
+        "benchmark": "cifar10 SimSiam" + (" - stop-gradient ablation" if ablation else ""),
         "date": started.strftime("%Y-%m-%d %H:%M UTC"),
         "device": device_name() if device != "cpu" else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)",
         "torch": torch.__version__,
