@@ -341,7 +341,7 @@ def summarize_trials(run_dir: str, n: int) -> str:
         trials.append({"trial": i, "seed": doc.get("seed"), "metrics": doc["metrics"], "path": str(path)})
     first = read_results(trial_results(run, 0))
     mean, std = D.aggregate([t["metrics"] for t in trials])
-    extra = {k: first[k] for k in ("iterations", "test_datasets", "train_datasets") if k in first}
+    extra = {k: first[k] for k in ("iterations", "test_datasets", "train_datasets", "protocol") if k in first}
     path = write_results(run, task="detection", dataset=first["dataset"], metrics=mean,
                          config={k: v for k, v in (first.get("config") or {}).items() if k not in ("seed", "OUTPUT_DIR")},
                          source=first.get("source"), batch_size=first.get("batch_size"),

@@ -1,26 +1,85 @@
-"""Comparison tables on known results.json inputs: placement, mean±std, missing cells, labels, formats."""
+"""Comparison tables on results.json files written by the real writer with the contents the stages record:
+a row enters a paper column only with the paper's protocol, every other row is listed as not comparable with
+what differs; labels and method columns come from the checkpoint; the published rows match the reference."""
 from __future__ import annotations
 
 import csv
 import io
 import json
+import os
+import re
+from pathlib import Path
 
 import pytest
+import torch
+import torchvision
 
+from pretrain import config as config_mod
+from transfer import detect
+from transfer.convert import PRETRAIN_KEYS, describe_source
+from transfer.linear import LinearConfig
+from transfer.protocols import detection_fingerprint, linear_fingerprint
 from transfer.results import write_results
-from transfer.tables import Tables, load_docs, main, mean_std, render
+from transfer.tables import PAPER_TABLE4, PAPER_TABLE5, Tables, load_docs, main, mean_std, render
 
-SRC = {"checkpoint": "/runs/a/checkpoint.pth", "sha256": "abcdef1234567890",
-       "pretrain": {"method": "SimSiam", "arch": "resnet50", "epochs": 100, "batch_size": 512,
-                    "dataset": "imagenet"}}
-
-
-def _write(d, **kw):
-    kw.setdefault("config", {})
-    kw.setdefault("source", SRC)
-    return write_results(d, **kw)
+SHA = "abcdef1234567890" * 4
+IMAGENET = {"dataset": "imagenet", "train_images": 1_281_167, "val_images": 50_000, "classes": 1000}
+VOC07 = (["voc_2007_trainval"], ["voc_2007_test"])
+VOC0712 = (["voc_2007_trainval", "voc_2012_trainval"], ["voc_2007_test"])
+COCO = (["coco_2017_train"], ["coco_2017_val"])
 
 
+def source(sha=SHA, kind="simsiam-suite", **pretrain) -> dict:
+    """results.json `source` as describe_source writes it for one of our checkpoints: by default a finished
+    100-epoch ImageNet ResNet-50 pretraining at batch 512."""
+    pre = dict.fromkeys(PRETRAIN_KEYS)
+    pre.update(method="SimSiam", arch="resnet50", epochs=100, batch_size=512, dataset="imagenet",
+               scheduled_epochs=100, completed=True, image_size=224, limit_per_class=0, max_steps_per_epoch=0)
+    pre.update(pretrain)
+    return {"checkpoint": f"/runs/{sha[:6]}/checkpoint.pth", "sha256": sha, "kind": kind, "pretrain": pre}
+
+
+def write_linear(d, top1, *overrides, presets=("imagenet_lars",), src=None, **data) -> Path:
+    """What transfer.linear writes for a finished run of the preset(s) and overrides on `data`."""
+    cfg = config_mod.resolve(LinearConfig(), list(presets), list(overrides), kind="linear")
+    src = src or source()
+    sizes = {**IMAGENET, **data}
+    protocol = linear_fingerprint(cfg, arch=src["pretrain"]["arch"], presets=presets, **sizes)
+    return write_results(d, task="linear", dataset=sizes["dataset"], metrics={"top1": top1, "top5": top1 + 20},
+                         config=config_mod.to_dict(cfg), source=src, epochs=cfg.train.epochs,
+                         batch_size=cfg.train.batch_size, extra={"protocol": protocol})
+
+
+def write_detection(d, preset, datasets, trials, *overrides, src=None) -> Path:
+    """What transfer.detect writes: one results.json per trial and the summary listing them."""
+    train, test = datasets
+    cfg = detect.build_config(preset, list(overrides))
+    bench = detect.benchmark_name(cfg, train, test)
+    extra = {"protocol": detection_fingerprint(cfg, train, test, preset), "train_datasets": train,
+             "test_datasets": test, "iterations": cfg.SOLVER.MAX_ITER}
+    src = src or source(epochs=200, scheduled_epochs=200)
+    for i, m in enumerate(trials):
+        write_results(d / f"trial_{i}", task="detection", dataset=bench, metrics=m, config={}, source=src,
+                      batch_size=cfg.SOLVER.IMS_PER_BATCH, extra={**extra, "trial": i})
+    mean = {k: sum(t[k] for t in trials) / len(trials) for k in trials[0]} if "AP" in trials[0] else trials[0]
+    return write_results(d, task="detection", dataset=bench, metrics=mean, config={}, source=src,
+                         batch_size=cfg.SOLVER.IMS_PER_BATCH,
+                         extra={**extra, "trials": [{"trial": i, "metrics": t} for i, t in enumerate(trials)]})
+
+
+def tables(path, names=None) -> Tables:
+    return Tables(load_docs([path]), names)
+
+
+def yours(rows, prefix="SimSiam (yours") -> list[list[str]]:
+    return [r for r in rows if r[0].startswith(prefix)]
+
+
+def not_comparable(t: Tables) -> list[list[str]]:
+    return t.other_classification()[1]
+
+
+# ------------------------------------------------------------------------------------------- statistics
 def test_mean_std_uses_sample_std():
     m, s, n = mean_std([56.0, 56.4, 56.8])
     assert m == pytest.approx(56.4) and s == pytest.approx(0.4) and n == 3
@@ -28,55 +87,210 @@ def test_mean_std_uses_sample_std():
     assert mean_std([])[2] == 0
 
 
-def test_rows_land_in_the_right_columns(tmp_path):
-    _write(tmp_path / "lin", task="linear", dataset="imagenet", metrics={"top1": 68.0, "top5": 88.0})
-    _write(tmp_path / "lin2", task="linear", dataset="imagenet", metrics={"top1": 68.4, "top5": 88.2})
-    _write(tmp_path / "cifar", task="linear", dataset="cifar10-jpg", metrics={"top1": 90.1, "top5": 99.0})
-    det = tmp_path / "voc"
-    trials = [{"AP50": 82.0, "AP": 56.0, "AP75": 62.0}, {"AP50": 82.4, "AP": 56.4, "AP75": 63.0}]
-    for i, t in enumerate(trials):
-        _write(det / f"trial_{i}", task="detection", dataset="voc0712", metrics=t)
-    _write(det, task="detection", dataset="voc0712", metrics={"AP50": 82.2, "AP": 56.2, "AP75": 62.5},
-           extra={"trials": [{"metrics": t} for t in trials]})
-    _write(tmp_path / "bccd", task="detection", dataset="bccd", metrics={"AP50": 50.0, "AP": 25.0, "AP75": 20.0})
-
+# ------------------------------------------------------------------------------------ rows that belong
+def test_rows_measured_with_the_paper_protocol_enter_the_columns(tmp_path):
+    write_linear(tmp_path / "lin", 68.0)
+    write_linear(tmp_path / "lin2", 68.4)
+    write_linear(tmp_path / "lin256", 67.9, src=source(sha="12" * 32, batch_size=256))
+    voc = [{"AP50": 82.0, "AP": 56.0, "AP75": 62.0}, {"AP50": 82.4, "AP": 56.4, "AP75": 63.0}]
+    write_detection(tmp_path / "voc0712", "voc0712", VOC0712, voc)
+    write_detection(tmp_path / "voc07", "voc07", VOC07, [{"AP50": 75.0, "AP": 47.0, "AP75": 50.0}])
+    write_detection(tmp_path / "coco", "coco_1x", COCO, [{"bbox": {"AP50": 57.0, "AP": 37.5, "AP75": 40.0},
+                                                          "segm": {"AP50": 54.0, "AP": 33.0, "AP75": 35.0}}])
     docs = load_docs([tmp_path])
-    assert len(docs) == 5  # trial files under the summary are hidden
+    assert len(docs) == 6  # trial files under a summary are hidden
     t = Tables(docs)
     h4, r4 = t.table4()
-    ours = [r for r in r4 if r[0].startswith("SimSiam (yours")]
-    assert len(ours) == 1
-    assert ours[0][h4.index("100 ep")] == "68.2±0.3 (n=2)"
+    ours = yours(r4)
+    assert len(ours) == 2 and not not_comparable(t)
+    assert ours[0][1:4] == ["512", "no", "no"] and ours[0][h4.index("100 ep")] == "68.2±0.3 (n=2)"
     assert ours[0][h4.index("200 ep")] == "-"  # missing, not invented
-    # the CIFAR number never enters the ImageNet columns
-    assert not any("90.1" in c for r in r4 for c in r)
-    _, other = t.other_classification()
-    assert other[0][2] == "cifar10-jpg" and other[0][4] == "90.1 (n=1)"
-
-    h5, r5 = t.table5()
-    row = [r for r in r5 if r[0].startswith("SimSiam (yours")][0]
-    assert row[2] == "82.2±0.3 / 56.2±0.3 / 62.5±0.7 (n=2)"
-    assert row[1] == "-" and row[3] == "-" and row[4] == "-"
-    _, odet = t.other_detection()
-    assert odet[0][1] == "bccd" and odet[0][2] == "50.0 / 25.0 / 20.0 (n=1)"
-    # paper rows are present verbatim
-    assert ["SimSiam", "256", "no", "no", "68.1", "70.0", "70.8", "71.3"] in r4
-    assert any(r[0] == "SimSiam, optimal" and r[2] == "82.4 / 57.0 / 63.7" for r in r5)
-
-
-def test_coco_box_and_mask(tmp_path):
-    _write(tmp_path, task="detection", dataset="coco",
-           metrics={"bbox": {"AP50": 57.0, "AP": 37.5, "AP75": 40.0}, "segm": {"AP50": 54.0, "AP": 33.0, "AP75": 35.0}})
-    _, rows = Tables(load_docs([tmp_path])).table5()
-    row = rows[-1]
+    assert ours[1][1] == "256" and ours[1][h4.index("100 ep")] == "67.9 (n=1)"
+    _, r5 = t.table5()
+    (row,) = yours(r5)
+    assert row[1] == "75.0 / 47.0 / 50.0 (n=1)" and row[2] == "82.2±0.3 / 56.2±0.3 / 62.5±0.7 (n=2)"
     assert row[3] == "57.0 / 37.5 / 40.0 (n=1)" and row[4] == "54.0 / 33.0 / 35.0 (n=1)"
+    assert not t.other_detection()[1]
 
 
+def test_other_datasets_are_listed_with_their_dataset(tmp_path):
+    cifar = source(arch="resnet18_cifar", dataset="cifar10-jpg", epochs=800, scheduled_epochs=800)
+    write_linear(tmp_path / "cifar", 90.1, presets=("cifar10",), src=cifar, dataset="cifar10-jpg",
+                 train_images=50_000, val_images=10_000, classes=10)
+    write_detection(tmp_path / "bccd", "tiny", (["bccd_train"], ["bccd_test"]), [{"AP50": 50.0, "AP": 25.0,
+                                                                                   "AP75": 20.0}],
+                    "SIMSIAM.BENCHMARK", "bccd")
+    t = tables(tmp_path)
+    assert not yours(t.table4()[1]) and not yours(t.table5()[1])
+    (row,) = not_comparable(t)
+    assert row[4:8] == ["cifar10-jpg", "800", "90.1 (n=1)", "110.1 (n=1)"]
+    assert re.fullmatch(r"dataset cifar10-jpg != imagenet \(and \d+ other settings\)", row[8])
+    (det,) = t.other_detection()[1]
+    assert det[1:4] == ["bccd", "50.0 / 25.0 / 20.0 (n=1)", "-"]
+    assert det[4] == "dataset bccd != voc07, voc0712 or coco"
+
+
+# ------------------------------------------------------------------------- rows that do not belong
+def _only_not_comparable(tmp_path) -> str:
+    """The single row is in no paper column; returns its stated differences."""
+    t = tables(tmp_path)
+    assert not [r for r in t.table4()[1] + t.table5()[1] if "(yours" in r[0]]
+    rows = not_comparable(t) + t.other_detection()[1]
+    assert len(rows) == 1
+    return rows[0][-1]
+
+
+def test_one_linear_epoch_is_not_table4(tmp_path):
+    write_linear(tmp_path, 12.0, "train.epochs=1")
+    assert _only_not_comparable(tmp_path) == "linear epochs 1 != 90"
+
+
+def test_limit_per_class_is_not_table4(tmp_path):
+    write_linear(tmp_path, 30.0, "data.limit_per_class=5", train_images=5000)
+    assert _only_not_comparable(tmp_path) == "train images 5000 != 1281167"
+
+
+def test_the_sgd_preset_is_not_table4(tmp_path):
+    write_linear(tmp_path, 67.0, presets=("imagenet_sgd",))
+    assert _only_not_comparable(tmp_path) == \
+        "linear batch 256 != 4096; linear optimizer sgd != lars; linear lr 30 != 1.6"
+
+
+def test_a_resnet18_is_not_table4(tmp_path):
+    write_linear(tmp_path, 55.0, "model.arch=resnet18", src=source(arch="resnet18"))
+    assert _only_not_comparable(tmp_path) == "backbone resnet18 != resnet50"
+
+
+def test_an_unfinished_pretraining_snapshot_is_not_its_epoch_column(tmp_path):
+    # checkpoint_0100.pth of a 200-epoch run: its lr was never annealed
+    write_linear(tmp_path, 66.0, src=source(epochs=100, scheduled_epochs=200, completed=False))
+    assert _only_not_comparable(tmp_path) == "pretraining stopped at epoch 100 of 200"
+
+
+def test_the_tiny_detection_config_on_voc07_is_not_table5(tmp_path):
+    write_detection(tmp_path, "tiny", VOC07, [{"AP50": 1.0, "AP": 0.3, "AP75": 0.1}], "SIMSIAM.MAX_TEST_IMAGES", "0")
+    reason = _only_not_comparable(tmp_path)
+    assert reason == ("iterations 20 != 24000; lr steps 15 != 18000, 22000; detection batch 2 != 16; "
+                      "detection base lr 0.0025 != 0.02 (and 3 other settings)")
+
+
+def test_a_coco_2x_run_is_not_the_1x_column(tmp_path):
+    write_detection(tmp_path, "coco_2x", COCO, [{"bbox": {"AP50": 60.0, "AP": 40.0, "AP75": 43.0},
+                                                  "segm": {"AP50": 57.0, "AP": 35.0, "AP75": 37.0}}])
+    assert _only_not_comparable(tmp_path) == "iterations 180000 != 90000; lr steps 120000, 160000 != 60000, 80000"
+
+
+def test_results_written_before_fingerprints_are_not_comparable(tmp_path):
+    write_results(tmp_path, task="linear", dataset="imagenet", metrics={"top1": 68.0}, config={}, source=source())
+    assert _only_not_comparable(tmp_path) == "protocol not recorded in results.json"
+
+
+# ------------------------------------------------------------------------------- labels and methods
+def test_a_torchvision_checkpoint_is_not_labelled_simsiam(tmp_path):
+    weights = tmp_path / "resnet18_tv.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    src = describe_source(weights)
+    write_linear(tmp_path / "lin", 60.0, "model.arch=resnet18", src=src)
+    (row,) = not_comparable(tables(tmp_path / "lin"))
+    assert row[0].startswith("torchvision (yours: resnet18") and row[1:3] == ["-", "-"]
+    # named on the command line, by sha256 prefix or for every unnamed checkpoint
+    for names in ({src["sha256"][:10]: "ImageNet supervised"}, {None: "ImageNet supervised"}):
+        (row,) = not_comparable(tables(tmp_path / "lin", names))
+        assert row[0].startswith("ImageNet supervised (yours") and row[1:3] == ["-", "-"]
+    # a name never relabels a checkpoint that records its method, nor makes a row comparable
+    write_linear(tmp_path / "ours", 68.0)
+    t = tables(tmp_path, {None: "MoCo v2"})
+    assert [r[2:4] for r in yours(t.table4()[1])] == [["no", "no"]]
+    assert [(r[0].split(" (")[0], r[1], r[2]) for r in not_comparable(t)] == [("MoCo v2", "yes", "yes")]
+
+
+def test_method_option_on_the_command_line(tmp_path, capsys):
+    weights = tmp_path / "resnet18_tv.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    src = describe_source(weights)
+    write_linear(tmp_path / "lin", 60.0, "model.arch=resnet18", src=src)
+    assert main([str(tmp_path / "lin"), "--method", f"{src['sha256'][:8]}=supervised"]) == 0
+    assert "supervised (yours: resnet18" in capsys.readouterr().out
+    assert main([str(tmp_path / "lin"), "--method", "0000=supervised"]) == 2
+    assert "--method 0000" in capsys.readouterr().err
+    assert main([str(tmp_path / "lin"), "--method", "abc="]) == 2
+
+
+def test_moco_rows_have_negatives_and_a_momentum_encoder(tmp_path):
+    # what describe_source records of a MoCo file (method, arch, epoch; no dataset, batch or schedule)
+    moco = {**dict.fromkeys(PRETRAIN_KEYS), "method": "MoCo", "arch": "resnet50", "epochs": 200}
+    write_linear(tmp_path / "real", 67.5, src={**source(sha="cd" * 32, kind="moco"), "pretrain": moco})
+    (row,) = not_comparable(tables(tmp_path / "real"))
+    assert row[0].startswith("MoCo (yours") and row[1:3] == ["yes", "yes"]
+    # a MoCo record with everything Table 4 needs enters its column with yes / yes
+    write_linear(tmp_path / "full", 69.0, src=source(sha="ef" * 32, kind="moco", method="MoCo", batch_size=256,
+                                                     epochs=200, scheduled_epochs=200))
+    (row,) = yours(tables(tmp_path / "full").table4()[1], "MoCo (yours")
+    assert row[1:4] == ["256", "yes", "yes"] and row[5] == "69.0 (n=1)"
+
+
+def test_random_init_rows_stay_out_of_the_paper_columns(tmp_path):
+    rnd = {"checkpoint": "random", "sha256": None, "kind": "random-init",
+           "pretrain": {"method": "random init", "arch": "resnet50", "epochs": 0, "batch_size": None, "dataset": None}}
+    write_linear(tmp_path / "lin", 4.0, src=rnd)
+    write_detection(tmp_path / "voc", "voc07", VOC07, [{"AP50": 35.9, "AP": 16.8, "AP75": 13.0}], src=rnd)
+    t = tables(tmp_path)
+    assert not [r for r in t.table4()[1] + t.table5()[1] if "(yours" in r[0]]
+    (cls,) = not_comparable(t)
+    (det,) = t.other_detection()[1]
+    assert cls[0] == det[0] == "random init (yours: resnet50)"
+    assert cls[1:3] == ["-", "-"] and cls[-1] == det[-1] == "random init: no pretraining"
+
+
+# ------------------------------------------------------------------------------------- the paper's rows
+def _reference() -> Path:
+    env = os.environ.get("SIMSIAM_SHARED_DATA")
+    path = Path(env).parent / "REFERENCE.md" if env else Path(__file__).resolve().parents[2] / "shared" / "REFERENCE.md"
+    if not path.is_file():
+        if os.environ.get("CI"):
+            raise FileNotFoundError(f"reference missing: {path}")
+        pytest.skip(f"{path} is not present")
+    return path
+
+
+def _markdown_tables(text: str) -> list[list[list[str]]]:
+    """Every markdown table of the text as rows of cells (header included, separator rows left out)."""
+    tables, current = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if not all(set(c) <= set("-: ") for c in cells):
+                current.append(cells)
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+def test_paper_rows_match_the_reference():
+    found = _markdown_tables(_reference().read_text())
+    t4 = next(t for t in found if t[0][:2] == ["method", "batch"])
+    t5 = next(t for t in found if t[0][0] == "pre-train")
+    assert t4[0][4:] == ["100", "200", "400", "800"]
+    ref4 = [(name, int(bs), neg, mom, tuple(float(v) for v in vals)) for name, bs, neg, mom, *vals in t4[1:]]
+    assert PAPER_TABLE4 == ref4
+    assert t5[0][1:] == ["VOC07", "VOC07+12", "COCO box", "COCO mask"]
+    ref5 = [(name, *(tuple(float(v) for v in cell.split(" / ")) for cell in cells)) for name, *cells in t5[1:]]
+    assert PAPER_TABLE5 == ref5
+    # and they are printed verbatim
+    t = Tables([])
+    assert ["SimSiam", "256", "no", "no", "68.1", "70.0", "70.8", "71.3"] in t.table4()[1]
+    assert ["SimSiam, optimal", "77.3 / 48.5 / 52.5", "82.4 / 57.0 / 63.7", "59.3 / 39.2 / 42.1",
+            "56.0 / 34.4 / 36.7"] in t.table5()[1]
+
+
+# ------------------------------------------------------------------------------------- output and CLI
 @pytest.mark.parametrize("fmt", ["terminal", "markdown", "latex", "csv"])
 def test_formats(tmp_path, fmt):
-    _write(tmp_path, task="linear", dataset="imagenet", metrics={"top1": 68.0})
-    text = render(Tables(load_docs([tmp_path])), fmt)
-    assert "68.0 (n=1)" in text and "71.3" in text
+    write_linear(tmp_path / "lin", 68.0)
+    write_linear(tmp_path / "short", 12.0, "train.epochs=1")
+    text = render(tables(tmp_path), fmt)
+    assert "68.0 (n=1)" in text and "71.3" in text and "linear epochs 1 != 90" in text
     if fmt == "markdown":
         assert "| method" in text
     if fmt == "latex":
@@ -95,7 +309,7 @@ def test_cli_errors_and_output(tmp_path, capsys):
     assert main([str(bad)]) == 2
     assert "schema" in capsys.readouterr().err
     good = tmp_path / "good"
-    _write(good, task="linear", dataset="imagenet", metrics={"top1": 70.0})
+    write_linear(good, 70.0)
     out = tmp_path / "t.md"
     assert main([str(good), "--format", "markdown", "--output", str(out)]) == 0
     assert "70.0 (n=1)" in out.read_text()

@@ -1,14 +1,18 @@
 """The paper's comparison tables with the user's own rows beside the published ones.
 
-`simsiam table RUN_DIR... [--format terminal|markdown|latex|csv] [--output FILE]`
+`simsiam table RUN_DIR... [--format terminal|markdown|latex|csv] [--output FILE] [--method [SHA_PREFIX=]NAME]`
 
 Table 4 (ImageNet linear top-1 by pretraining epochs) and Table 5 (VOC07, VOC07+12, COCO box / mask,
 AP50 / AP / AP75) are printed with the published rows of Chen & He (2021) and one row per pretrained
 checkpoint found in the given run folders' results.json files. A user's number lands in a paper column
-only when it was measured on the paper's dataset (ImageNet, VOC, COCO) with the paper's protocol; every
-other result (CIFAR-10, the embedded demo data, BCCD, ...) goes into a separate table that states its
-dataset, so nothing is mixed into the paper's columns. Cells show mean +- std over trials with n;
-missing cells are marked "-", never filled in.
+only when the protocol its results.json records, and the pretraining its checkpoint records, equal that
+column's (transfer.protocols: dataset and split sizes, schedule, batch, optimizer, image sizes, pretraining
+epochs run to the end of their schedule). Every other result (another dataset, a shortened or changed
+protocol, an unfinished or unknown pretraining, a random-init backbone) goes into a "not comparable" table
+that says what differs. Row labels name the method the checkpoint records (SimSiam, MoCo, torchvision,
+random init, else "unknown method"; --method names the ones it leaves open), and the negative-pairs and
+momentum-encoder columns follow that method. Cells show mean +- std over trials with n; missing cells are
+marked "-", never filled in.
 """
 from __future__ import annotations
 
@@ -24,10 +28,11 @@ from typing import Any, Iterable
 
 from tabulate import tabulate
 
+from transfer.protocols import TABLE4_EPOCHS, brief, table4_differences, table5_differences
 from transfer.results import find_results, read_results
 
 MISSING = "-"
-EPOCHS = (100, 200, 400, 800)
+EPOCHS = TABLE4_EPOCHS
 # Paper Table 4: method, batch, negative pairs, momentum encoder, top-1 at 100/200/400/800 epochs.
 PAPER_TABLE4 = [
     ("SimCLR (repro.+)", 4096, "yes", "no", (66.5, 68.3, 69.8, 70.4)),
@@ -50,11 +55,12 @@ PAPER_TABLE5 = [
     ("SimSiam, base", (75.5, 47.0, 50.2), (82.0, 56.4, 62.8), (57.5, 37.9, 40.9), (54.2, 33.2, 35.2)),
     ("SimSiam, optimal", (77.3, 48.5, 52.5), (82.4, 57.0, 63.7), (59.3, 39.2, 42.1), (56.0, 34.4, 36.7)),
 ]
-# Dataset names (as written in results.json) that are the paper's own benchmarks.
-IMAGENET_NAMES = {"imagenet", "imagenet-1k", "ilsvrc2012", "in1k"}
-VOC07_NAMES = {"voc07", "voc_2007", "voc2007"}
-VOC0712_NAMES = {"voc0712", "voc07+12", "voc_2007_2012"}
-COCO_NAMES = {"coco", "coco2017", "coco_2017"}
+# Negative pairs / momentum encoder of a method, by the first word of its name ("-" for anything else:
+# supervised, random init, unknown).
+METHOD_COLUMNS = {"simsiam": ("no", "no"), "moco": ("yes", "yes"), "simclr": ("yes", "no"),
+                  "byol": ("no", "yes"), "swav": ("no", "no")}
+UNKNOWN_METHOD = "unknown method"
+UNNAMED = (None, "torchvision")  # methods a checkpoint leaves open: --method may name them
 
 
 # ----------------------------------------------------------------------------------------- statistics
@@ -87,12 +93,54 @@ def fmt_triple(triple: tuple[list[float], list[float], list[float]] | None) -> s
 
 
 # ----------------------------------------------------------------------------------------- reading
-def _norm(name: str | None) -> str:
-    return (name or "").strip().lower()
-
-
 def _pretrain_info(doc: dict) -> dict:
     return (doc.get("source") or {}).get("pretrain") or {}
+
+
+def recorded_method(doc: dict) -> str | None:
+    """The pretraining method the evaluated checkpoint records (SimSiam, MoCo, torchvision, random init), or
+    None when the results do not say."""
+    src = doc.get("source") or {}
+    if src.get("checkpoint") == "random" or src.get("kind") == "random-init":
+        return "random init"
+    return _pretrain_info(doc).get("method")
+
+
+def parse_method_names(specs: Iterable[str]) -> dict[str | None, str]:
+    """--method values: 'NAME' (every checkpoint that does not name its method) or 'SHA_PREFIX=NAME' (the
+    checkpoint whose sha256 starts with SHA_PREFIX) -> {prefix or None: name}."""
+    names: dict[str | None, str] = {}
+    for spec in specs:
+        prefix, sep, name = spec.partition("=")
+        if not sep:
+            prefix, name = None, spec
+        if not name.strip() or (prefix is not None and not prefix.strip()):
+            raise ValueError(f"--method {spec!r}: expected NAME or SHA_PREFIX=NAME")
+        names[prefix.strip().lower() if prefix else None] = name.strip()
+    return names
+
+
+def method_name(doc: dict, names: dict[str | None, str] | None = None) -> str:
+    """The row's method: the checkpoint's own, else a --method name for it, else 'torchvision' or
+    'unknown method'."""
+    method = recorded_method(doc)
+    if method not in UNNAMED:
+        return method
+    sha = str((doc.get("source") or {}).get("sha256") or "").lower()
+    for prefix, name in (names or {}).items():
+        if prefix is not None and sha.startswith(prefix):
+            return name
+    return (names or {}).get(None) or method or UNKNOWN_METHOD
+
+
+def method_columns(method: str) -> tuple[str, str]:
+    """(negative pairs, momentum encoder) of a method name, as in Table 4; '-' when the name is none of its
+    methods (supervised, random init, unknown)."""
+    word = "".join(c for c in method.lower().split(" ")[0] if c.isalnum())
+    for key, cols in METHOD_COLUMNS.items():
+        if word.startswith(key):
+            return cols
+    return MISSING, MISSING
 
 
 def row_key(doc: dict) -> tuple:
@@ -103,22 +151,21 @@ def row_key(doc: dict) -> tuple:
             info.get("arch"), info.get("epochs"), info.get("batch_size"), info.get("dataset"))
 
 
-def row_label(doc: dict) -> str:
+def row_label(doc: dict, method: str) -> str:
     info = _pretrain_info(doc)
     src = doc.get("source") or {}
-    parts = [info.get("method") or "SimSiam", "(yours"]
     bits = []
     if info.get("arch"):
         bits.append(str(info["arch"]))
     if info.get("dataset"):
         bits.append(f"pretrained on {info['dataset']}")
-    if info.get("epochs") is not None:
+    if info.get("epochs") is not None and method != "random init":
         bits.append(f"{info['epochs']} ep")
     if info.get("batch_size"):
         bits.append(f"bs {info['batch_size']}")
     if src.get("sha256"):
         bits.append(str(src["sha256"])[:8])
-    return " ".join(parts) + (": " + ", ".join(bits) if bits else "") + ")"
+    return f"{method} (yours" + (": " + ", ".join(bits) if bits else "") + ")"
 
 
 def _detection_trials(doc: dict) -> list[dict]:
@@ -149,18 +196,24 @@ def load_docs(paths: list[str | Path]) -> list[dict]:
 
 # ----------------------------------------------------------------------------------------- tables
 class Tables:
-    """Collects user rows from results.json documents and renders the comparison tables."""
+    """Collects user rows from results.json documents and renders the comparison tables.
 
-    def __init__(self, docs: list[dict]):
+    A result enters a paper column only when transfer.protocols finds no difference between its recorded
+    protocol and the column's; every other result is kept in a "not comparable" table with the differences.
+    `method_names`: parse_method_names' output (labels for checkpoints that do not name their method)."""
+
+    def __init__(self, docs: list[dict], method_names: dict[str | None, str] | None = None):
+        self.method_names = method_names or {}
         self.labels: dict[tuple, str] = {}
+        self.methods: dict[tuple, str] = {}
         # Table 4: key -> epochs -> [top1...]
         self.linear: dict[tuple, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
         self.linear_batch: dict[tuple, Any] = {}
-        # other-dataset classification rows: (key, task, dataset, epochs) -> {"top1": [...], "top5": [...]}
+        # not comparable with Table 4: (key, task, dataset, epochs, differences) -> {"top1": [...], "top5": [...]}
         self.other_cls: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
         # Table 5: key -> benchmark -> ([AP50], [AP], [AP75])
         self.det: dict[tuple, dict[str, tuple[list, list, list]]] = defaultdict(dict)
-        # other-dataset detection rows: (key, dataset) -> {"bbox": triple, "segm": triple}
+        # not comparable with Table 5: (key, dataset, differences) -> {"bbox": triple, "segm": triple}
         self.other_det: dict[tuple, dict[str, tuple[list, list, list]]] = defaultdict(dict)
         for d in docs:
             self.add(d)
@@ -174,38 +227,46 @@ class Tables:
 
     def add(self, doc: dict) -> None:
         task = doc.get("task")
+        if task not in ("linear", "knn", "detection"):
+            return
         key = row_key(doc)
-        self.labels.setdefault(key, row_label(doc))
-        dataset = _norm(doc.get("dataset"))
-        info = _pretrain_info(doc)
+        method = method_name(doc, self.method_names)
+        self.methods.setdefault(key, method)
+        self.labels.setdefault(key, row_label(doc, method))
+        if task == "detection":
+            self._add_detection(doc, key)
+        else:
+            self._add_classification(doc, key)
+
+    def _add_classification(self, doc: dict, key: tuple) -> None:
         m = doc.get("metrics") or {}
-        if task in ("linear", "knn"):
-            pre_ep = info.get("epochs")
-            if task == "linear" and dataset in IMAGENET_NAMES and pre_ep in EPOCHS and "top1" in m:
-                self.linear[key][pre_ep].append(float(m["top1"]))
-                self.linear_batch[key] = info.get("batch_size")
+        info = _pretrain_info(doc)
+        diffs = table4_differences(doc)
+        if not diffs and "top1" in m:
+            self.linear[key][info["epochs"]].append(float(m["top1"]))
+            self.linear_batch[key] = info.get("batch_size")
+            return
+        reason = brief(diffs) or "no top-1 metric"
+        row = self.other_cls[(key, doc.get("task"), doc.get("dataset"), info.get("epochs"), reason)]
+        for metric, value in m.items():
+            if isinstance(value, (int, float)):
+                row[metric].append(float(value))
+
+    def _add_detection(self, doc: dict, key: tuple) -> None:
+        bench, diffs = table5_differences(doc)
+        store = self.det[key] if not diffs else self.other_det[(key, doc.get("dataset"), brief(diffs))]
+        for tm in _detection_trials(doc):
+            box, segm = tm.get("bbox", tm), tm.get("segm")
+            if diffs:
+                self._append(store, "bbox", _ap_triple(box))
+                if segm:
+                    self._append(store, "segm", _ap_triple(segm))
+            elif bench == "coco":
+                self._append(store, "coco_box", _ap_triple(box))
+                if segm:
+                    self._append(store, "coco_mask", _ap_triple(segm))
             else:
-                row = self.other_cls[(key, task, doc.get("dataset"), pre_ep)]
-                for metric, value in m.items():
-                    if isinstance(value, (int, float)):
-                        row[metric].append(float(value))
-        elif task == "detection":
-            for tm in _detection_trials(doc):
-                box = tm.get("bbox", tm)
-                segm = tm.get("segm")
-                if dataset in VOC07_NAMES:
-                    self._append(self.det[key], "voc07", _ap_triple(box))
-                elif dataset in VOC0712_NAMES:
-                    self._append(self.det[key], "voc0712", _ap_triple(box))
-                elif dataset in COCO_NAMES:
-                    self._append(self.det[key], "coco_box", _ap_triple(box))
-                    if segm:
-                        self._append(self.det[key], "coco_mask", _ap_triple(segm))
-                else:
-                    store = self.other_det[(key, doc.get("dataset"))]
-                    self._append(store, "bbox", _ap_triple(box))
-                    if segm:
-                        self._append(store, "segm", _ap_triple(segm))
+                self._append(store, bench, _ap_triple(box))
 
     # -- Table 4
     def table4(self) -> tuple[list[str], list[list[str]]]:
@@ -213,17 +274,19 @@ class Tables:
         rows = [[name, str(bs), neg, mom, *[f"{v:.1f}" for v in vals]]
                 for name, bs, neg, mom, vals in PAPER_TABLE4]
         for key, by_ep in self.linear.items():
-            rows.append([self.labels[key], str(self.linear_batch.get(key) or MISSING), "no", "no",
-                         *[fmt_stat(by_ep.get(e), with_n=True) for e in EPOCHS]])
+            rows.append([self.labels[key], str(self.linear_batch.get(key) or MISSING),
+                         *method_columns(self.methods[key]), *[fmt_stat(by_ep.get(e), with_n=True) for e in EPOCHS]])
         return headers, rows
 
     def other_classification(self) -> tuple[list[str], list[list[str]]]:
-        headers = ["pretrained model", "evaluation", "dataset", "pretrain epochs", "top-1", "top-5"]
+        headers = ["pretrained model", "neg. pairs", "momentum enc.", "evaluation", "dataset", "pretrain epochs",
+                   "top-1", "top-5", "differs from Table 4's protocol"]
         rows = []
-        for (key, task, dataset, ep), metrics in self.other_cls.items():
+        for (key, task, dataset, ep, reason), metrics in self.other_cls.items():
             top1 = metrics.get("top1") or metrics.get("knn_top1")
-            rows.append([self.labels[key], task, dataset or MISSING, str(ep) if ep is not None else MISSING,
-                         fmt_stat(top1, with_n=True), fmt_stat(metrics.get("top5"), with_n=True)])
+            rows.append([self.labels[key], *method_columns(self.methods[key]), task, dataset or MISSING,
+                         str(ep) if ep is not None else MISSING, fmt_stat(top1, with_n=True),
+                         fmt_stat(metrics.get("top5"), with_n=True), reason])
         return headers, rows
 
     # -- Table 5
@@ -236,20 +299,21 @@ class Tables:
         return headers, rows
 
     def other_detection(self) -> tuple[list[str], list[list[str]]]:
-        headers = ["pre-train", "dataset", "box AP50 / AP / AP75", "mask AP50 / AP / AP75"]
-        rows = [[self.labels[key], dataset or MISSING, fmt_triple(per.get("bbox")), fmt_triple(per.get("segm"))]
-                for (key, dataset), per in self.other_det.items()]
+        headers = ["pre-train", "dataset", "box AP50 / AP / AP75", "mask AP50 / AP / AP75",
+                   "differs from Table 5's protocol"]
+        rows = [[self.labels[key], dataset or MISSING, fmt_triple(per.get("bbox")), fmt_triple(per.get("segm")),
+                 reason] for (key, dataset, reason), per in self.other_det.items()]
         return headers, rows
 
     def sections(self) -> list[tuple[str, list[str], list[list[str]]]]:
         out = [("Table 4: ImageNet linear evaluation, top-1 (%) by pretraining epochs", *self.table4())]
         h, r = self.other_classification()
         if r:
-            out.append(("Your classification results on other datasets (not comparable with Table 4)", h, r))
+            out.append(("Your classification results not comparable with Table 4 (other dataset or protocol)", h, r))
         out.append(("Table 5: transfer to detection (C4 backbones), AP50 / AP / AP75 (%)", *self.table5()))
         h, r = self.other_detection()
         if r:
-            out.append(("Your detection results on other datasets (not comparable with Table 5)", h, r))
+            out.append(("Your detection results not comparable with Table 5 (other dataset or protocol)", h, r))
         return out
 
 
@@ -275,9 +339,24 @@ def render(tables: Tables, fmt: str = "terminal") -> str:
         else:
             parts.append(f"{title}\n{body}\n")
     note = ("Published rows: Chen & He, CVPR 2021 (Tables 4 and 5). Yours: mean±std over trials (n); "
-            f"'{MISSING}' = not measured.")
+            f"'{MISSING}' = not measured. A result of yours is in a paper column only when its recorded protocol "
+            "and pretraining match the column's (transfer/protocols.py); the others are listed as not comparable "
+            "with what differs.")
     parts.append(note if fmt != "latex" else f"% {note}")
     return "\n".join(parts)
+
+
+METHOD_HELP = ("label for checkpoints that do not name their pretraining method (torchvision state dicts, "
+               "results without a method): NAME for all of them, or SHA_PREFIX=NAME for the checkpoint whose "
+               "sha256 starts with SHA_PREFIX (see the row label); repeatable. The name also sets the "
+               "negative-pairs / momentum-encoder columns (SimSiam, MoCo, SimCLR, BYOL, SwAV; '-' otherwise). "
+               "It never makes a row comparable: that takes the recorded protocol.")
+
+
+def _unmatched_prefixes(docs: list[dict], names: dict[str | None, str]) -> list[str]:
+    shas = [str((d.get("source") or {}).get("sha256") or "").lower() for d in docs
+            if recorded_method(d) in UNNAMED]
+    return [p for p in names if p is not None and not any(s.startswith(p) for s in shas)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -285,8 +364,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("runs", nargs="+", help="run folders (searched recursively) or results.json files")
     ap.add_argument("--format", default="terminal", choices=["terminal", "markdown", "latex", "csv"])
     ap.add_argument("--output", help="also write the tables to this file")
+    ap.add_argument("--method", action="append", default=[], metavar="[SHA_PREFIX=]NAME", help=METHOD_HELP)
     args = ap.parse_args(argv)
     try:
+        names = parse_method_names(args.method)
         docs = load_docs(args.runs)
     except (FileNotFoundError, ValueError) as e:
         print(f"simsiam table: {e}", file=sys.stderr)
@@ -294,7 +375,12 @@ def main(argv: list[str] | None = None) -> int:
     if not docs:
         print(f"simsiam table: no results.json under {', '.join(args.runs)}", file=sys.stderr)
         return 2
-    text = render(Tables(docs), args.format)
+    unmatched = _unmatched_prefixes(docs, names)
+    if unmatched:
+        print(f"simsiam table: --method {', '.join(unmatched)}: no checkpoint without a recorded method has a "
+              "sha256 starting so", file=sys.stderr)
+        return 2
+    text = render(Tables(docs, names), args.format)
     print(text)
     if args.output:
         Path(args.output).write_text(text)

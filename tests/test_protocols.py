@@ -1,0 +1,151 @@
+"""transfer.protocols: the paper's columns as data, the fingerprints the stages record, and the readable list
+of differences between them (presets and pretraining records of real configs and checkpoint descriptions)."""
+from __future__ import annotations
+
+import pytest
+
+from pretrain import config as config_mod
+from transfer import protocols as P
+from transfer.convert import PRETRAIN_KEYS
+from transfer.linear import LinearConfig
+
+IMAGENET = {"dataset": "imagenet", "train_images": 1_281_167, "val_images": 50_000, "classes": 1000}
+
+
+def linear_doc(*overrides, presets=("imagenet_lars",), arch="resnet50", pretrain=None, **data) -> dict:
+    """A linear results document as transfer.linear writes it, from a real preset and overrides."""
+    cfg = config_mod.resolve(LinearConfig(), list(presets), list(overrides), kind="linear")
+    sizes = {**IMAGENET, **data}
+    protocol = P.linear_fingerprint(cfg, arch=arch, presets=presets, **sizes)
+    return {"task": "linear", "dataset": sizes["dataset"], "protocol": protocol,
+            "source": {"sha256": "ab" * 32, "pretrain": pretraining(arch=arch, **(pretrain or {}))}}
+
+
+def pretraining(**kw) -> dict:
+    """source.pretrain of one of our checkpoints: a finished 100-epoch ImageNet run at batch 512."""
+    base = dict.fromkeys(PRETRAIN_KEYS)
+    base.update(method="SimSiam", arch="resnet50", epochs=100, batch_size=512, dataset="imagenet",
+                scheduled_epochs=100, completed=True, image_size=224, limit_per_class=0, max_steps_per_epoch=0)
+    base.update(kw)
+    return base
+
+
+def detection_doc(preset, train, test, *overrides, pretrain=None) -> dict:
+    from transfer import detect
+    cfg = detect.build_config(preset, list(overrides))
+    return {"task": "detection", "dataset": detect.benchmark_name(cfg, list(train), list(test)),
+            "protocol": P.detection_fingerprint(cfg, train, test, preset),
+            "source": {"pretrain": pretraining(**{"epochs": 200, "scheduled_epochs": 200, **(pretrain or {})})}}
+
+
+def test_the_paper_linear_protocol_has_no_difference():
+    assert P.table4_differences(linear_doc()) == []
+    assert P.differences(linear_doc(), P.TABLE4[100]) == []
+    assert P.table4_differences(linear_doc(pretrain={"batch_size": 256})) == []  # 68.1 at both batches
+    assert P.table4_differences(linear_doc(dataset="ILSVRC2012")) == []  # another name of the same folder
+
+
+@pytest.mark.parametrize("overrides, kw, expected", [
+    (["train.epochs=1"], {}, ["linear epochs 1 != 90"]),
+    (["data.limit_per_class=5"], {"train_images": 5000}, ["train images 5000 != 1281167"]),
+    ([], {"presets": ("imagenet_sgd",)}, ["linear batch 256 != 4096", "linear optimizer sgd != lars",
+                                            "linear lr 30 != 1.6"]),
+    (["train.batch_size=1024"], {}, ["linear batch 1024 != 4096", "linear lr 0.4 != 1.6"]),  # the scaling rule
+    ([], {"arch": "resnet18"}, ["backbone resnet18 != resnet50"]),
+    (["data.image_size=112"], {}, ["train crop 112 != 224", "test resize 128 != 256", "test crop 112 != 224"]),
+    (["train.max_steps_per_epoch=10"], {}, ["linear steps-per-epoch cap 10 != 0"]),
+])
+def test_each_linear_departure_is_named(overrides, kw, expected):
+    assert P.table4_differences(linear_doc(*overrides, **kw)) == expected
+
+
+@pytest.mark.parametrize("pretrain, expected", [
+    ({"epochs": 100, "scheduled_epochs": 200, "completed": False}, ["pretraining stopped at epoch 100 of 200"]),
+    ({"completed": None, "scheduled_epochs": None},
+     ["pretraining schedule not recorded (cannot tell whether it reached its end)"]),
+    ({"batch_size": 1024}, ["pretraining batch 1024 != 256 or 512"]),
+    ({"batch_size": None}, ["pretraining batch not recorded"]),
+    ({"dataset": "cifar10-jpg"}, ["pretraining dataset cifar10-jpg != imagenet"]),
+    ({"dataset": None}, ["pretraining dataset not recorded"]),
+    ({"epochs": 50, "scheduled_epochs": 50}, ["pretraining epochs 50 != 100, 200, 400 or 800"]),
+    ({"image_size": 64}, ["pretraining crop 64 != 224"]),
+    ({"limit_per_class": 16}, ["pretraining on 16 images per class"]),
+    ({"max_steps_per_epoch": 10}, ["pretraining epochs cut to 10 steps"]),
+    ({"method": "random init", "epochs": 0}, ["random init: no pretraining"]),
+    ({"epochs": 200, "scheduled_epochs": 200, "config_changes": [{"epoch": 100, "key": "train.epochs", "old": 100,
+                                                                  "new": 200}]},
+     ["pretraining train.epochs changed from 100 to 200 after epoch 100"]),  # a 100-epoch run extended
+])
+def test_each_pretraining_departure_is_named(pretrain, expected):
+    assert P.table4_differences(linear_doc(pretrain=pretrain)) == expected
+
+
+def test_official_checkpoints_without_schedule_records_are_not_assumed_finished():
+    # what describe_source records of an official SimSiam / MoCo file: method, arch, epoch and nothing else
+    official = dict.fromkeys(PRETRAIN_KEYS) | {"method": "SimSiam", "arch": "resnet50", "epochs": 100}
+    diffs = P.table4_differences({**linear_doc(), "source": {"pretrain": official}})
+    assert diffs == ["pretraining dataset not recorded",
+                     "pretraining schedule not recorded (cannot tell whether it reached its end)",
+                     "pretraining batch not recorded"]
+
+
+def test_results_without_a_protocol_are_not_comparable():
+    doc = {k: v for k, v in linear_doc().items() if k != "protocol"}
+    assert P.table4_differences(doc) == ["protocol not recorded in results.json"]
+    knn = {**linear_doc(), "task": "knn"}
+    knn["protocol"] = {**knn["protocol"], "stage": "knn"}
+    assert P.table4_differences(knn)[0] == "evaluation knn != linear"
+
+
+@pytest.mark.parametrize("preset, train, test", [
+    ("voc07", ["voc_2007_trainval"], ["voc_2007_test"]),
+    ("voc0712", ["voc_2007_trainval", "voc_2012_trainval"], ["voc_2007_test"]),
+    ("coco_1x", ["coco_2017_train"], ["coco_2017_val"]),
+])
+def test_the_detection_presets_are_the_paper_protocols(preset, train, test):
+    bench, diffs = P.table5_differences(detection_doc(preset, train, test))
+    assert (bench, diffs) == ({"coco_1x": "coco"}.get(preset, preset), [])
+
+
+def test_detection_departures_are_named():
+    coco2x = detection_doc("coco_2x", ["coco_2017_train"], ["coco_2017_val"])
+    assert P.table5_differences(coco2x) == ("coco", ["iterations 180000 != 90000",
+                                                     "lr steps 120000, 160000 != 60000, 80000"])
+    # the CPU-sized preset on the real VOC07 sets, with the test set not cut
+    tiny = detection_doc("tiny", ["voc_2007_trainval"], ["voc_2007_test"], "SIMSIAM.MAX_TEST_IMAGES", "0")
+    bench, diffs = P.table5_differences(tiny)
+    assert tiny["dataset"] == "voc07" and bench == "voc07"
+    assert diffs == ["iterations 20 != 24000", "lr steps 15 != 18000, 22000", "detection batch 2 != 16",
+                     "detection base lr 0.0025 != 0.02", "train min sizes 128, 144, 160 != 480..800 step 32",
+                     "test min size 128 != 800", "warm-up iterations 5 != 100"]
+    cut = detection_doc("voc07", ["voc_2007_trainval"], ["voc_2007_test@16"])
+    assert P.table5_differences(cut) == ("voc07", ["test datasets voc_2007_test@16 != voc_2007_test"])
+    short = detection_doc("voc07", ["voc_2007_trainval"], ["voc_2007_test"], pretrain={"epochs": 100,
+                                                                                    "scheduled_epochs": 100})
+    assert P.table5_differences(short)[1] == ["pretraining epochs 100 != 200"]
+    assert P.table5_differences({"dataset": "bccd"}) == (None, ["dataset bccd != voc07, voc0712 or coco"])
+
+
+def test_table5_needs_no_pretraining_batch():
+    doc = detection_doc("voc07", ["voc_2007_trainval"], ["voc_2007_test"], pretrain={"batch_size": 4096})
+    assert P.table5_differences(doc)[1] == []
+
+
+def test_values_are_shown_readably():
+    assert P.show([480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800]) == "480..800 step 32"
+    assert P.show(["voc_2007_trainval", "voc_2012_trainval"]) == "voc_2007_trainval+voc_2012_trainval"
+    assert P.show(0.1 * 4096 / 256) == "1.6" and P.show((128, 144, 160)) == "128, 144, 160"
+    assert P.brief(["dataset cifar10-jpg != imagenet", "linear epochs 100 != 90", "classes 10 != 1000"]) == \
+        "dataset cifar10-jpg != imagenet (and 2 other settings)"
+    assert P.brief(["linear epochs 1 != 90", "linear batch 256 != 4096"]) == \
+        "linear epochs 1 != 90; linear batch 256 != 4096"
+    assert P.brief([f"setting {i}" for i in range(6)], limit=4) == \
+        "setting 0; setting 1; setting 2; setting 3 (and 2 other settings)"
+
+
+def test_numbers_compare_within_float_formatting_only():
+    s = P.Setting("lr", "linear lr", 1.6)
+    assert s.difference({"lr": 0.1 * 4096 / 256}) is None
+    assert s.difference({"lr": 1.61}) == "linear lr 1.61 != 1.6"
+    assert s.difference({}) == "linear lr not recorded"
+    assert P.Setting("mask", "mask head", True).difference({"mask": False}) == "mask head False != True"
