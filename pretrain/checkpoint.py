@@ -5,6 +5,8 @@ Our format (one dict, `torch.load(..., weights_only=True)`-safe):
      steps so far>, "arch": str, "model": {encoder.*, predictor.*}, "optimizer": state_dict,
      "scaler": state_dict | None, "rng": {"torch", "cuda", "numpy", "python"},
      "config": to_dict(PretrainConfig), "dataset": str}
+pretrain.train adds "rng_ranks" (every rank's RNG states, multi-process runs) and "config_changes" (the
+config changes accepted on resume with --allow-config-change: [{"epoch", "key", "old", "new"}]).
 The official SimSiam file {"epoch", "arch", "state_dict", "optimizer"} with `module.encoder.*` and
 `module.predictor.*` keys is recognised too (for `init_from`).
 """
@@ -212,12 +214,13 @@ def load_weights(model: nn.Module, path: str | Path) -> dict:
 
 
 def resume(run_dir: str | Path, model: nn.Module, optimizer=None, scaler=None,
-           restore_rng: bool = True) -> dict | None:
-    """Load checkpoint.pth of `run_dir` into model/optimizer/scaler (+ RNG states); None if absent."""
+           restore_rng: bool = True, state: dict | None = None) -> dict | None:
+    """Load checkpoint.pth of `run_dir` (`state`: that file, already read) into model/optimizer/scaler (+ RNG
+    states); None if absent."""
     path = Path(run_dir) / LATEST
-    if not path.is_file():
+    if state is None and not path.is_file():
         return None
-    obj = read_checkpoint(path)
+    obj = read_checkpoint(path) if state is None else state
     if checkpoint_kind(obj) != FORMAT:
         raise CheckpointError(f"{path}: cannot resume from it: not a '{FORMAT}' checkpoint")
     load_model_strict(model, obj["model"], str(path))

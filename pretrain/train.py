@@ -7,6 +7,7 @@ results.json) and resumes by itself when output_dir already holds checkpoint.pth
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import random
@@ -61,41 +62,105 @@ def amp_dtype(cfg: PretrainConfig, device: torch.device):
     return torch.bfloat16 if cfg.train.amp == "bf16" else torch.float16
 
 
-CHECKED_ON_RESUME = ("model", "train.batch_size")
+# Config keys that may differ between the run that wrote a checkpoint and the run resuming from it, because
+# they do not change the optimisation trajectory: monitoring (kNN monitor, its held-out split, TensorBoard),
+# logging, checkpoint snapshots, where this invocation stops, loader processes, the folder of the generated
+# data, corrupt-image handling, speed switches that keep the maths (channels-last, compile, deterministic
+# kernels, device augmentation with the same distributions) and init_from (read only when no checkpoint
+# exists). Every other key is compared on resume: model, optim, data content and augmentation, epochs, batch,
+# seed, steps per epoch, precision, and any key added later.
+RESUME_HARMLESS = ("monitor", "init_from", "data.val_split", "data.workers", "data.cache_dir", "data.on_corrupt",
+                   "train.print_freq", "train.save_freq", "train.stop_after_epochs", "train.deterministic",
+                   "train.channels_last", "train.compile", "train.gpu_augment")
 
 
-def config_differences(stored: dict, cfg: PretrainConfig, keys=CHECKED_ON_RESUME) -> list[str]:
-    """Differences between a checkpoint's stored config and `cfg` under the given (dotted) keys."""
-    now = config_mod.to_dict(cfg)
-    diffs = []
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """{"a.b": value} of a nested config dict (tuples as lists)."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = list(value) if isinstance(value, (list, tuple)) else value
+    return out
 
-    def walk(a, b, prefix):
-        if isinstance(a, dict) and isinstance(b, dict):
-            for k in sorted(set(a) | set(b)):
-                walk(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k)
-        elif (list(a) if isinstance(a, (list, tuple)) else a) != (list(b) if isinstance(b, (list, tuple)) else b):
-            diffs.append(f"{prefix}: checkpoint {a!r} vs now {b!r}")
 
-    for key in keys:
-        a, b = stored, now
-        for part in key.split("."):
-            a = a.get(part) if isinstance(a, dict) else None
-            b = b.get(part) if isinstance(b, dict) else None
-        walk(a, b, key)
-    return diffs
+def trajectory_changes(stored: dict, cfg: PretrainConfig) -> list[dict]:
+    """[{"key", "old", "new"}] for each config key outside RESUME_HARMLESS whose value in `stored` (the config
+    a checkpoint holds) differs from cfg's. A key the stored config lacks counts with its default value."""
+    old = {**_flat(config_mod.to_dict(PretrainConfig())), **_flat(stored)}
+    harmless = lambda key: any(key == h or key.startswith(h + ".") for h in RESUME_HARMLESS)  # noqa: E731
+    return [{"key": k, "old": old.get(k), "new": v} for k, v in _flat(config_mod.to_dict(cfg)).items()
+            if not harmless(k) and old.get(k) != v]
+
+
+def describe_changes(changes: list[dict]) -> str:
+    """'train.epochs: 100 in the checkpoint, 200 now; ...' (values as JSON)."""
+    return "; ".join(f"{c['key']}: {json.dumps(c['old'])} in the checkpoint, {json.dumps(c['new'])} now"
+                     for c in changes)
+
+
+def read_resume_state(latest: Path, cfg: PretrainConfig, allow_change: bool) -> tuple[dict | None, list[dict]]:
+    """(checkpoint to resume from or None, its trajectory changes to cfg as {"epoch", "key", "old", "new"}).
+
+    Reads only: a change is a ResumeConfigError (one line naming each key and both values) unless allowed."""
+    if not latest.is_file():
+        return None, []
+    state = ckpt_io.read_checkpoint(latest)
+    if ckpt_io.checkpoint_kind(state) != ckpt_io.FORMAT:
+        raise ckpt_io.CheckpointError(f"{latest}: not a '{ckpt_io.FORMAT}' checkpoint; cannot resume from it")
+    epoch = int(state.get("epoch", 0))
+    changes = [{"epoch": epoch, **c} for c in trajectory_changes(state.get("config") or {}, cfg)]
+    if changes and not allow_change:
+        raise ResumeConfigError(f"{latest} (epoch {epoch}) was written with another config: "
+                                f"{describe_changes(changes)}; pass --allow-config-change to resume anyway")
+    return state, changes
+
+
+def config_history(state: dict | None, changes: list[dict], log) -> list[dict]:
+    """The run's config changes: those its checkpoint lists, then this resume's (each logged as a warning)."""
+    for c in changes:
+        log.warning("config changed on resume after epoch %d (--allow-config-change): %s", c["epoch"],
+                    describe_changes([c]))
+    return list((state or {}).get("config_changes") or []) + changes
+
+
+def _train_set_size(loader) -> tuple[int | None, int | None]:
+    """(training images, classes) behind a pretraining loader: the PIL loader's image folder, or the device
+    loader (pretrain.fastdata) itself."""
+    if loader is None:
+        return None, None
+    if hasattr(loader, "num_images"):
+        return loader.num_images, len(loader.classes)
+    return len(loader.dataset), len(loader.dataset.classes)
 
 
 def write_summary(output_dir: Path, cfg: PretrainConfig, dataset: str, metrics: dict, epochs_done: int,
-                  complete: bool) -> Path:
-    """results.json of the pretraining run (same schema as every evaluation's results.json)."""
+                  complete: bool, loader=None, config_changes: list | None = None) -> Path:
+    """results.json of the pretraining run (same schema as every evaluation's results.json), with the
+    protocol it ran (transfer.protocols' vocabulary; `loader` gives the number of training images used) and
+    the config changes accepted on resume (`config_changes`, see config_history)."""
     latest = output_dir / ckpt_io.LATEST
+    d, o, t = cfg.data, cfg.optim, cfg.train
     source = {"checkpoint": str(latest.resolve()), "sha256": ckpt_io.sha256_file(latest) if latest.is_file() else None,
               "pretrain": {"method": "SimSiam", "arch": cfg.model.arch, "epochs": epochs_done,
-                           "batch_size": cfg.train.batch_size, "dataset": dataset}}
+                           "batch_size": t.batch_size, "dataset": dataset, "scheduled_epochs": t.epochs,
+                           "completed": epochs_done == t.epochs, "image_size": d.image_size,
+                           "limit_per_class": d.limit_per_class, "max_steps_per_epoch": t.max_steps_per_epoch,
+                           "config_changes": config_changes or []}}
+    images, classes = _train_set_size(loader)
+    protocol = {"stage": "pretrain", "dataset": dataset, "arch": cfg.model.arch, "train_images": images,
+                "classes": classes, "epochs": t.epochs, "epochs_done": epochs_done,
+                "completed": epochs_done == t.epochs,
+                "max_steps_per_epoch": t.max_steps_per_epoch, "limit_per_class": d.limit_per_class,
+                "batch": t.batch_size, "optimizer": "sgd", "lr": init_lr(cfg), "base_lr": o.base_lr,
+                "weight_decay": o.weight_decay, "momentum": o.momentum, "schedule": o.schedule,
+                "fix_pred_lr": o.fix_pred_lr, "train_crop": d.image_size, "min_scale": d.min_scale}
     return write_results(output_dir, task="pretrain", dataset=dataset, metrics=metrics,
                          config=config_mod.to_dict(cfg), source=source, epochs=epochs_done,
-                         batch_size=cfg.train.batch_size,
-                         extra={"complete": complete, "planned_epochs": cfg.train.epochs})
+                         batch_size=t.batch_size,
+                         extra={"complete": complete, "planned_epochs": t.epochs, "protocol": protocol,
+                                "config_changes": config_changes or []})
 
 
 # ------------------------------------------------------------------------------------------- one step
@@ -186,7 +251,7 @@ def build_data(cfg: PretrainConfig, train_dir: Path, val_dir, info: distributed.
     mk = lambda folder, limit: fastdata.build_gpu_eval_batches(  # noqa: E731
         folder, d, info.device, limit_per_class=limit, batch_size=max(256, per_rank), crop_fraction=crop,
         rank=info.rank, world_size=info.world_size, channels_last=cl)
-    bank = mk(train_dir, cfg.monitor.knn_max_train or d.limit_per_class)
+    bank = mk(train_dir, data_mod.knn_bank_limit(cfg))
     test = mk(val_dir, cfg.monitor.knn_max_val)
     return loader, (bank, test, len(data_mod.RobustImageFolder(train_dir, None, d.on_corrupt, 1).classes))
 
@@ -212,24 +277,50 @@ def knn_monitor(model, bank_loader, test_loader, num_classes: int, cfg: Pretrain
 
 
 # ------------------------------------------------------------------------------------------------- run
-def run(cfg: PretrainConfig, output_dir: str | Path) -> dict:
-    """Pretrain (or resume) into output_dir; returns a summary of this invocation."""
+PAUSE_FILE = "PAUSE"
+
+
+def wait_while_paused(output_dir: Path, log, poll: float = 0.2) -> None:
+    """Hold training at an epoch boundary, after its checkpoint is written, while `<output_dir>/PAUSE` exists.
+
+    Any launcher (or a person) can stop a run at a known, checkpointed point with `touch RUN/PAUSE` and let
+    it go on with `rm RUN/PAUSE`; the SLURM tests use it to interrupt jobs at a chosen epoch instead of
+    racing them. Every rank polls the file itself (the run folder is on a shared file system).
+    """
+    flag = output_dir / PAUSE_FILE
+    if not flag.exists():
+        return
+    log.info("paused after a checkpoint while %s exists; remove it to continue", flag)
+    while flag.exists():
+        time.sleep(poll)
+    log.info("%s removed: continuing", flag)
+
+
+def run(cfg: PretrainConfig, output_dir: str | Path, allow_config_change: bool = False) -> dict:
+    """Pretrain (or resume) into output_dir; returns a summary of this invocation.
+
+    Resuming with a config that changes the trajectory (see RESUME_HARMLESS) is a ResumeConfigError, raised
+    before anything is written, unless allow_config_change: the change is then logged and listed in
+    results.json and in the checkpoints ("config_changes": {epoch, key, old, new})."""
     output_dir = Path(output_dir)
     owns_group = not (dist.is_available() and dist.is_initialized())
     info = distributed.init_distributed()
     try:
-        return _run(cfg, output_dir, info)
+        return _run(cfg, output_dir, info, allow_config_change)
     finally:
         if owns_group:
             distributed.cleanup()
 
 
-def _run(cfg: PretrainConfig, output_dir: Path, info: distributed.DistInfo) -> dict:
+def _run(cfg: PretrainConfig, output_dir: Path, info: distributed.DistInfo, allow_config_change: bool) -> dict:
+    latest = output_dir / ckpt_io.LATEST
+    state, changes = read_resume_state(latest, cfg, allow_config_change)  # before anything is written
     # ---- setup
     if info.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
     distributed.barrier()
     log = setup_logger(output_dir, info.is_main)
+    config_changes = config_history(state, changes, log)
     set_deterministic(cfg.train.deterministic)
     dtype = amp_dtype(cfg, info.device)
     if info.is_main:
@@ -241,7 +332,6 @@ def _run(cfg: PretrainConfig, output_dir: Path, info: distributed.DistInfo) -> d
     dataset = data_mod.dataset_name(cfg.data)
     seed_everything(cfg.train.seed)            # same initial weights on every rank
     model = build_model(cfg.model)
-    latest = output_dir / ckpt_io.LATEST
     if cfg.init_from and not latest.is_file():
         ckpt_io.load_weights(model, os.path.expanduser(cfg.init_from))
         log.info("initialised weights from %s", cfg.init_from)
@@ -257,8 +347,8 @@ def _run(cfg: PretrainConfig, output_dir: Path, info: distributed.DistInfo) -> d
 
     # ---- resume
     start_epoch, step = 0, 0
-    state = ckpt_io.resume(output_dir, distributed.unwrap(model), optimizer, scaler)
     if state is not None:
+        ckpt_io.resume(output_dir, distributed.unwrap(model), optimizer, scaler, state=state)
         start_epoch, step = int(state["epoch"]), int(state["step"])
         per_rank = state.get("rng_ranks") or []
         if len(per_rank) == info.world_size and info.world_size > 1:
@@ -314,6 +404,7 @@ def _run(cfg: PretrainConfig, output_dir: Path, info: distributed.DistInfo) -> d
                                              arch=cfg.model.arch)
                 if rng_all is not None:
                     ck["rng_ranks"] = rng_all
+                ck["config_changes"] = config_changes
                 writer.write(record)  # first: a kill between the two repeats this epoch, never loses its line
                 ckpt_io.save_checkpoint(ck, output_dir, cfg.train.save_freq)
                 log.info("epoch %d/%d: loss %.4f  collapse_std %s  kNN top-1 %s  lr %.4g  %.1f img/s",
@@ -321,6 +412,7 @@ def _run(cfg: PretrainConfig, output_dir: Path, info: distributed.DistInfo) -> d
                          f"{stats['collapse_std']:.4f}" if "collapse_std" in stats else "-",
                          f"{record['knn_top1']:.2f}" if "knn_top1" in record else "-", lr, stats["images_per_s"])
             distributed.barrier()
+            wait_while_paused(output_dir, log)
             history.append(record)
             last = record
             ran += 1
@@ -340,7 +432,7 @@ def _run(cfg: PretrainConfig, output_dir: Path, info: distributed.DistInfo) -> d
     metrics = {"loss": last.get("loss"), "collapse_std": last.get("collapse_std"),
                "knn_top1": knn["top1"] if knn else None, "knn_top5": knn["top5"] if knn else None}
     if info.is_main:
-        write_summary(output_dir, cfg, dataset, metrics, epochs_done, complete)
+        write_summary(output_dir, cfg, dataset, metrics, epochs_done, complete, loader, config_changes)
     writer.close()
     distributed.barrier()
     return {"output_dir": str(output_dir), "checkpoint": str(latest), "epoch": epochs_done, "step": step,

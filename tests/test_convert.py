@@ -113,8 +113,25 @@ def test_simsiam_round_trip_and_accounting(tmp_path, kind):
         assert info["pretrain_data"]["image_size"] == 32
         src_desc = convert.describe_source(src, info)
         assert src_desc["pretrain"] == {"method": "SimSiam", "arch": "resnet18", "epochs": 3, "batch_size": 64,
-                                        "dataset": "cifar10-jpg"}
+                                        "dataset": "cifar10-jpg", "scheduled_epochs": None, "completed": None,
+                                        "image_size": 32, "limit_per_class": None, "max_steps_per_epoch": None,
+                                        "config_changes": None}
         assert len(src_desc["sha256"]) == 64
+
+
+def test_source_records_whether_pretraining_reached_its_schedule_end(tmp_path):
+    model = _simsiam()
+    cfg = {"data": {"image_size": 224, "limit_per_class": 0}, "train": {"batch_size": 512, "epochs": 200,
+                                                                        "max_steps_per_epoch": 0}}
+    for epoch, completed in ((100, False), (200, True)):  # checkpoint_0100.pth and the end of a 200-epoch run
+        src = tmp_path / f"checkpoint_{epoch:04d}.pth"
+        torch.save({**_suite_ckpt(model), "epoch": epoch, "config": cfg}, src)
+        pre = convert.describe_source(src)["pretrain"]
+        assert (pre["epochs"], pre["scheduled_epochs"], pre["completed"]) == (epoch, 200, completed)
+        assert (pre["image_size"], pre["limit_per_class"], pre["max_steps_per_epoch"]) == (224, 0, 0)
+    torch.save(_official_ckpt(model), tmp_path / "official.pth.tar")  # the official file does not say
+    pre = convert.describe_source(tmp_path / "official.pth.tar")["pretrain"]
+    assert (pre["method"], pre["epochs"], pre["scheduled_epochs"], pre["completed"]) == ("SimSiam", 100, None, None)
 
 
 @pytest.mark.parametrize("v2", [True, False], ids=["mocov2", "mocov1"])
@@ -143,8 +160,8 @@ def test_torchvision_round_trip(tmp_path, with_fc):
         sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
     src = tmp_path / "r18.pth"
     torch.save(sd, src)
-    kind, _, _ = load_any_checkpoint(src)
-    assert kind == "torchvision"
+    kind, _, info = load_any_checkpoint(src)
+    assert kind == "torchvision" and info["method"] == "torchvision"
     _, report = to_torchvision(src, tmp_path / "again.pth")
     assert report["dropped"] == ({"classifier (fc.*)": 2} if with_fc else {})
     net.fc = nn.Identity()

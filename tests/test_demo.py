@@ -1,33 +1,60 @@
-"""The main job end to end (quick sizes): every stage runs on the embedded data and the tables hold the
-measured rows of one checkpoint, beside the paper's, never inside the paper's columns."""
+"""The main job end to end (quick sizes): every stage runs on the embedded data, each evaluation also on a
+random-init backbone with the same data and protocol, and the tables hold the measured rows of the checkpoint
+and of that baseline side by side, beside the paper's, never inside the paper's columns."""
 from __future__ import annotations
 
 import json
 
 from transfer.demo import run_demo
 
+EVALUATIONS = ("knn", "linear", "detection")
+
 
 def test_demo_runs_end_to_end(tmp_path):
     out = run_demo(tmp_path / "demo", quick=True, cache_dir=str(tmp_path / "cache"))
-    for stage in ("pretrain", "knn", "linear", "detection"):
+    for stage in ("pretrain", *EVALUATIONS, *(f"{e}_random" for e in EVALUATIONS)):
         assert (out / stage / "results.json").is_file(), stage
     assert (out / "convert" / "resnet50_detectron2.pkl").is_file()
-    for png in ("pretrain/pretrain.png", "linear/linear.png", "detection/trial_0/detection.png"):
+    for png in ("pretrain/pretrain.png", "linear/linear.png", "detection/trial_0/detection.png",
+                "linear_random/linear.png", "detection_random/trial_0/detection.png"):
         assert (out / png).stat().st_size > 10_000, png
 
-    linear = json.loads((out / "linear" / "results.json").read_text())
-    knn = json.loads((out / "knn" / "results.json").read_text())
-    det = json.loads((out / "detection" / "results.json").read_text())
+    read = lambda stage: json.loads((out / stage / "results.json").read_text())  # noqa: E731
+    knn, linear, det = (read(e) for e in EVALUATIONS)
     # one checkpoint: the detection row (through the converted .pkl) joins the classification rows
     assert linear["source"]["sha256"] == knn["source"]["sha256"] == det["source"]["sha256"]
+    # the random-init baseline: same data and protocol, no weights
+    rand = {e: read(f"{e}_random") for e in EVALUATIONS}
+    for doc in rand.values():
+        assert doc["source"]["checkpoint"] == "random" and doc["source"]["sha256"] is None
+        assert doc["source"]["pretrain"]["method"] == "random init" and doc["source"]["pretrain"]["arch"] == "resnet50"
+    assert rand["knn"]["config"]["data"] == knn["config"]["data"]
+    assert rand["linear"]["config"]["model"]["arch"] == "resnet50"
+    assert {k: v for k, v in rand["linear"]["config"].items() if k not in ("weights", "model")} == \
+        {k: v for k, v in linear["config"].items() if k not in ("weights", "model")}
+    assert rand["detection"]["config"] == det["config"]
 
     table = (out / "table.md").read_text()
-    ours = [line for line in table.splitlines() if "SimSiam (yours" in line]
+    lines = table.splitlines()
+    ours = [line for line in lines if "SimSiam (yours" in line]
     assert len(ours) == 3, table  # kNN, linear (other-datasets classification table) and detection
-    assert f"{linear['metrics']['top1']:.1f} (n=1)" in table
-    assert f"{knn['metrics']['top1']:.1f} (n=1)" in table
-    box = det["metrics"]
-    assert f"{box['AP50']:.1f} / {box['AP']:.1f} / {box['AP75']:.1f} (n=1)" in table
+    assert sum("random init" in line for line in lines) == 3, table
+
+    def row(*parts: str) -> int:  # the one table line holding every part
+        found = [i for i, line in enumerate(lines) if all(p in line for p in parts)]
+        assert len(found) == 1, (parts, table)
+        return found[0]
+
+    def box(doc: dict) -> str:
+        m = doc["metrics"]
+        return f"{m['AP50']:.1f} / {m['AP']:.1f} / {m['AP75']:.1f} (n=1)"
+
+    pairs = [(row("SimSiam (yours", f"| {e} ", f"{pre['metrics']['top1']:.1f} (n=1)"),
+              row("random init", f"| {e} ", f"{rand[e]['metrics']['top1']:.1f} (n=1)"))
+             for e, pre in (("knn", knn), ("linear", linear))]
+    pairs.append((row("SimSiam (yours", box(det)), row("random init", box(rand["detection"]))))
+    for i, j in pairs:  # each baseline row sits in the same table as its pretrained row
+        assert all(lines[k].startswith("|") for k in range(min(i, j), max(i, j) + 1)), table
     # the demo data is not ImageNet/VOC: Table 4 / Table 5 keep only the published rows
     t4 = table.split("**Table 4")[1].split("**")[1]
     assert "yours" not in t4
@@ -36,3 +63,4 @@ def test_demo_runs_end_to_end(tmp_path):
     # a second run finds every stage done and only redraws the report
     again = run_demo(out, quick=True, cache_dir=str(tmp_path / "cache"))
     assert json.loads((again / "linear" / "results.json").read_text())["created"] == linear["created"]
+    assert json.loads((again / "linear_random" / "results.json").read_text())["created"] == rand["linear"]["created"]

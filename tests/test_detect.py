@@ -3,6 +3,7 @@ runs (R50-C4, detectron2 on CPU) on real data: a BCCD slice (VOC evaluation) and
 evaluation), from weights made by our converter."""
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import pickle
@@ -52,7 +53,7 @@ def test_voc_presets_resolve_to_the_protocol():
     assert tuple(cfg.INPUT.MIN_SIZE_TRAIN) == tuple(range(480, 801, 32)) and cfg.INPUT.MIN_SIZE_TEST == 800
     assert tuple(cfg.DATASETS.TRAIN) == ("voc_2007_trainval",) and tuple(cfg.DATASETS.TEST) == ("voc_2007_test",)
     assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == 20 and not cfg.MODEL.MASK_ON
-    assert cfg.MODEL.BACKBONE.FREEZE_AT == 0 and cfg.MODEL.RESNETS.NORM == "SyncBN"
+    assert cfg.MODEL.BACKBONE.FREEZE_AT == 0 and cfg.MODEL.RESNETS.NORM == "naiveSyncBN"  # MoCo's choice
     assert cfg.MODEL.ROI_HEADS.NAME == "Res5ROIHeadsExtraNorm" and cfg.MODEL.RESNETS.OUT_FEATURES == ["res4"]
     # the torchvision overlay is merged after the preset
     assert cfg.INPUT.FORMAT == "RGB" and not cfg.MODEL.RESNETS.STRIDE_IN_1X1
@@ -91,10 +92,25 @@ def test_unknown_keys_and_bad_overrides_are_errors(tmp_path):
 
 
 def test_norm_choice():
-    assert detect.resolve_norm("auto", "SyncBN", 1, cuda=True) == "BN"
+    # the default (every preset: SIMSIAM.NORM auto over MODEL.RESNETS.NORM naiveSyncBN, as MoCo's configs)
+    for preset in ("voc07", "voc0712", "coco_1x", "coco_2x", "tiny", "tiny_coco"):
+        cfg = _cfg(preset)
+        assert (cfg.SIMSIAM.NORM, cfg.MODEL.RESNETS.NORM) == ("auto", "naiveSyncBN"), preset
+        resolved = [detect.resolve_norm(cfg.SIMSIAM.NORM, cfg.MODEL.RESNETS.NORM, world, cuda)
+                    for world, cuda in ((8, True), (2, True), (2, False), (1, True), (1, False))]
+        assert resolved == ["naiveSyncBN", "naiveSyncBN", "naiveSyncBN", "BN", "BN"], preset
+    # SyncBN stays available: from the config on several GPUs, or asked for explicitly
     assert detect.resolve_norm("auto", "SyncBN", 8, cuda=True) == "SyncBN"
-    assert detect.resolve_norm("auto", "SyncBN", 2, cuda=False) == "naiveSyncBN"
+    assert detect.resolve_norm("auto", "SyncBN", 2, cuda=False) == "naiveSyncBN"  # SyncBN needs CUDA
+    assert detect.resolve_norm("auto", "SyncBN", 1, cuda=True) == "BN"
+    assert _cfg("voc07", "MODEL.RESNETS.NORM", "SyncBN").MODEL.RESNETS.NORM == "SyncBN"
+    assert detect.resolve_norm("SyncBN", "naiveSyncBN", 8, cuda=True) == "SyncBN"
     assert detect.resolve_norm("naiveSyncBN", "SyncBN", 1, cuda=False) == "naiveSyncBN"
+    assert detect.resolve_norm("BN", "naiveSyncBN", 8, cuda=True) == "BN"
+    # auto leaves norms that do not synchronise alone
+    assert detect.resolve_norm("auto", "FrozenBN", 1, cuda=False) == "FrozenBN"
+    assert detect.resolve_norm("auto", "GN", 8, cuda=True) == "GN"
+    assert detect.resolve_norm("auto", "BN", 2, cuda=False) == "BN"
 
 
 # ------------------------------------------------------------------------------------------------- trials
@@ -218,6 +234,8 @@ def test_finetune_bccd_voc_with_resume(bccd_root, d2_weights, tmp_path, caplog):
     assert summary["n_trials"] == 1 and summary["metrics"] == doc["metrics"]
     assert summary["std"] == {"AP50": None, "AP": None, "AP75": None}
     assert summary["trials"][0]["seed"] == 3
+    assert (doc["protocol"]["iterations"], doc["protocol"]["batch"], doc["protocol"]["preset"]) == (2, 2, "tiny")
+    assert summary["protocol"] == doc["protocol"]
     # a finished trial is skipped
     assert detect.main(argv) == 0
     assert read_results(trial)["created"] == doc["created"]
@@ -247,10 +265,51 @@ def test_finetune_coco_tiny_mask_rcnn(coco_tiny_root, d2_weights, tmp_path):
     assert "loss_mask" in rows[0] and "bbox/AP" in rows[-1]
 
 
+
+def test_random_init_baseline(bccd_root, tmp_path):
+    """--weights random: the same config and data with nothing loaded (detectron2's initialisation, drawn from
+    the trial seed); results.json says so in its source."""
+    out = tmp_path / "random"
+    argv = ["--weights", "random", "--config", "tiny", "--output", str(out), "--seed", "5",
+            "--cache-dir", str(tmp_path / "cache"), "--train-dataset", f"{bccd_root}:train",
+            "--test-dataset", f"{bccd_root}:test", *FAST, "SOLVER.MAX_ITER", "1"]
+    assert detect.main(argv) == 0
+    for doc in (read_results(out / "trial_0"), read_results(out)):
+        assert doc["source"]["checkpoint"] == "random" and doc["source"]["weights"] is None
+        assert doc["source"]["pretrain"] == {"method": "random init", "arch": "resnet50", "epochs": 0,
+                                             "batch_size": None, "dataset": None}
+        assert all(v is not None for v in doc["metrics"].values())
+    assert doc["config"]["MODEL"]["WEIGHTS"] == "" and doc["iterations"] == 1
+    log = (out / "trial_0" / "log.txt").read_text()
+    assert "random init: no weights loaded" in log and "seed 5" in log and "pretrained weights" not in log
+
 def test_bad_input_is_a_clear_error(d2_weights, tmp_path, capsys):
     base = ["--config", "tiny", "--output", str(tmp_path / "x"), "--cache-dir", str(tmp_path)]
     assert detect.main(["--weights", str(tmp_path / "missing.pkl"), *base]) == 2
     assert "missing.pkl" in capsys.readouterr().err
     assert detect.main(["--weights", str(d2_weights), *base, "--test-dataset", str(tmp_path / "nope")]) == 2
     assert "nope" in capsys.readouterr().err
-    assert detect.main(["--weights", str(d2_weights), *base, "--amp"]) == 2 or torch.cuda.is_available()
+
+
+def test_amp_needs_cuda(d2_weights, tmp_path, capsys):
+    def args(amp):
+        return argparse.Namespace(config="tiny", opts=[], caffe_weights=False, norm=None, amp=amp, data_root=None,
+                                  cache_dir=str(tmp_path / "cache"), train_dataset=None, test_dataset=None)
+
+    assert detect.setup(args(False))[0].SOLVER.AMP.ENABLED is False
+    if torch.cuda.is_available():
+        cfg = detect.setup(args(True))[0]  # --amp turns on detectron2's AMP on the GPU
+        assert cfg.SOLVER.AMP.ENABLED is True and cfg.MODEL.DEVICE == "cuda"
+        return
+    # a CPU-only host: refused before any work, with one line naming the reason
+    with pytest.raises(ConfigError, match="needs a CUDA GPU"):
+        detect.setup(args(True))
+    capsys.readouterr()
+    argv = ["--weights", str(d2_weights), "--config", "tiny", "--output", str(tmp_path / "x"),
+            "--cache-dir", str(tmp_path / "cache"), "--amp"]
+    assert detect.main(argv) == 2
+    # (stderr may also hold logging's own complaints about handlers bound to an earlier test's captured streams)
+    ours = [line for line in capsys.readouterr().err.splitlines() if line.startswith("simsiam detect")]
+    assert ours == [
+        "simsiam detect: error: --amp / SOLVER.AMP.ENABLED needs a CUDA GPU (detectron2's AMPTrainer is CUDA-only)"]
+    assert not (tmp_path / "x" / "trial_0").exists()

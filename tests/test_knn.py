@@ -9,7 +9,7 @@ from torch import nn
 
 from pretrain.augment import eval_transform
 from pretrain.data import DataError, RobustImageFolder
-from pretrain.model import SimSiam
+from pretrain.model import SimSiam, build_backbone
 from transfer import knn
 from transfer.results import read_results, sha256_file
 
@@ -31,8 +31,9 @@ def checkpoint(tmp_path_factory):
     return path, model
 
 
-def _manual_knn(model, root, k, t=0.1):
-    """Independent reference: plain loops, explicit cosine similarities and weighted votes."""
+def _manual_knn(features, root, k, t=0.1):
+    """Independent reference: plain loops, explicit cosine similarities and weighted votes over
+    features(images), the pooled backbone features of the network under test."""
     tf = eval_transform(32, MEAN, STD, crop_fraction=1.0)
     bank = RobustImageFolder(root / "train", tf, limit_per_class=20)
     test = RobustImageFolder(root / "test", tf, limit_per_class=8)
@@ -40,7 +41,7 @@ def _manual_knn(model, root, k, t=0.1):
     def feats(ds):
         x = torch.stack([ds[i][0] for i in range(len(ds))])
         with torch.no_grad():
-            return F.normalize(model.eval().backbone_features(x), dim=1), torch.tensor(ds.targets)
+            return F.normalize(features(x), dim=1), torch.tensor(ds.targets)
 
     fb, yb = feats(bank)
     ft, yt = feats(test)
@@ -69,13 +70,34 @@ def test_knn_matches_reference_and_writes_results(checkpoint, cifar_root, tmp_pa
     assert doc["config"]["data"]["image_size"] == 32 and doc["config"]["data"]["crop_fraction"] == 1.0
     assert list(doc["config"]["data"]["mean"]) == MEAN
     assert doc["source"]["sha256"] == sha256_file(path)
-    assert doc["source"]["pretrain"] == {"method": "SimSiam", "arch": "resnet18_cifar", "epochs": 5,
-                                         "batch_size": 64, "dataset": "cifar10-jpg"}
+    assert doc["source"]["pretrain"].items() >= {"method": "SimSiam", "arch": "resnet18_cifar", "epochs": 5,
+                                                 "batch_size": 64, "dataset": "cifar10-jpg", "completed": None}.items()
+    assert (doc["protocol"]["stage"], doc["protocol"]["train_images"], doc["protocol"]["test_crop"]) == ("knn", 200, 32)
     for k in (200, 20):
-        assert m[f"top1_k{k}"] == pytest.approx(_manual_knn(model, cifar_root, k), abs=1e-6)
+        assert m[f"top1_k{k}"] == pytest.approx(_manual_knn(model.eval().backbone_features, cifar_root, k), abs=1e-6)
         assert m[f"top1_k{k}"] <= m[f"top5_k{k}"] <= 100.0
     assert m["top1"] == m["top1_k200"]
 
+
+
+def test_knn_random_init_baseline(cifar_root, tmp_path):
+    """--weights random: the backbone pretraining starts from (build_backbone under torch seed `seed`), on the
+    data settings given; its accuracy is the reference computation's on that same network."""
+    argv = ["--weights", "random", "--data", str(cifar_root), "--output", str(tmp_path / "rand"),
+            "arch=resnet18_cifar", "seed=3", "data.image_size=32", f"data.mean={MEAN}", f"data.std={STD}",
+            "data.limit_per_class=20", "data.val_limit_per_class=8", "data.workers=0"]
+    assert knn.main(argv) == 0
+    doc = read_results(tmp_path / "rand")
+    assert doc["source"]["checkpoint"] == "random" and doc["source"]["sha256"] is None
+    assert doc["source"]["pretrain"] == {"method": "random init", "arch": "resnet18_cifar", "epochs": 0,
+                                         "batch_size": None, "dataset": None}
+    assert doc["config"]["seed"] == 3 and doc["config"]["data"]["crop_fraction"] == 1.0
+    torch.manual_seed(3)
+    net = build_backbone("resnet18_cifar").eval()
+    net.fc = nn.Identity()
+    for k in (200, 20):
+        assert doc["metrics"][f"top1_k{k}"] == pytest.approx(_manual_knn(net, cifar_root, k), abs=1e-6)
+    assert knn.main(argv[:5] + [str(tmp_path / "no_arch")] + argv[7:]) == 2  # without arch=: nothing to build
 
 def test_knn_errors(checkpoint, cifar_root, tmp_path):
     path, _ = checkpoint

@@ -100,6 +100,9 @@ def test_stage_args_split():
     ap = S.build_parser("pretrain")
     a, extra = ap.parse_known_args(["--config", "demo", "--gpus-per-node", "8", "--output", "r", "train.epochs=3"])
     assert a.gpus_per_node == 8 and extra == ["--config", "demo", "--output", "r", "train.epochs=3"]
+    # a stage's own flags pass through unchanged (also after `--`, which main() splits off first)
+    a, extra = ap.parse_known_args(["--gpus-per-node", "8", "--output", "r", "--allow-config-change"])
+    assert extra == ["--output", "r", "--allow-config-change"]
     assert S.find_option(extra, "--output", "-o") == "r"
     assert S.find_option(["--output=q"], "--output") == "q"
     run, done = S.stage_paths("pretrain", extra)

@@ -22,7 +22,8 @@ from pretrain.defaults import PretrainConfig
 from pretrain.logs import read_metrics
 from pretrain.main import main
 from pretrain.model import build_model
-from pretrain.train import NonFiniteLossError, build_data, knn_monitor, run, seed_everything
+from pretrain.train import (RESUME_HARMLESS, NonFiniteLossError, build_data, knn_monitor, run, seed_everything,
+                            trajectory_changes)
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_MEAN_STD = ["data.mean=[0.4914,0.4822,0.4465]", "data.std=[0.2023,0.1994,0.2010]"]
@@ -34,13 +35,20 @@ def tiny(*overrides):
 
 def test_stop_gradient_ablation(tmp_path):
     """The paper's central ablation: with stop-gradient the l2-normalised outputs stay spread out
-    (collapse_std ~ 1/sqrt(d)); without it they collapse and collapse_std falls to its floor.
+    (collapse_std ~ 1/sqrt(d)); without it they collapse and collapse_std falls towards its floor.
 
     The floor: BN(affine=False) at the projector output centres every channel over the batch, so on training
     batches collapse_std cannot go below collapse_floor = 2 sqrt(B-1)/B/sqrt(d) (0.35/sqrt(d) for B=32;
     0.09/sqrt(d) at the paper's 512, which is the "0" of its Figure 2). A high constant lr and weight decay make
-    the degeneration show within 40 CPU steps (measured: with stop-gradient 0.126 -> 0.122 ~ 1/sqrt(64) = 0.125;
-    without 0.123 -> 0.062-0.070, floor 0.044).
+    the degeneration show within 40 CPU steps. At this lr the collapsed run oscillates above its floor from epoch
+    to epoch, and the exact values differ between machines (floating-point kernels, thread counts), so the
+    test compares means over epochs 3-5, never one epoch's value.
+
+    Measured over seeds 0-2 x 1 and 2 threads (ref 1/sqrt(64) = 0.125, floor 0.0435):
+    - with stop-gradient, mean collapse_std of epochs 1-5: 0.118-0.123 (bound: > 0.85 ref = 0.106);
+    - without, mean of epochs 3-5: 0.061-0.076 (bound: < 0.75 ref = 0.094), at most 0.66 of the run with
+      stop-gradient (bound: < 0.8);
+    - mean loss of epochs 3-5: -0.67..-0.81 without, -0.20..-0.35 with (bound: lower by more than 0.15).
     """
     common = ["data.limit_per_class=32", "train.batch_size=32", "train.epochs=5", "monitor.knn=false",
               "monitor.tensorboard=false", "train.save_freq=0", "train.deterministic=false",
@@ -51,14 +59,20 @@ def test_stop_gradient_ablation(tmp_path):
     ref, floor = 1 / math.sqrt(64), 2 * math.sqrt(31) / 32 / math.sqrt(64)
     assert all(h["collapse_ref"] == pytest.approx(ref) and h["collapse_floor"] == pytest.approx(floor)
                for h in without["history"])
+
+    def mean(values):
+        return sum(values) / len(values)
+
     sg = [h["collapse_std"] for h in with_sg["history"]]
     nosg = [h["collapse_std"] for h in without["history"]]
-    assert min(sg) > 0.8 * ref, (sg, nosg)
-    # without stop-gradient: from healthy to within a factor 2 of the lowest value BN allows
-    assert nosg[0] > 0.75 * ref and nosg[-1] < 2 * floor, (sg, nosg, floor)
-    assert nosg[-1] < 0.65 * sg[-1], (sg, nosg)
+    assert len(sg) == len(nosg) == 5 and nosg[0] > 0.75 * ref, (sg, nosg)   # both start healthy
+    assert mean(sg) > 0.85 * ref, (sg, nosg)
+    late_sg, late_nosg = mean(sg[2:]), mean(nosg[2:])
+    assert floor < late_nosg < 0.75 * ref and late_nosg < 0.8 * late_sg, (sg, nosg, floor)
     # and the loss is driven towards its trivial minimum -1 much faster
-    assert without["history"][-1]["loss"] < with_sg["history"][-1]["loss"] - 0.2
+    loss_sg = mean([h["loss"] for h in with_sg["history"][2:]])
+    loss_nosg = mean([h["loss"] for h in without["history"][2:]])
+    assert loss_nosg < loss_sg - 0.15, (loss_sg, loss_nosg)
 
 
 def _weights(path):
@@ -77,6 +91,7 @@ def test_interrupt_and_resume_is_exact(tmp_path, capsys):
     first = _weights(tmp_path / "split" / "checkpoint.pth")
     assert first["epoch"] == 1 and first["step"] == 2
     assert not json.loads((tmp_path / "split" / "results.json").read_text())["complete"]
+    assert json.loads((tmp_path / "split" / "results.json").read_text())["source"]["pretrain"]["completed"] is False
     assert main(argv) == 0
     assert "resumed" in (tmp_path / "split" / "log.txt").read_text()
 
@@ -104,13 +119,72 @@ def test_interrupt_and_resume_is_exact(tmp_path, capsys):
         ("simsiam-suite/results/v1", "pretrain", "embedded", 2, 16)
     assert {"knn_top1", "loss", "collapse_std"} <= set(res["metrics"]) and res["code_version"]
     assert res["source"]["sha256"] == hashlib.sha256((run_dir / "checkpoint.pth").read_bytes()).hexdigest()
+    assert (res["protocol"]["epochs"], res["protocol"]["completed"], res["protocol"]["batch"]) == (2, True, 16)
 
-    # resuming with a different model or batch is refused unless allowed
+    # resuming with a different batch is refused unless allowed
     capsys.readouterr()
-    assert main(["--config", "test_tiny", "--output", str(run_dir), *common, "train.batch_size=32"]) == 1
+    assert main(["--config", "test_tiny", "--output", str(run_dir), *common, "train.batch_size=32"]) == 2
     err = capsys.readouterr().err
-    assert "train.batch_size: checkpoint 16 vs now 32" in err and "--allow-config-change" in err
+    assert "train.batch_size: 16 in the checkpoint, 32 now; pass --allow-config-change" in err
 
+
+
+def test_trajectory_keys():
+    """Every config key blocks a resume when it changes, except those of RESUME_HARMLESS (all real keys)."""
+    stored = config.to_dict(tiny())
+    assert trajectory_changes(stored, tiny()) == []
+    harmless = tiny("monitor.knn=false", "monitor.knn_k=20", "data.workers=3", "data.cache_dir=/elsewhere",
+                    "train.save_freq=0", "train.stop_after_epochs=1", "train.print_freq=5", "init_from=x.pth")
+    assert trajectory_changes(stored, harmless) == []
+    changed = tiny("train.epochs=200", "optim.base_lr=0.1", "optim.schedule=constant", "optim.momentum=0.8",
+                   "optim.weight_decay=0.001", "optim.fix_pred_lr=false", "train.seed=1", "data.min_scale=0.1",
+                   "model.dim=128", "data.mean=[0.5,0.5,0.5]")
+    assert {c["key"]: (c["old"], c["new"]) for c in trajectory_changes(stored, changed)} == {
+        "train.epochs": (2, 200), "optim.base_lr": (0.05, 0.1), "optim.schedule": ("cosine", "constant"),
+        "optim.momentum": (0.9, 0.8), "optim.weight_decay": (1e-4, 0.001), "optim.fix_pred_lr": (True, False),
+        "train.seed": (0, 1), "data.min_scale": (0.2, 0.1), "model.dim": (256, 128),
+        "data.mean": ([0.485, 0.456, 0.406], [0.5, 0.5, 0.5])}
+    del stored["optim"]["fix_pred_lr"]  # a checkpoint older than a key: its default applies
+    assert trajectory_changes(stored, tiny()) == []
+    for key in RESUME_HARMLESS:
+        node = config.to_dict(PretrainConfig())
+        for part in key.split("."):
+            assert isinstance(node, dict) and part in node, key
+            node = node[part]
+
+
+def test_resume_refuses_a_changed_trajectory(tmp_path, capsys):
+    """Resuming with another value of a trajectory key: one line naming it, exit 2, the run folder as it was;
+    --allow-config-change resumes, logs the change and records it in results.json and the checkpoint; a key
+    that does not change the trajectory resumes without the flag."""
+    out = tmp_path / "run"
+    base = ["--config", "test_tiny", "--output", str(out), "train.max_steps_per_epoch=1",
+            "monitor.knn_max_train=2", "monitor.knn_max_val=2", "monitor.tensorboard=false", "train.save_freq=0"]
+    assert main(base + ["train.stop_after_epochs=1"]) == 0
+    files = lambda: {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}  # noqa: E731
+    before = files()
+    capsys.readouterr()
+    assert main(base + ["train.epochs=3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(out / "checkpoint.pth") in err
+    assert err.endswith("train.epochs: 2 in the checkpoint, 3 now; pass --allow-config-change to resume anyway")
+    assert files() == before
+
+    assert main(base + ["monitor.knn=false"]) == 0  # a key that does not change the trajectory: resumes
+    assert _weights(out / "checkpoint.pth")["epoch"] == 2
+
+    allowed = ["--allow-config-change", *base, "train.epochs=3", "optim.base_lr=0.1"]
+    assert main(allowed) == 0
+    changes = [{"epoch": 2, "key": "optim.base_lr", "old": 0.05, "new": 0.1},
+               {"epoch": 2, "key": "train.epochs", "old": 2, "new": 3}]
+    res = json.loads((out / "results.json").read_text())
+    assert res["complete"] and res["epochs"] == 3 and res["config_changes"] == changes
+    assert _weights(out / "checkpoint.pth")["config_changes"] == changes
+    assert "config changed on resume after epoch 2 (--allow-config-change): train.epochs: 2 in the checkpoint, " \
+           "3 now" in (out / "log.txt").read_text()
+    assert [m["epoch"] for m in read_metrics(out)] == [1, 2, 3]
+    assert main(allowed) == 0  # the finished run again: the same config now, the recorded change kept
+    assert json.loads((out / "results.json").read_text())["config_changes"] == changes
 
 def test_short_cifar_run_learns(cifar_root, tmp_path):
     """A short run on a CIFAR-10 slice (5000 images, 312 steps of 32, the CIFAR recipe with a higher lr) raises
@@ -170,7 +244,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
     good = _weights(out / "checkpoint.pth")
     capsys.readouterr()
     # an absurd learning rate drives the weights to inf within a step or two; the loss becomes NaN
-    assert main(base + ["optim.base_lr=1e30"]) == 1
+    assert main(["--allow-config-change", *base, "optim.base_lr=1e30"]) == 1
     err = capsys.readouterr().err
     assert "epoch 2" in err and "last good checkpoint is kept" in err and str(out / "checkpoint.pth") in err
     kept = _weights(out / "checkpoint.pth")
@@ -178,7 +252,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
     assert all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
     assert all(torch.equal(v, good["model"][k]) for k, v in kept["model"].items())
     with pytest.raises(NonFiniteLossError, match=r"epoch 2, step \d+/2"):
-        run(tiny("train.max_steps_per_epoch=2", "monitor.knn=false", "optim.base_lr=1e30"), out)
+        run(tiny("train.max_steps_per_epoch=2", "monitor.knn=false", "optim.base_lr=1e30"), out,
+            allow_config_change=True)
 
 
 def test_unreadable_image_fails_the_run_with_its_path(cifar_root, tmp_path, capsys):

@@ -131,6 +131,16 @@ def _strip(prefix: str, sd: Mapping[str, Any]) -> dict[str, Any]:
     return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
+def _suite_schedule(epoch: Any, cfg: Mapping) -> dict[str, Any]:
+    """What our checkpoint records of its pretraining schedule: the configured epochs, whether the checkpoint
+    is the end of that schedule (its epoch equals them), the crop size and the image / step limits."""
+    train, data = cfg.get("train") or {}, cfg.get("data") or {}
+    scheduled = train.get("epochs")
+    completed = None if epoch is None or scheduled is None else int(epoch) == int(scheduled)
+    return {"scheduled_epochs": scheduled, "completed": completed, "image_size": data.get("image_size"),
+            "limit_per_class": data.get("limit_per_class"), "max_steps_per_epoch": train.get("max_steps_per_epoch")}
+
+
 def _split_source(obj: Any, where: str) -> tuple[str, dict[str, torch.Tensor], dict[str, list[str]], dict]:
     """(kind, backbone state dict in torchvision names incl. fc if present, dropped keys by reason, meta)."""
     if not isinstance(obj, Mapping):
@@ -156,6 +166,7 @@ def _split_source(obj: Any, where: str) -> tuple[str, dict[str, torch.Tensor], d
         cfg = obj.get("config") or {}
         meta = {"method": "SimSiam", "arch": obj.get("arch"), "epochs": obj.get("epoch"),
                 "batch_size": (cfg.get("train") or {}).get("batch_size"), "dataset": obj.get("dataset"),
+                **_suite_schedule(obj.get("epoch"), cfg), "config_changes": obj.get("config_changes"),
                 "pretrain_data": {k: v for k, v in (cfg.get("data") or {}).items()
                                   if k in ("image_size", "mean", "std")}}
     elif isinstance(obj.get("state_dict"), Mapping):
@@ -179,7 +190,7 @@ def _split_source(obj: Any, where: str) -> tuple[str, dict[str, torch.Tensor], d
         kind = "torchvision"
         sd = dict(obj)
         encoder = ""
-        meta = {"method": None}
+        meta = {"method": "torchvision"}  # the file does not say how the weights were trained
     else:
         raise ConvertError(
             f"{where}: not a checkpoint this tool knows: found {_describe(obj)}. Expected a simsiam-suite "
@@ -289,8 +300,9 @@ def load_any_checkpoint(path_or_obj: str | Path | Mapping, arch: str | None = No
                         ) -> tuple[str, dict[str, torch.Tensor], dict]:
     """(kind, backbone state dict in torchvision names without fc, info).
 
-    info: {"kind", "arch", "path", "method", "epochs", "batch_size", "dataset" (when the checkpoint says),
-    "source_keys", "kept", "dropped": {reason: [keys]}}. `arch` None accepts any supported ResNet;
+    info: {"kind", "arch", "path", "method", "epochs", "batch_size", "dataset", and for our checkpoints
+    "scheduled_epochs", "completed", "image_size", "limit_per_class", "max_steps_per_epoch", "config_changes"
+    (when the checkpoint says), "source_keys", "kept", "dropped": {reason: [keys]}}. `arch` None accepts any supported ResNet;
     otherwise weights of another architecture are an error naming what was found.
     """
     if isinstance(path_or_obj, (str, Path)):
@@ -402,16 +414,43 @@ def load_backbone(path_or_state, arch: str | None = None) -> nn.Module:
     return net
 
 
+PRETRAIN_KEYS = ("method", "arch", "epochs", "batch_size", "dataset", "scheduled_epochs", "completed", "image_size",
+                 "limit_per_class", "max_steps_per_epoch", "config_changes")
+
+
 def describe_source(path: str | Path, info: dict | None = None) -> dict:
-    """results.json `source`: {"checkpoint", "sha256", "kind", "pretrain": {method, arch, epochs, batch_size,
-    dataset}} for a checkpoint file (info from load_any_checkpoint, read here when not given)."""
+    """results.json `source`: {"checkpoint", "sha256", "kind", "pretrain": {PRETRAIN_KEYS}} for a checkpoint
+    file (info from load_any_checkpoint, read here when not given). "method" is the recognised format's
+    (SimSiam, MoCo, torchvision); what the file does not record is null, e.g. "completed" (the checkpoint is
+    the end of its configured schedule) for anything but our own checkpoints."""
     from transfer.results import sha256_file
     path = Path(path)
     if info is None:
         _, _, info = load_any_checkpoint(path)
-    pre = {k: info.get(k) for k in ("method", "arch", "epochs", "batch_size", "dataset")}
+    pre = {k: info.get(k) for k in PRETRAIN_KEYS}
     return {"checkpoint": str(path.resolve()), "sha256": sha256_file(path), "kind": info.get("kind"),
             "pretrain": pre}
+
+
+# ------------------------------------------------------------------------------------ random-init baseline
+RANDOM = "random"  # `--weights random` of kNN, linear and detection: the same protocol without pretraining
+
+
+def random_backbone(arch: str, seed: int) -> nn.Module:
+    """The backbone pretraining starts from (pretrain.model.build_backbone under torch seed `seed`), fc =
+    Identity; the caller's random state is left as it was. The same seed gives the same network."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = build_backbone(arch)
+    net.fc = nn.Identity()
+    return net
+
+
+def random_source(arch: str) -> dict:
+    """results.json `source` of a randomly initialised backbone: describe_source's fields, "checkpoint"
+    "random" and null where no pretraining exists (0 pretraining epochs)."""
+    return {"checkpoint": RANDOM, "sha256": None, "kind": "random-init",
+            "pretrain": {"method": "random init", "arch": arch, "epochs": 0, "batch_size": None, "dataset": None}}
 
 
 # ------------------------------------------------------------------------------------------------- CLI

@@ -4,18 +4,21 @@
 
   1. pretrain   SimSiam ResNet-50 on the generated ImageFolder (eval_configs/pretrain/demo.yaml)
   2. convert    checkpoint -> torchvision state dict and Detectron2 weights
-  3. knn        offline kNN (k=200, k=20) of the converted backbone
+  3. knn        offline kNN (k=200, k=20) of the pretrained backbone
   4. linear     linear evaluation on frozen features (eval_configs/linear/demo.yaml)
   5. detect     Faster R-CNN R50-C4 fine-tuning + PascalVOC evaluation on the generated VOC data
                 (eval_configs/detection/tiny.yaml)
   6. report     plots (PNG) and the comparison tables (table.md, table.txt)
 
-Each stage is skipped when its results already exist, so an interrupted demo continues where it stopped.
-Every stage here calls the same entry point as the corresponding `simsiam <command>`.
+Stages 3-5 also evaluate a randomly initialised backbone (`--weights random`) on the same data and protocol,
+into knn_random/, linear_random/ and detection_random/: the tables show that baseline next to the
+pretrained rows. Every run is skipped when its results.json already exists, so an interrupted demo
+continues where it stopped. Every stage here calls the same entry point as the corresponding `simsiam <command>`.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -45,9 +48,26 @@ def _call(main, argv: list[str], stage: str) -> None:
                          f"rerun the demo to continue from the last finished stage")
 
 
+def _once(folder: Path, main, argv: list[str], stage: str) -> None:
+    """`simsiam <stage> argv`, unless `folder` already holds its results.json."""
+    if (folder / "results.json").exists():
+        print(f"already done: {folder / 'results.json'}")
+    else:
+        _call(main, argv, stage)
+
+
+def pretrained_protocol(knn_dir: Path) -> tuple[str, list[str]]:
+    """(arch, kNN data overrides) of the pretrained kNN run in knn_dir: the backbone and the resolved image
+    size, crop and normalisation, which a random-init run cannot read from a checkpoint."""
+    doc = json.loads((knn_dir / "results.json").read_text())
+    d = doc["config"]["data"]
+    return doc["source"]["pretrain"]["arch"], [f"data.{k}={json.dumps(d[k], separators=(',', ':'))}"
+                                               for k in ("image_size", "crop_fraction", "mean", "std")]
+
+
 def run_demo(out: Path, quick: bool = False, cache_dir: str | None = None) -> Path:
     from pretrain import main as pretrain_main
-    from transfer import convert, detect, knn, linear, plots, tables
+    from transfer import convert, detect, knn, linear
 
     out.mkdir(parents=True, exist_ok=True)
     total, t_all = 6, time.time()
@@ -55,11 +75,8 @@ def run_demo(out: Path, quick: bool = False, cache_dir: str | None = None) -> Pa
 
     t0 = _stage("pretrain SimSiam (embedded ImageFolder)", 1, total)
     pre = out / "pretrain"
-    if (pre / "results.json").exists():
-        print("already done: " + str(pre / "results.json"))
-    else:
-        _call(pretrain_main.main, ["--config", "demo", "--output", str(pre), *extra,
-                                   *(QUICK_PRETRAIN if quick else [])], "pretrain")
+    _once(pre, pretrain_main.main, ["--config", "demo", "--output", str(pre), *extra,
+                                    *(QUICK_PRETRAIN if quick else [])], "pretrain")
     _done(t0, "pretraining")
     ckpt = pre / "checkpoint.pth"
 
@@ -70,36 +87,47 @@ def run_demo(out: Path, quick: bool = False, cache_dir: str | None = None) -> Pa
             _call(convert.main, [str(ckpt), "--to", to, "--output", str(path)], "convert")
     _done(t0, "conversion")
 
-    t0 = _stage("kNN evaluation", 3, total)
-    if not (out / "knn" / "results.json").exists():
-        _call(knn.main, ["--weights", str(ckpt), "--data", "embedded", "--output", str(out / "knn"),
-                         *([f"--cache-dir={cache_dir}"] if cache_dir else []), *(QUICK_KNN if quick else [])], "knn")
+    t0 = _stage("kNN evaluation: pretrained, random init", 3, total)
+    data = ["--data", "embedded", *([f"--cache-dir={cache_dir}"] if cache_dir else []), *(QUICK_KNN if quick else [])]
+    _once(out / "knn", knn.main, ["--weights", str(ckpt), "--output", str(out / "knn"), *data], "knn")
+    arch, same_data = pretrained_protocol(out / "knn")
+    _once(out / "knn_random", knn.main, ["--weights", "random", "--output", str(out / "knn_random"), *data,
+                                         f"arch={arch}", *same_data], "knn")
     _done(t0, "kNN")
 
-    t0 = _stage("linear evaluation (frozen backbone)", 4, total)
-    if not (out / "linear" / "results.json").exists():
-        _call(linear.main, ["--weights", str(ckpt), "--config", "demo", "--output", str(out / "linear"), *extra,
-                            *(QUICK_LINEAR if quick else [])], "linear")
+    t0 = _stage("linear evaluation (frozen backbone): pretrained, random init", 4, total)
+    lin = ["--config", "demo", *extra, *(QUICK_LINEAR if quick else [])]
+    _once(out / "linear", linear.main, ["--weights", str(ckpt), "--output", str(out / "linear"), *lin], "linear")
+    _once(out / "linear_random", linear.main, ["--weights", "random", "--output", str(out / "linear_random"), *lin,
+                                               f"model.arch={arch}"], "linear")
     _done(t0, "linear evaluation")
 
-    t0 = _stage("detection fine-tuning (R50-C4, embedded VOC)", 5, total)
-    if not (out / "detection" / "results.json").exists():
-        _call(detect.main, ["--weights", str(d2), "--config", "tiny", "--output", str(out / "detection"),
-                            "--trials", "1", *(QUICK_DETECT if quick else [])], "detect")
+    t0 = _stage("detection fine-tuning (R50-C4, embedded VOC): pretrained, random init", 5, total)
+    det = ["--config", "tiny", "--trials", "1", *(QUICK_DETECT if quick else [])]  # KEY VALUE pairs last
+    _once(out / "detection", detect.main, ["--weights", str(d2), "--output", str(out / "detection"), *det], "detect")
+    _once(out / "detection_random", detect.main, ["--weights", "random", "--output", str(out / "detection_random"),
+                                                  *det], "detect")
     _done(t0, "detection")
 
     t0 = _stage("plots and comparison tables", 6, total)
-    for p in plots.plot_run(out):
-        print(f"plot: {p}")
-    docs = tables.load_docs([out])
-    t = tables.Tables(docs)
+    report(out)
+    _done(t0, "report")
+    print(f"\nsimsiam demo: finished in {time.time() - t_all:.0f} s; everything is in {out}")
+    return out
+
+
+def report(out: Path) -> None:
+    """Plots of each stage folder (next to its metrics) and the tables of every results.json under out."""
+    from transfer import plots, tables
+
+    for folder in sorted(p for p in out.iterdir() if p.is_dir()):
+        for png in plots.plot_run(folder):
+            print(f"plot: {png}")
+    t = tables.Tables(tables.load_docs([out]))
     (out / "table.md").write_text(tables.render(t, "markdown"))
     text = tables.render(t, "terminal")
     (out / "table.txt").write_text(text)
     print(text)
-    _done(t0, "report")
-    print(f"\nsimsiam demo: finished in {time.time() - t_all:.0f} s; everything is in {out}")
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,9 @@
     python -m transfer.detect ...
 
 --weights: detectron2 weights written by `simsiam convert --to detectron2` (.pkl), or any pretraining
-checkpoint that transfer.convert reads (converted on the fly into DIR/weights_detectron2.pkl).
+checkpoint that transfer.convert reads (converted on the fly into DIR/weights_detectron2.pkl), or `random`:
+nothing is loaded and the backbone keeps detectron2's own initialisation, drawn from the trial's seed (the
+random-init baseline on the same config and data).
 --config: a preset of eval_configs/detection (voc07, voc0712, coco_1x, coco_2x, tiny, tiny_coco) or a YAML
 file (detectron2 format, `_BASE_` allowed). Our weights come from torchvision ResNets, so the overlay
 eval_configs/detection/torchvision.yaml (RGB input, ImageNet mean/std x255, STRIDE_IN_1X1 False) is merged
@@ -19,8 +21,10 @@ present) is skipped; an interrupted one resumes from its last checkpoint. DIR/re
 "metrics" = mean over trials, "std" = sample standard deviation (ddof=1; null with one trial), "trials" =
 the per-trial list. Metrics: VOC evaluation -> {AP50, AP, AP75}; COCO -> {"bbox": {...}, "segm": {...}}.
 
-Norm (SIMSIAM.NORM, --norm): the protocol's SyncBN needs several CUDA processes. "auto" keeps the config's
-MODEL.RESNETS.NORM for a multi-GPU run, uses naiveSyncBN for a multi-process CPU run and BN for one process.
+Norm (SIMSIAM.NORM, --norm): the presets normalise with naiveSyncBN (MODEL.RESNETS.NORM), as MoCo's
+detection configs do; SyncBN and BN can be chosen with --norm. "auto" keeps the configured norm for a
+multi-GPU run, uses BN for one process (where a synchronised BN computes exactly what BN computes) and
+naiveSyncBN instead of SyncBN for a multi-process CPU run (SyncBN needs CUDA). See resolve_norm.
 """
 from __future__ import annotations
 
@@ -55,6 +59,8 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from pretrain.config import ConfigError, find_preset  # noqa: E402
 from transfer import detection_data as dd  # noqa: E402
+from transfer.convert import RANDOM, random_source  # noqa: E402
+from transfer.protocols import detection_fingerprint  # noqa: E402
 from transfer.results import read_results, sha256_file, write_results  # noqa: E402
 
 log = logging.getLogger("simsiam.detect")
@@ -122,13 +128,29 @@ def build_config(config: str, overrides: list[str] = (), caffe_weights: bool = F
     return cfg
 
 
+SYNC_NORMS = ("SyncBN", "naiveSyncBN")
+
+
 def resolve_norm(requested: str, configured: str, world_size: int, cuda: bool) -> str:
-    """The normalisation actually used (see the module docstring)."""
+    """The normalisation actually used for MODEL.RESNETS.NORM.
+
+    requested: SIMSIAM.NORM or --norm; anything but "auto" is used as it is.
+    configured: MODEL.RESNETS.NORM of the config, "naiveSyncBN" in the presets (MoCo's choice: "SyncBN seems
+    to cause larger variance"). "auto" only adapts the synchronised norms (SyncBN, naiveSyncBN); any other
+    configured norm (BN, FrozenBN, GN, ...) is kept.
+      - one process: "BN". A synchronised BN over one process normalises with that process's batch, as BN
+        does (detectron2's NaiveSyncBatchNorm runs BatchNorm2d's forward when the world size is 1).
+      - several CUDA processes (multi-GPU): the configured norm, so naiveSyncBN by default and SyncBN when
+        the config asks for it.
+      - several CPU processes: "naiveSyncBN" (its all-reduce works with any backend; SyncBN needs CUDA).
+    """
     if requested != "auto":
         return requested
-    if world_size > 1:
-        return configured if cuda else "naiveSyncBN"
-    return "BN"
+    if configured not in SYNC_NORMS:
+        return configured
+    if world_size == 1:
+        return "BN"
+    return configured if cuda else "naiveSyncBN"
 
 
 # ----------------------------------------------------------------------------------------------- trainer
@@ -263,7 +285,10 @@ def load_pretrained(model: torch.nn.Module, weights: str) -> dict:
 
 
 def prepare_weights(path: str, output: Path) -> tuple[str, dict]:
-    """(detectron2 .pkl path, results.json `source`). A pretraining checkpoint is converted once."""
+    """(detectron2 .pkl path, results.json `source`). A pretraining checkpoint is converted once; "random"
+    gives no file ("") and the random-init source."""
+    if path == RANDOM:
+        return "", {**random_source("resnet50"), "weights": None}
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"--weights {p}: no such file")
@@ -447,8 +472,10 @@ def _run_trial(cfg: CN, trial_dir: Path, seed: int, weights: str) -> dict:
     if resume:
         log.info("resuming %s from its last checkpoint", trial_dir)
         trainer.resume_or_load(resume=True)
-    else:
+    elif weights:
         load_pretrained(trainer.model, weights)
+    else:
+        log.info("random init: no weights loaded; the model keeps detectron2's initialisation (seed %d)", seed)
     t0 = time.time()
     trainer.train()
     results = getattr(trainer, "_last_eval_results", None)
@@ -467,7 +494,8 @@ def _run_trial(cfg: CN, trial_dir: Path, seed: int, weights: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="simsiam detect", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    ap.add_argument("--weights", required=True, help="detectron2 .pkl (simsiam convert) or a pretraining checkpoint")
+    ap.add_argument("--weights", required=True,
+                    help="detectron2 .pkl (simsiam convert), a pretraining checkpoint, or 'random' (no weights)")
     ap.add_argument("--config", required=True, help="preset name (eval_configs/detection) or YAML file")
     ap.add_argument("--output", required=True, help="run folder (trials in trial_<i>/)")
     ap.add_argument("--trials", type=int, default=1, help="number of trials (the paper reports 5 on VOC)")
@@ -504,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args, out: Path) -> int:
     try:
-        if not Path(args.weights).is_file():
+        if args.weights != RANDOM and not Path(args.weights).is_file():
             raise FileNotFoundError(f"--weights {args.weights}: no such file")
         cfg, train, test = setup(args)
         weights, source = prepare_weights(args.weights, out)
@@ -514,6 +542,7 @@ def _main(args, out: Path) -> int:
     kind = dd.dataset_kind(test[0])
     bench = benchmark_name(cfg, train, test)
     resolved = yaml_dict(cfg)
+    protocol = detection_fingerprint(cfg, train, test, args.config)
     trials = []
     indices = range(args.trials) if args.trial_index is None else [args.trial_index]
     for i in indices:
@@ -536,7 +565,7 @@ def _main(args, out: Path) -> int:
                               config={**resolved, "seed": seed, "OUTPUT_DIR": str(tdir)}, source=source,
                               batch_size=cfg.SOLVER.IMS_PER_BATCH,
                               extra={"trial": i, "seed": seed, "iterations": cfg.SOLVER.MAX_ITER,
-                                     "test_datasets": test, "train_datasets": train})
+                                     "test_datasets": test, "train_datasets": train, "protocol": protocol})
             comm.synchronize()
             doc = read_results(tdir) if comm.is_main_process() else None
         if comm.is_main_process():
@@ -550,7 +579,7 @@ def _main(args, out: Path) -> int:
                              batch_size=cfg.SOLVER.IMS_PER_BATCH,
                              extra={"std": std, "std_note": "sample std (ddof=1); null for a single trial",
                                     "n_trials": len(trials), "trials": trials, "iterations": cfg.SOLVER.MAX_ITER,
-                                    "test_datasets": test, "train_datasets": train})
+                                    "test_datasets": test, "train_datasets": train, "protocol": protocol})
         print(f"simsiam detect: {len(trials)} trial(s) on {bench}: mean {json.dumps(mean)}; std {json.dumps(std)}")
         print(f"results: {path}")
     return 0

@@ -38,14 +38,14 @@ from pretrain import config as config_mod
 from pretrain import distributed
 from pretrain.augment import IMAGENET_MEAN, IMAGENET_STD, eval_transform, linear_train_transform
 from pretrain.checkpoint import atomic_save
-from pretrain.model import ARCHS, build_backbone
+from pretrain.model import ARCHS
 from pretrain.optim import scheduled_lr
-from transfer.convert import describe_source, load_any_checkpoint, load_backbone
+from transfer.convert import RANDOM, describe_source, load_any_checkpoint, load_backbone, random_backbone, random_source
 from transfer.lars import LARS
+from transfer.protocols import linear_fingerprint
 from transfer.results import write_results
 
 FORMAT = "simsiam-suite/linear"
-RANDOM = "random"
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -165,14 +165,8 @@ def _check_config(cfg: LinearConfig) -> None:
 
 def load_frozen_backbone(cfg: LinearConfig) -> tuple[nn.Module, dict]:
     """(backbone with fc=Identity, results.json `source`)."""
-    if cfg.weights == RANDOM:
-        with torch.random.fork_rng():
-            torch.manual_seed(cfg.train.seed)  # the same random backbone on every rank and every call
-            net = build_backbone(cfg.model.arch)
-        net.fc = nn.Identity()
-        return net, {"checkpoint": None, "sha256": None, "kind": "random-init",
-                     "pretrain": {"method": "random init", "arch": cfg.model.arch, "epochs": 0,
-                                  "batch_size": None, "dataset": None}}
+    if cfg.weights == RANDOM:  # train.seed: the same random backbone on every rank and every call
+        return random_backbone(cfg.model.arch, cfg.train.seed), random_source(cfg.model.arch)
     path = Path(os.path.expanduser(cfg.weights))
     arch = None if cfg.model.arch == "auto" else cfg.model.arch
     _, sd, info = load_any_checkpoint(path, arch)
@@ -214,8 +208,10 @@ def _accuracy_counts(logits: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
 
 
 # ------------------------------------------------------------------------------------------------- run
-def run(cfg: LinearConfig, output_dir: str | Path, *, _test_train_backbone: bool = False) -> dict:
-    """Linear evaluation (or its resume) into output_dir; returns {"top1", "top5", ...}.
+def run(cfg: LinearConfig, output_dir: str | Path, *, presets: tuple[str, ...] = (),
+        _test_train_backbone: bool = False) -> dict:
+    """Linear evaluation (or its resume) into output_dir; returns {"top1", "top5", ...}. `presets`: the
+    --config names the config came from (recorded in results.json's protocol).
 
     `_test_train_backbone` exists for the test of the frozen-backbone check only: it lets the backbone
     train (train mode, gradients, in the optimizer), which the final check must catch.
@@ -223,13 +219,13 @@ def run(cfg: LinearConfig, output_dir: str | Path, *, _test_train_backbone: bool
     owns_group = not (dist.is_available() and dist.is_initialized())
     info = distributed.init_distributed()
     try:
-        return _run(cfg, Path(output_dir), info, _test_train_backbone)
+        return _run(cfg, Path(output_dir), info, _test_train_backbone, tuple(presets))
     finally:
         if owns_group:
             distributed.cleanup()
 
 
-def _run(cfg: LinearConfig, out: Path, info, train_backbone: bool) -> dict:
+def _run(cfg: LinearConfig, out: Path, info, train_backbone: bool, presets: tuple[str, ...] = ()) -> dict:
     from pretrain.logs import MetricsWriter, setup_logger
     _check_config(cfg)
     if info.is_main:
@@ -436,7 +432,11 @@ def _run(cfg: LinearConfig, out: Path, info, train_backbone: bool) -> dict:
                       source=source, epochs=epochs_done, batch_size=cfg.train.batch_size,
                       extra={"backbone_checksum": before, "backbone_unchanged": True,
                              "optimizer": cfg.optim.optimizer, "num_classes": data.num_classes,
-                             "train_images": len(data.train)})
+                             "train_images": len(data.train),
+                             "protocol": linear_fingerprint(
+                                 cfg, dataset=data.name, arch=source["pretrain"].get("arch"),
+                                 train_images=len(data.train), val_images=len(data.val),
+                                 classes=data.num_classes, presets=presets)})
     distributed.barrier()
     return {"output_dir": str(out), "epoch": epochs_done, "complete": complete, "metrics": metrics,
             "backbone_checksum": before}
@@ -470,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     except config_mod.ConfigError as e:
         print(f"simsiam linear: error: {e}", file=sys.stderr)
         return 2
-    result = run(cfg, args.output)
+    result = run(cfg, args.output, presets=args.config)
     m = result["metrics"]
     print(f"linear evaluation: top-1 {m['top1']:.2f}  top-5 {m['top5']:.2f}  ({result['epoch']} epochs"
           f"{'' if result['complete'] else ', incomplete: run again to continue'}) -> {args.output}")
