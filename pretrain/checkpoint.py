@@ -9,13 +9,20 @@ pretrain.train adds "rng_ranks" (every rank's RNG states, multi-process runs) an
 config changes accepted on resume with --allow-config-change: [{"epoch", "key", "old", "new"}]).
 The official SimSiam file {"epoch", "arch", "state_dict", "optimizer"} with `module.encoder.*` and
 `module.predictor.*` keys is recognised too (for `init_from`).
+
+Reading files users hand in (checkpoints, weights) never runs code from them: `load_torch` is torch.load with
+weights_only=True, `load_pickle` reads plain weight pickles (Detectron2/Caffe2/MoCo .pkl) with
+`WeightsUnpickler`, which builds only containers, numbers, strings and numpy arrays. A file that asks for
+anything else is refused with `UnsafeFileError` before any of it runs.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import random
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
@@ -31,6 +38,11 @@ LATEST = "checkpoint.pth"
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used for what was asked (wrong kind, missing keys, ...)."""
+
+
+class UnsafeFileError(ValueError):
+    """A file whose unpickling would import something outside what weights need (tensors, numpy arrays,
+    plain containers), e.g. a function that runs a command: it is refused and nothing of it is run."""
 
 
 def snapshot_name(epoch: int) -> str:
@@ -147,13 +159,93 @@ def save_checkpoint(ckpt: dict, run_dir: str | Path, save_freq: int = 0) -> Path
     return latest
 
 
+# ------------------------------------------------------------------------------------ safe reading
+class RefusedGlobal(pickle.UnpicklingError):
+    """WeightsUnpickler met a global outside its allowlist; `name` is module.name."""
+
+    def __init__(self, name: str):
+        super().__init__(f"refusing to load global {name} (not a weights file)")
+        self.name = name
+
+
+class WeightsUnpickler(pickle.Unpickler):
+    """Plain pickles of weights (Detectron2/Caffe2/MoCo .pkl, Python 2 ones included): only containers,
+    numbers, strings and numpy arrays may be built; any other global raises RefusedGlobal unimported."""
+
+    ALLOWED = {("collections", "OrderedDict"), ("numpy", "ndarray"), ("numpy", "dtype"),
+               ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+               ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+               ("builtins", "set"), ("builtins", "frozenset"),
+               ("_codecs", "encode")}  # bytes in Python 3 pickles of protocol 2 (numpy array data)
+
+    def __init__(self, f: BinaryIO):
+        super().__init__(f, encoding="latin1")
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED or (module == "numpy.dtypes" and name.endswith("DType")):
+            return super().find_class(module, name)
+        raise RefusedGlobal(f"{module}.{name}")
+
+
+def _refused(path: Path, names: list[str]) -> UnsafeFileError:
+    return UnsafeFileError(f"{path}: refused: reading it would import {', '.join(names[:4])}"
+                           f"{' ...' if len(names) > 4 else ''} (weights need only tensors, arrays and plain containers); "
+                           "nothing of it was run")
+
+
+def load_pickle(path: str | Path) -> Any:
+    """A plain pickle of weights read with WeightsUnpickler; UnsafeFileError when it asks for any other
+    global. Other failures (truncated or foreign files) raise what pickle raises."""
+    with open(path, "rb") as f:
+        try:
+            return WeightsUnpickler(f).load()
+        except RefusedGlobal as e:
+            raise _refused(Path(path), [e.name]) from None
+
+
+def unsafe_globals(path: str | Path) -> list[str]:
+    """The globals of `path` that a weights reader refuses, found without running any of it: torch's
+    weights_only allowlist for torch.save archives, WeightsUnpickler's for plain pickles; [] when there are
+    none or the file is neither."""
+    try:
+        return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # noqa: BLE001 - not a torch.save archive: try it as a plain pickle
+        pass
+    try:
+        with open(path, "rb") as f:
+            WeightsUnpickler(f).load()
+    except RefusedGlobal as e:
+        return [e.name]
+    except Exception:  # noqa: BLE001 - truncated or not a pickle: nothing to refuse
+        pass
+    return []
+
+
+def load_torch(path: str | Path) -> Any:
+    """torch.load(path, weights_only=True) onto the CPU; UnsafeFileError when it was refused for globals
+    outside the weights-only allowlist (named in the message). Other failures raise what torch.load raises."""
+    try:
+        with warnings.catch_warnings():  # plain pickles of protocol > 2 make torch.load warn before it fails
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        names = unsafe_globals(path)
+        if names:
+            raise _refused(Path(path), names) from None
+        raise
+
+
 def read_checkpoint(path: str | Path) -> dict:
-    """torch.load a checkpoint file with a clear error for missing or non-PyTorch files."""
+    """torch.load a checkpoint file (weights only) with a clear error for missing or non-PyTorch files;
+    UnsafeFileError for a file that would import anything else."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_torch(path)
+    except UnsafeFileError:
+        raise
     except Exception as e:  # noqa: BLE001 - any unpickling problem means: not a file we can use
         raise CheckpointError(
             f"{path}: not a PyTorch checkpoint this program can read ({type(e).__name__}: "

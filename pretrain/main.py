@@ -39,7 +39,7 @@ def resolve_config(files, overrides) -> PretrainConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    from .checkpoint import CheckpointError
+    from .checkpoint import CheckpointError, UnsafeFileError
     from .data import CorruptImageError, DataError
     from .train import NonFiniteLossError, ResumeConfigError, run
     try:
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             print(yaml.safe_dump(config_mod.to_dict(cfg), sort_keys=False))
             return 0
         summary = run(cfg, Path(args.output), allow_config_change=args.allow_config_change)
-    except ResumeConfigError as e:  # bad input: the run folder is left as it was
+    except (ResumeConfigError, UnsafeFileError) as e:  # bad input, refused before training starts
         print(f"simsiam pretrain: error: {e}", file=sys.stderr)
         return 2
     except (config_mod.ConfigError, DataError, CorruptImageError, CheckpointError, NonFiniteLossError) as e:

@@ -333,7 +333,7 @@ def ensure_embedded(cache_dir: Union[str, Path] = "~/.cache/simsiam", size: int 
                             size, DEFAULT_SEED)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="simsiam make-data",
                                      description="Write the embedded synthetic shapes dataset as an ImageFolder "
                                                  "tree (OUT/train/<class>/*.png, OUT/val/<class>/*.png).")
@@ -343,7 +343,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-per-class", type=int, default=DEFAULT_VAL_PER_CLASS)
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--force", action="store_true", help="replace an embedded dataset with other parameters")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         root = build_atomically(args.out, args.train_per_class, args.val_per_class, args.size, args.seed,
                                 replace=args.force)

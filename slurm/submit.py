@@ -4,14 +4,21 @@
       --nodes 1 --gpus-per-node 8 --cpus-per-task 10 --mem-gb 400 --partition gpu --time 4320
   simsiam submit detect --weights runs/r50/convert/backbone_detectron2.pkl --config voc0712 \\
       --output runs/r50/detection --trials 5 --seed 0 --gpus-per-node 8        # a job array, one trial per task
-  simsiam submit pipeline --output runs/r50 --pretrain-args "--config imagenet_r50_200ep data.root=/data/in1k" \\
-      --gpus-per-node 8 --trials 5                     # pretrain -> convert -> knn, linear, detection -> table
+  DETECTRON2_DATASETS=/data/d2 simsiam submit pipeline --output runs/r50 --gpus-per-node 8 --trials 5 \\
+      --pretrain-args "--config imagenet_r50_200ep data.root=/data/in1k"   # pretrain -> convert -> knn, linear,
+                                                                           # detection (voc07) -> table
   simsiam submit status runs/r50                       # state of a submitted pipeline (reads pipeline.json)
   simsiam submit check --nodes 2 --gpus-per-node 8 --log-dir /tmp/chk    # all_reduce across the allocation
 
 Everything that is not one of the options below is passed to the stage unchanged (put stage arguments
 after `--` if one collides with an option name). One task per GPU; each task gets the env:// variables of
 torch.distributed and calls the stage's `main(argv)` (see slurm/jobs.py). Logs: <run folder>/slurm/.
+
+Nothing is queued until every stage's command line has passed its own parser (transfer/stages.py) and the
+datasets it reads have been checked (transfer/preflight.py); otherwise one line names the stage and the
+argument, and the exit code is 2. In a pipeline, kNN and linear read the pretraining dataset unless
+--knn-args / --linear-args name one, and detection without --config runs voc07 on --data-root or
+$DETECTRON2_DATASETS. `--dry-run` checks and prints the command lines without submitting.
 """
 from __future__ import annotations
 
@@ -26,16 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-STAGES = {  # stage -> module whose main(argv) runs it (the same as `simsiam <stage>`)
-    "pretrain": "pretrain.main",
-    "convert": "transfer.convert",
-    "knn": "transfer.knn",
-    "linear": "transfer.linear",
-    "detect": "transfer.detect",
-    "table": "transfer.tables",
-}
-FILE_OUTPUT_STAGES = ("convert", "table")  # --output names a file; the run folder is its parent
-PIPELINE_STAGES = ("pretrain", "convert", "knn", "linear", "detect", "table")
+from transfer import preflight, stages
+
+PIPELINE_STAGES = ("pretrain", "convert", "knn", "linear", "detect", "table")  # submission order
 
 
 class SubmitError(RuntimeError):
@@ -206,42 +206,15 @@ def dependency_string(jobs: list) -> Optional[str]:
 
 # ------------------------------------------------------------------------------------------------ one stage
 
-def find_option(argv: list[str], *names: str) -> Optional[str]:
-    for i, a in enumerate(argv):
-        for n in names:
-            if a == n and i + 1 < len(argv):
-                return argv[i + 1]
-            if a.startswith(n + "="):
-                return a.split("=", 1)[1]
-    return None
-
-
-def drop_options(argv: list[str], *names: str) -> list[str]:
-    """argv without `--name VALUE` / `--name=VALUE` for each name."""
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        if a in names:
-            skip = True
-            continue
-        if any(a.startswith(n + "=") for n in names):
-            continue
-        out.append(a)
-    return out
-
-
-def stage_paths(stage: str, argv: list[str]) -> tuple[Path, Path]:
-    """(run folder, file whose existence means the stage is finished) from the stage's --output."""
-    output = find_option(argv, "--output", "-o")
-    if not output:
-        raise SubmitError(f"simsiam submit {stage}: the stage needs --output (its run folder; logs and "
-                          "requeue records go there)")
-    out = Path(output).resolve()
-    if stage in FILE_OUTPUT_STAGES:
-        return out.parent, out
-    return out, out / "results.json"
+def parse_stage(stage: str, argv: list[str]) -> tuple[argparse.Namespace, Path, Path]:
+    """(argv parsed by the stage's own parser, run folder, file whose existence means the stage is finished)."""
+    try:
+        spec = stages.get(stage)
+        ns = stages.parse(stage, argv)
+        run_dir, done = spec.paths(ns)
+    except stages.StageArgError as e:
+        raise SubmitError(str(e)) from None
+    return ns, run_dir, done
 
 
 @dataclass
@@ -260,18 +233,17 @@ class Submitted:
 def submit_stage(stage: str, argv: list[str], res: Resources, dependency: Optional[str] = None,
                  name: Optional[str] = None) -> Submitted:
     from .jobs import StageCall
-    if stage not in STAGES:
-        raise SubmitError(f"unknown stage '{stage}' (known: {', '.join(STAGES)}, pipeline)")
-    run_dir, done = stage_paths(stage, argv)
+    if stage not in stages.SUBMITTABLE:
+        raise SubmitError(f"unknown stage '{stage}' (known: {', '.join(stages.SUBMITTABLE)}, pipeline)")
+    ns, run_dir, done = parse_stage(stage, argv)
     if done.exists():
         print(f"[submit] {stage}: already finished ({done}); not submitted")
         return Submitted(stage, run_dir, skipped=True)
-    trials = find_option(argv, "--trials")
-    if stage == "detect" and trials is not None and int(trials) > 1:
-        return submit_trials(argv, res, dependency, name)
+    if stage == "detect" and ns.trials > 1:
+        return submit_trials(ns, res, dependency, name)
     folder = Path(res.log_dir) if res.log_dir else run_dir / "slurm"
     ex = make_executor(res, folder, name or f"simsiam-{stage}", dependency)
-    call = StageCall(stage, STAGES[stage], argv, run_dir, max_requeues=res.max_requeues,
+    call = StageCall(stage, stages.get(stage).module, argv, run_dir, max_requeues=res.max_requeues,
                      threads=res.cpus, done=done)
     job = ex.submit(call)
     print(f"[submit] {stage}: job {job.job_id} ({executor_kind(res)}, {res.nodes} node(s) x {res.tasks} task(s)); "
@@ -281,24 +253,22 @@ def submit_stage(stage: str, argv: list[str], res: Resources, dependency: Option
 
 # ------------------------------------------------------------------------------------ detection trial arrays
 
-def trial_argv(argv: list[str], output: Path, seed: int, index: int) -> list[str]:
-    """The detect command of trial `index`: one trial, its own seed and folder (DIR/trial_<index>). Our options
-    go first: transfer.detect takes trailing detectron2 KEY VALUE pairs as a remainder."""
-    n = find_option(argv, "--trials") or "1"
-    rest = drop_options(argv, "--trials", "--seed", "--output", "-o", "--trial-index")
-    return ["--trials", str(n), "--trial-index", str(index), "--seed", str(seed), "--output", str(output), *rest]
+def trial_argv(ns: argparse.Namespace, index: int) -> list[str]:
+    """The detect command of trial `index` (`--trial-index I`: seed S+I, folder DIR/trial_I), written from the
+    parsed detect command by its own parser: options first, detectron2 KEY VALUE pairs last."""
+    one = argparse.Namespace(**{**vars(ns), "trial_index": index})
+    return stages.format_argv(stages.parser("detect"), one)
 
 
-def submit_trials(argv: list[str], res: Resources, dependency: Optional[str] = None,
+def submit_trials(ns: argparse.Namespace, res: Resources, dependency: Optional[str] = None,
                   name: Optional[str] = None) -> Submitted:
-    """`detect --trials N --seed S --output DIR` as a job array of N one-trial jobs
+    """A parsed `detect --trials N --seed S --output DIR` as a job array of N one-trial jobs
     (seed S+i, folder DIR/trial_i), then a summary job (afterok) writing DIR/results.json."""
     from .jobs import CallFunction, StageCall
-    run_dir, _ = stage_paths("detect", argv)
-    n = int(find_option(argv, "--trials") or 1)
-    seed = int(find_option(argv, "--seed") or 0)
+    run_dir, _ = stages.get("detect").paths(ns)
+    n = ns.trials
     folder = Path(res.log_dir) if res.log_dir else run_dir / "slurm"
-    calls = [StageCall("detect", STAGES["detect"], trial_argv(argv, run_dir, seed, i), run_dir / f"trial_{i}",
+    calls = [StageCall("detect", stages.get("detect").module, trial_argv(ns, i), run_dir / f"trial_{i}",
                        max_requeues=res.max_requeues, threads=res.cpus) for i in range(n)]
     ex = make_executor(res, folder, name or "simsiam-detect", dependency)
     todo = [c for c in calls if not Path(c.done).exists()]
@@ -353,7 +323,20 @@ def summarize_trials(run_dir: str, n: int) -> str:
 
 # ------------------------------------------------------------------------------------------------- pipeline
 
+def pipeline_fixed(out: Path, a: argparse.Namespace) -> dict[str, dict[str, str]]:
+    """The arguments the pipeline sets for each stage (dest -> value); --STAGE-args may not change them."""
+    ckpt, d2 = out / "pretrain" / "checkpoint.pth", out / "convert" / "backbone_detectron2.pkl"
+    return {"pretrain": {"output": str(out / "pretrain")},
+            "convert": {"src": str(ckpt), "output": str(d2)},
+            "knn": {"weights": str(ckpt), "output": str(out / "knn")},
+            "linear": {"weights": str(ckpt), "output": str(out / "linear")},
+            "detect": {"weights": str(d2), "output": str(out / "detection"), "trials": str(a.trials),
+                       "seed": str(a.seed)},
+            "table": {"output": str(out / "table.md")}}
+
+
 def pipeline_argvs(out: Path, a: argparse.Namespace) -> dict[str, list[str]]:
+    """Each stage's command line as the pipeline writes it, before any check (see plan_pipeline)."""
     pre, conv = out / "pretrain", out / "convert"
     ckpt = pre / "checkpoint.pth"
     d2 = conv / "backbone_detectron2.pkl"
@@ -370,11 +353,33 @@ def pipeline_argvs(out: Path, a: argparse.Namespace) -> dict[str, list[str]]:
     }
 
 
-def table_inputs(out: Path, stages) -> list[str]:
-    stages = stages.split(",") if isinstance(stages, str) else list(stages)
+def table_inputs(out: Path, selected) -> list[str]:
+    selected = selected.split(",") if isinstance(selected, str) else list(selected)
     where = {"pretrain": out / "pretrain", "knn": out / "knn", "linear": out / "linear",
              "detect": out / "detection" / "results.json"}
-    return [str(where[s]) for s in PIPELINE_STAGES if s in where and s in stages]
+    return [str(where[s]) for s in PIPELINE_STAGES if s in where and s in selected]
+
+
+def plan_pipeline(out: Path, a: argparse.Namespace) -> dict[str, list[str]]:
+    """The command line of every selected stage, parsed by the stage's own parser, its config resolved and
+    the datasets it reads checked (transfer.preflight), before anything is queued. The pretraining dataset
+    (data.root of the resolved pretrain config) is the default dataset of kNN and linear. Raises
+    SubmitError (one line: stage, argument, reason) on the first stage that cannot run."""
+    raw = pipeline_argvs(out, a)
+    fixed = pipeline_fixed(out, a)
+    planned: dict[str, preflight.Planned] = {}
+    try:
+        reference = preflight.plan("pretrain", raw["pretrain"], pipeline=True).data_root
+        for stage in (s for s in PIPELINE_STAGES if s in a.stages):
+            planned[stage] = p = preflight.plan(stage, raw[stage], reference, pipeline=True)
+            for dest, value in fixed[stage].items():
+                if str(getattr(p.ns, dest)) != value:
+                    what = "the checkpoint" if dest == "src" else f"--{dest.replace('_', '-')}"
+                    raise SubmitError(f"{stage}: {what} is set by the pipeline ({value}); "
+                                      f"remove it from --{stage}-args")
+    except preflight.InputError as e:
+        raise SubmitError(str(e)) from None
+    return {s: p.argv for s, p in planned.items()}
 
 
 PIPELINE_DEPS = {"pretrain": (), "convert": ("pretrain",), "knn": ("pretrain",), "linear": ("pretrain",),
@@ -394,16 +399,11 @@ def active_jobs(out: Path) -> list[str]:
     return [j for j, st in slurm_states(ids).items() if st not in TERMINAL]
 
 
-def submit_pipeline(out: Path, a: argparse.Namespace, res: Resources) -> dict[str, Submitted]:
-    stages = [s for s in PIPELINE_STAGES if s in a.stages]
-    busy = active_jobs(out) if executor_kind(res) == "slurm" else []
-    if busy:
-        raise SubmitError(f"{out} already has jobs queued or running ({', '.join(busy)}): wait for them "
-                          f"(`simsiam submit status {out}`) or cancel them (`scancel {' '.join(busy)}`) first")
-    argvs = pipeline_argvs(out, a)
+def submit_pipeline(out: Path, argvs: dict[str, list[str]], res: Resources) -> dict[str, Submitted]:
+    """Submit the planned stages (plan_pipeline) in order, each depending on its parents (afterok)."""
     local = executor_kind(res) == "local"
     subs: dict[str, Submitted] = {}
-    for stage in stages:
+    for stage in argvs:
         parents = [subs[p] for p in PIPELINE_DEPS[stage] if p in subs]
         if local:  # no scheduler dependencies: run the parents to completion first
             for p in parents:
@@ -534,6 +534,8 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
     add_resource_args(ap)
     ap.add_argument("--no-wait", action="store_true",
                     help="return after submitting (default: follow the jobs and report failures)")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="check every stage's arguments and datasets, print the command lines, submit nothing")
     if stage == "pipeline":
         g = ap.add_argument_group("pipeline")
         g.add_argument("--output", required=True, help="run folder of the whole chain")
@@ -547,6 +549,49 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
     return ap
 
 
+def split_args(stage: str, rest: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """(submit options, the stage's own arguments): everything that is not a submit option, or all after `--`."""
+    ap = build_parser(stage)
+    if "--" in rest:
+        i = rest.index("--")
+        return ap.parse_args(rest[:i]), rest[i + 1:]
+    if stage == "pipeline":
+        return ap.parse_args(rest), []
+    return ap.parse_known_args(rest)
+
+
+def refuse_busy(out: Path, res: Resources) -> None:
+    busy = active_jobs(out) if executor_kind(res) == "slurm" else []
+    if busy:
+        raise SubmitError(f"{out} already has jobs queued or running ({', '.join(busy)}): wait for them "
+                          f"(`simsiam submit status {out}`) or cancel them (`scancel {' '.join(busy)}`) first")
+
+
+def plan(stage: str, a: argparse.Namespace, extra: list[str],
+         res: Resources) -> tuple[Optional[Path], dict[str, list[str]]]:
+    """(pipeline run folder or None, {stage: checked command line}); raises SubmitError before any job exists:
+    a pipeline whose earlier submission still has jobs queued, or any stage that cannot run."""
+    if stage != "pipeline":
+        if stage not in stages.SUBMITTABLE:
+            raise SubmitError(f"unknown stage '{stage}' (known: {', '.join(stages.SUBMITTABLE)}, pipeline, "
+                              "status, check)")
+        try:
+            argv = preflight.plan(stage, extra).argv
+        except preflight.InputError as e:
+            raise SubmitError(str(e)) from None
+        parse_stage(stage, argv)  # the run folder must be known
+        return None, {stage: argv}
+    a.stages = [s.strip() for s in a.stages.split(",") if s.strip()]
+    unknown = sorted(set(a.stages) - set(PIPELINE_STAGES))
+    if unknown:
+        raise SubmitError(f"--stages: unknown stage(s) {unknown} (known: {', '.join(PIPELINE_STAGES)})")
+    if a.trials < 1:
+        raise SubmitError(f"--trials must be >= 1, got {a.trials}")
+    out = Path(a.output).resolve()
+    refuse_busy(out, res)
+    return out, plan_pipeline(out, a)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -557,32 +602,20 @@ def main(argv: list[str] | None = None) -> int:
         return status(Path(rest[0]) if rest else Path("."))
     if stage == "check":
         return check(rest)
-    if stage not in STAGES and stage != "pipeline":
-        print(f"simsiam submit: unknown stage '{stage}' (known: {', '.join(STAGES)}, pipeline, status, check)",
-              file=sys.stderr)
-        return 2
-    ap = build_parser(stage)
-    if "--" in rest:
-        i = rest.index("--")
-        a, extra = ap.parse_args(rest[:i]), rest[i + 1:]
-    elif stage == "pipeline":
-        a, extra = ap.parse_args(rest), []
-    else:
-        a, extra = ap.parse_known_args(rest)
+    a, extra = split_args(stage, rest)
     try:
         res = resources_from_args(a)
-        if stage == "pipeline":
-            a.stages = [s.strip() for s in a.stages.split(",") if s.strip()]
-            unknown = sorted(set(a.stages) - set(PIPELINE_STAGES))
-            if unknown:
-                raise SubmitError(f"--stages: unknown stage(s) {unknown} (known: {', '.join(PIPELINE_STAGES)})")
-            if a.trials < 1:
-                raise SubmitError(f"--trials must be >= 1, got {a.trials}")
-            out = Path(a.output).resolve()
-            subs = submit_pipeline(out, a, res)
+        out, argvs = plan(stage, a, extra, res)
+        if a.dry_run:
+            for s, line in argvs.items():
+                print(f"[submit] {s}: simsiam {s} {shlex.join(line)}")
+            print("[submit] dry run: every stage checked, nothing submitted")
+            return 0
+        if out is not None:
+            subs = submit_pipeline(out, argvs, res)
             print(f"[submit] pipeline submitted; `simsiam submit status {out}` shows its state")
         else:
-            subs = {stage: submit_stage(stage, extra, res)}
+            subs = {stage: submit_stage(stage, argvs[stage], res)}
     except SubmitError as e:
         print(f"simsiam submit: error: {e}", file=sys.stderr)
         return 2

@@ -47,3 +47,49 @@ def bccd_root() -> Path:
 def coco_tiny_root() -> Path:
     """coco-tiny/annotations/instances_{train,val}2017.json, coco-tiny/{train,val}2017/"""
     return unpack("coco-tiny")
+
+
+class _Command:
+    """Unpickling it runs a shell command: what a crafted weights file can do to a plain pickle.load."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+class CraftedFiles:
+    """Weights files whose unpickling would create `marker` (a shell command), and the checks that a reader
+    refused them: exit code 2, one line on stderr naming the file, and the command never ran."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.marker = folder / "code_ran"
+
+    def write(self, name: str, fmt: str = "pickle") -> Path:
+        """fmt "pickle": a plain pickle (numpy arrays and the command, like a .pkl); "torch": torch.save."""
+        import pickle
+        import shlex
+
+        import numpy as np
+
+        path = self.folder / name
+        command = _Command(f"touch {shlex.quote(str(self.marker))}")
+        if fmt == "torch":
+            torch.save({"format": "simsiam-suite/pretrain", "model": {"w": torch.zeros(2)}, "x": command}, path)
+        else:
+            path.write_bytes(pickle.dumps({"model": {"w": np.zeros(2)}, "__author__": "x", "x": command}))
+        return path
+
+    def assert_refused(self, code: int, err: str, path: Path) -> None:
+        assert not self.marker.exists(), "the crafted file's command ran"
+        assert code == 2, err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and str(path) in lines[0] and f"{os.system.__module__}.system" in lines[0], err
+
+
+@pytest.fixture
+def crafted(tmp_path) -> CraftedFiles:
+    """Crafted weights files in tmp_path (see CraftedFiles)."""
+    return CraftedFiles(tmp_path)

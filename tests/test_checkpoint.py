@@ -1,4 +1,7 @@
-"""pretrain.checkpoint: atomic writes survive a kill, strict loading, official format, wrong kinds."""
+"""pretrain.checkpoint: atomic writes survive a kill, strict loading, official format, wrong kinds, and files
+that would run code when unpickled are refused unread (the reader itself and `simsiam pretrain`)."""
+import os
+import pickle
 import random
 import signal
 import subprocess
@@ -133,3 +136,56 @@ def test_wrong_kind_files_are_named(tmp_path):
         ck.load_weights(m, junk)
     with pytest.raises(ck.CheckpointError, match="checkpoint not found: .*nothing.pth"):
         ck.load_weights(m, tmp_path / "nothing.pth")
+
+
+# ------------------------------------------------------------------------------------ crafted files
+def test_crafted_files_are_refused_unread(crafted):
+    for fmt in ("pickle", "torch"):
+        path = crafted.write(f"crafted_{fmt}.pth", fmt)
+        for read in (ck.load_torch, ck.read_checkpoint):
+            with pytest.raises(ck.UnsafeFileError, match=f"{path}: refused: .*{os.system.__module__}.system"):
+                read(path)
+    with pytest.raises(ck.UnsafeFileError, match="crafted_pickle.pth: refused"):
+        ck.load_pickle(crafted.folder / "crafted_pickle.pth")
+    with pytest.raises(ck.UnsafeFileError, match="crafted_torch.pth: refused"):
+        ck.load_weights(tiny(), crafted.folder / "crafted_torch.pth")
+    assert not crafted.marker.exists()
+
+
+def test_weight_pickles_of_every_protocol_load(tmp_path):
+    """Detectron2/MoCo .pkl files: numpy arrays and scalars, any pickle protocol, numpy 1 module names."""
+    obj = {"model": {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "s": np.float32(1.5)},
+           "__author__": "x", "matching_heuristics": True}
+    blobs = {f"p{p}.pkl": pickle.dumps(obj, protocol=p) for p in range(2, pickle.HIGHEST_PROTOCOL + 1)}
+    blobs["numpy1.pkl"] = blobs["p2.pkl"].replace(b"numpy._core.", b"numpy.core.")
+    for name, data in blobs.items():
+        (tmp_path / name).write_bytes(data)
+        got = ck.load_pickle(tmp_path / name)
+        assert got["__author__"] == "x" and got["model"]["s"] == np.float32(1.5), name
+        assert np.array_equal(got["model"]["a"], obj["model"]["a"]) and got["model"]["a"].dtype == np.float32, name
+
+
+def _pretrain(argv, capsys) -> tuple[int, str]:
+    from pretrain.main import main
+
+    code = main(argv)
+    return code, capsys.readouterr().err
+
+
+def test_pretrain_refuses_crafted_init_from(crafted, cifar_root, tmp_path, capsys):
+    path = crafted.write("init.pth", "torch")
+    code, err = _pretrain(["--config", "test_tiny", "--output", str(tmp_path / "run"), f"init_from={path}",
+                           f"data.root={cifar_root}"], capsys)
+    crafted.assert_refused(code, err, path)
+    assert not (tmp_path / "run" / "checkpoint.pth").exists()
+
+
+@pytest.mark.parametrize("fmt", ["torch", "pickle"])
+def test_pretrain_refuses_a_crafted_checkpoint_to_resume(crafted, tmp_path, capsys, fmt):
+    run = tmp_path / "run"
+    run.mkdir()
+    path = crafted.write("run/checkpoint.pth", fmt)
+    code, err = _pretrain(["--config", "test_tiny", "--output", str(run), "data.root=embedded",
+                           f"data.cache_dir={tmp_path / 'cache'}"], capsys)
+    crafted.assert_refused(code, err, path)
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pth"]  # the run folder is left as it was

@@ -7,6 +7,7 @@ import copy
 import os
 import pickle
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -282,6 +283,26 @@ def test_cli(tmp_path, capsys):
     assert convert.main([str(tmp_path / "c.pth.tar"), "--to", "detectron2", "--output",
                          str(tmp_path / "d2.pth")]) == 1
     assert ".pkl" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt", ["pickle", "torch"])
+def test_cli_refuses_a_crafted_file(crafted, tmp_path, capsys, fmt):
+    src = crafted.write(f"crafted.{'pkl' if fmt == 'pickle' else 'pth'}", fmt)
+    for to, out in (("torchvision", "o.pth"), ("detectron2", "o.pkl")):
+        code = convert.main([str(src), "--to", to, "--output", str(tmp_path / out)])
+        crafted.assert_refused(code, capsys.readouterr().err, src)
+        assert not (tmp_path / out).exists()
+
+
+def test_detectron2_output_reads_back_with_the_weights_only_unpickler(tmp_path):
+    from pretrain.checkpoint import load_pickle
+
+    model = _simsiam("resnet50", seed=3)
+    torch.save(_suite_ckpt(model), tmp_path / "c.pth")
+    obj, _ = to_detectron2(tmp_path / "c.pth", tmp_path / "d2.pkl")
+    back = load_pickle(tmp_path / "d2.pkl")
+    assert back.keys() == obj.keys() and back["model"].keys() == obj["model"].keys()
+    assert all(np.array_equal(back["model"][k], v) for k, v in obj["model"].items())
 
 
 # ---------------------------------------------------------------------- detectron2 feature equivalence

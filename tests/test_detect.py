@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -191,6 +193,84 @@ def test_pretraining_checkpoint_is_converted_on_the_fly(tmp_path):
     model = build_model(_cfg("tiny", "MODEL.RESNETS.NORM", "BN", "MODEL.DEVICE", "cpu"))
     detect.load_pretrained(model, weights)
     assert torch.equal(model.roi_heads.res5[1].conv1.weight, net.encoder.layer4[1].conv1.weight.detach())
+
+
+def _load_with(checkpointer_cls, cfg, weights):
+    from detectron2.modeling import build_model
+
+    model = build_model(cfg)
+    ckp = checkpointer_cls(model)
+    incompatible = ckp._load_model(ckp._load_file(str(weights)))  # noqa: SLF001
+    return model.state_dict(), incompatible
+
+
+def test_safe_checkpointer_loads_what_detectron2_loads(d2_weights, tmp_path):
+    """Our converter's .pkl read with the weights-only unpickler gives the model exactly what detectron2's own
+    reader (pickle.load) gives it; a Caffe2-style pickle of blobs is read the same way too."""
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    cfg = _cfg("tiny", "MODEL.RESNETS.NORM", "BN", "MODEL.DEVICE", "cpu")
+    ours, ours_inc = _load_with(detect.SafeCheckpointer, cfg, d2_weights)
+    theirs, theirs_inc = _load_with(DetectionCheckpointer, cfg, d2_weights)
+    assert sorted(ours_inc.missing_keys) == sorted(theirs_inc.missing_keys)
+    assert ours_inc.unexpected_keys == theirs_inc.unexpected_keys == []
+    loaded = [k for k in ours if k not in ours_inc.missing_keys]
+    assert len(loaded) >= 265 and all(torch.equal(ours[k], theirs[k]) for k in loaded)
+    blobs = tmp_path / "c2.pkl"
+    blobs.write_bytes(pickle.dumps({"blobs": {"conv1_w": np.ones(2), "conv1_w_momentum": np.zeros(2)}}, protocol=2))
+    a, b = detect.SafeCheckpointer(None)._load_file(str(blobs)), DetectionCheckpointer(None)._load_file(str(blobs))
+    assert {k: v for k, v in a.items() if k != "model"} == {k: v for k, v in b.items() if k != "model"}
+    assert a["model"].keys() == b["model"].keys() == {"conv1_w"}
+
+
+@pytest.fixture
+def stale_handlers_quiet(monkeypatch):
+    """Console handlers made by an earlier test's detect.main write to that test's closed capture stream;
+    logging would report each failure on this test's stderr, which must hold only what the CLI prints."""
+    monkeypatch.setattr(logging, "raiseExceptions", False)
+
+
+@pytest.mark.parametrize("fmt", ["pickle", "torch"])
+def test_crafted_weights_are_refused(bccd_root, crafted, tmp_path, capsys, stale_handlers_quiet, fmt):
+    path = crafted.write(f"crafted.{'pkl' if fmt == 'pickle' else 'pth'}", fmt)
+    code = detect.main(["--weights", str(path), "--config", "tiny", "--output", str(tmp_path / "out"),
+                        "--cache-dir", str(tmp_path / "cache"), "--train-dataset", f"{bccd_root}:train",
+                        "--test-dataset", f"{bccd_root}:test", *FAST])
+    crafted.assert_refused(code, capsys.readouterr().err, path)
+
+
+def test_trial_resume_reads_checkpoints_safely(bccd_root, crafted, tmp_path):
+    """The trainer's checkpointer (resume of an interrupted trial) is a SafeCheckpointer too."""
+    from pretrain.checkpoint import UnsafeFileError
+
+    args = argparse.Namespace(config="tiny", opts=FAST, caffe_weights=False, norm=None, amp=False, data_root=None,
+                              cache_dir=str(tmp_path / "cache"), train_dataset=[f"{bccd_root}:train"],
+                              test_dataset=[f"{bccd_root}:test"])
+    cfg = detect.setup(args)[0]
+    cfg.OUTPUT_DIR = str(tmp_path)
+    crafted.write("model_0000001.pth", "torch")
+    (tmp_path / "last_checkpoint").write_text("model_0000001.pth")
+    trainer = detect.Trainer(cfg)
+    assert isinstance(trainer.checkpointer, detect.SafeCheckpointer)
+    with pytest.raises(UnsafeFileError, match="model_0000001.pth: refused"):
+        trainer.resume_or_load(resume=True)
+    assert not crafted.marker.exists()
+
+
+def test_crafted_yaml_is_refused(tmp_path, capsys, stale_handlers_quiet):
+    marker = tmp_path / "code_ran"
+    evil = tmp_path / "evil.yaml"
+    evil.write_text(f'SOLVER:\n  MAX_ITER: !!python/object/apply:os.system ["touch {marker}"]\n')
+    child = tmp_path / "child.yaml"
+    child.write_text('_BASE_: "evil.yaml"\nSOLVER:\n  BASE_LR: 0.1\n')
+    for config in (evil, child):
+        code = detect.main(["--weights", "random", "--config", str(config), "--output", str(tmp_path / "out")])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(lines) == 1, lines
+        assert f"{evil}:2" in lines[0] and "refused" in lines[0] and "python/object/apply:os.system" in lines[0]
+        assert config == evil or f"a _BASE_ of {child}" in lines[0]
+        assert not marker.exists()
+    assert detect.build_config("voc0712").SOLVER.MAX_ITER == 24000  # our presets' _BASE_ chains still resolve
 
 
 def test_coco_evaluator_uses_the_official_implementation_without_C(coco_tiny_root, tmp_path):

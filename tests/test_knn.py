@@ -114,3 +114,10 @@ def test_knn_errors(checkpoint, cifar_root, tmp_path):
     with pytest.raises(ConvertError, match="but --arch resnet50 was asked"):
         knn.main(["--weights", str(path), "--data", str(cifar_root), "--output", str(tmp_path / "o"),
                   "arch=resnet50"])
+
+
+@pytest.mark.parametrize("fmt", ["pickle", "torch"])
+def test_knn_refuses_crafted_weights(crafted, cifar_root, tmp_path, capsys, fmt):
+    path = crafted.write(f"crafted.{'pkl' if fmt == 'pickle' else 'pth'}", fmt)
+    code = knn.main(["--weights", str(path), "--data", str(cifar_root), "--output", str(tmp_path / "o")])
+    crafted.assert_refused(code, capsys.readouterr().err, path)

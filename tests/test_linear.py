@@ -104,6 +104,13 @@ def test_resume_and_cli(pretrained, cifar_root, tmp_path, capsys):
         linear.main(["--weights", "random", *args[2:], "model.arch=resnet18_cifar"])
 
 
+@pytest.mark.parametrize("fmt", ["pickle", "torch"])
+def test_crafted_weights_are_refused(crafted, tmp_path, capsys, fmt):
+    path = crafted.write(f"crafted.{'pkl' if fmt == 'pickle' else 'pth'}", fmt)
+    code = linear.main(["--weights", str(path), "--output", str(tmp_path / "run"), "train.tensorboard=false"])
+    crafted.assert_refused(code, capsys.readouterr().err, path)
+
+
 def test_config_presets_and_errors(tmp_path):
     d = LinearConfig()
     assert (d.optim.optimizer, d.optim.base_lr, d.train.batch_size, d.train.epochs, d.optim.weight_decay,

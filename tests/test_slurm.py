@@ -193,10 +193,21 @@ def test_detection_trials_job_array(tmp_path, cache):
 
 
 def test_failing_stage_stops_dependants(tmp_path, cache):
+    """A failure that only the job can see (unreadable images in a well-formed tree; every submit-time check
+    passes) stops the pipeline: SLURM cancels the dependants, status and the command name the reason."""
+    from pretrain.rehearsal import make_detection_like
+    data, det = tmp_path / "data", tmp_path / "detectron2"
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (data / split / cls).mkdir(parents=True)
+            for i in range(8):
+                (data / split / cls / f"{i}.jpg").write_bytes(b"not a jpeg")
+    make_detection_like(det)
     out = tmp_path / "pipe"
     cmd = ["submit", "pipeline", "--output", str(out), "--time", "5",
-           "--pretrain-args", f"--config test_tiny data.cache_dir={cache} train.no_such_key=1",
-           "--detect-args", "--config tiny"]
+           "--pretrain-args", f"--config test_tiny data.cache_dir={cache} data.root={data}",
+           "--detect-args", f"--config tiny --data-root {det} --train-dataset voc_2007_trainval "
+                            "--test-dataset voc_2007_test"]
     r0 = simsiam(*cmd, "--no-wait")
     assert r0.returncode == 0, r0.stderr[-2000:]
     busy = simsiam(*cmd, "--no-wait")  # the first submission is still queued: no second copy
@@ -218,10 +229,10 @@ def test_failing_stage_stops_dependants(tmp_path, cache):
         assert not (out / stage / "results.json").exists()
     assert not (out / "table.md").exists()
     st = simsiam("submit", "status", str(out))
-    assert st.returncode == 1 and "stage 'pretrain' failed" in st.stdout and "no_such_key" in st.stdout
+    assert st.returncode == 1 and "stage 'pretrain' failed" in st.stdout and "cannot read image" in st.stdout
 
     # the pipeline command itself (following its jobs) names the failed stage and why
     r = simsiam(*cmd, timeout=180)
     assert r.returncode == 1
     assert "stage 'pretrain' failed" in r.stderr
-    assert "reason: simsiam pretrain: error:" in r.stderr and "no_such_key" in r.stderr
+    assert "reason: simsiam pretrain: error:" in r.stderr and "cannot read image" in r.stderr

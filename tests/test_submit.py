@@ -10,6 +10,7 @@ from submitit.slurm.slurm import _make_sbatch_string
 
 from slurm import jobs as J
 from slurm import submit as S
+from transfer import stages
 
 
 def resources(*flags: str) -> S.Resources:
@@ -90,7 +91,9 @@ def test_cli_errors(capsys):
     assert S.main(["bogus"]) == 2
     assert "unknown stage 'bogus'" in capsys.readouterr().err
     assert S.main(["pretrain", "--executor", "local", "--config", "test_tiny"]) == 2
-    assert "needs --output" in capsys.readouterr().err
+    assert "error: pretrain: the following arguments are required: --output" in capsys.readouterr().err
+    assert S.main(["plot", "runs/x"]) == 2
+    assert "unknown stage 'plot'" in capsys.readouterr().err
     assert S.main(["pipeline", "--output", "x", "--stages", "pretrain,nope"]) == 2
     assert "unknown stage(s) ['nope']" in capsys.readouterr().err
     assert S.main(["status", "/nonexistent/run"]) == 2
@@ -101,40 +104,130 @@ def test_stage_args_split():
     a, extra = ap.parse_known_args(["--config", "demo", "--gpus-per-node", "8", "--output", "r", "train.epochs=3"])
     assert a.gpus_per_node == 8 and extra == ["--config", "demo", "--output", "r", "train.epochs=3"]
     # a stage's own flags pass through unchanged (also after `--`, which main() splits off first)
-    a, extra = ap.parse_known_args(["--gpus-per-node", "8", "--output", "r", "--allow-config-change"])
-    assert extra == ["--output", "r", "--allow-config-change"]
-    assert S.find_option(extra, "--output", "-o") == "r"
-    assert S.find_option(["--output=q"], "--output") == "q"
-    run, done = S.stage_paths("pretrain", extra)
-    assert done == run / "results.json" and run.name == "r"
-    run, done = S.stage_paths("convert", ["c.pth", "--to", "detectron2", "--output", "out/b.pkl"])
-    assert done.name == "b.pkl" and run.name == "out"
+    a, extra = ap.parse_known_args(["--gpus-per-node", "8", "--output=r", "--allow-config-change"])
+    assert extra == ["--output=r", "--allow-config-change"]
+    ns, run, done = S.parse_stage("pretrain", extra)
+    assert ns.output == "r" and ns.allow_config_change and done == run / "results.json" and run.name == "r"
 
 
 def test_trial_argv(tmp_path):
     argv = ["--weights", "w.pkl", "--config", "tiny", "--trials", "5", "--seed", "3", "--output", str(tmp_path),
             "SOLVER.MAX_ITER", "4"]
-    t2 = S.trial_argv(argv, tmp_path, 3, 2)
-    # our options first: detect takes the trailing detectron2 KEY VALUE pairs as a remainder
-    assert t2 == ["--trials", "5", "--trial-index", "2", "--seed", "3", "--output", str(tmp_path),
-                  "--weights", "w.pkl", "--config", "tiny", "SOLVER.MAX_ITER", "4"]
+    ns, _, _ = S.parse_stage("detect", argv)
+    t2 = S.trial_argv(ns, 2)
+    # options first: detect takes the trailing detectron2 KEY VALUE pairs as a remainder
+    assert t2 == ["--weights", "w.pkl", "--config", "tiny", "--output", str(tmp_path), "--trials", "5",
+                  "--seed", "3", "--trial-index", "2", "SOLVER.MAX_ITER", "4"]
 
 
 def test_pipeline_argvs_and_order(tmp_path):
     ap = S.build_parser("pipeline")
     a = ap.parse_args(["--output", str(tmp_path), "--pretrain-args", "--config demo train.epochs=1",
                        "--trials", "3", "--seed", "7", "--detect-args", "--config tiny"])
-    argvs = S.pipeline_argvs(tmp_path, a)
+    a.stages = list(S.PIPELINE_STAGES)
+    argvs = S.plan_pipeline(tmp_path, a)
     assert argvs["pretrain"] == ["--output", str(tmp_path / "pretrain"), "--config", "demo", "train.epochs=1"]
     assert argvs["convert"][:3] == [str(tmp_path / "pretrain" / "checkpoint.pth"), "--to", "detectron2"]
-    assert S.find_option(argvs["detect"], "--trials") == "3" and S.find_option(argvs["detect"], "--seed") == "7"
-    assert S.find_option(argvs["detect"], "--weights") == S.find_option(argvs["convert"], "--output")
+    parsed = {s: stages.parse(s, argv) for s, argv in argvs.items()}
+    assert (parsed["detect"].trials, parsed["detect"].seed) == (3, 7)
+    assert parsed["detect"].weights == parsed["convert"].output
+    assert parsed["knn"].data == "embedded"  # the pretraining dataset (demo: embedded)
     table = argvs["table"]
     assert table[:4] == [str(tmp_path / "pretrain"), str(tmp_path / "knn"), str(tmp_path / "linear"),
                          str(tmp_path / "detection" / "results.json")]
     # every dependency comes earlier in the submission order
     for stage, parents in S.PIPELINE_DEPS.items():
         assert all(S.PIPELINE_STAGES.index(p) < S.PIPELINE_STAGES.index(stage) for p in parents)
+
+
+# ------------------------------------------------------------------ submit-time checks (nothing reaches submitit)
+
+@pytest.fixture
+def no_submit(monkeypatch):
+    """Any attempt to create an executor (the first step of queueing a job) fails the test."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a job was about to be submitted")
+    monkeypatch.setattr(S, "make_executor", refuse)
+    monkeypatch.setattr(S, "active_jobs", lambda out: [])
+
+
+@pytest.fixture(scope="module")
+def imagenet(tmp_path_factory) -> Path:
+    from pretrain.rehearsal import make_imagenet_like
+    root = tmp_path_factory.mktemp("data") / "imagenet"
+    make_imagenet_like(root, classes=3, train_per_class=2, val_per_class=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def d2_root(tmp_path_factory) -> Path:
+    from pretrain.rehearsal import make_detection_like
+    root = tmp_path_factory.mktemp("data") / "detectron2"
+    make_detection_like(root)
+    return root
+
+
+def pipeline(out: Path, imagenet: Path, *extra: str) -> list[str]:
+    """The README's pipeline example, its dataset pointing at `imagenet`."""
+    return ["pipeline", "--output", str(out), "--pretrain-args", f"--config imagenet_r50_200ep data.root={imagenet}",
+            "--gpus-per-node", "8", "--trials", "5", *extra]
+
+
+def test_readme_pipeline_is_consistent(tmp_path, imagenet, d2_root, monkeypatch, no_submit, capsys):
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(d2_root))
+    assert S.main([*pipeline(tmp_path / "r50", imagenet), "--dry-run"]) == 0
+    lines = {ln.split(":", 1)[0].split()[-1]: ln for ln in capsys.readouterr().out.splitlines() if ": simsiam " in ln}
+    assert f"--data {imagenet} " in lines["knn"]
+    assert lines["linear"].endswith(f"data.root={imagenet}")
+    assert f"--config voc07 " in lines["detect"] and f"--data-root {d2_root}" in lines["detect"]
+    assert "--trials 5" in lines["detect"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--knn-args", "--data /no/such/folder"], "knn: --data /no/such/folder: dataset folder '/no/such/folder' does "
+                                               "not exist"),
+    (["--knn-args", "--data embedded"], "knn: --data: the stage would read the embedded synthetic data"),
+    (["--linear-args", "--config demo"], "linear: data.root: the stage would read the embedded synthetic data"),
+    (["--linear-args", "--output elsewhere"], "linear: --output is set by the pipeline"),
+    (["--knn-args", "--bogus 1"], "knn: unrecognized arguments: --bogus"),
+    ([], "detect: --config: no detection config and no datasets root"),
+])
+def test_pipeline_refused_before_queueing(tmp_path, imagenet, monkeypatch, no_submit, capsys, extra, message):
+    monkeypatch.delenv("DETECTRON2_DATASETS", raising=False)
+    assert S.main([*pipeline(tmp_path / "r50", imagenet), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("simsiam submit: error: ") and message in err[0], err
+    assert not (tmp_path / "r50").exists()
+
+
+def test_wrong_dataset_layouts_refused(tmp_path, imagenet, d2_root, monkeypatch, no_submit, capsys):
+    import shutil
+    bad = tmp_path / "bad"
+    shutil.copytree(imagenet, bad)
+    shutil.rmtree(next(p for p in (bad / "val").iterdir() if p.is_dir()))  # one class fewer in val/
+    assert S.main([*pipeline(tmp_path / "r1", bad), "--stages", "pretrain,knn"]) == 2
+    err = capsys.readouterr().err
+    assert f"pretrain: data.root {bad}: " in err and "has 3 class folders but" in err
+    shutil.rmtree(bad / "val")  # no held-out split: pretraining may run, kNN may not
+    assert S.main([*pipeline(tmp_path / "r2", imagenet), "--stages", "knn", "--knn-args", f"--data {bad}"]) == 2
+    assert f"knn: --data {bad}: no held-out split" in capsys.readouterr().err
+    (d2_root / "VOC2007" / "ImageSets" / "Main" / "test.txt").rename(d2_root / "test.txt.bak")
+    try:
+        monkeypatch.setenv("DETECTRON2_DATASETS", str(d2_root))
+        assert S.main([*pipeline(tmp_path / "r3", imagenet), "--stages", "detect"]) == 2
+        err = capsys.readouterr().err
+        assert "detect: datasets of --config voc07:" in err and "test.txt not found" in err
+    finally:
+        (d2_root / "test.txt.bak").rename(d2_root / "VOC2007" / "ImageSets" / "Main" / "test.txt")
+
+
+def test_single_stage_checked_before_queueing(tmp_path, imagenet, no_submit, capsys):
+    assert S.main(["knn", "--weights", "w.pth", "--output", str(tmp_path / "k")]) == 2
+    assert "knn: the following arguments are required: --data" in capsys.readouterr().err
+    assert S.main(["linear", "--weights", "w.pth", "--output", str(tmp_path / "l"), "data.root=/nope"]) == 2
+    assert "linear: data.root /nope: dataset folder" in capsys.readouterr().err
+    assert S.main(["knn", "--weights", "w.pth", "--output", str(tmp_path / "k"), "--data", str(imagenet),
+                   "--dry-run"]) == 0
 
 
 def test_expand_array_ids():
@@ -183,11 +276,18 @@ def test_local_executor_two_tasks_gloo(tmp_path):
 
 
 def test_local_executor_failing_stage_reports(tmp_path, capsys):
+    """A failure only the job can see (unreadable images in a well-formed tree) is reported with its reason."""
+    data = tmp_path / "data"
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (data / split / cls).mkdir(parents=True)
+            for i in range(8):
+                (data / split / cls / f"{i}.jpg").write_bytes(b"not a jpeg")
     out = tmp_path / "run"
     rc = S.main(["pretrain", "--executor", "local", "--time", "5", "--config", "test_tiny", "--output", str(out),
-                 "train.no_such_key=1"])
+                 f"data.root={data}"])
     assert rc == 1
     err = capsys.readouterr().err
     assert "stage 'pretrain' failed" in err
-    assert "no_such_key" in err, err[-2000:]
+    assert "cannot read image" in err, err[-2000:]
     assert not (out / "results.json").exists()

@@ -11,7 +11,9 @@ Inputs, recognised from their content (never from the file name):
   torchvision       a plain torchvision ResNet state dict (conv1.*, bn1.*, layer1.* ..., fc.* optional), e.g.
                     the output of `--to torchvision`
 Everything else (Detectron2 weights, truncated or non-checkpoint files, another architecture than the one
-asked) is an error that says what was found.
+asked) is an error that says what was found. Files are read without running code from them (torch.load
+weights_only, or an unpickler that builds only containers and numpy arrays): a file that asks for anything
+else is refused (exit code 2).
 
 Every key of the source is either converted or dropped on purpose, and the returned report counts both
 (projector, predictor, momentum encoder, queue, classifier, BN batch counters). A key that fits none of
@@ -41,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pretrain.checkpoint import atomic_save, atomic_write
+from pretrain.checkpoint import UnsafeFileError, atomic_save, atomic_write, load_pickle, load_torch
 from pretrain.model import ARCHS, build_backbone
 
 SUITE_FORMAT = "simsiam-suite/pretrain"
@@ -66,7 +68,8 @@ class ConvertError(ValueError):
 
 # --------------------------------------------------------------------------------------------- reading
 def _read_file(path: Path) -> Any:
-    """torch.load (weights only), else a plain pickle (.pkl weights); clear error for anything else."""
+    """torch.load (weights only), else a plain pickle (.pkl weights) with only containers and numpy arrays;
+    UnsafeFileError for a file that would import anything else, a clear error for anything unreadable."""
     if not path.is_file():
         raise ConvertError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:
@@ -75,35 +78,19 @@ def _read_file(path: Path) -> Any:
     try:
         with warnings.catch_warnings():  # plain pickles (.pkl) make torch.load warn before it fails
             warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return load_torch(path)
+    except UnsafeFileError:
+        raise
     except Exception as e:  # noqa: BLE001 - any failure: try the next reader, report all at the end
         errors.append(f"torch.load: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}")
     try:
-        with open(path, "rb") as f:
-            return _SafeUnpickler(f).load()
+        return load_pickle(path)
+    except UnsafeFileError:
+        raise
     except Exception as e:  # noqa: BLE001
         errors.append(f"pickle: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}")
     raise ConvertError(f"{path}: cannot be read as a PyTorch checkpoint or a weights pickle; the file is "
                        f"truncated or not a checkpoint ({'; '.join(errors)})")
-
-
-class _SafeUnpickler(pickle.Unpickler):
-    """Plain pickles of weights (Detectron2/Caffe2 .pkl): only containers and numpy arrays may be built."""
-
-    _ALLOWED = {("collections", "OrderedDict"), ("numpy", "ndarray"), ("numpy", "dtype"),
-                ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-                ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-                ("builtins", "set"), ("builtins", "frozenset")}
-
-    def find_class(self, module, name):
-        if (module, name) in self._ALLOWED or (module == "numpy.dtypes" and name.endswith("DType")):
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load global {module}.{name} (not a weights file)")
-
-    def __init__(self, f):
-        super().__init__(f, encoding="latin1")
-
 
 
 def _tensor_keys(d: Mapping) -> list[str]:
@@ -454,20 +441,27 @@ def random_source(arch: str) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------- CLI
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="simsiam convert", description=__doc__.split("\n\n")[0])
     ap.add_argument("src", help="checkpoint to convert (simsiam-suite, official SimSiam, MoCo, torchvision)")
     ap.add_argument("--to", required=True, choices=TARGETS)
     ap.add_argument("--output", required=True, help="file to write (.pkl for detectron2)")
     ap.add_argument("--arch", default=None, choices=ARCHS,
                     help="expected backbone; default: whatever supported ResNet the weights are (printed)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         fn = to_torchvision if args.to == "torchvision" else to_detectron2
         _, report = fn(args.src, args.output, args.arch)
     except ConvertError as e:
         print(f"simsiam convert: error: {e}", file=sys.stderr)
         return 1
+    except UnsafeFileError as e:
+        print(f"simsiam convert: error: {e}", file=sys.stderr)
+        return 2
     brief = {k: v for k, v in report.items() if k != "dropped_keys"}
     print(json.dumps(brief, indent=2))
     print(f"[convert] {report['kind']} {report['arch']} -> {args.to}: {report['converted']} tensors written to "

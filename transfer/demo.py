@@ -130,12 +130,16 @@ def report(out: Path) -> None:
     print(text)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="simsiam demo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--output", default="runs/demo", help="run folder (default: runs/demo)")
     ap.add_argument("--quick", action="store_true", help="fewer steps per stage (CI smoke run)")
     ap.add_argument("--cache-dir", help="where the embedded datasets are generated (default ~/.cache/simsiam)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     run_demo(Path(args.output), args.quick, args.cache_dir)
     return 0
 

@@ -8,9 +8,12 @@
 --weights: detectron2 weights written by `simsiam convert --to detectron2` (.pkl), or any pretraining
 checkpoint that transfer.convert reads (converted on the fly into DIR/weights_detectron2.pkl), or `random`:
 nothing is loaded and the backbone keeps detectron2's own initialisation, drawn from the trial's seed (the
-random-init baseline on the same config and data).
+random-init baseline on the same config and data). Weights and checkpoints are read without running code
+from them (.pkl: only containers and numpy arrays; others: torch.load weights_only); a file that asks for
+more is refused with exit code 2.
 --config: a preset of eval_configs/detection (voc07, voc0712, coco_1x, coco_2x, tiny, tiny_coco) or a YAML
-file (detectron2 format, `_BASE_` allowed). Our weights come from torchvision ResNets, so the overlay
+file (detectron2 format, `_BASE_` allowed, read with yaml.safe_load only: a tag that builds a Python object
+is refused with exit code 2). Our weights come from torchvision ResNets, so the overlay
 eval_configs/detection/torchvision.yaml (RGB input, ImageNet mean/std x255, STRIDE_IN_1X1 False) is merged
 after the preset (--caffe-weights skips it). KEY VALUE pairs are detectron2 overrides, applied last.
 Datasets: see transfer.detection_data (standard names under --data-root, VOC folders, COCO JSON files).
@@ -40,6 +43,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from transfer.d2compat import has_real_extension, import_detectron2
 
@@ -58,6 +62,7 @@ from detectron2.utils.events import EventWriter, get_event_storage  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from pretrain.config import ConfigError, find_preset  # noqa: E402
+from pretrain.checkpoint import UnsafeFileError, load_pickle, load_torch  # noqa: E402
 from transfer import detection_data as dd  # noqa: E402
 from transfer.convert import RANDOM, random_source  # noqa: E402
 from transfer.protocols import detection_fingerprint  # noqa: E402
@@ -99,12 +104,28 @@ def add_simsiam_config(cfg: CN) -> CN:
 
 
 def _merge_file(cfg: CN, path: Path) -> None:
+    """Merge a detectron2 YAML file and its _BASE_ chain, read with yaml.safe_load only: a tag that builds a
+    Python object (!!python/object/apply:...) is a ConfigError naming the file that holds it, and nothing of
+    it runs (detectron2's merge_from_file falls back to yaml.unsafe_load unless allow_unsafe=False)."""
     try:
-        cfg.merge_from_file(str(path))
+        cfg.merge_from_file(str(path), allow_unsafe=False)
+    except yaml.YAMLError as e:
+        raise ConfigError(_yaml_error(path, e)) from None
     except KeyError as e:
         raise ConfigError(f"{path}: unknown config key ({e.args[0] if e.args else e})") from None
     except (ValueError, TypeError, AssertionError) as e:
         raise ConfigError(f"{path}: {type(e).__name__}: {e}") from None
+
+
+def _yaml_error(path: Path, e: yaml.YAMLError) -> str:
+    """One line naming the file (a _BASE_ of `path` when the problem is there), the line and the problem."""
+    mark = getattr(e, "problem_mark", None)
+    where = f"{mark.name}:{mark.line + 1}" if mark is not None else str(path)
+    if mark is not None and Path(mark.name) != Path(path):
+        where += f" (a _BASE_ of {path})"
+    if isinstance(e, yaml.constructor.ConstructorError):
+        return f"{where}: refused: YAML tags that build Python objects are not allowed ({e.problem})"
+    return f"{where}: not valid YAML ({getattr(e, 'problem', None) or e})"
 
 
 def build_config(config: str, overrides: list[str] = (), caffe_weights: bool = False) -> CN:
@@ -204,6 +225,17 @@ class JsonlWriter(EventWriter):
 class Trainer(DefaultTrainer):
     """DefaultTrainer with our evaluators, robust data loading, metrics.jsonl and bounded checkpoints."""
 
+    @property
+    def checkpointer(self) -> DetectionCheckpointer:
+        """The DetectionCheckpointer DefaultTrainer builds, made a SafeCheckpointer (same model, folder and
+        checkpointables) when it is assigned: resuming a trial reads its files without running code."""
+        return self._checkpointer
+
+    @checkpointer.setter
+    def checkpointer(self, ckp: DetectionCheckpointer) -> None:
+        self._checkpointer = SafeCheckpointer(ckp.model, ckp.save_dir, save_to_disk=ckp.save_to_disk,
+                                              **ckp.checkpointables)
+
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         if dd.dataset_kind(dataset_name) == "voc":
@@ -252,6 +284,37 @@ class Trainer(DefaultTrainer):
 
 
 # ----------------------------------------------------------------------------------------------- weights
+class SafeCheckpointer(DetectionCheckpointer):
+    """DetectionCheckpointer that reads files without running code from them: .pkl weights with
+    pretrain.checkpoint.load_pickle (containers and numpy arrays only), everything else with
+    torch.load(weights_only=True); a file that asks for more raises UnsafeFileError. What is done with the
+    loaded weights (name matching, Caffe2 renaming, the report) is detectron2's."""
+
+    def _load_file(self, filename):
+        if filename.endswith(".pkl"):
+            return self._pickle_weights(load_pickle(filename), filename)
+        if filename.endswith(".pyth"):  # pycls
+            state = load_torch(filename)["model_state"]
+            return {"model": {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")},
+                    "__author__": "pycls", "matching_heuristics": True}
+        return super()._load_file(filename)
+
+    def _torch_load(self, f):
+        return load_torch(f)
+
+    def _pickle_weights(self, data, filename: str) -> dict:
+        """detectron2's reading of a .pkl: a dict with "model" and "__author__" (our converter's output, the
+        model zoo) as it is; anything else as Caffe2/Detectron1 blobs, matched by name."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{filename}: not detectron2 weights (found a {type(data).__name__})")
+        if "model" in data and "__author__" in data:
+            self.logger.info("Reading a file from '%s'", data["__author__"])
+            return data
+        blobs = data.get("blobs", data)
+        return {"model": {k: v for k, v in blobs.items() if not k.endswith("_momentum")},
+                "__author__": "Caffe2", "matching_heuristics": True}
+
+
 BACKBONE_PREFIXES = ("backbone.", "roi_heads.res5.")
 NEW_LAYERS = ("roi_heads.res5.norm.",)  # the extra norm is not part of a ResNet
 
@@ -260,8 +323,8 @@ def load_pretrained(model: torch.nn.Module, weights: str) -> dict:
     """Load converted weights into the model, log detectron2's report, and fail when a backbone tensor
     (stem, res2-res5) is missing or has the wrong shape. Returns a summary."""
     model = getattr(model, "module", model)  # DDP
-    ckp = DetectionCheckpointer(model)
-    ckpt = ckp._load_file(weights)  # noqa: SLF001 - detectron2's reader (handles .pkl + name matching)
+    ckp = SafeCheckpointer(model)
+    ckpt = ckp._load_file(weights)  # noqa: SLF001 - .pkl read safely; name matching as detectron2 does
     src = dict(ckpt["model"])
     incompatible = ckp._load_model(ckpt)  # noqa: SLF001
     ckp._log_incompatible_keys(incompatible)  # noqa: SLF001 - detectron2's own report, in our log
@@ -293,11 +356,10 @@ def prepare_weights(path: str, output: Path) -> tuple[str, dict]:
     if not p.is_file():
         raise FileNotFoundError(f"--weights {p}: no such file")
     if p.suffix == ".pkl":
-        import pickle
-
         try:
-            with open(p, "rb") as f:
-                obj = pickle.load(f, encoding="latin1")
+            obj = load_pickle(p)
+        except UnsafeFileError:
+            raise
         except Exception as e:  # noqa: BLE001
             raise ValueError(f"--weights {p}: not a readable detectron2 .pkl ({type(e).__name__}: {e})") from None
         if not isinstance(obj, dict) or not isinstance(obj.get("model"), dict):
@@ -491,7 +553,7 @@ def _run_trial(cfg: CN, trial_dir: Path, seed: int, weights: str) -> dict:
     return results or {}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="simsiam detect", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     ap.add_argument("--weights", required=True,
@@ -510,6 +572,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--norm", choices=NORMS, help="normalisation (default SIMSIAM.NORM = auto)")
     ap.add_argument("--caffe-weights", action="store_true", help="do not merge the torchvision overlay (BGR weights)")
     ap.add_argument("opts", nargs=argparse.REMAINDER, help="detectron2 KEY VALUE overrides")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     if args.trials < 1:
         ap.error("--trials must be >= 1")

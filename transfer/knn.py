@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Subset
 from pretrain import config as config_mod
 from pretrain import distributed
 from pretrain.augment import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from pretrain.checkpoint import UnsafeFileError
 from pretrain.model import ARCHS
 from pretrain.monitor import extract_features, knn_accuracy
 from transfer.convert import RANDOM, describe_source, load_any_checkpoint, load_backbone, random_backbone, random_source
@@ -151,7 +152,7 @@ def _run(cfg: KnnConfig, out: Path, info) -> dict:
     return {"output_dir": str(out), "metrics": metrics}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="simsiam knn", description=__doc__.split("\n\n")[0])
     ap.add_argument("--weights", required=True,
                     help="checkpoint (any kind transfer.convert reads), or 'random' (needs arch=...)")
@@ -160,13 +161,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", action="append", default=[], help="YAML delta on the kNN defaults")
     ap.add_argument("--cache-dir", help="where 'embedded' data is generated (data.cache_dir)")
     ap.add_argument("overrides", nargs="*", help="key=value, e.g. ks=[200,20] data.image_size=32")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     extra = [f"data.root={args.data}"] + ([f"data.cache_dir={args.cache_dir}"] if args.cache_dir else [])
     try:
         cfg = config_mod.resolve(KnnConfig(), args.config, extra + args.overrides)
         cfg = dataclasses.replace(cfg, weights=args.weights)
         result = run(cfg, args.output)
-    except config_mod.ConfigError as e:
+    except (config_mod.ConfigError, UnsafeFileError) as e:
         print(f"simsiam knn: error: {e}", file=sys.stderr)
         return 2
     print("kNN: " + ", ".join(f"{k} {v:.2f}" for k, v in result["metrics"].items()) + f" -> {args.output}")

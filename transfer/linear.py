@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDatas
 from pretrain import config as config_mod
 from pretrain import distributed
 from pretrain.augment import IMAGENET_MEAN, IMAGENET_STD, eval_transform, linear_train_transform
-from pretrain.checkpoint import atomic_save
+from pretrain.checkpoint import UnsafeFileError, atomic_save, load_torch
 from pretrain.model import ARCHS
 from pretrain.optim import scheduled_lr
 from transfer.convert import RANDOM, describe_source, load_any_checkpoint, load_backbone, random_backbone, random_source
@@ -266,7 +266,7 @@ def _run(cfg: LinearConfig, out: Path, info, train_backbone: bool, presets: tupl
     start_epoch, best = 0, {"top1": None, "top5": None, "epoch": None}
     ckpt_path = out / "checkpoint.pth"
     if ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        state = load_torch(ckpt_path)
         if state.get("format") != FORMAT:
             raise RuntimeError(f"{ckpt_path}: not a linear-evaluation checkpoint (format {state.get('format')!r})")
         if state.get("backbone_checksum") != before:
@@ -456,21 +456,29 @@ def _changed_tensors(backbone: nn.Module, cfg: LinearConfig) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------- CLI
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="simsiam linear", description=__doc__.split("\n\n")[0])
     ap.add_argument("--weights", required=True, help="checkpoint to evaluate, or 'random' (needs model.arch=...)")
     ap.add_argument("--output", required=True, help="run folder (resumes when it holds checkpoint.pth)")
     ap.add_argument("--config", action="append", default=[],
                     help="preset under eval_configs/linear/ (imagenet_lars, imagenet_sgd, cifar10, demo) or a YAML")
     ap.add_argument("overrides", nargs="*", help="key=value, e.g. train.epochs=10 data.root=/data/imagenet")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         cfg = config_mod.resolve(LinearConfig(), args.config, args.overrides, kind="linear")
         cfg = dataclasses.replace(cfg, weights=args.weights)
     except config_mod.ConfigError as e:
         print(f"simsiam linear: error: {e}", file=sys.stderr)
         return 2
-    result = run(cfg, args.output, presets=args.config)
+    try:
+        result = run(cfg, args.output, presets=args.config)
+    except UnsafeFileError as e:
+        print(f"simsiam linear: error: {e}", file=sys.stderr)
+        return 2
     m = result["metrics"]
     print(f"linear evaluation: top-1 {m['top1']:.2f}  top-5 {m['top5']:.2f}  ({result['epoch']} epochs"
           f"{'' if result['complete'] else ', incomplete: run again to continue'}) -> {args.output}")

@@ -152,11 +152,15 @@ def _common_parent(folders: list[str]) -> str:
     return str(common)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="simsiam plot", description=__doc__.split("\n\n")[0])
     ap.add_argument("run_dir")
     ap.add_argument("--output", help="folder for the PNGs (default: next to each metrics.jsonl)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         paths = plot_run(args.run_dir, args.output)
     except FileNotFoundError as e:

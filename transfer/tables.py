@@ -359,13 +359,17 @@ def _unmatched_prefixes(docs: list[dict], names: dict[str | None, str]) -> list[
     return [p for p in names if p is not None and not any(s.startswith(p) for s in shas)]
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="simsiam table", description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", help="run folders (searched recursively) or results.json files")
     ap.add_argument("--format", default="terminal", choices=["terminal", "markdown", "latex", "csv"])
     ap.add_argument("--output", help="also write the tables to this file")
     ap.add_argument("--method", action="append", default=[], metavar="[SHA_PREFIX=]NAME", help=METHOD_HELP)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         names = parse_method_names(args.method)
         docs = load_docs(args.runs)

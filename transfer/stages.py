@@ -1,0 +1,122 @@
+"""The stage registry: every stage of `simsiam` declared once, with its module, its argument parser and the
+arguments that name its output and inputs.
+
+`simsiam <stage>` (transfer/cli.py) and `simsiam submit <stage>` / `simsiam submit pipeline` (slurm/submit.py)
+both read this table. A stage's parser is built by its module's `build_parser()`, the same parser its `main`
+uses, so a command line that `simsiam submit` accepts is one the stage accepts when the job starts.
+Modules are imported only when a parser is asked for: `simsiam --help` imports none of them.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    module: str                    # has main(argv) and build_parser()
+    help: str
+    output: Optional[str] = None   # dest of the argument naming where the stage writes
+    output_is_file: bool = False   # that argument names a file; the run folder is its parent
+    weights: Optional[str] = None  # dest of its weights / checkpoint input
+    data: Optional[str] = None     # its dataset input: "--data", "data.root" (a key=value override) or
+    #                                "detectron2" (--config, --data-root, --train-dataset, --test-dataset)
+    submit: bool = False           # `simsiam submit <name>` runs it as a SLURM job
+
+    def parser(self) -> argparse.ArgumentParser:
+        return importlib.import_module(self.module).build_parser()
+
+    def paths(self, ns: argparse.Namespace) -> tuple[Path, Path]:
+        """(run folder, file whose existence means the stage is finished) of a parsed command line."""
+        value = getattr(ns, self.output, None) if self.output else None
+        if not value:
+            raise StageArgError(self.name, f"--{self.output or 'output'} is needed (its run folder; logs and "
+                                           "requeue records go there)")
+        out = Path(value).resolve()
+        return (out.parent, out) if self.output_is_file else (out, out / "results.json")
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("pretrain", "pretrain.main", "SimSiam pretraining (auto-resumes in its output folder)",
+          output="output", data="data.root", submit=True),
+    Stage("convert", "transfer.convert", "convert a checkpoint to torchvision or Detectron2 weights",
+          output="output", output_is_file=True, weights="src", submit=True),
+    Stage("knn", "transfer.knn", "offline kNN evaluation of a checkpoint (k=200 and k=20)",
+          output="output", weights="weights", data="--data", submit=True),
+    Stage("linear", "transfer.linear", "linear evaluation on frozen features (ImageNet protocol)",
+          output="output", weights="weights", data="data.root", submit=True),
+    Stage("detect", "transfer.detect", "Detectron2 fine-tuning and evaluation (VOC / COCO), N trials",
+          output="output", weights="weights", data="detectron2", submit=True),
+    Stage("table", "transfer.tables", "comparison tables (paper Tables 4 and 5) from results.json files",
+          output="output", output_is_file=True, submit=True),
+    Stage("plot", "transfer.plots", "PNG plots of a run folder's metrics", output="output"),
+    Stage("demo", "transfer.demo", "the whole chain on the embedded data, in one run folder", output="output"),
+    Stage("make-data", "pretrain.synthetic", "write the embedded synthetic datasets to a folder", output="out"),
+)
+BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
+SUBMITTABLE: tuple[str, ...] = tuple(s.name for s in STAGES if s.submit)
+
+
+class StageArgError(ValueError):
+    """A stage's command line that its parser rejects; the message starts with the stage's name."""
+
+    def __init__(self, stage: str, message: str):
+        super().__init__(f"{stage}: {message}")
+        self.stage = stage
+
+
+def get(name: str) -> Stage:
+    if name not in BY_NAME:
+        raise StageArgError(name, f"unknown stage (known: {', '.join(BY_NAME)})")
+    return BY_NAME[name]
+
+
+def parser(name: str) -> argparse.ArgumentParser:
+    """The stage's own parser, raising StageArgError instead of printing usage and exiting."""
+    p = get(name).parser()
+
+    def fail(message: str):
+        raise StageArgError(name, message)
+
+    p.error = fail  # argparse reports every parse error through self.error
+    return p
+
+
+def parse(name: str, argv: list[str]) -> argparse.Namespace:
+    """argv parsed exactly as `simsiam <name>` parses it (parse_args: unknown arguments are errors)."""
+    return parser(name).parse_args([str(a) for a in argv])
+
+
+def format_argv(p: argparse.ArgumentParser, ns: argparse.Namespace) -> list[str]:
+    """A command line that `p` parses back into `ns`: options first (long names; options equal to their
+    default are left out), then the positionals in their declared order."""
+    opts: list[str] = []
+    positionals: list[str] = []
+    for act in p._actions:
+        if isinstance(act, argparse._HelpAction) or act.dest == argparse.SUPPRESS:
+            continue
+        value = getattr(ns, act.dest, act.default)
+        if not act.option_strings:
+            positionals += [str(v) for v in value] if isinstance(value, list) else \
+                ([] if value is None else [str(value)])
+            continue
+        if value == act.default and not act.required:
+            continue
+        flag = next((s for s in act.option_strings if s.startswith("--")), act.option_strings[0])
+        if isinstance(act, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._StoreConstAction)):
+            opts.append(flag)
+        elif isinstance(act, argparse._AppendAction):
+            for v in value or []:
+                opts += _option(flag, v)
+        elif value is not None:
+            opts += _option(flag, value)
+    return opts + positionals
+
+
+def _option(flag: str, value) -> list[str]:
+    text = str(value)
+    return [f"{flag}={text}"] if text.startswith("-") else [flag, text]
