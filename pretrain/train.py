@@ -54,12 +54,57 @@ def set_deterministic(flag: bool) -> None:
 
 
 def amp_dtype(cfg: PretrainConfig, device: torch.device):
-    """bf16 / fp16 autocast on CUDA; on CPU amp is a no-op (returns None)."""
+    """The autocast dtype that train.amp gives on `device`, or None (fp32).
+
+    bf16 applies on every device type whose autocast supports it (CUDA and CPU); fp16 only on CUDA, where the
+    GradScaler guards its small exponent range, so fp16 on another device is None."""
     if cfg.train.amp not in ("none", "bf16", "fp16"):
         raise config_mod.ConfigError(f"train.amp: '{cfg.train.amp}' is not one of none, bf16, fp16")
-    if cfg.train.amp == "none" or device.type != "cuda":
+    if cfg.train.amp == "none" or not torch.amp.is_autocast_available(device.type):
         return None
-    return torch.bfloat16 if cfg.train.amp == "bf16" else torch.float16
+    if cfg.train.amp == "fp16":
+        return torch.float16 if device.type == "cuda" else None
+    return torch.bfloat16
+
+
+AMP_NAMES = {None: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def autocast(device_type: str, dtype):
+    """torch.autocast(device_type, dtype) when dtype is given, else a no-op context."""
+    return torch.autocast(device_type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def weights_channels_last(model: torch.nn.Module) -> bool:
+    """True when every 4-d weight of `model` (the convolutions) is stored in channels-last memory format."""
+    convs = [p for p in model.parameters() if p.dim() == 4]
+    return bool(convs) and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+
+
+def cpp_compiler() -> str | None:
+    """The C++ compiler TorchInductor builds its CPU kernels with (CXX / g++ / clang++ ...), or None."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+        return get_cpp_compiler()
+    except Exception:  # torch raises its own error types when none is found
+        return None
+
+
+def compile_model(model, device: torch.device, log):
+    """torch.compile(model) with the default (inductor) backend on any device. Inductor builds C++ kernels on
+    CPU: without a C++ compiler the model stays eager (a warning is logged) instead of failing at step 1."""
+    if device.type == "cpu" and cpp_compiler() is None:
+        log.warning("train.compile=true: no C++ compiler found for TorchInductor's CPU kernels (set CXX or "
+                    "install g++); training without torch.compile")
+        return model
+    return torch.compile(model)
+
+
+def applied_switches(model, run_model, dtype) -> dict:
+    """The speed switches in effect, read from what the loop uses: the autocast dtype, the memory format of the
+    model's convolution weights, and whether the stepped model is a torch.compile wrapper."""
+    return {"amp": AMP_NAMES[dtype], "channels_last": weights_channels_last(model),
+            "compiled": hasattr(run_model, "_orig_mod")}
 
 
 # Config keys that may differ between the run that wrote a checkpoint and the run resuming from it, because
@@ -136,10 +181,12 @@ def _train_set_size(loader) -> tuple[int | None, int | None]:
 
 
 def write_summary(output_dir: Path, cfg: PretrainConfig, dataset: str, metrics: dict, epochs_done: int,
-                  complete: bool, loader=None, config_changes: list | None = None) -> Path:
+                  complete: bool, loader=None, config_changes: list | None = None,
+                  applied: dict | None = None) -> Path:
     """results.json of the pretraining run (same schema as every evaluation's results.json), with the
-    protocol it ran (transfer.protocols' vocabulary; `loader` gives the number of training images used) and
-    the config changes accepted on resume (`config_changes`, see config_history)."""
+    protocol it ran (transfer.protocols' vocabulary; `loader` gives the number of training images used),
+    the config changes accepted on resume (`config_changes`, see config_history) and the precision and speed
+    switches in effect in the last invocation (`applied`, see applied_switches)."""
     latest = output_dir / ckpt_io.LATEST
     d, o, t = cfg.data, cfg.optim, cfg.train
     source = {"checkpoint": str(latest.resolve()), "sha256": ckpt_io.sha256_file(latest) if latest.is_file() else None,
@@ -160,14 +207,13 @@ def write_summary(output_dir: Path, cfg: PretrainConfig, dataset: str, metrics: 
                          config=config_mod.to_dict(cfg), source=source, epochs=epochs_done,
                          batch_size=t.batch_size,
                          extra={"complete": complete, "planned_epochs": t.epochs, "protocol": protocol,
-                                "config_changes": config_changes or []})
+                                "config_changes": config_changes or [], "applied": applied})
 
 
 # ------------------------------------------------------------------------------------------- one step
 def forward_loss(model, x1: torch.Tensor, x2: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """SimSiam forward on two views (autocast to `dtype` on CUDA when given): (loss, z1)."""
-    autocast = torch.autocast("cuda", dtype=dtype) if dtype is not None else contextlib.nullcontext()
-    with autocast:
+    """SimSiam forward on two views (autocast to `dtype` on the views' device when given): (loss, z1)."""
+    with autocast(x1.device.type, dtype):
         p1, p2, z1, z2 = model(x1, x2)
         loss = simsiam_loss(p1, p2, z1, z2)
     return loss, z1
@@ -191,8 +237,7 @@ def train_one_epoch(model, loader, optimizer, scaler, *, epoch: int, step: int, 
     model.train()
     loader.set_epoch(epoch)
     n_steps = len(loader) if cfg.train.max_steps_per_epoch <= 0 else min(len(loader), cfg.train.max_steps_per_epoch)
-    memory_format = torch.channels_last if (cfg.train.channels_last and info.device.type == "cuda") \
-        else torch.contiguous_format
+    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     loss_sum = col_sum = 0.0
     n = batch_per_rank = 0
     t0 = time.time()
@@ -241,7 +286,7 @@ def build_data(cfg: PretrainConfig, train_dir: Path, val_dir, info: distributed.
     from . import fastdata
 
     per_rank = data_mod.per_rank_batch(cfg.train.batch_size, info.world_size)
-    cl = cfg.train.channels_last and info.device.type == "cuda"
+    cl = cfg.train.channels_last
     loader = fastdata.build_gpu_batches(cfg.data, per_rank, info.rank, info.world_size, cfg.train.seed,
                                         info.device, channels_last=cl, with_labels=True)
     if not want_knn:
@@ -266,9 +311,8 @@ def knn_monitor(model, bank_loader, test_loader, num_classes: int, cfg: Pretrain
     net = distributed.unwrap(model)
     was_training = net.training
     net.eval()
-    autocast = torch.autocast("cuda", dtype=dtype) if dtype is not None else contextlib.nullcontext()
     try:
-        with autocast:
+        with autocast(info.device.type, dtype):
             bank, bank_y = extract_features(net.backbone_features, bank_loader, info.device)
             test, test_y = extract_features(net.backbone_features, test_loader, info.device)
     finally:
@@ -335,7 +379,7 @@ def _run(cfg: PretrainConfig, output_dir: Path, info: distributed.DistInfo, allo
     if cfg.init_from and not latest.is_file():
         ckpt_io.load_weights(model, os.path.expanduser(cfg.init_from))
         log.info("initialised weights from %s", cfg.init_from)
-    if cfg.train.channels_last and info.device.type == "cuda":
+    if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model = distributed.prepare_model(model, info, sync_bn=cfg.model.sync_bn)
     lr0 = init_lr(cfg)
@@ -359,14 +403,18 @@ def _run(cfg: PretrainConfig, output_dir: Path, info: distributed.DistInfo, allo
     # the batch each BN normalises over (SyncBN: the global batch), which sets the collapse monitor's floor
     synced = any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
     bn_batch = cfg.train.batch_size if synced else data_mod.per_rank_batch(cfg.train.batch_size, info.world_size)
-    run_model = model
-    if cfg.train.compile and info.device.type == "cuda":
-        run_model = torch.compile(model)
+    run_model = compile_model(model, info.device, log) if cfg.train.compile else model
+    applied = applied_switches(model, run_model, dtype)
 
     log.info("SimSiam %s on %s (%s): %d processes, global batch %d (%d per process), lr %.4g, %d epochs; "
              "train %s, held-out %s", cfg.model.arch, dataset, info.device, info.world_size,
              cfg.train.batch_size, cfg.train.batch_size // info.world_size, lr0, cfg.train.epochs,
              train_dir, val_dir)
+    log.info("precision and speed switches in effect: amp %s, channels_last %s, compiled %s",
+             applied["amp"], applied["channels_last"], applied["compiled"])
+    if applied["amp"] != cfg.train.amp:
+        log.warning("train.amp=%s does not apply on %s (fp16 needs CUDA's GradScaler): training in fp32",
+                    cfg.train.amp, info.device)
 
     # ---- epochs
     history: list[dict] = []
@@ -432,10 +480,10 @@ def _run(cfg: PretrainConfig, output_dir: Path, info: distributed.DistInfo, allo
     metrics = {"loss": last.get("loss"), "collapse_std": last.get("collapse_std"),
                "knn_top1": knn["top1"] if knn else None, "knn_top5": knn["top5"] if knn else None}
     if info.is_main:
-        write_summary(output_dir, cfg, dataset, metrics, epochs_done, complete, loader, config_changes)
+        write_summary(output_dir, cfg, dataset, metrics, epochs_done, complete, loader, config_changes, applied)
     writer.close()
     distributed.barrier()
     return {"output_dir": str(output_dir), "checkpoint": str(latest), "epoch": epochs_done, "step": step,
             "complete": complete, "resumed_from": start_epoch if state is not None else None,
             "per_rank_batch": cfg.train.batch_size // info.world_size, "world_size": info.world_size,
-            "metrics": metrics, "history": history}
+            "metrics": metrics, "history": history, "applied": applied}

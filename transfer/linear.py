@@ -90,7 +90,7 @@ class LinearTrainConfig:
     eval_batch_size: int = 256      # per rank
     seed: int = 0
     cache_features: bool = False    # needs data.augment=false: extract features once, train the head on them
-    amp: str = "none"               # none | bf16 (backbone forward on CUDA)
+    amp: str = "none"               # none | bf16 (autocast of the backbone forward, on CUDA and CPU)
     channels_last: bool = False
     gpu_augment: bool = False       # decode + augment on the device (pretrain.fastdata, task "linear")
     print_freq: int = 50
@@ -227,6 +227,7 @@ def run(cfg: LinearConfig, output_dir: str | Path, *, presets: tuple[str, ...] =
 
 def _run(cfg: LinearConfig, out: Path, info, train_backbone: bool, presets: tuple[str, ...] = ()) -> dict:
     from pretrain.logs import MetricsWriter, setup_logger
+    from pretrain.train import autocast, weights_channels_last
     _check_config(cfg)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -238,7 +239,7 @@ def _run(cfg: LinearConfig, out: Path, info, train_backbone: bool, presets: tupl
     # ---- backbone (frozen, eval mode) and data
     backbone, source = load_frozen_backbone(cfg)
     backbone = backbone.to(dev)
-    if cfg.train.channels_last and dev.type == "cuda":
+    if cfg.train.channels_last:
         backbone = backbone.to(memory_format=torch.channels_last)
     for p in backbone.parameters():
         p.requires_grad_(train_backbone)
@@ -246,14 +247,15 @@ def _run(cfg: LinearConfig, out: Path, info, train_backbone: bool, presets: tupl
     before = state_checksum(backbone)
     dim = feature_dim_of(backbone, cfg)
     data = _ImageData(cfg)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if (cfg.train.amp == "bf16" and dev.type == "cuda") \
-        else torch.autocast(dev.type, enabled=False)
+    amp_dtype = torch.bfloat16 if cfg.train.amp == "bf16" and torch.amp.is_autocast_available(dev.type) else None
+    applied = {"amp": "bf16" if amp_dtype is not None else "none",
+               "channels_last": weights_channels_last(backbone)}
 
     def features(x: torch.Tensor) -> torch.Tensor:
         x = x.to(dev, non_blocking=True)
-        if cfg.train.channels_last and dev.type == "cuda":
+        if cfg.train.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with amp:
+        with autocast(x.device.type, amp_dtype):
             return backbone(x).float()
 
     # ---- head, optimizer, resume
@@ -308,7 +310,7 @@ def _run(cfg: LinearConfig, out: Path, info, train_backbone: bool, presets: tupl
     if cfg.train.gpu_augment and not cfg.train.cache_features:
         # the fast path: JPEG decode + RandomResizedCrop/flip on the device, the held-out split in device memory
         from pretrain import fastdata
-        cl = cfg.train.channels_last and dev.type == "cuda"
+        cl = cfg.train.channels_last
         train_loader = sampler = fastdata.build_gpu_batches(
             cfg.data, per_rank, info.rank, info.world_size, cfg.train.seed, dev, task="linear", channels_last=cl)
         val_loader = fastdata.build_gpu_eval_batches(
@@ -327,6 +329,8 @@ def _run(cfg: LinearConfig, out: Path, info, train_backbone: bool, presets: tupl
              source["pretrain"].get("arch"), dim, data.name, data.num_classes, len(data.train), len(data.val),
              cfg.optim.optimizer.upper(), lr0, cfg.train.batch_size, info.world_size, cfg.train.epochs,
              ", cached features" if cfg.train.cache_features else "")
+    log.info("precision and memory format of the backbone forward: amp %s, channels_last %s", applied["amp"],
+             applied["channels_last"])
 
     def evaluate() -> dict:
         ddp_head.eval()
@@ -432,14 +436,14 @@ def _run(cfg: LinearConfig, out: Path, info, train_backbone: bool, presets: tupl
                       source=source, epochs=epochs_done, batch_size=cfg.train.batch_size,
                       extra={"backbone_checksum": before, "backbone_unchanged": True,
                              "optimizer": cfg.optim.optimizer, "num_classes": data.num_classes,
-                             "train_images": len(data.train),
+                             "train_images": len(data.train), "applied": applied,
                              "protocol": linear_fingerprint(
                                  cfg, dataset=data.name, arch=source["pretrain"].get("arch"),
                                  train_images=len(data.train), val_images=len(data.val),
                                  classes=data.num_classes, presets=presets)})
     distributed.barrier()
     return {"output_dir": str(out), "epoch": epochs_done, "complete": complete, "metrics": metrics,
-            "backbone_checksum": before}
+            "backbone_checksum": before, "applied": applied}
 
 
 def feature_dim_of(backbone: nn.Module, cfg: LinearConfig) -> int:
