@@ -188,14 +188,18 @@ def test_resume_refuses_a_changed_trajectory(tmp_path, capsys):
     assert main(allowed) == 0  # the finished run again: the same config now, the recorded change kept
     assert json.loads((out / "results.json").read_text())["config_changes"] == changes
 
+
 def test_short_cifar_run_learns(cifar_root, tmp_path):
-    """A short run on a CIFAR-10 slice (5000 images, 312 steps of 32, the CIFAR recipe with a higher lr) raises
+    """A short run on a CIFAR-10 slice (5000 images, 624 steps of 32, the CIFAR recipe with a higher lr) raises
     kNN top-1 (k=200, 5000-image bank, 2000 held-out test images) clearly above the same network at random
-    init. Measured: 20.4% at random init -> 24.0% after training (about 3 minutes on 2 CPU cores; SimSiam at
-    32 px gains only slowly at first: 156 steps gave +1 point, see the closing note of the issue).
+    init.
+
+    Measured (the device data path on CPU): gains of +4.5 / +7.4 / +4.3 / +5.1 points for seeds 0-3 with one
+    thread and +3.0 for seed 0 with two (19-20 % at random init -> 23-26 %), 90-150 s on 2 cores. With 312
+    steps the gain was +1.1 to +6.6 across seeds, too close to noise for a test. Bound: +1.5 points.
     """
     cfg = tiny(f"data.root={cifar_root}", *CIFAR_MEAN_STD, "data.limit_per_class=500", "monitor.knn_max_train=500",
-               "monitor.knn_max_val=200", "monitor.knn_every=2", "train.epochs=2", "train.batch_size=32",
+               "monitor.knn_max_val=200", "monitor.knn_every=2", "train.epochs=4", "train.batch_size=32",
                "optim.base_lr=1.6", "train.gpu_augment=true", "train.save_freq=0", "monitor.tensorboard=false")
     # the baseline: the network run() starts from (same seed), through the same kNN monitor and data
     info = distributed.init_distributed("cpu")
@@ -206,11 +210,11 @@ def test_short_cifar_run_learns(cifar_root, tmp_path):
 
     result = run(cfg, tmp_path / "run")
     hist = result["history"]
-    assert [h["steps"] for h in hist] == [156] * 2               # 5000 images / batch 32, drop_last
+    assert [h["steps"] for h in hist] == [156] * 4               # 5000 images / batch 32, drop_last
     assert hist[-1]["loss"] < -0.5, [h["loss"] for h in hist]
     after = hist[-1]["knn_top1"]
     assert before > 12.0                                         # 10 classes: chance is 10%
-    assert after > before + 2.5, (before, after)
+    assert after > before + 1.5, (before, after)
     assert abs(hist[-1]["collapse_std"] - 1 / math.sqrt(256)) < 0.2 / math.sqrt(256)
 
 
