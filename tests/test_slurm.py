@@ -111,6 +111,12 @@ def _ckpt_epoch(run: Path) -> int:
     return torch.load(path, map_location="cpu", weights_only=False)["epoch"] if path.is_file() else 0
 
 
+def _pauses(run: Path) -> int:
+    """How often the run has held at RUN/PAUSE (after all of that epoch's files were written): its log says so."""
+    log = run / "log.txt"
+    return log.read_text().count("paused after a checkpoint") if log.is_file() else 0
+
+
 def test_requeued_job_resumes_to_same_weights(tmp_path, cache):
     """Interrupted twice (scontrol requeue after epoch 1; USR2 = preemption signal -> checkpoint() -> requeue after
     epoch 2) and still ends with exactly the weights of an uninterrupted run (deterministic CPU settings).
@@ -130,13 +136,14 @@ def test_requeued_job_resumes_to_same_weights(tmp_path, cache):
     jref, jid = job_id(r_ref.stdout), job_id(r_run.stdout)
 
     # 1) scheduler requeue while the job holds after its first checkpoint
-    wait_until(lambda: _ckpt_epoch(run) == 1, 300, "the first checkpoint")
+    wait_until(lambda: _pauses(run) == 1, 300, "the hold after the first checkpoint")
+    assert _ckpt_epoch(run) == 1
     subprocess.run(["scontrol", "requeue", jid], check=True, capture_output=True)
     release(jid)
     # 2) the restarted job resumes, checkpoints epoch 2 and holds again: preemption signal, handled by
     #    submitit + StageCall.checkpoint
     wait_until(lambda: any(e["event"] == "restart" for e in read_events(run)), 300, "the restart record")
-    wait_until(lambda: _ckpt_epoch(run) == 2, 300, "the checkpoint of epoch 2 after the restart", poll=0.3)
+    wait_until(lambda: _pauses(run) == 2, 300, "the hold after the checkpoint of epoch 2", poll=0.3)
     assert pause.exists() and _ckpt_epoch(run) == 2
     subprocess.run(["scancel", "--signal=USR2", jid], check=True, capture_output=True)
     wait_until(lambda: any(e["event"] == "requeue" for e in read_events(run)), 120, "checkpoint() requeue record")
