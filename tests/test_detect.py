@@ -257,6 +257,18 @@ def test_trial_resume_reads_checkpoints_safely(bccd_root, crafted, tmp_path):
     assert not crafted.marker.exists()
 
 
+def test_crafted_trial_checkpoint_is_one_line_and_exit_2(bccd_root, crafted, tmp_path, capsys, stale_handlers_quiet):
+    """`simsiam detect` resuming a trial folder that holds a crafted checkpoint: refused, one line, exit 2."""
+    out = tmp_path / "out"
+    (out / "trial_0").mkdir(parents=True)
+    path = crafted.write("out/trial_0/model_0000001.pth", "torch")
+    (out / "trial_0" / "last_checkpoint").write_text("model_0000001.pth")
+    code = detect.main(["--weights", "random", "--config", "tiny", "--output", str(out), "--cache-dir",
+                        str(tmp_path / "cache"), "--train-dataset", f"{bccd_root}:train", "--test-dataset",
+                        f"{bccd_root}:test", *FAST])
+    crafted.assert_refused(code, capsys.readouterr().err, path)
+
+
 def test_crafted_yaml_is_refused(tmp_path, capsys, stale_handlers_quiet):
     marker = tmp_path / "code_ran"
     evil = tmp_path / "evil.yaml"

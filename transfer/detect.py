@@ -618,7 +618,11 @@ def _main(args, out: Path) -> int:
             doc = read_results(tdir)
             log.info("trial %d already finished (%s): skipped", i, tdir / "results.json")
         else:
-            results = run_trial(cfg, tdir, seed, weights)
+            try:
+                results = run_trial(cfg, tdir, seed, weights)
+            except UnsafeFileError as e:  # a crafted checkpoint in the trial folder: refused before it ran
+                print(f"simsiam detect: error: {e}", file=sys.stderr)
+                return 2
             if comm.is_main_process():
                 if test[0] not in results and "bbox" not in results:
                     raise RuntimeError(f"trial {i}: the evaluator returned no results ({results})")
