@@ -190,7 +190,12 @@ def write_imagenet_like(root: PathLike, classes: int = 1000, train_per_class: in
     manifest = {**_imagenet_params(classes, train_per_class, val_per_class, seed),
                 "splits": {s: n * classes for s, n in splits.items() if n > 0},
                 "short_side": list(SHORT_SIDE), "max_aspect_ratio": MAX_RATIO, "wnids": ids, "quirks": quirks}
-    (root / "README.txt").write_text(_imagenet_readme(manifest))
+    return _finish_tree(root, manifest, _imagenet_readme(manifest))
+
+
+def _finish_tree(root: Path, manifest: dict, readme: str) -> dict:
+    """Write README.txt and the manifest, the last files of a tree (their presence means complete)."""
+    (root / "README.txt").write_text(readme)
     (root / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
 
@@ -426,9 +431,7 @@ def write_detection_like(root: PathLike, seed: int = 0, voc2007_trainval: int = 
     manifest = {**_detection_params(seed, counts), "datasets": dict(sorted(datasets.items())),
                 "coco_annotations": coco["annotations"], "voc_2007_test_difficult": voc07["difficult"],
                 "coco_train_empty_images": 1, "image_size": list(DET_SIZE)}
-    (root / "README.txt").write_text(_detection_readme(manifest))
-    (root / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-    return manifest
+    return _finish_tree(root, manifest, _detection_readme(manifest))
 
 
 def _detection_readme(m: dict) -> str:
