@@ -30,17 +30,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from .errors import InputError
+
 FORMAT = "simsiam-suite/pretrain"
 VERSION = 1
 OFFICIAL = "official-simsiam"
 LATEST = "checkpoint.pth"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(InputError, RuntimeError):
     """A checkpoint that cannot be used for what was asked (wrong kind, missing keys, ...)."""
 
 
-class UnsafeFileError(ValueError):
+class UnsafeFileError(InputError, ValueError):
     """A file whose unpickling would import something outside what weights need (tensors, numpy arrays,
     plain containers), e.g. a function that runs a command: it is refused and nothing of it is run."""
 

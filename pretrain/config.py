@@ -15,10 +15,12 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
+from .errors import InputError
+
 CONFIG_ROOT = Path(__file__).resolve().parents[1] / "eval_configs"
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError, ValueError):
     """A config file or override that cannot be applied."""
 
 
@@ -147,7 +149,8 @@ def resolve(defaults: Any, files: Iterable[str | Path] = (), overrides: Iterable
 
 
 def to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
+    """A config dataclass as a plain dict (a dict is returned as a copy)."""
+    return dict(cfg) if isinstance(cfg, dict) else dataclasses.asdict(cfg)
 
 
 def from_dict(cls, data: dict, source: str = "dict") -> Any:

@@ -20,16 +20,17 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from torchvision.datasets import ImageFolder
 
 from .augment import TwoCropsTransform, eval_transform, moco_v2_transform  # noqa: F401 (contract re-export)
+from .errors import InputError
 
 EMBEDDED = "embedded"
 HELD_OUT_FALLBACKS = ("val", "test")
 
 
-class DataError(RuntimeError):
+class DataError(InputError, RuntimeError):
     """Missing dataset folders, empty class folders and the like."""
 
 
-class CorruptImageError(OSError):
+class CorruptImageError(InputError, OSError):
     """An image file that cannot be read; the message names the file.
 
     DataLoader workers re-raise exceptions as `type(msg)` with the whole worker traceback as message;
@@ -141,26 +142,79 @@ def seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one image's augmentation in one epoch."""
+    return ((seed * 1_000_003 + epoch) * 2_000_003 + index) % (2**63 - 1)
+
+
+class PerSampleSeed(torch.utils.data.Dataset):
+    """A dataset whose item `i` is drawn with torch's generator seeded from (seed, epoch, i), and the caller's
+    generator state restored afterwards.
+
+    The augmented views of an image then depend only on the run's seed, the epoch and the image, not on
+    which loader worker or rank reads it, nor on how many images were read before: a run resumed in the
+    middle of an epoch, or with another `data.workers`, sees exactly the views an uninterrupted run sees.
+    (Every random choice of pretrain.augment comes from torch's generator.)"""
+
+    def __init__(self, dataset, seed: int):
+        self.dataset, self.seed, self.epoch = dataset, int(seed), 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, self.epoch, int(index)))
+            return self.dataset[index]
+
+    @property
+    def classes(self):
+        return self.dataset.classes
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler that can start an epoch after its first `start` indices (a mid-epoch resume)."""
+
+    start = 0
+
+    def __iter__(self):
+        return iter(list(super().__iter__())[self.start:])
+
+    def __len__(self) -> int:
+        return super().__len__() - self.start
+
+
 class EpochLoader:
-    """A DataLoader plus its sampler; `set_epoch(e)` reshuffles and reseeds the worker seeds."""
+    """A DataLoader plus its sampler: `set_epoch(e, start_step)` reshuffles, reseeds the views (see
+    PerSampleSeed) and skips the first `start_step` batches of the epoch."""
 
-    def __init__(self, loader: DataLoader, sampler: DistributedSampler, seed: int, rank: int):
+    def __init__(self, loader: DataLoader, sampler: ResumableSampler, seed: int, rank: int):
         self.loader, self.sampler, self.seed, self.rank = loader, sampler, seed, rank
+        self.epoch = self.start_step = 0
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        self.epoch, self.start_step = int(epoch), int(start_step)
         self.sampler.set_epoch(epoch)
-        if self.loader.generator is not None:
-            self.loader.generator.manual_seed((self.seed * 1_000_003 + epoch * 1009 + self.rank) % 2**63)
+        self.sampler.start = self.start_step * self.loader.batch_size
+        self.loader.dataset.epoch = self.epoch
+
+    def state(self) -> dict:
+        """The data position to store in a checkpoint (the views need no generator state: per-sample seeds)."""
+        return {"epoch": self.epoch}
+
+    def load_state(self, state: dict) -> None:
+        """Nothing to restore beyond (epoch, step): the views are seeded per sample."""
 
     def __iter__(self):
         return iter(self.loader)
 
     def __len__(self) -> int:
-        return len(self.loader)
+        """Batches of a whole epoch (independent of a mid-epoch start)."""
+        return (len(self.sampler) + self.sampler.start) // self.loader.batch_size
 
     @property
     def dataset(self):
-        return self.loader.dataset
+        return self.loader.dataset.dataset
 
 
 def per_rank_batch(global_batch: int, world_size: int) -> int:
@@ -176,22 +230,23 @@ def build_pretrain_loader(cfg, train_dir: Path, rank: int = 0, world_size: int =
     base = moco_v2_transform(d.image_size, d.min_scale, d.blur, d.mean, d.std)
     dataset = RobustImageFolder(train_dir, TwoCropsTransform(base), d.on_corrupt, d.limit_per_class)
     batch = per_rank_batch(cfg.train.batch_size, world_size)
-    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
-                                 seed=cfg.train.seed, drop_last=True)
+    sampler = ResumableSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
+                               seed=cfg.train.seed, drop_last=True)
     if len(sampler) < batch:
         raise DataError(f"{train_dir}: {len(dataset)} images give {len(sampler)} per process, fewer than the "
                         f"per-process batch {batch} (train.batch_size={cfg.train.batch_size} over {world_size} "
                         "processes): lower train.batch_size or use more data")
-    generator = torch.Generator()
-    loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=d.workers,
-                        pin_memory=pin_memory, drop_last=True, worker_init_fn=seed_worker,
-                        generator=generator, persistent_workers=False)
+    loader = DataLoader(PerSampleSeed(dataset, cfg.train.seed), batch_size=batch, sampler=sampler,
+                        num_workers=d.workers, pin_memory=pin_memory, drop_last=True, worker_init_fn=seed_worker,
+                        persistent_workers=False)
     out = EpochLoader(loader, sampler, cfg.train.seed, rank)
     out.set_epoch(0)
     return out
 
 
-def _shard(dataset, rank: int, world_size: int):
+def shard(dataset, rank: int, world_size: int):
+    """Rank `rank`'s share of an evaluation split: every world_size-th image from `rank` (disjoint, no padding;
+    features are gathered afterwards, so every image counts once)."""
     return dataset if world_size == 1 else Subset(dataset, list(range(rank, len(dataset), world_size)))
 
 
@@ -217,6 +272,6 @@ def build_knn_loaders(cfg, train_dir: Path, val_dir: Path, rank: int = 0, world_
     if bank.classes != test.classes:
         raise DataError(f"kNN monitor: classes of {train_dir} and {val_dir} differ")
     bs = batch_size or max(32, per_rank_batch(cfg.train.batch_size, world_size))
-    mk = lambda ds: DataLoader(_shard(ds, rank, world_size), batch_size=bs, shuffle=False,  # noqa: E731
+    mk = lambda ds: DataLoader(shard(ds, rank, world_size), batch_size=bs, shuffle=False,  # noqa: E731
                                num_workers=d.workers, pin_memory=pin_memory, worker_init_fn=seed_worker)
     return mk(bank), mk(test), len(bank.classes)

@@ -46,7 +46,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .augment import CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, eval_resize_size
-from .data import CorruptImageError, DataError, RobustImageFolder, resolve_roots
+from .data import CorruptImageError, DataError, ResumableSampler, RobustImageFolder, resolve_roots
 from .gpu_augment import (DeviceImageDataset, GPUMoCoV2Augment, crop_resize, decode_jpeg_batch, resize_taps,
                           sample_crop_boxes)
 
@@ -270,7 +270,9 @@ class GPUBatchSource:
         self.augment, self.channels_last, self.with_labels = augment, channels_last, with_labels
         self.memory, self.samples, self.classes = memory, list(samples or []), list(classes)
         self.workers, self.on_corrupt, self.root = workers, on_corrupt, root
-        self.epoch = 0
+        self.epoch = self.start_step = 0
+        self._resume_generator = None
+        self._g: torch.Generator | None = None
         self._warned: set[str] = set()
         n = len(self)
         if n < 1:
@@ -288,8 +290,22 @@ class GPUBatchSource:
         per_rank = n // w  # DistributedSampler(drop_last=True)
         return per_rank // self.batch
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        """Start `epoch` (after its first `start_step` batches: a mid-epoch resume, see load_state)."""
+        self.epoch, self.start_step = int(epoch), int(start_step)
+        self._resume_generator = None
+
+    def state(self) -> dict:
+        """The data position to store in a checkpoint: the epoch and the augmentation generator's state after
+        the last batch yielded (with set_epoch(epoch, step) + load_state, the next batch is the one an
+        uninterrupted epoch would yield)."""
+        g = self._g
+        return {"epoch": self.epoch, "generator": g.get_state().cpu() if g is not None else None}
+
+    def load_state(self, state: dict) -> None:
+        """Continue the augmentation stream of a checkpoint (call after set_epoch(epoch, step))."""
+        if state.get("generator") is not None and int(state.get("epoch", -1)) == self.epoch:
+            self._resume_generator = state["generator"]
 
     def indices(self, epoch: int | None = None) -> list[int]:
         """Dataset indices this rank reads in `epoch` (default: the current one), in order."""
@@ -299,6 +315,9 @@ class GPUBatchSource:
     def _generator(self) -> torch.Generator:
         g = torch.Generator(device=self.device)
         g.manual_seed(augment_seed(self.seed, self.epoch, self.rank))
+        if self._resume_generator is not None:
+            g.set_state(self._resume_generator)
+        self._g = g
         return g
 
     def _finish(self, views: list[Tensor], labels: Tensor):
@@ -315,7 +334,7 @@ class GPUBatchSource:
         n_views = 1 if self.task == "linear" else 2
         if self.mode == "memory":
             order = torch.tensor(self.indices(), dtype=torch.long, device=self.device)
-            for b in range(len(self)):
+            for b in range(self.start_step, len(self)):
                 idx = order[b * self.batch:(b + 1) * self.batch]
                 yield self._finish(_views(self.augment, self.memory.images[idx], g, n_views),
                                    self.memory.labels[idx])
@@ -334,9 +353,10 @@ class GPUBatchSource:
             yield self._finish(_views(self.augment, images, g, n_views), labels)
 
     def _loader(self) -> DataLoader:
-        sampler = DistributedSampler(range(len(self.samples)), num_replicas=self.world_size, rank=self.rank,
-                                     shuffle=True, seed=self.seed, drop_last=True)
+        sampler = ResumableSampler(range(len(self.samples)), num_replicas=self.world_size, rank=self.rank,
+                                   shuffle=True, seed=self.seed, drop_last=True)
         sampler.set_epoch(self.epoch)
+        sampler.start = self.start_step * self.batch
         return DataLoader(EncodedFiles(self.samples, self.on_corrupt), batch_size=self.batch, sampler=sampler,
                           num_workers=self.workers, collate_fn=collate_encoded, drop_last=True,
                           persistent_workers=False, prefetch_factor=4 if self.workers > 0 else None)

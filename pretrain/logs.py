@@ -77,6 +77,8 @@ class MetricsWriter:
         self.enabled = enabled
         self.path = Path(output_dir) / "metrics.jsonl"
         self.tb = None
+        if enabled:
+            self.drop_cut_off_line()
         if enabled and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
             self.tb = SummaryWriter(log_dir=str(Path(output_dir) / "tb"))
@@ -95,6 +97,18 @@ class MetricsWriter:
                 if k not in ("stage", "epoch", "iter") and isinstance(v, (int, float)) and not isinstance(v, bool):
                     self.tb.add_scalar(f"{record['stage']}/{k}", v, step)
             self.tb.flush()
+
+    def drop_cut_off_line(self) -> bool:
+        """Remove an unterminated last line (a write cut short by a kill) so that the next record starts on a
+        line of its own; atomic. Returns whether a line was removed."""
+        if not self.path.is_file():
+            return False
+        text = self.path.read_bytes()
+        if not text or text.endswith(b"\n"):
+            return False
+        kept = text[: text.rfind(b"\n") + 1]
+        atomic_write(self.path, lambda f: f.write(kept))
+        return True
 
     def drop_after(self, stage: str, epoch: int) -> int:
         """Remove `stage` lines with epoch > `epoch` (written before a crash that lost their checkpoint);

@@ -8,15 +8,23 @@ epochs, batch, seed, ...; pretrain.train.RESUME_HARMLESS lists the keys that may
 stops before writing anything, with one line naming each differing key and exit code 2.
 --allow-config-change resumes anyway; the change is then logged and listed in results.json
 ("config_changes").
+
+Stopping in the middle of an epoch: `touch DIR/STOP` or `kill -USR1 <pid>` (each process of a torchrun job).
+Training finishes its current step, writes DIR/checkpoint.pth with its position in the epoch and exits with
+code 0; the same command continues at the next step with the data and augmentations an uninterrupted run
+would have used. Exit codes: 0 done or stopped, 2 bad input (one line naming the file, key or value),
+1 an internal error (with its traceback).
 """
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
 from . import config as config_mod
 from .defaults import PretrainConfig
+from .frame import guard
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,26 +47,23 @@ def resolve_config(files, overrides) -> PretrainConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    from .checkpoint import CheckpointError, UnsafeFileError
-    from .data import CorruptImageError, DataError
-    from .train import NonFiniteLossError, ResumeConfigError, run
-    try:
-        cfg = resolve_config(args.config, args.overrides)
-        if args.print_config:
-            import yaml
-            print(yaml.safe_dump(config_mod.to_dict(cfg), sort_keys=False))
-            return 0
-        summary = run(cfg, Path(args.output), allow_config_change=args.allow_config_change)
-    except (ResumeConfigError, UnsafeFileError) as e:  # bad input, refused before training starts
-        print(f"simsiam pretrain: error: {e}", file=sys.stderr)
-        return 2
-    except (config_mod.ConfigError, DataError, CorruptImageError, CheckpointError, NonFiniteLossError) as e:
-        print(f"simsiam pretrain: error: {e}", file=sys.stderr)
-        return 1
+    return guard("simsiam pretrain", lambda: _main(args))
+
+
+def _main(args) -> int:
+    from .train import request_stop, run
+    cfg = resolve_config(args.config, args.overrides)
+    if args.print_config:
+        import yaml
+        print(yaml.safe_dump(config_mod.to_dict(cfg), sort_keys=False))
+        return 0
+    if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):  # a launcher's own handler is kept
+        signal.signal(signal.SIGUSR1, request_stop)
+    summary = run(cfg, Path(args.output), allow_config_change=args.allow_config_change)
     m = summary["metrics"]
     state = "complete" if summary["complete"] else "stopped (run the same command to resume)"
-    print(f"pretraining {state}: epoch {summary['epoch']}, loss {m['loss']}, collapse_std {m['collapse_std']}, "
-          f"kNN top-1 {m['knn_top1']}; run folder {summary['output_dir']}")
+    print(f"pretraining {state}: epoch {summary['epoch']}, step {summary['step']}, loss {m['loss']}, "
+          f"collapse_std {m['collapse_std']}, kNN top-1 {m['knn_top1']}; run folder {summary['output_dir']}")
     return 0
 
 

@@ -7,10 +7,12 @@ results.json) and resumes by itself when output_dir already holds checkpoint.pth
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
 import random
+import threading
 import time
 from pathlib import Path
 
@@ -23,18 +25,20 @@ from . import config as config_mod
 from . import data as data_mod
 from . import distributed
 from .defaults import PretrainConfig, init_lr
-from .logs import MetricsWriter, progress, setup_logger, write_results
+from .errors import InputError
+from .frame import StageRun
+from .logs import progress, write_results
 from .loss import simsiam_loss
 from .model import build_model
 from .monitor import collapse_floor, collapse_std, extract_features, knn_accuracy
 from .optim import adjust_learning_rate, build_optimizer
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(InputError, FloatingPointError):
     """The loss became NaN/inf: the run stops and the last good checkpoint is kept."""
 
 
-class ResumeConfigError(ValueError):
+class ResumeConfigError(InputError, ValueError):
     """The config of a run folder's checkpoint disagrees with the config given for resuming."""
 
 
@@ -232,44 +236,82 @@ def optimizer_step(loss: torch.Tensor, optimizer, scaler) -> None:
 
 
 # ------------------------------------------------------------------------------------------- one epoch
+@dataclasses.dataclass
+class EpochTally:
+    """Running sums of one epoch on one rank. A mid-epoch checkpoint keeps them, so an epoch resumed in its
+    middle reports the same loss, collapse and step count as an uninterrupted one."""
+    steps: int = 0
+    loss_sum: float = 0.0
+    collapse_sum: float = 0.0
+    seconds: float = 0.0
+    batch_per_rank: int = 0
+
+
+def steps_per_epoch(loader, cfg: PretrainConfig) -> int:
+    """Training steps in one epoch: the loader's batches, capped by train.max_steps_per_epoch."""
+    cap = cfg.train.max_steps_per_epoch
+    return len(loader) if cap <= 0 else min(len(loader), cap)
+
+
+def reduce_step(loss: torch.Tensor, stop: bool) -> tuple[float, bool]:
+    """One collective per step: the loss averaged over ranks, and whether any rank was asked to stop (so every
+    rank stops after the same step)."""
+    both = torch.stack([loss.detach().float(), torch.tensor(float(stop), device=loss.device)])
+    mean = distributed.all_reduce_mean(both)
+    return mean[0].item(), mean[1].item() > 0
+
+
+def epoch_stats(tally: EpochTally, cfg: PretrainConfig, info: distributed.DistInfo) -> dict:
+    """The epoch's metrics (the collapse monitor averaged over ranks)."""
+    n = max(tally.steps, 1)
+    stats = {"loss": tally.loss_sum / n, "steps": tally.steps, "time": tally.seconds,
+             "world_size": info.world_size, "batch_per_rank": tally.batch_per_rank,
+             "images_per_s": tally.steps * cfg.train.batch_size / max(tally.seconds, 1e-9)}
+    if cfg.monitor.collapse:
+        stats["collapse_std"] = distributed.all_reduce_mean(
+            torch.tensor(tally.collapse_sum / n, device=info.device)).item()
+    return stats
+
+
 def train_one_epoch(model, loader, optimizer, scaler, *, epoch: int, step: int, cfg: PretrainConfig,
-                    info: distributed.DistInfo, dtype, last_good: str) -> tuple[dict, int]:
+                    info: distributed.DistInfo, dtype, last_good: str, tally: EpochTally | None = None,
+                    stop: "StopRequest | None" = None) -> tuple[dict | None, int, EpochTally]:
+    """Train on the rest of epoch `epoch` (the loader is set to it, after `tally.steps` batches when resumed).
+
+    Returns (stats, global step, tally); stats is None when a stop request ended the epoch early: the tally
+    then holds the steps done so far, for a mid-epoch checkpoint."""
     model.train()
-    loader.set_epoch(epoch)
-    n_steps = len(loader) if cfg.train.max_steps_per_epoch <= 0 else min(len(loader), cfg.train.max_steps_per_epoch)
+    tally = tally or EpochTally()
+    n_steps = steps_per_epoch(loader, cfg)
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-    loss_sum = col_sum = 0.0
-    n = batch_per_rank = 0
     t0 = time.time()
-    bar = progress(loader, total=n_steps, enabled=info.is_main, desc=f"epoch {epoch + 1}/{cfg.train.epochs}")
-    for i, ((x1, x2), _) in enumerate(bar):
+    bar = progress(loader, total=n_steps - tally.steps, enabled=info.is_main,
+                   desc=f"epoch {epoch + 1}/{cfg.train.epochs}")
+    for i, ((x1, x2), _) in enumerate(bar, start=tally.steps):
         if i >= n_steps:
             break
         x1 = x1.to(info.device, non_blocking=True, memory_format=memory_format)
         x2 = x2.to(info.device, non_blocking=True, memory_format=memory_format)
         loss, z1 = forward_loss(model, x1, x2, dtype)
-        loss_val = distributed.all_reduce_mean(loss.detach().float()).item()
+        loss_val, stopping = reduce_step(loss, stop is not None and stop.requested())
         if not math.isfinite(loss_val):  # every rank sees the same reduced value and stops together
             raise NonFiniteLossError(
                 f"loss is {loss_val} at epoch {epoch + 1}, step {i + 1}/{n_steps} (global step {step + 1}): "
                 f"training stopped before this update; the last good checkpoint is kept: {last_good}")
         optimizer_step(loss, optimizer, scaler)
         step += 1
-        n += 1
-        batch_per_rank = x1.shape[0]
-        loss_sum += loss_val
+        tally.steps += 1
+        tally.batch_per_rank = x1.shape[0]
+        tally.loss_sum += loss_val
         if cfg.monitor.collapse:
-            col_sum += collapse_std(z1)
+            tally.collapse_sum += collapse_std(z1)
         if info.is_main and hasattr(bar, "set_postfix") and (i % max(cfg.train.print_freq, 1) == 0):
             bar.set_postfix(loss=f"{loss_val:.4f}")
-    elapsed = time.time() - t0
-    stats = {"loss": loss_sum / max(n, 1), "steps": n, "time": elapsed, "world_size": info.world_size,
-             "batch_per_rank": batch_per_rank,
-             "images_per_s": n * cfg.train.batch_size / max(elapsed, 1e-9)}
-    if cfg.monitor.collapse:
-        stats["collapse_std"] = distributed.all_reduce_mean(
-            torch.tensor(col_sum / max(n, 1), device=info.device)).item()
-    return stats, step
+        if stopping and tally.steps < n_steps:
+            tally.seconds += time.time() - t0
+            return None, step, tally
+    tally.seconds += time.time() - t0
+    return epoch_stats(tally, cfg, info), step, tally
 
 
 def build_data(cfg: PretrainConfig, train_dir: Path, val_dir, info: distributed.DistInfo):
@@ -320,8 +362,10 @@ def knn_monitor(model, bank_loader, test_loader, num_classes: int, cfg: Pretrain
     return knn_accuracy(bank, bank_y, test, test_y, cfg.monitor.knn_k, cfg.monitor.knn_t, num_classes)
 
 
-# ------------------------------------------------------------------------------------------------- run
+# ------------------------------------------------------------------------------------- pause and stop
 PAUSE_FILE = "PAUSE"
+STOP_FILE = "STOP"
+_signalled = threading.Event()
 
 
 def wait_while_paused(output_dir: Path, log, poll: float = 0.2) -> None:
@@ -340,6 +384,31 @@ def wait_while_paused(output_dir: Path, log, poll: float = 0.2) -> None:
     log.info("%s removed: continuing", flag)
 
 
+def request_stop(*_signal_args) -> None:
+    """Ask the training of this process to stop after its current step: it writes a checkpoint with its data
+    position and returns (resume with the same command). Usable as a signal handler: pretrain.main installs
+    it for SIGUSR1, and a launcher that has its own preemption signal calls it from its handler."""
+    _signalled.set()
+
+
+class StopRequest:
+    """Whether this run was asked to stop mid-epoch: request_stop() in this process, or a `<run>/STOP` file
+    (any launcher, or a person: `touch RUN/STOP`). Every rank checks at every step; the ranks agree through
+    the step's all-reduce. The request is used up when the stop's checkpoint is written."""
+
+    def __init__(self, output_dir: Path):
+        self.file = Path(output_dir) / STOP_FILE
+
+    def requested(self) -> bool:
+        return _signalled.is_set() or self.file.exists()
+
+    def consume(self, is_main: bool) -> None:
+        _signalled.clear()
+        if is_main:
+            self.file.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------------------------- run
 def run(cfg: PretrainConfig, output_dir: str | Path, allow_config_change: bool = False) -> dict:
     """Pretrain (or resume) into output_dir; returns a summary of this invocation.
 
@@ -347,143 +416,197 @@ def run(cfg: PretrainConfig, output_dir: str | Path, allow_config_change: bool =
     before anything is written, unless allow_config_change: the change is then logged and listed in
     results.json and in the checkpoints ("config_changes": {epoch, key, old, new})."""
     output_dir = Path(output_dir)
-    owns_group = not (dist.is_available() and dist.is_initialized())
-    info = distributed.init_distributed()
-    try:
-        return _run(cfg, output_dir, info, allow_config_change)
-    finally:
-        if owns_group:
-            distributed.cleanup()
+    state, changes = read_resume_state(output_dir / ckpt_io.LATEST, cfg, allow_config_change)
+    with StageRun("pretrain", output_dir, tensorboard=cfg.monitor.tensorboard) as sr:
+        trainer = Pretraining(cfg, sr, config_history(state, changes, sr.log))
+        trainer.resume(state)
+        return trainer.fit()
 
 
-def _run(cfg: PretrainConfig, output_dir: Path, info: distributed.DistInfo, allow_config_change: bool) -> dict:
-    latest = output_dir / ckpt_io.LATEST
-    state, changes = read_resume_state(latest, cfg, allow_config_change)  # before anything is written
-    # ---- setup
-    if info.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    distributed.barrier()
-    log = setup_logger(output_dir, info.is_main)
-    config_changes = config_history(state, changes, log)
-    set_deterministic(cfg.train.deterministic)
-    dtype = amp_dtype(cfg, info.device)
-    if info.is_main:
-        config_mod.save(cfg, output_dir / "config.yaml")
-    writer = MetricsWriter(output_dir, enabled=info.is_main, tensorboard=cfg.monitor.tensorboard)
+class Pretraining:
+    """One invocation of a pretraining run inside its StageRun: build, resume, train epochs, summarise."""
 
-    # ---- build
-    train_dir, val_dir = data_mod.resolve_roots(cfg.data)
-    dataset = data_mod.dataset_name(cfg.data)
-    seed_everything(cfg.train.seed)            # same initial weights on every rank
-    model = build_model(cfg.model)
-    if cfg.init_from and not latest.is_file():
-        ckpt_io.load_weights(model, os.path.expanduser(cfg.init_from))
-        log.info("initialised weights from %s", cfg.init_from)
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    model = distributed.prepare_model(model, info, sync_bn=cfg.model.sync_bn)
-    lr0 = init_lr(cfg)
-    optimizer = build_optimizer(model, cfg.optim, lr0)
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    def __init__(self, cfg: PretrainConfig, sr: StageRun, config_changes: list[dict]):
+        """Build the model, optimiser and data of `cfg` (same initial weights on every rank)."""
+        self.cfg, self.sr, self.log, self.info = cfg, sr, sr.log, sr.info
+        self.config_changes = config_changes
+        self.latest = sr.dir / ckpt_io.LATEST
+        set_deterministic(cfg.train.deterministic)
+        self.dtype = amp_dtype(cfg, self.info.device)
+        sr.save_config(cfg)
+        train_dir, val_dir = data_mod.resolve_roots(cfg.data)
+        self.dataset = data_mod.dataset_name(cfg.data)
+        seed_everything(cfg.train.seed)            # same initial weights on every rank
+        model = build_model(cfg.model)
+        if cfg.init_from and not self.latest.is_file():
+            ckpt_io.load_weights(model, os.path.expanduser(cfg.init_from))
+            self.log.info("initialised weights from %s", cfg.init_from)
+        if cfg.train.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = distributed.prepare_model(model, self.info, sync_bn=cfg.model.sync_bn)
+        self.lr0 = init_lr(cfg)
+        self.optimizer = build_optimizer(self.model, cfg.optim, self.lr0)
+        self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
+        seed_everything(cfg.train.seed + self.info.rank)  # any other randomness differs per rank
+        self.loader, self.knn_loaders = build_data(cfg, train_dir, val_dir, self.info)
+        self.run_model = compile_model(self.model, self.info.device, self.log) if cfg.train.compile else self.model
+        self.applied = applied_switches(self.model, self.run_model, self.dtype)
+        self.start_epoch, self.step, self.tally, self.resumed = 0, 0, None, False
+        self.stop = StopRequest(sr.dir)
+        self._describe(train_dir, val_dir)
 
-    seed_everything(cfg.train.seed + info.rank)  # augmentation randomness differs per rank
-    loader, knn_loaders = build_data(cfg, train_dir, val_dir, info)
+    def _describe(self, train_dir, val_dir) -> None:
+        cfg, info, applied = self.cfg, self.info, self.applied
+        self.log.info("SimSiam %s on %s (%s): %d processes, global batch %d (%d per process), lr %.4g, "
+                      "%d epochs; train %s, held-out %s", cfg.model.arch, self.dataset, info.device,
+                      info.world_size, cfg.train.batch_size, cfg.train.batch_size // info.world_size, self.lr0,
+                      cfg.train.epochs, train_dir, val_dir)
+        self.log.info("precision and speed switches in effect: amp %s, channels_last %s, compiled %s",
+                      applied["amp"], applied["channels_last"], applied["compiled"])
+        if applied["amp"] != cfg.train.amp:
+            self.log.warning("train.amp=%s does not apply on %s (fp16 needs CUDA's GradScaler): training in "
+                             "fp32", cfg.train.amp, info.device)
 
-    # ---- resume
-    start_epoch, step = 0, 0
-    if state is not None:
-        ckpt_io.resume(output_dir, distributed.unwrap(model), optimizer, scaler, state=state)
-        start_epoch, step = int(state["epoch"]), int(state["step"])
-        per_rank = state.get("rng_ranks") or []
-        if len(per_rank) == info.world_size and info.world_size > 1:
-            ckpt_io.set_rng_state(per_rank[info.rank])
-        log.info("resumed from %s at epoch %d (step %d)", latest, start_epoch, step)
-    writer.drop_after("pretrain", start_epoch)  # lines of an epoch that was not checkpointed are redone
+    def resume(self, state: dict | None) -> None:
+        """Continue from a checkpoint (its weights, optimiser, RNG of every rank; mid-epoch: the data
+        position and the epoch's running sums). Metrics lines of epochs it does not hold are dropped."""
+        if state is not None:
+            ckpt_io.resume(self.sr.dir, distributed.unwrap(self.model), self.optimizer, self.scaler, state=state)
+            self.start_epoch, self.step, self.resumed = int(state["epoch"]), int(state["step"]), True
+            per_rank = state.get("rng_ranks") or []
+            if len(per_rank) == self.info.world_size and self.info.distributed:
+                ckpt_io.set_rng_state(per_rank[self.info.rank])
+            self._resume_position(state)
+            self.log.info("resumed from %s at epoch %d, step %d of the epoch (global step %d)", self.latest,
+                          self.start_epoch, self.tally.steps if self.tally else 0, self.step)
+        self.sr.metrics.drop_after("pretrain", self.start_epoch)  # an epoch without its checkpoint is redone
 
-    # the batch each BN normalises over (SyncBN: the global batch), which sets the collapse monitor's floor
-    synced = any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
-    bn_batch = cfg.train.batch_size if synced else data_mod.per_rank_batch(cfg.train.batch_size, info.world_size)
-    run_model = compile_model(model, info.device, log) if cfg.train.compile else model
-    applied = applied_switches(model, run_model, dtype)
+    def _resume_position(self, state: dict) -> None:
+        positions = state.get("positions") or []
+        if not int(state.get("epoch_step", 0)):
+            return
+        if len(positions) != self.info.world_size:
+            self.log.warning("the checkpoint stopped inside epoch %d with %d processes, this run has %d: the "
+                             "epoch restarts from its first batch", self.start_epoch + 1, len(positions),
+                             self.info.world_size)
+            return
+        mine = positions[self.info.rank]
+        self.tally = EpochTally(**mine["tally"])
+        self.loader.set_epoch(self.start_epoch, self.tally.steps)
+        self.loader.load_state(mine["data"])
 
-    log.info("SimSiam %s on %s (%s): %d processes, global batch %d (%d per process), lr %.4g, %d epochs; "
-             "train %s, held-out %s", cfg.model.arch, dataset, info.device, info.world_size,
-             cfg.train.batch_size, cfg.train.batch_size // info.world_size, lr0, cfg.train.epochs,
-             train_dir, val_dir)
-    log.info("precision and speed switches in effect: amp %s, channels_last %s, compiled %s",
-             applied["amp"], applied["channels_last"], applied["compiled"])
-    if applied["amp"] != cfg.train.amp:
-        log.warning("train.amp=%s does not apply on %s (fp16 needs CUDA's GradScaler): training in fp32",
-                    cfg.train.amp, info.device)
-
-    # ---- epochs
-    history: list[dict] = []
-    last = {"loss": float("nan")}
-    knn = None
-    ran = 0
-    epoch = start_epoch
-    try:
-        for epoch in range(start_epoch, cfg.train.epochs):
-            lr = adjust_learning_rate(optimizer, lr0, epoch, cfg.train.epochs, cfg.optim.schedule)
-            good = str(latest) if latest.is_file() else "none (no epoch finished yet)"
-            stats, step = train_one_epoch(run_model, loader, optimizer, scaler, epoch=epoch, step=step, cfg=cfg,
-                                          info=info, dtype=dtype, last_good=good)
-            if not parameters_finite(distributed.unwrap(model)):
-                raise NonFiniteLossError(f"weights became NaN/inf during epoch {epoch + 1}: training stopped; "
-                                         f"the last good checkpoint is kept: {good}")
-            record = {"stage": "pretrain", "epoch": epoch + 1, "step": step, "lr": lr,
-                      "pred_lr": optimizer.param_groups[1]["lr"], **stats}
-            if cfg.monitor.collapse:
-                record["collapse_ref"] = 1.0 / math.sqrt(cfg.model.dim)
-                record["collapse_floor"] = collapse_floor(bn_batch, cfg.model.dim)
-            if knn_loaders is not None and ((epoch + 1) % max(cfg.monitor.knn_every, 1) == 0
-                                            or epoch + 1 == cfg.train.epochs):
-                knn = knn_monitor(model, *knn_loaders, cfg, info, dtype)
-                record["knn_top1"], record["knn_top5"] = knn["top1"], knn["top5"]
-
-            # checkpoint: RNG states of every rank so that a resumed multi-process run continues exactly
-            rng_all = None
-            if info.distributed:
-                rng_all = [None] * info.world_size
-                dist.all_gather_object(rng_all, ckpt_io.rng_state())
-            if info.is_main:
-                ck = ckpt_io.make_checkpoint(distributed.unwrap(model), optimizer, scaler, epoch=epoch + 1,
-                                             step=step, config=config_mod.to_dict(cfg), dataset=dataset,
-                                             arch=cfg.model.arch)
-                if rng_all is not None:
-                    ck["rng_ranks"] = rng_all
-                ck["config_changes"] = config_changes
-                writer.write(record)  # first: a kill between the two repeats this epoch, never loses its line
-                ckpt_io.save_checkpoint(ck, output_dir, cfg.train.save_freq)
-                log.info("epoch %d/%d: loss %.4f  collapse_std %s  kNN top-1 %s  lr %.4g  %.1f img/s",
-                         epoch + 1, cfg.train.epochs, stats["loss"],
-                         f"{stats['collapse_std']:.4f}" if "collapse_std" in stats else "-",
-                         f"{record['knn_top1']:.2f}" if "knn_top1" in record else "-", lr, stats["images_per_s"])
-            distributed.barrier()
-            wait_while_paused(output_dir, log)
-            history.append(record)
-            last = record
-            ran += 1
-            if cfg.train.stop_after_epochs and ran >= cfg.train.stop_after_epochs:
-                log.info("stopping after %d epoch(s) in this invocation (train.stop_after_epochs); run the "
-                         "same command again to resume", ran)
+    def fit(self) -> dict:
+        """Train the remaining epochs (until done, train.stop_after_epochs, or a stop request); summarise."""
+        cfg, history, ran, stopped = self.cfg, [], 0, False
+        last, knn = {"loss": float("nan")}, None
+        for epoch in range(self.start_epoch, cfg.train.epochs):
+            record, knn_now = self.train_epoch(epoch)
+            if record is None:
+                stopped = True
                 break
-    except NonFiniteLossError as e:
-        log.error("%s", e)
-        writer.close()
-        raise
+            knn = knn_now or knn
+            history.append(record)
+            last, ran = record, ran + 1
+            if self.stop.requested() or (cfg.train.stop_after_epochs and ran >= cfg.train.stop_after_epochs):
+                stopped = self.stop.requested()
+                self.stop.consume(self.info.is_main)
+                self.log.info("stopping after %d epoch(s) in this invocation; run the same command again to "
+                              "resume", ran)
+                break
+        return self.finish(history, last, knn, ran, stopped)
 
-    epochs_done = start_epoch + ran
-    complete = epochs_done >= cfg.train.epochs
-    if state is not None and ran == 0 and knn_loaders is not None:  # finished run restarted: re-measure kNN
-        knn = knn_monitor(model, *knn_loaders, cfg, info, dtype)
-    metrics = {"loss": last.get("loss"), "collapse_std": last.get("collapse_std"),
-               "knn_top1": knn["top1"] if knn else None, "knn_top5": knn["top5"] if knn else None}
-    if info.is_main:
-        write_summary(output_dir, cfg, dataset, metrics, epochs_done, complete, loader, config_changes, applied)
-    writer.close()
-    distributed.barrier()
-    return {"output_dir": str(output_dir), "checkpoint": str(latest), "epoch": epochs_done, "step": step,
-            "complete": complete, "resumed_from": start_epoch if state is not None else None,
-            "per_rank_batch": cfg.train.batch_size // info.world_size, "world_size": info.world_size,
-            "metrics": metrics, "history": history, "applied": applied}
+    def train_epoch(self, epoch: int) -> tuple[dict | None, dict | None]:
+        """One epoch (or its rest) and its checkpoint; (metrics record, kNN result), or (None, None) when a
+        stop request ended it early (a mid-epoch checkpoint is then written)."""
+        cfg = self.cfg
+        lr = adjust_learning_rate(self.optimizer, self.lr0, epoch, cfg.train.epochs, cfg.optim.schedule)
+        if self.tally is None:
+            self.loader.set_epoch(epoch)
+        good = str(self.latest) if self.latest.is_file() else "none (no epoch finished yet)"
+        stats, self.step, tally = train_one_epoch(
+            self.run_model, self.loader, self.optimizer, self.scaler, epoch=epoch, step=self.step, cfg=cfg,
+            info=self.info, dtype=self.dtype, last_good=good, tally=self.tally, stop=self.stop)
+        self.tally = None
+        if stats is None:
+            self.save(epoch, tally)
+            self.stop.consume(self.info.is_main)
+            self.log.info("stopped on request after step %d of epoch %d (global step %d); checkpoint with the "
+                          "data position written: run the same command to resume", tally.steps, epoch + 1,
+                          self.step)
+            return None, None
+        if not parameters_finite(distributed.unwrap(self.model)):
+            raise NonFiniteLossError(f"weights became NaN/inf during epoch {epoch + 1}: training stopped; "
+                                     f"the last good checkpoint is kept: {good}")
+        record = self._record(epoch, lr, stats)
+        knn = None
+        if self.knn_loaders is not None and ((epoch + 1) % max(cfg.monitor.knn_every, 1) == 0
+                                             or epoch + 1 == cfg.train.epochs):
+            knn = knn_monitor(self.model, *self.knn_loaders, cfg, self.info, self.dtype)
+            record["knn_top1"], record["knn_top5"] = knn["top1"], knn["top5"]
+        self.save(epoch + 1, None, record)
+        distributed.barrier()
+        wait_while_paused(self.sr.dir, self.log)
+        return record, knn
+
+    def _record(self, epoch: int, lr: float, stats: dict) -> dict:
+        record = {"stage": "pretrain", "epoch": epoch + 1, "step": self.step, "lr": lr,
+                  "pred_lr": self.optimizer.param_groups[1]["lr"], **stats}
+        if self.cfg.monitor.collapse:
+            # the batch each BN normalises over (SyncBN: the global batch) sets the collapse monitor's floor
+            synced = any(isinstance(m, torch.nn.SyncBatchNorm) for m in self.model.modules())
+            bn_batch = self.cfg.train.batch_size if synced else data_mod.per_rank_batch(
+                self.cfg.train.batch_size, self.info.world_size)
+            record["collapse_ref"] = 1.0 / math.sqrt(self.cfg.model.dim)
+            record["collapse_floor"] = collapse_floor(bn_batch, self.cfg.model.dim)
+        return record
+
+    def save(self, epochs_done: int, tally: EpochTally | None, record: dict | None = None) -> None:
+        """checkpoint.pth after `epochs_done` whole epochs (+ `tally.steps` batches of the next one when
+        stopping mid-epoch): weights, optimiser, every rank's RNG and, mid-epoch, every rank's data position.
+        The epoch's metrics line goes first: a kill between the two repeats the epoch, never loses its line."""
+        mine = {"rng": ckpt_io.rng_state(), "data": self.loader.state(),
+                "tally": dataclasses.asdict(tally) if tally else None}
+        ranks = [mine]
+        if self.info.distributed:
+            ranks = [None] * self.info.world_size
+            dist.all_gather_object(ranks, mine)
+        if not self.info.is_main:
+            return
+        ck = ckpt_io.make_checkpoint(distributed.unwrap(self.model), self.optimizer, self.scaler,
+                                     epoch=epochs_done, step=self.step, config=config_mod.to_dict(self.cfg),
+                                     dataset=self.dataset, arch=self.cfg.model.arch)
+        if self.info.distributed:
+            ck["rng_ranks"] = [r["rng"] for r in ranks]
+        ck["config_changes"] = self.config_changes
+        ck["epoch_step"] = tally.steps if tally else 0
+        if tally:
+            ck["positions"] = [{"data": r["data"], "tally": r["tally"]} for r in ranks]
+        if record is not None:
+            self.sr.metrics.write(record)
+            self._log_epoch(record)
+        ckpt_io.save_checkpoint(ck, self.sr.dir, 0 if tally else self.cfg.train.save_freq)
+
+    def _log_epoch(self, r: dict) -> None:
+        self.log.info("epoch %d/%d: loss %.4f  collapse_std %s  kNN top-1 %s  lr %.4g  %.1f img/s", r["epoch"],
+                      self.cfg.train.epochs, r["loss"],
+                      f"{r['collapse_std']:.4f}" if "collapse_std" in r else "-",
+                      f"{r['knn_top1']:.2f}" if "knn_top1" in r else "-", r["lr"], r["images_per_s"])
+
+    def finish(self, history: list[dict], last: dict, knn: dict | None, ran: int, stopped: bool) -> dict:
+        """results.json of the run so far, and this invocation's summary."""
+        cfg, info = self.cfg, self.info
+        epochs_done = self.start_epoch + ran
+        complete = epochs_done >= cfg.train.epochs
+        if self.resumed and ran == 0 and not stopped and self.knn_loaders is not None:
+            knn = knn_monitor(self.model, *self.knn_loaders, cfg, info, self.dtype)  # finished run restarted
+        metrics = {"loss": last.get("loss"), "collapse_std": last.get("collapse_std"),
+                   "knn_top1": knn["top1"] if knn else None, "knn_top5": knn["top5"] if knn else None}
+        if info.is_main:
+            write_summary(self.sr.dir, cfg, self.dataset, metrics, epochs_done, complete, self.loader,
+                          self.config_changes, self.applied)
+        distributed.barrier()
+        return {"output_dir": str(self.sr.dir), "checkpoint": str(self.latest), "epoch": epochs_done,
+                "step": self.step, "complete": complete, "stopped_on_request": stopped,
+                "resumed_from": self.start_epoch if self.resumed else None,
+                "per_rank_batch": cfg.train.batch_size // info.world_size, "world_size": info.world_size,
+                "metrics": metrics, "history": history, "applied": self.applied}

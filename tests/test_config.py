@@ -56,7 +56,7 @@ def test_unknown_keys_are_errors(tmp_path):
 
 
 def test_cli_reports_config_errors(tmp_path, capsys):
-    assert main(["--output", str(tmp_path / "run"), "model.archh=resnet18"]) == 1
+    assert main(["--output", str(tmp_path / "run"), "model.archh=resnet18"]) == 2
     err = capsys.readouterr().err
     assert "unknown key 'model.archh'" in err
     assert not (tmp_path / "run").exists()
@@ -67,6 +67,6 @@ def test_cli_reports_config_errors(tmp_path, capsys):
 
 
 def test_cli_missing_dataset_is_named(tmp_path, capsys):
-    assert main(["--config", "imagenet_r50_100ep", "--output", str(tmp_path / "run")]) == 1
+    assert main(["--config", "imagenet_r50_100ep", "--output", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert "/datasets/imagenet" in err and "does not exist" in err

@@ -84,7 +84,7 @@ def test_knn_random_init_baseline(cifar_root, tmp_path):
     """--weights random: the backbone pretraining starts from (build_backbone under torch seed `seed`), on the
     data settings given; its accuracy is the reference computation's on that same network."""
     argv = ["--weights", "random", "--data", str(cifar_root), "--output", str(tmp_path / "rand"),
-            "arch=resnet18_cifar", "seed=3", "data.image_size=32", f"data.mean={MEAN}", f"data.std={STD}",
+            "model.arch=resnet18_cifar", "seed=3", "data.image_size=32", f"data.mean={MEAN}", f"data.std={STD}",
             "data.limit_per_class=20", "data.val_limit_per_class=8", "data.workers=0"]
     assert knn.main(argv) == 0
     doc = read_results(tmp_path / "rand")
@@ -97,23 +97,27 @@ def test_knn_random_init_baseline(cifar_root, tmp_path):
     net.fc = nn.Identity()
     for k in (200, 20):
         assert doc["metrics"][f"top1_k{k}"] == pytest.approx(_manual_knn(net, cifar_root, k), abs=1e-6)
-    assert knn.main(argv[:5] + [str(tmp_path / "no_arch")] + argv[7:]) == 2  # without arch=: nothing to build
+    assert knn.main(argv[:5] + [str(tmp_path / "no_arch")] + argv[7:]) == 2  # without model.arch: nothing to build
 
-def test_knn_errors(checkpoint, cifar_root, tmp_path):
+def test_knn_errors(checkpoint, cifar_root, tmp_path, capsys):
+    """Bad input: one line naming the folder, key or value, exit code 2, nothing written."""
     path, _ = checkpoint
-    with pytest.raises(DataError, match="does not exist"):
-        knn.main(["--weights", str(path), "--data", str(tmp_path / "nowhere"), "--output", str(tmp_path / "o")])
+    base = ["--weights", str(path), "--output", str(tmp_path / "o")]
+    assert knn.main(base + ["--data", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err
     only_train = tmp_path / "only"
     (only_train / "train").mkdir(parents=True)
     (only_train / "train" / "cat").symlink_to(cifar_root / "train" / "cat")
-    with pytest.raises(DataError, match="no held-out split"):
-        knn.main(["--weights", str(path), "--data", str(only_train), "--output", str(tmp_path / "o")])
-    assert knn.main(["--weights", str(path), "--data", str(cifar_root), "--output", str(tmp_path / "o"),
-                     "bogus=1"]) == 2
-    from transfer.convert import ConvertError
-    with pytest.raises(ConvertError, match="but --arch resnet50 was asked"):
-        knn.main(["--weights", str(path), "--data", str(cifar_root), "--output", str(tmp_path / "o"),
-                  "arch=resnet50"])
+    assert knn.main(base + ["--data", str(only_train)]) == 2
+    assert "no held-out split" in capsys.readouterr().err
+    assert knn.main(base + ["--data", str(cifar_root), "bogus=1"]) == 2
+    assert "unknown key 'bogus'" in capsys.readouterr().err
+    # the old spelling arch= still works, with a one-line deprecation notice
+    assert knn.main(base + ["--data", str(cifar_root), "arch=resnet50"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == "simsiam knn: note: 'arch=' is deprecated, use 'model.arch='"
+    assert len(err) == 2 and err[1].startswith("simsiam knn: error: ") and "but --arch resnet50 was asked" in err[1]
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("fmt", ["pickle", "torch"])

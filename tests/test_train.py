@@ -250,7 +250,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
     good = _weights(out / "checkpoint.pth")
     capsys.readouterr()
     # an absurd learning rate drives the weights to inf within a step or two; the loss becomes NaN
-    assert main(["--allow-config-change", *base, "optim.base_lr=1e30"]) == 1
+    assert main(["--allow-config-change", *base, "optim.base_lr=1e30"]) == 2
     err = capsys.readouterr().err
     assert "epoch 2" in err and "last good checkpoint is kept" in err and str(out / "checkpoint.pth") in err
     kept = _weights(out / "checkpoint.pth")
@@ -272,7 +272,7 @@ def test_unreadable_image_fails_the_run_with_its_path(cifar_root, tmp_path, caps
     bad.write_bytes(b"garbage")
     argv = ["--config", "test_tiny", "--output", str(tmp_path / "run"), f"data.root={root}", "train.epochs=1",
             "monitor.knn=false"]
-    assert main(argv) == 1
+    assert main(argv) == 2
     err = capsys.readouterr().err
     assert f"cannot read image {bad}" in err and "Traceback" not in err
     # skip mode: the run finishes
@@ -378,3 +378,91 @@ def test_fast_mode_with_compile_runs_on_cpu(tmp_path):
     a, b = ref["metrics"], fast["metrics"]
     assert a["loss"] != b["loss"] and abs(a["loss"] - b["loss"]) < 1e-2, (a, b)
     assert abs(a["collapse_std"] - b["collapse_std"]) < 1e-3, (a, b)
+
+
+# ------------------------------------------------------------------------------------- mid-epoch stop
+MID = ["train.epochs=2", "train.max_steps_per_epoch=3", "monitor.knn=false", "monitor.tensorboard=false",
+       "train.save_freq=1"]
+
+
+def _stop_resume_equal(full_dir: Path, split_dir: Path) -> None:
+    a, b = _weights(full_dir / "checkpoint.pth"), _weights(split_dir / "checkpoint.pth")
+    assert (a["epoch"], a["step"], b["epoch"], b["step"]) == (2, 6, 2, 6)
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), f"weights differ after a mid-epoch stop: {k}"
+    bufs = lambda o: [s["momentum_buffer"] for s in o["optimizer"]["state"].values()]  # noqa: E731
+    assert all(torch.equal(x, y) for x, y in zip(bufs(a), bufs(b)))
+    ma, mb = read_metrics(full_dir), read_metrics(split_dir)
+    assert [m["epoch"] for m in mb] == [1, 2] and [m["steps"] for m in mb] == [3, 3]
+    assert [m["loss"] for m in ma] == [m["loss"] for m in mb]
+    assert [m["collapse_std"] for m in ma] == [m["collapse_std"] for m in mb]
+    assert sorted(p.name for p in split_dir.glob("checkpoint_*.pth")) == ["checkpoint_0001.pth", "checkpoint_0002.pth"]
+
+
+@pytest.mark.parametrize("path", ["pil", "device"])
+def test_stop_mid_epoch_resumes_to_same_weights(tmp_path, path, capsys):
+    """A stop request (the STOP file, or SIGUSR1 through pretrain.main's handler) ends training after the current
+    step with a checkpoint holding the data position; resuming continues at the next step with the same data
+    order and views, so the weights, optimiser state and metrics equal an uninterrupted run's."""
+    extra = MID + (["train.gpu_augment=true"] if path == "device" else [])
+    run(tiny(*extra), tmp_path / "full")
+    split = tmp_path / "split"
+    argv = ["--config", "test_tiny", "--output", str(split), *extra]
+    (split).mkdir()
+    (split / train_mod.STOP_FILE).touch()           # asked before it starts: stops after step 1 of epoch 1
+    assert main(argv) == 0
+    ck = _weights(split / "checkpoint.pth")
+    assert (ck["epoch"], ck["epoch_step"], ck["step"]) == (0, 1, 1)
+    assert not (split / train_mod.STOP_FILE).exists() and not list(split.glob("checkpoint_*.pth"))
+    assert not (split / "metrics.jsonl").exists() or read_metrics(split) == []
+    assert "stopped (run the same command to resume)" in capsys.readouterr().out
+    # the second request comes as a signal, once main has installed its handler: stops after step 2
+    import signal
+    assert signal.getsignal(signal.SIGUSR1) is train_mod.request_stop
+    os.kill(os.getpid(), signal.SIGUSR1)
+    assert main(argv) == 0
+    ck = _weights(split / "checkpoint.pth")
+    assert (ck["epoch"], ck["epoch_step"], ck["step"]) == (0, 2, 2)
+    assert main(argv) == 0
+    _stop_resume_equal(tmp_path / "full", split)
+    assert "step 2 of the epoch" in (split / "log.txt").read_text()
+
+
+def test_stop_mid_epoch_two_processes(tmp_path):
+    """torchrun, two CPU processes: the STOP file stops both ranks after the same step; the resumed run restores
+    every rank's data position and RNG and ends with the weights of an uninterrupted two-process run."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+
+    def torchrun(out: Path) -> None:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+               f"--master_port={_free_port()}", "-m", "pretrain.main", "--config", "test_tiny", "--output",
+               str(out), *MID, "train.batch_size=8"]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    torchrun(tmp_path / "full")
+    split = tmp_path / "split"
+    split.mkdir()
+    (split / train_mod.STOP_FILE).touch()
+    torchrun(split)
+    ck = _weights(split / "checkpoint.pth")
+    assert (ck["epoch"], ck["epoch_step"]) == (0, 1) and len(ck["positions"]) == len(ck["rng_ranks"]) == 2
+    torchrun(split)
+    _stop_resume_equal(tmp_path / "full", split)
+
+
+def test_views_do_not_depend_on_loader_workers(tmp_path):
+    """The reference loader seeds each image's views from (seed, epoch, index): two loader processes give the
+    very batches of none, and skipping the first batches of an epoch (a resume) gives its remaining ones."""
+    cfg = tiny("data.workers=0")
+    train_dir, _ = data_mod.resolve_roots(cfg.data)
+    first = data_mod.build_pretrain_loader(cfg, train_dir)
+    first.set_epoch(1)
+    ref = [x for (x, _), _ in first]
+    other = data_mod.build_pretrain_loader(tiny("data.workers=2"), train_dir)
+    other.set_epoch(1)
+    assert all(torch.equal(a, b) for a, b in zip(ref, [x for (x, _), _ in other]))
+    other.set_epoch(1, start_step=2)
+    rest = [x for (x, _), _ in other]
+    assert len(rest) == len(ref) - 2 and all(torch.equal(a, b) for a, b in zip(ref[2:], rest))
+    assert len(other) == len(ref)

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pretrain.errors import InputError
 from pretrain.checkpoint import UnsafeFileError, atomic_save, atomic_write, load_pickle, load_torch
 from pretrain.model import ARCHS, build_backbone
 
@@ -62,7 +63,7 @@ _RESNETS = {
 _ARCH_NAMES = {"resnet50": "ResNet-50", "resnet18": "ResNet-18", "resnet18_cifar": "ResNet-18 (CIFAR 3x3 stem)"}
 
 
-class ConvertError(ValueError):
+class ConvertError(InputError, ValueError):
     """A checkpoint that cannot be converted; the message says what was found and what was expected."""
 
 

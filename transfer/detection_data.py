@@ -37,6 +37,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from pretrain.checkpoint import atomic_write
+from pretrain.errors import InputError
 from transfer.d2compat import import_detectron2
 
 import_detectron2()
@@ -55,7 +56,7 @@ STANDARD_COCO = {f"coco_2017_{s}": (f"coco/{s}2017", f"coco/annotations/instance
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError, ValueError):
     """A dataset that cannot be used; the message names the file or folder."""
 
 

@@ -1,7 +1,7 @@
 """Offline kNN evaluation of a checkpoint's backbone (the monitor of the official CIFAR code, k=200 and k=20).
 
     simsiam knn --weights CKPT --data ROOT --output DIR [--config FILE] [key=value ...]
-    simsiam knn --weights random --data ROOT --output DIR arch=ARCH [seed=S] [key=value ...]
+    simsiam knn --weights random --data ROOT --output DIR model.arch=ARCH [seed=S] [key=value ...]
     python -m transfer.knn ...
 
 Pooled backbone features of the training split form the memory bank; each held-out image is classified
@@ -9,9 +9,11 @@ by the weighted vote (weight exp(cos / t), t = 0.1) of its k nearest bank featur
 ROOT is an ImageFolder tree with train/ and val/ (or test/), or "embedded". Images are evaluated at the
 pretraining resolution and normalisation stored in the checkpoint (224 px and ImageNet statistics when the
 checkpoint does not say); small images (<= 64 px) are used whole. `--weights random` evaluates the
-randomly initialised backbone of `arch` (torch seed `seed`, the network pretraining starts from) as the
+randomly initialised backbone of `model.arch` (torch seed `seed`, the network pretraining starts from) as the
 random-init baseline; give it the data settings of the run it is compared with. Writes config.yaml and
-results.json (task "knn", metrics top1_k200, top5_k200, top1_k20, top5_k20 in percent).
+results.json (task "knn", metrics top1_k200, top5_k200, top1_k20, top5_k20 in percent). The old spelling
+`arch=ARCH` still works, with a one-line deprecation notice. Exit codes: 0 done, 2 bad input (one line),
+1 an internal error.
 """
 from __future__ import annotations
 
@@ -24,18 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from pretrain import config as config_mod
-from pretrain import distributed
 from pretrain.augment import IMAGENET_MEAN, IMAGENET_STD, eval_transform
-from pretrain.checkpoint import UnsafeFileError
+from pretrain.data import DataError, RobustImageFolder, dataset_name, resolve_roots, shard
+from pretrain.frame import StageRun, guard
 from pretrain.model import ARCHS
 from pretrain.monitor import extract_features, knn_accuracy
 from transfer.convert import RANDOM, describe_source, load_any_checkpoint, load_backbone, random_backbone, random_source
 from transfer.protocols import knn_fingerprint
-from transfer.results import write_results
 
 
 @dataclass(frozen=True)
@@ -55,9 +55,14 @@ class KnnDataConfig:
 
 
 @dataclass(frozen=True)
+class KnnModelConfig:
+    arch: str = "auto"              # expected backbone; auto: the checkpoint's (--weights random needs one)
+
+
+@dataclass(frozen=True)
 class KnnConfig:
     weights: str = ""               # a checkpoint (any kind transfer.convert reads) or "random"
-    arch: str = "auto"              # expected backbone; auto: the checkpoint's (--weights random needs one)
+    model: KnnModelConfig = field(default_factory=KnnModelConfig)
     seed: int = 0                   # --weights random: torch seed of the random initialisation
     ks: tuple[int, ...] = (200, 20)
     t: float = 0.1
@@ -76,43 +81,22 @@ def resolve_data(cfg: KnnConfig, stored: dict) -> KnnDataConfig:
 
 def load_eval_backbone(cfg: KnnConfig) -> tuple[torch.nn.Module, dict, dict]:
     """(backbone with fc = Identity, results.json `source`, the pretraining data settings it stores)."""
+    arch = cfg.model.arch
+    if arch != "auto" and arch not in ARCHS:
+        raise config_mod.ConfigError(f"model.arch: unknown arch '{arch}' (known: auto, {', '.join(ARCHS)})")
     if cfg.weights == RANDOM:
-        if cfg.arch == "auto":
-            raise config_mod.ConfigError("--weights random needs arch=<arch> (nothing to read it from)")
-        return random_backbone(cfg.arch, cfg.seed), random_source(cfg.arch), {}
+        if arch == "auto":
+            raise config_mod.ConfigError("--weights random needs model.arch=<arch> (nothing to read it from)")
+        return random_backbone(arch, cfg.seed), random_source(arch), {}
+    if not cfg.weights:
+        raise config_mod.ConfigError("no weights to evaluate: pass --weights CKPT")
     path = Path(os.path.expanduser(cfg.weights))
-    _, sd, src_info = load_any_checkpoint(path, None if cfg.arch == "auto" else cfg.arch)
+    _, sd, src_info = load_any_checkpoint(path, None if arch == "auto" else arch)
     return load_backbone(sd, src_info["arch"]), describe_source(path, src_info), src_info.get("pretrain_data") or {}
 
 
-def run(cfg: KnnConfig, output_dir: str | Path) -> dict:
-    owns_group = not (dist.is_available() and dist.is_initialized())
-    info = distributed.init_distributed()
-    try:
-        return _run(cfg, Path(output_dir), info)
-    finally:
-        if owns_group:
-            distributed.cleanup()
-
-
-def _run(cfg: KnnConfig, out: Path, info) -> dict:
-    from pretrain.data import DataError, RobustImageFolder, dataset_name, resolve_roots
-    from pretrain.logs import setup_logger
-    if not cfg.weights:
-        raise config_mod.ConfigError("no weights to evaluate: pass --weights CKPT")
-    if cfg.arch != "auto" and cfg.arch not in ARCHS:
-        raise config_mod.ConfigError(f"arch: unknown arch '{cfg.arch}' (known: auto, {', '.join(ARCHS)})")
-    backbone, source, stored = load_eval_backbone(cfg)
-    d = resolve_data(cfg, stored)
-    cfg = dataclasses.replace(cfg, data=d)
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    distributed.barrier()
-    log = setup_logger(out, info.is_main)
-    if info.is_main:
-        config_mod.save(cfg, out / "config.yaml")
-
-    backbone = backbone.to(info.device).eval()
+def build_splits(d: KnnDataConfig) -> tuple[RobustImageFolder, RobustImageFolder]:
+    """(memory bank, held-out queries) of the data root, with the evaluation view of `d`."""
     train_dir, val_dir = resolve_roots(d)
     if val_dir is None:
         raise DataError(f"--data {d.root}: no held-out split next to {train_dir} (looked for '{d.val_split}', "
@@ -122,10 +106,34 @@ def _run(cfg: KnnConfig, out: Path, info) -> dict:
     test = RobustImageFolder(val_dir, tf, d.on_corrupt, d.val_limit_per_class)
     if bank.classes != test.classes:
         raise DataError(f"classes of {train_dir} and {val_dir} differ")
-    shard = lambda ds: ds if info.world_size == 1 else Subset(  # noqa: E731
-        ds, list(range(info.rank, len(ds), info.world_size)))
-    loader = lambda ds: DataLoader(shard(ds), batch_size=cfg.batch_size, shuffle=False,  # noqa: E731
-                                   num_workers=d.workers, pin_memory=info.device.type == "cuda")
+    return bank, test
+
+
+def run(cfg: KnnConfig, output_dir: str | Path) -> dict:
+    """Evaluate cfg.weights by kNN into output_dir (results.json); returns {"output_dir", "metrics"}."""
+    backbone, source, stored = load_eval_backbone(cfg)      # bad weights: refused before anything is written
+    cfg = dataclasses.replace(cfg, data=resolve_data(cfg, stored))
+    bank, test = build_splits(cfg.data)
+    with StageRun("knn", output_dir) as sr:
+        sr.save_config(cfg)
+        metrics = evaluate(backbone.to(sr.info.device).eval(), bank, test, cfg, sr)
+        name = dataset_name(cfg.data)
+        sr.results(task="knn", dataset=name, metrics=metrics, config=config_mod.to_dict(cfg), source=source,
+                   epochs=source["pretrain"]["epochs"], batch_size=source["pretrain"]["batch_size"],
+                   extra={"k": list(cfg.ks), "t": cfg.t, "bank_images": len(bank), "test_images": len(test),
+                          "num_classes": len(bank.classes),
+                          "protocol": knn_fingerprint(cfg, dataset=name, arch=source["pretrain"].get("arch"),
+                                                      bank_images=len(bank), test_images=len(test),
+                                                      classes=len(bank.classes))})
+    return {"output_dir": str(output_dir), "metrics": metrics}
+
+
+def evaluate(backbone: torch.nn.Module, bank, test, cfg: KnnConfig, sr: StageRun) -> dict[str, float]:
+    """Top-1/top-5 for every k of cfg.ks (each rank embeds its shard; features are gathered)."""
+    info = sr.info
+    loader = lambda ds: DataLoader(shard(ds, info.rank, info.world_size), batch_size=cfg.batch_size,  # noqa: E731
+                                   shuffle=False, num_workers=cfg.data.workers,
+                                   pin_memory=info.device.type == "cuda")
     t0 = time.time()
     with torch.no_grad():
         fb, yb = extract_features(backbone, loader(bank), info.device)
@@ -135,45 +143,48 @@ def _run(cfg: KnnConfig, out: Path, info) -> dict:
         acc = knn_accuracy(fb, yb, ft, yt, k=k, t=cfg.t, num_classes=len(bank.classes))
         metrics[f"top1_k{k}"], metrics[f"top5_k{k}"] = acc["top1"], acc["top5"]
     metrics["top1"], metrics["top5"] = metrics[f"top1_k{cfg.ks[0]}"], metrics[f"top5_k{cfg.ks[0]}"]
-    name = dataset_name(d)
-    log.info("kNN (t=%g) of %s on %s: %s (%d bank / %d held-out images, %.1f s)", cfg.t, cfg.weights, name,
-             ", ".join(f"k={k} top-1 {metrics[f'top1_k{k}']:.2f}" for k in cfg.ks), len(bank), len(test),
-             time.time() - t0)
-    if info.is_main:
-        write_results(out, task="knn", dataset=name, metrics=metrics, config=config_mod.to_dict(cfg),
-                      source=source, epochs=source["pretrain"]["epochs"],
-                      batch_size=source["pretrain"]["batch_size"],
-                      extra={"k": list(cfg.ks), "t": cfg.t, "bank_images": len(bank), "test_images": len(test),
-                             "num_classes": len(bank.classes),
-                             "protocol": knn_fingerprint(cfg, dataset=name, arch=source["pretrain"].get("arch"),
-                                                         bank_images=len(bank), test_images=len(test),
-                                                         classes=len(bank.classes))})
-    distributed.barrier()
-    return {"output_dir": str(out), "metrics": metrics}
+    sr.log.info("kNN (t=%g) of %s on %s: %s (%d bank / %d held-out images, %.1f s)", cfg.t, cfg.weights,
+                dataset_name(cfg.data), ", ".join(f"k={k} top-1 {metrics[f'top1_k{k}']:.2f}" for k in cfg.ks),
+                len(bank), len(test), time.time() - t0)
+    return metrics
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="simsiam knn", description=__doc__.split("\n\n")[0])
     ap.add_argument("--weights", required=True,
-                    help="checkpoint (any kind transfer.convert reads), or 'random' (needs arch=...)")
+                    help="checkpoint (any kind transfer.convert reads), or 'random' (needs model.arch=...)")
     ap.add_argument("--data", required=True, help="ImageFolder root with train/ and val/ (or test/), or 'embedded'")
     ap.add_argument("--output", required=True, help="run folder")
     ap.add_argument("--config", action="append", default=[], help="YAML delta on the kNN defaults")
     ap.add_argument("--cache-dir", help="where 'embedded' data is generated (data.cache_dir)")
-    ap.add_argument("overrides", nargs="*", help="key=value, e.g. ks=[200,20] data.image_size=32")
+    ap.add_argument("overrides", nargs="*", help="key=value, e.g. ks=[200,20] data.image_size=32 model.arch=resnet50")
     return ap
+
+
+DEPRECATED_KEYS = {"arch": "model.arch"}
+
+
+def modern_overrides(overrides: list[str]) -> list[str]:
+    """Old key spellings (`arch=`) rewritten to the shared vocabulary, with a one-line notice each."""
+    out = []
+    for o in overrides:
+        key, sep, value = o.partition("=")
+        if sep and key in DEPRECATED_KEYS:
+            print(f"simsiam knn: note: '{key}=' is deprecated, use '{DEPRECATED_KEYS[key]}='", file=sys.stderr)
+            o = f"{DEPRECATED_KEYS[key]}={value}"
+        out.append(o)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    return guard("simsiam knn", lambda: _main(args))
+
+
+def _main(args) -> int:
     extra = [f"data.root={args.data}"] + ([f"data.cache_dir={args.cache_dir}"] if args.cache_dir else [])
-    try:
-        cfg = config_mod.resolve(KnnConfig(), args.config, extra + args.overrides)
-        cfg = dataclasses.replace(cfg, weights=args.weights)
-        result = run(cfg, args.output)
-    except (config_mod.ConfigError, UnsafeFileError) as e:
-        print(f"simsiam knn: error: {e}", file=sys.stderr)
-        return 2
+    cfg = config_mod.resolve(KnnConfig(), args.config, extra + modern_overrides(args.overrides))
+    result = run(dataclasses.replace(cfg, weights=args.weights), args.output)
     print("kNN: " + ", ".join(f"{k} {v:.2f}" for k, v in result["metrics"].items()) + f" -> {args.output}")
     return 0
 

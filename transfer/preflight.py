@@ -26,6 +26,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Optional
 
+from pretrain import errors
 from transfer import stages
 
 EMBEDDED = "embedded"
@@ -34,7 +35,7 @@ DEFAULT_DETECTION = "voc07"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
 
 
-class InputError(ValueError):
+class InputError(errors.InputError, ValueError):
     """A stage that cannot run as submitted; the message is '<stage>: <argument>: <reason>'."""
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from pretrain.errors import InputError
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -61,7 +63,7 @@ BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
 SUBMITTABLE: tuple[str, ...] = tuple(s.name for s in STAGES if s.submit)
 
 
-class StageArgError(ValueError):
+class StageArgError(InputError, ValueError):
     """A stage's command line that its parser rejects; the message starts with the stage's name."""
 
     def __init__(self, stage: str, message: str):

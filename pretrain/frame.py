@@ -1,0 +1,166 @@
+"""The run frame every stage shares: pretraining, kNN, linear evaluation and detection.
+
+A stage's entry point reads like detectron2's tools/train_net.py: parse, set up, build, run. The frame is
+the "set up" part and the exit code, written once:
+
+    def main(argv=None) -> int:
+        args = build_parser().parse_args(argv)
+        return guard("simsiam knn", lambda: _main(args))     # InputError -> one line, exit 2
+
+    def run(cfg, output_dir) -> dict:
+        with StageRun("knn", output_dir) as sr:              # process group, run folder, log.txt, metrics
+            sr.save_config(cfg)                              # config.yaml + config.json (rank 0)
+            sr.log.info("...")                               # console + <output_dir>/log.txt (rank 0)
+            sr.metrics.write({"stage": "knn", "epoch": 1, ...})
+            sr.results(task="knn", dataset=..., metrics=..., config=...)   # results.json (rank 0)
+
+What it owns:
+  - the process group (env:// only, see pretrain.distributed): joined on entry and left on exit when this
+    run created it, so a caller that already holds one (tests, a launcher) keeps it;
+  - the run folder, created by rank 0 before a barrier so every rank finds it;
+  - logging: one console handler per process on the 'simsiam' logger, and one <output_dir>/log.txt handler
+    per run, removed on exit, so two stages run in one process (`simsiam demo`) never write into each
+    other's log; `loggers` adds other libraries' loggers (detectron2's) to the same file;
+  - the metrics writer (pretrain.logs.MetricsWriter: rank 0 only, a cut-off last line is dropped when the
+    file is opened, atomic truncation on resume);
+  - results.json (pretrain.logs.write_results, rank 0 only);
+  - the error convention (pretrain.errors): bad input -> one line naming the file, key or value, exit 2;
+    anything else keeps its traceback and exits 1.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import torch.distributed as dist
+
+from . import config as config_mod
+from . import distributed
+from .errors import EXIT_BAD_INPUT, InputError
+from .logs import LOGGER_NAME, MetricsWriter, write_results
+
+_CONSOLE_MARK = "_simsiam_console"
+_FORMAT = logging.Formatter("[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S")
+
+
+class _Console(logging.StreamHandler):
+    """A handler writing to whatever sys.stderr is at the time of each record (a test's capture, a redirect
+    made after the handler was added), not to the stream current when it was created."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+def console_logger(main: bool = True) -> logging.Logger:
+    """The 'simsiam' logger with exactly one console (stderr) handler per process: INFO on rank 0, warnings
+    only on the other ranks. Calling it again changes the level, never adds a second handler."""
+    log = logging.getLogger(LOGGER_NAME)
+    log.setLevel(logging.INFO if main else logging.WARNING)
+    log.propagate = False
+    if not any(getattr(h, _CONSOLE_MARK, False) for h in log.handlers):
+        handler = _Console()
+        handler.setFormatter(_FORMAT)
+        setattr(handler, _CONSOLE_MARK, True)
+        log.addHandler(handler)
+    return log
+
+
+@contextlib.contextmanager
+def run_log(folder: str | Path, main: bool = True, loggers: Sequence[str] = (LOGGER_NAME,)) -> Iterator[logging.Logger]:
+    """While the block runs, the records of `loggers` are also written to <folder>/log.txt (rank 0 only;
+    appended, so a resumed run keeps its earlier lines). The file handler is removed and closed on exit."""
+    log = console_logger(main)
+    handler: logging.Handler = logging.NullHandler()
+    if main:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(Path(folder) / "log.txt")
+        handler.setFormatter(_FORMAT)
+        handler.setLevel(logging.INFO)
+    for name in loggers:
+        logging.getLogger(name).addHandler(handler)
+    try:
+        yield log
+    finally:
+        for name in loggers:
+            logging.getLogger(name).removeHandler(handler)
+        handler.close()
+
+
+class StageRun:
+    """One run of a stage in one run folder (a context manager; see the module docstring).
+
+    Attributes after entry: `info` (pretrain.distributed.DistInfo), `dir` (the run folder), `log` (the
+    'simsiam' logger), `metrics` (MetricsWriter of <dir>/metrics.jsonl; TensorBoard when `tensorboard`).
+    """
+
+    def __init__(self, stage: str, output_dir: str | Path, *, device: str | None = None,
+                 loggers: Sequence[str] = (LOGGER_NAME,), tensorboard: bool = False):
+        self.stage = stage
+        self.dir = Path(output_dir)
+        self._device = device
+        self._loggers = tuple(loggers)
+        self._tensorboard = tensorboard
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> "StageRun":
+        owns_group = not (dist.is_available() and dist.is_initialized())
+        self.info = distributed.init_distributed(self._device)
+        if owns_group:
+            self._stack.callback(distributed.cleanup)
+        try:
+            if self.info.is_main:
+                self.dir.mkdir(parents=True, exist_ok=True)
+            distributed.barrier()
+            self.log = self._stack.enter_context(run_log(self.dir, self.info.is_main, self._loggers))
+            self.metrics = MetricsWriter(self.dir, enabled=self.info.is_main, tensorboard=self._tensorboard)
+            self._stack.callback(self.metrics.close)
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self._stack.close()
+        return False
+
+    @property
+    def is_main(self) -> bool:
+        return self.info.is_main
+
+    def save_config(self, cfg: Any, name: str = "config.yaml") -> None:
+        """The resolved config (a config dataclass or a plain dict) as YAML and JSON in the run folder."""
+        if self.is_main:
+            config_mod.save(cfg, self.dir / name)
+
+    def results(self, **fields: Any) -> Path | None:
+        """results.json of this run (pretrain.logs.write_results' fields), written by rank 0; then a barrier
+        so that no rank returns before the run's outcome is on disk."""
+        path = write_results(self.dir, **fields) if self.is_main else None
+        distributed.barrier()
+        return path
+
+
+def report_input_error(prog: str, error: BaseException) -> int:
+    """Print the one line of a bad-input error (`prog: error: ...`) and return exit code 2."""
+    print(f"{prog}: error: {error}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def guard(prog: str, body: Callable[[], int]) -> int:
+    """Run a command's body with the suite's exit-code convention: its own code on success, 2 with one line
+    for an InputError; any other exception propagates with its traceback (exit code 1)."""
+    try:
+        return body()
+    except InputError as e:
+        return report_input_error(prog, e)
