@@ -18,7 +18,7 @@ What it owns:
   - the process group (env:// only, see pretrain.distributed): joined on entry and left on exit when this
     run created it, so a caller that already holds one (tests, a launcher) keeps it;
   - the run folder, created by rank 0 before a barrier so every rank finds it;
-  - logging: one console handler per process on the 'simsiam' logger, and one <output_dir>/log.txt handler
+  - logging: one console handler (stdout) per process on the 'simsiam' logger, and one <output_dir>/log.txt handler
     per run, removed on exit, so two stages run in one process (`simsiam demo`) never write into each
     other's log; `loggers` adds other libraries' loggers (detectron2's) to the same file;
   - the metrics writer (pretrain.logs.MetricsWriter: rank 0 only, a cut-off last line is dropped when the
@@ -47,15 +47,16 @@ _FORMAT = logging.Formatter("[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M
 
 
 class _Console(logging.StreamHandler):
-    """A handler writing to whatever sys.stderr is at the time of each record (a test's capture, a redirect
-    made after the handler was added), not to the stream current when it was created."""
+    """A handler writing to whatever sys.stdout is at the time of each record (a test's capture, a redirect
+    made after the handler was added), not to the stream current when it was created. Standard error is left
+    to the one-line errors, warnings and progress bars."""
 
     def __init__(self):
-        super().__init__(sys.stderr)
+        super().__init__(sys.stdout)
 
     @property
     def stream(self):
-        return sys.stderr
+        return sys.stdout
 
     @stream.setter
     def stream(self, _value) -> None:
@@ -63,7 +64,7 @@ class _Console(logging.StreamHandler):
 
 
 def console_logger(main: bool = True) -> logging.Logger:
-    """The 'simsiam' logger with exactly one console (stderr) handler per process: INFO on rank 0, warnings
+    """The 'simsiam' logger with exactly one console (stdout) handler per process: INFO on rank 0, warnings
     only on the other ranks. Calling it again changes the level, never adds a second handler."""
     log = logging.getLogger(LOGGER_NAME)
     log.setLevel(logging.INFO if main else logging.WARNING)

@@ -110,9 +110,10 @@ class MetricsWriter:
         atomic_write(self.path, lambda f: f.write(kept))
         return True
 
-    def drop_after(self, stage: str, epoch: int) -> int:
-        """Remove `stage` lines with epoch > `epoch` (written before a crash that lost their checkpoint);
-        returns how many were removed. Lines of other stages and unparsable lines are kept."""
+    def drop_after(self, stage: str, epoch: int, key: str = "epoch") -> int:
+        """Remove `stage` lines whose `key` (epoch, or iter for detection) is > `epoch`: written before a crash
+        that lost their checkpoint, they will be written again. Returns how many were removed. Lines of other
+        stages and unparsable lines are kept; the file is replaced atomically."""
         if not self.enabled or not self.path.is_file():
             return 0
         kept, dropped = [], 0
@@ -125,7 +126,7 @@ class MetricsWriter:
                     continue
                 kept.append(line)
                 continue
-            if rec.get("stage") == stage and isinstance(rec.get("epoch"), int) and rec["epoch"] > epoch:
+            if rec.get("stage") == stage and isinstance(rec.get(key), int) and rec[key] > epoch:
                 dropped += 1
             else:
                 kept.append(line)

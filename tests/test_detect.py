@@ -116,19 +116,6 @@ def test_norm_choice():
 
 
 # ------------------------------------------------------------------------------------------------- trials
-def test_aggregate_mean_and_sample_std():
-    mean, std = detect.aggregate([{"AP50": 1.0, "AP": 2.0, "AP75": 4.0}, {"AP50": 2.0, "AP": 2.0, "AP75": 6.0},
-                                  {"AP50": 3.0, "AP": 2.0, "AP75": 8.0}])
-    assert mean == {"AP50": 2.0, "AP": 2.0, "AP75": 6.0}
-    assert std == {"AP50": pytest.approx(1.0), "AP": 0.0, "AP75": pytest.approx(2.0)}  # ddof=1
-    nested = [{"bbox": {"AP": 10.0}, "segm": {"AP": 1.0}}, {"bbox": {"AP": 20.0}, "segm": {"AP": None}}]
-    mean, std = detect.aggregate(nested)
-    assert mean == {"bbox": {"AP": 15.0}, "segm": {"AP": 1.0}}
-    assert std["bbox"]["AP"] == pytest.approx(math.sqrt(50.0)) and std["segm"]["AP"] is None
-    mean, std = detect.aggregate([{"AP": 3.5}])
-    assert mean == {"AP": 3.5} and std == {"AP": None}  # one trial: no spread
-
-
 def test_benchmark_names():
     cfg = _cfg("tiny")
     assert detect.benchmark_name(cfg, ["voc_2007_trainval"], ["voc_2007_test"]) == "voc07"

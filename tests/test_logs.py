@@ -43,11 +43,23 @@ def test_drop_after_trims_epochs_a_crash_lost(tmp_path):
     recs = [{"stage": "pretrain", "epoch": e, "loss": -e / 10} for e in (1, 2, 3, 4)]
     recs.insert(2, {"stage": "linear", "epoch": 7, "top1": 50.0})
     path.write_text("".join(json.dumps(r) + "\n" for r in recs) + '{"stage": "pretrain", "epo')
-    w = MetricsWriter(tmp_path, tensorboard=False)
-    assert w.drop_after("pretrain", 2) == 3
+    w = MetricsWriter(tmp_path, tensorboard=False)   # opening it drops the half-written line
+    assert path.read_text().endswith("\n") and len(path.read_text().splitlines()) == 5
+    assert w.drop_after("pretrain", 2) == 2
     assert read_metrics(path) == [recs[0], recs[1], recs[2]]
     assert path.read_text().endswith("\n") and sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
     assert w.drop_after("pretrain", 2) == 0
+
+
+def test_a_record_after_a_cut_off_line_starts_its_own_line(tmp_path):
+    """A kill in the middle of a write leaves a partial last line; the next writer (any stage, on resume)
+    removes it before appending, so the file stays one JSON record per line."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"stage": "detection", "iter": 20, "total_loss": 1.5}\n{"stage": "detection", "it')
+    MetricsWriter(tmp_path, tensorboard=False).write({"stage": "detection", "iter": 40, "total_loss": 1.2})
+    assert read_metrics(path) == [{"stage": "detection", "iter": 20, "total_loss": 1.5},
+                                  {"stage": "detection", "iter": 40, "total_loss": 1.2}]
+    assert MetricsWriter(tmp_path, enabled=False).drop_cut_off_line() is False
 
 
 def test_read_metrics_skips_only_an_unfinished_last_line(tmp_path):

@@ -37,7 +37,6 @@ import json
 import logging
 import math
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -63,10 +62,13 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from pretrain.config import ConfigError, find_preset  # noqa: E402
 from pretrain.checkpoint import UnsafeFileError, load_pickle, load_torch  # noqa: E402
+from pretrain.frame import StageRun, guard, run_log  # noqa: E402
+from pretrain.logs import MetricsWriter  # noqa: E402
 from transfer import detection_data as dd  # noqa: E402
 from transfer.convert import RANDOM, random_source  # noqa: E402
 from transfer.protocols import detection_fingerprint  # noqa: E402
 from transfer.results import read_results, sha256_file, write_results  # noqa: E402
+from transfer.trials import aggregate, summary_extra, trial_entry  # noqa: E402
 
 log = logging.getLogger("simsiam.detect")
 OVERLAY = "torchvision.yaml"
@@ -191,34 +193,33 @@ class RobustMapper(DatasetMapper):
 
 
 class JsonlWriter(EventWriter):
-    """metrics.jsonl: one line per iteration (stage "detection", iter = iterations done, losses, lr, time).
+    """metrics.jsonl: one line per iteration (stage "detection", iter = iterations done, losses, lr, time),
+    through pretrain.logs.MetricsWriter (a cut-off last line of a killed write is dropped when it opens).
 
     `start_iter()` gives the first iteration of this run: on a resumed trial, lines of iterations that will be
-    run again are dropped first."""
+    run again are dropped first (atomically)."""
 
     def __init__(self, path: Path, start_iter):
-        self.path = Path(path)
+        self.folder = Path(path).parent
         self._start_iter = start_iter
         self._last: int | None = None
+        self._writer: MetricsWriter | None = None
 
     def write(self):
         storage = get_event_storage()
-        if self._last is None:
+        if self._writer is None:
             self._last = int(self._start_iter())
-            if self.path.exists():
-                keep = [ln for ln in self.path.read_text().splitlines()
-                        if ln.strip() and json.loads(ln).get("iter", 0) <= self._last]
-                self.path.write_text("".join(k + "\n" for k in keep))
+            self._writer = MetricsWriter(self.folder, tensorboard=False)
+            self._writer.drop_after("detection", self._last, key="iter")
         rows: dict[int, dict] = {}
         for name, hist in storage.histories().items():
             if name.startswith("loss") or name in ("total_loss", "lr", "time", "data_time"):
                 for value, it in hist.values():
                     if it >= self._last:
                         rows.setdefault(int(it), {})[name] = float(value)
-        with open(self.path, "a") as f:
-            for it in sorted(rows):
-                if "total_loss" in rows[it]:
-                    f.write(json.dumps({"stage": "detection", "iter": it + 1, **rows[it]}) + "\n")
+        for it in sorted(rows):
+            if "total_loss" in rows[it]:
+                self._writer.write({"stage": "detection", "iter": it + 1, **rows[it]})
         self._last = storage.iter + 1
 
 
@@ -306,7 +307,7 @@ class SafeCheckpointer(DetectionCheckpointer):
         """detectron2's reading of a .pkl: a dict with "model" and "__author__" (our converter's output, the
         model zoo) as it is; anything else as Caffe2/Detectron1 blobs, matched by name."""
         if not isinstance(data, dict):
-            raise ValueError(f"{filename}: not detectron2 weights (found a {type(data).__name__})")
+            raise ConfigError(f"{filename}: not detectron2 weights (found a {type(data).__name__})")
         if "model" in data and "__author__" in data:
             self.logger.info("Reading a file from '%s'", data["__author__"])
             return data
@@ -354,16 +355,16 @@ def prepare_weights(path: str, output: Path) -> tuple[str, dict]:
         return "", {**random_source("resnet50"), "weights": None}
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"--weights {p}: no such file")
+        raise ConfigError(f"--weights {p}: no such file")
     if p.suffix == ".pkl":
         try:
             obj = load_pickle(p)
         except UnsafeFileError:
             raise
         except Exception as e:  # noqa: BLE001
-            raise ValueError(f"--weights {p}: not a readable detectron2 .pkl ({type(e).__name__}: {e})") from None
+            raise ConfigError(f"--weights {p}: not a readable detectron2 .pkl ({type(e).__name__}: {e})") from None
         if not isinstance(obj, dict) or not isinstance(obj.get("model"), dict):
-            raise ValueError(f"--weights {p}: not detectron2 weights (expected a dict with 'model')")
+            raise ConfigError(f"--weights {p}: not detectron2 weights (expected a dict with 'model')")
         source = obj.get("source") if isinstance(obj.get("source"), dict) else {}
         source = {**source, "weights": str(p.resolve()), "weights_sha256": sha256_file(p)}
         source.setdefault("checkpoint", str(p.resolve()))
@@ -398,25 +399,6 @@ def extract_metrics(results: dict, kind: str, mask_on: bool) -> dict:
     if mask_on:
         out["segm"] = triple(results["segm"])
     return out
-
-
-def aggregate(trial_metrics: list[dict]) -> tuple[dict, dict]:
-    """(mean, std) with the nesting of the per-trial metrics; std is the sample std (ddof=1), None for n=1.
-    Missing/None values are left out of a key's statistics."""
-    def walk(items: list):
-        first = items[0]
-        if isinstance(first, dict):
-            keys = list(first)
-            pairs = {k: walk([it.get(k) for it in items]) for k in keys}
-            return {k: v[0] for k, v in pairs.items()}, {k: v[1] for k, v in pairs.items()}
-        vals = [float(v) for v in items if v is not None and math.isfinite(float(v))]
-        mean = statistics.fmean(vals) if vals else None
-        std = statistics.stdev(vals) if len(vals) > 1 else None
-        return mean, std
-
-    if not trial_metrics:
-        raise ValueError("no trial metrics to aggregate")
-    return walk(trial_metrics)
 
 
 def benchmark_name(cfg: CN, train_names: list[str], test_names: list[str]) -> str:
@@ -485,44 +467,17 @@ def run_trial(base: CN, trial_dir: Path, seed: int, weights: str) -> dict:
     trial_dir.mkdir(parents=True, exist_ok=True)
     if comm.is_main_process():
         (trial_dir / "config.yaml").write_text(cfg.dump())
-    handler = _file_log(trial_dir / "log.txt")
-    try:
+    with run_log(trial_dir, comm.is_main_process(), LOGGERS):
         return _run_trial(cfg, trial_dir, seed, weights)
-    finally:
-        _remove_log(handler)
 
 
 LOGGERS = ("detectron2", "fvcore", "simsiam")  # fvcore: the checkpointer's report on loaded weights
 
 
-def _console_log() -> None:
-    """Console output on rank 0: detectron2's own set-up (once per process) and one handler for ours (which
-    keeps propagating, so callers such as pytest still see our records)."""
+def _detectron2_console() -> None:
+    """detectron2's own console set-up (once per process; ours is the stage frame's)."""
     setup_logger(distributed_rank=comm.get_rank(), name="detectron2", abbrev_name="d2")
     setup_logger(distributed_rank=comm.get_rank(), name="fvcore")
-    ours = logging.getLogger("simsiam")
-    ours.setLevel(logging.INFO)
-    if comm.is_main_process() and not any(getattr(h, "_simsiam_console", False) for h in ours.handlers):
-        h = logging.StreamHandler(sys.stdout)
-        h.setFormatter(logging.Formatter("[%(asctime)s %(name)s]: %(message)s", "%m/%d %H:%M:%S"))
-        h._simsiam_console = True  # noqa: SLF001
-        ours.addHandler(h)
-
-
-def _file_log(path: Path) -> logging.Handler:
-    """`path` (rank 0) receives the detectron2 and simsiam log records until `_remove_log`."""
-    handler: logging.Handler = logging.FileHandler(path) if comm.is_main_process() else logging.NullHandler()
-    handler.setFormatter(logging.Formatter("[%(asctime)s] %(name)s %(levelname)s: %(message)s", "%m/%d %H:%M:%S"))
-    handler.setLevel(logging.INFO)
-    for name in LOGGERS:
-        logging.getLogger(name).addHandler(handler)
-    return handler
-
-
-def _remove_log(handler: logging.Handler) -> None:
-    for name in LOGGERS:
-        logging.getLogger(name).removeHandler(handler)
-    handler.close()
 
 
 def _run_trial(cfg: CN, trial_dir: Path, seed: int, weights: str) -> dict:
@@ -582,78 +537,82 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--trials must be >= 1")
     if args.trial_index is not None and not 0 <= args.trial_index < args.trials:
         ap.error(f"--trial-index {args.trial_index} is not in 0..{args.trials - 1}")
-    from pretrain.distributed import init_distributed
-
-    info = init_distributed()
-    if info.distributed:
-        comm.create_local_process_group(int(os.environ.get("LOCAL_WORLD_SIZE", torch.cuda.device_count() or 1)))
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    _console_log()
-    handler = _file_log(out / "log.txt")
-    try:
-        return _main(args, out)
-    finally:
-        _remove_log(handler)
+    return guard("simsiam detect", lambda: run(args))
 
 
-def _main(args, out: Path) -> int:
-    try:
-        if args.weights != RANDOM and not Path(args.weights).is_file():
-            raise FileNotFoundError(f"--weights {args.weights}: no such file")
+def run(args) -> int:
+    """Set up, then the trials (skipping finished ones), then the summary, inside the stage frame."""
+    with StageRun("detect", args.output, loggers=LOGGERS) as sr:
+        if sr.info.distributed:
+            comm.create_local_process_group(int(os.environ.get("LOCAL_WORLD_SIZE",
+                                                               torch.cuda.device_count() or 1)))
+        _detectron2_console()
         cfg, train, test = setup(args)
-        weights, source = prepare_weights(args.weights, out)
-    except (ConfigError, dd.DatasetError, FileNotFoundError, ValueError) as e:
-        print(f"simsiam detect: error: {e}", file=sys.stderr)
-        return 2
-    kind = dd.dataset_kind(test[0])
-    bench = benchmark_name(cfg, train, test)
-    resolved = yaml_dict(cfg)
-    protocol = detection_fingerprint(cfg, train, test, args.config)
-    trials = []
-    indices = range(args.trials) if args.trial_index is None else [args.trial_index]
-    for i in indices:
-        tdir, seed = out / f"trial_{i}", args.seed + i
-        if (tdir / "results.json").is_file():
-            doc = read_results(tdir)
-            log.info("trial %d already finished (%s): skipped", i, tdir / "results.json")
-        else:
-            try:
-                results = run_trial(cfg, tdir, seed, weights)
-            except UnsafeFileError as e:  # a crafted checkpoint in the trial folder: refused before it ran
-                print(f"simsiam detect: error: {e}", file=sys.stderr)
-                return 2
-            if comm.is_main_process():
-                if test[0] not in results and "bbox" not in results:
-                    raise RuntimeError(f"trial {i}: the evaluator returned no results ({results})")
-                res = results.get(test[0], results)
-                metrics = extract_metrics(res, kind, cfg.MODEL.MASK_ON)
-                flat = {f"{t}/{k}" if kind == "coco" else k: v for t, d in
-                        (metrics.items() if kind == "coco" else [("bbox", metrics)]) for k, v in d.items()}
-                with open(tdir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps({"stage": "detection", "iter": cfg.SOLVER.MAX_ITER, "trial": i, **flat}) + "\n")
-                write_results(tdir, task="detection", dataset=bench, metrics=metrics,
-                              config={**resolved, "seed": seed, "OUTPUT_DIR": str(tdir)}, source=source,
-                              batch_size=cfg.SOLVER.IMS_PER_BATCH,
-                              extra={"trial": i, "seed": seed, "iterations": cfg.SOLVER.MAX_ITER,
-                                     "test_datasets": test, "train_datasets": train, "protocol": protocol})
-            comm.synchronize()
-            doc = read_results(tdir) if comm.is_main_process() else None
-        if comm.is_main_process():
-            trials.append({"trial": i, "seed": doc.get("seed", seed), "metrics": doc["metrics"],
-                           "path": str(tdir / "results.json")})
-    if args.trial_index is not None:  # one array element: the summary is written once all trials exist
-        return 0
-    if comm.is_main_process():
-        mean, std = aggregate([t["metrics"] for t in trials])
-        path = write_results(out, task="detection", dataset=bench, metrics=mean, config=resolved, source=source,
-                             batch_size=cfg.SOLVER.IMS_PER_BATCH,
-                             extra={"std": std, "std_note": "sample std (ddof=1); null for a single trial",
-                                    "n_trials": len(trials), "trials": trials, "iterations": cfg.SOLVER.MAX_ITER,
-                                    "test_datasets": test, "train_datasets": train, "protocol": protocol})
-        print(f"simsiam detect: {len(trials)} trial(s) on {bench}: mean {json.dumps(mean)}; std {json.dumps(std)}")
-        print(f"results: {path}")
+        weights, source = prepare_weights(args.weights, sr.dir)
+        plan = TrialPlan(cfg, train, test, args.config, source)
+        indices = range(args.trials) if args.trial_index is None else [args.trial_index]
+        trials = [run_or_read_trial(plan, sr.dir / f"trial_{i}", i, args.seed + i, weights) for i in indices]
+        if args.trial_index is None and sr.is_main:  # one array element: the summary comes once all exist
+            write_summary(plan, sr, trials)
     return 0
+
+
+class TrialPlan:
+    """What every trial of one run shares: the config, datasets, benchmark name, protocol and source."""
+
+    def __init__(self, cfg: CN, train: list[str], test: list[str], preset: str, source: dict):
+        self.cfg, self.train, self.test, self.source = cfg, train, test, source
+        self.kind = dd.dataset_kind(test[0])
+        self.bench = benchmark_name(cfg, train, test)
+        self.resolved = yaml_dict(cfg)
+        self.protocol = detection_fingerprint(cfg, train, test, preset)
+
+    def fields(self) -> dict:
+        """results.json fields every trial and the summary share."""
+        return {"iterations": self.cfg.SOLVER.MAX_ITER, "test_datasets": self.test, "train_datasets": self.train,
+                "protocol": self.protocol}
+
+
+def run_or_read_trial(plan: TrialPlan, tdir: Path, i: int, seed: int, weights: str) -> dict | None:
+    """Trial i: its results.json when it already exists, else train + evaluate it and write that file.
+    Returns its summary entry on rank 0 (None elsewhere)."""
+    if (tdir / "results.json").is_file():
+        log.info("trial %d already finished (%s): skipped", i, tdir / "results.json")
+    else:
+        results = run_trial(plan.cfg, tdir, seed, weights)
+        if comm.is_main_process():
+            write_trial(plan, tdir, i, seed, results)
+        comm.synchronize()
+    if not comm.is_main_process():
+        return None
+    doc = read_results(tdir)
+    return trial_entry(i, doc.get("seed", seed), doc["metrics"], str(tdir / "results.json"))
+
+
+def write_trial(plan: TrialPlan, tdir: Path, i: int, seed: int, results: dict) -> None:
+    """The trial's metrics line (its evaluation) and results.json."""
+    if plan.test[0] not in results and "bbox" not in results:
+        raise RuntimeError(f"trial {i}: the evaluator returned no results ({results})")
+    res = results.get(plan.test[0], results)
+    metrics = extract_metrics(res, plan.kind, plan.cfg.MODEL.MASK_ON)
+    pairs = metrics.items() if plan.kind == "coco" else [("bbox", metrics)]
+    flat = {f"{t}/{k}" if plan.kind == "coco" else k: v for t, d in pairs for k, v in d.items()}
+    MetricsWriter(tdir, tensorboard=False).write({"stage": "detection", "iter": plan.cfg.SOLVER.MAX_ITER,
+                                                  "trial": i, **flat})
+    write_results(tdir, task="detection", dataset=plan.bench, metrics=metrics,
+                  config={**plan.resolved, "seed": seed, "OUTPUT_DIR": str(tdir)}, source=plan.source,
+                  batch_size=plan.cfg.SOLVER.IMS_PER_BATCH, extra={"trial": i, "seed": seed, **plan.fields()})
+
+
+def write_summary(plan: TrialPlan, sr: StageRun, trials: list[dict]) -> None:
+    """DIR/results.json: the mean over trials, their sample std and the per-trial list."""
+    mean, std = aggregate([t["metrics"] for t in trials])
+    path = write_results(sr.dir, task="detection", dataset=plan.bench, metrics=mean, config=plan.resolved,
+                         source=plan.source, batch_size=plan.cfg.SOLVER.IMS_PER_BATCH,
+                         extra={**summary_extra(trials, std), **plan.fields()})
+    print(f"simsiam detect: {len(trials)} trial(s) on {plan.bench}: mean {json.dumps(mean)}; "
+          f"std {json.dumps(std)}")
+    print(f"results: {path}")
 
 
 def yaml_dict(cfg: CN) -> dict:
