@@ -268,13 +268,18 @@ def checkpoint_kind(obj: dict) -> str | None:
     return None
 
 
+def strip_prefix(state: Any, prefix: str = "module.") -> dict:
+    """A state dict with `prefix` (DistributedDataParallel's "module.") removed from the keys that have it."""
+    return {(k[len(prefix):] if isinstance(k, str) and k.startswith(prefix) else k): v for k, v in state.items()}
+
+
 def model_state(obj: dict, path: str | Path = "<checkpoint>") -> dict[str, torch.Tensor]:
     """The SimSiam state dict (encoder.*, predictor.*) of either supported checkpoint kind."""
     kind = checkpoint_kind(obj)
     if kind == FORMAT:
         return dict(obj["model"])
     if kind == OFFICIAL:
-        return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj["state_dict"].items()}
+        return strip_prefix(obj["state_dict"])
     keys = ", ".join(sorted(map(str, obj))[:12])
     raise CheckpointError(
         f"{path}: wrong kind of checkpoint for SimSiam pretraining (top-level keys: {keys}). Expected format "

@@ -277,11 +277,11 @@ def test_cli(tmp_path, capsys):
     assert '"converted": 120' in out.out and "dropped on purpose" in out.err
     assert (tmp_path / "o.pth").is_file()
     assert convert.main([str(tmp_path / "c.pth.tar"), "--to", "torchvision", "--output", str(tmp_path / "p.pth"),
-                         "--arch", "resnet50"]) == 1
+                         "--arch", "resnet50"]) == 2
     assert "but --arch resnet50 was asked" in capsys.readouterr().err
     assert not (tmp_path / "p.pth").exists()
     assert convert.main([str(tmp_path / "c.pth.tar"), "--to", "detectron2", "--output",
-                         str(tmp_path / "d2.pth")]) == 1
+                         str(tmp_path / "d2.pth")]) == 2
     assert ".pkl" in capsys.readouterr().err
 
 

@@ -44,7 +44,8 @@ import torch
 from torch import nn
 
 from pretrain.errors import InputError
-from pretrain.checkpoint import UnsafeFileError, atomic_save, atomic_write, load_pickle, load_torch
+from pretrain.frame import guard
+from pretrain.checkpoint import UnsafeFileError, atomic_save, atomic_write, load_pickle, load_torch, strip_prefix
 from pretrain.model import ARCHS, build_backbone
 
 SUITE_FORMAT = "simsiam-suite/pretrain"
@@ -133,97 +134,104 @@ def _split_source(obj: Any, where: str) -> tuple[str, dict[str, torch.Tensor], d
     """(kind, backbone state dict in torchvision names incl. fc if present, dropped keys by reason, meta)."""
     if not isinstance(obj, Mapping):
         raise ConvertError(f"{where}: not a checkpoint: found {_describe(obj)}")
-    meta: dict[str, Any] = {}
-    dropped: dict[str, list[str]] = {}
+    _refuse_detectron2(obj, where)
+    kind, sd, encoder, meta = _identify(obj, where)
+    backbone, dropped = _account(kind, sd, encoder, where)
+    meta["source_keys"] = len(sd)
+    return kind, backbone, dropped, meta
 
-    # Detectron2 / Caffe2 weights, with or without the {"model": ...} wrapper.
-    for cand in (obj, obj.get("model") if isinstance(obj.get("model"), Mapping) else None,
-                 obj.get("blobs") if isinstance(obj.get("blobs"), Mapping) else None):
+
+def _refuse_detectron2(obj: Mapping, where: str) -> None:
+    """Detectron2 / Caffe2 weights (with or without the {"model": ...} wrapper) are an output, not a source."""
+    for cand in (obj, obj.get("model"), obj.get("blobs")):
         if isinstance(cand, Mapping):
             msg = _looks_detectron2([str(k) for k in cand.keys()])
             if msg:
                 raise ConvertError(f"{where}: {msg}")
 
+
+def _identify(obj: Mapping, where: str) -> tuple[str, dict, str, dict]:
+    """(kind, state dict, prefix of the backbone's keys in it, what the file says of its pretraining)."""
     if obj.get("format") == SUITE_FORMAT:
-        kind = "simsiam-suite"
         sd = obj.get("model")
         if not isinstance(sd, Mapping):
             raise ConvertError(f"{where}: a '{SUITE_FORMAT}' checkpoint without a 'model' state dict")
-        sd = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
-        encoder = "encoder."
-        cfg = obj.get("config") or {}
-        meta = {"method": "SimSiam", "arch": obj.get("arch"), "epochs": obj.get("epoch"),
-                "batch_size": (cfg.get("train") or {}).get("batch_size"), "dataset": obj.get("dataset"),
-                **_suite_schedule(obj.get("epoch"), cfg), "config_changes": obj.get("config_changes"),
-                "pretrain_data": {k: v for k, v in (cfg.get("data") or {}).items()
-                                  if k in ("image_size", "mean", "std")}}
-    elif isinstance(obj.get("state_dict"), Mapping):
-        sd = dict(obj["state_dict"])
-        keys = list(sd)
-        if any(k.startswith(("module.encoder_q.", "encoder_q.")) for k in keys):
-            kind = "moco"
-            encoder = "module.encoder_q." if any(k.startswith("module.encoder_q.") for k in keys) else "encoder_q."
-            meta = {"method": "MoCo", "arch": obj.get("arch"), "epochs": obj.get("epoch")}
-        elif any(k.startswith(("module.encoder.", "encoder.")) for k in keys):
-            kind = "simsiam-official"
-            encoder = "module.encoder." if any(k.startswith("module.encoder.") for k in keys) else "encoder."
-            meta = {"method": "SimSiam", "arch": obj.get("arch"), "epochs": obj.get("epoch")}
-        else:
-            stripped = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
-            if "conv1.weight" in stripped and "layer1.0.conv1.weight" in stripped:
-                return _split_source(stripped, where)  # a torchvision ResNet wrapped in {"state_dict"}
-            raise ConvertError(f"{where}: unrecognised 'state_dict' (keys like {', '.join(keys[:4])}); expected "
-                               "SimSiam (module.encoder.*), MoCo (module.encoder_q.*) or torchvision ResNet keys")
-    elif "conv1.weight" in obj and any(str(k).startswith("layer1.") for k in obj):
-        kind = "torchvision"
-        sd = dict(obj)
-        encoder = ""
-        meta = {"method": "torchvision"}  # the file does not say how the weights were trained
-    else:
-        raise ConvertError(
-            f"{where}: not a checkpoint this tool knows: found {_describe(obj)}. Expected a simsiam-suite "
-            "pretraining checkpoint, an official SimSiam or MoCo checkpoint ({'state_dict': module.encoder.* / "
-            "module.encoder_q.*}) or a torchvision ResNet state dict (conv1.weight, layer1.* ...)")
+        return "simsiam-suite", strip_prefix(sd), "encoder.", _suite_meta(obj)
+    if isinstance(obj.get("state_dict"), Mapping):
+        return _identify_official(obj, where)
+    if "conv1.weight" in obj and any(str(k).startswith("layer1.") for k in obj):
+        return "torchvision", dict(obj), "", {"method": "torchvision"}  # the file does not say how it was trained
+    raise ConvertError(
+        f"{where}: not a checkpoint this tool knows: found {_describe(obj)}. Expected a simsiam-suite "
+        "pretraining checkpoint, an official SimSiam or MoCo checkpoint ({'state_dict': module.encoder.* / "
+        "module.encoder_q.*}) or a torchvision ResNet state dict (conv1.weight, layer1.* ...)")
 
+
+def _suite_meta(obj: Mapping) -> dict:
+    cfg = obj.get("config") or {}
+    return {"method": "SimSiam", "arch": obj.get("arch"), "epochs": obj.get("epoch"),
+            "batch_size": (cfg.get("train") or {}).get("batch_size"), "dataset": obj.get("dataset"),
+            **_suite_schedule(obj.get("epoch"), cfg), "config_changes": obj.get("config_changes"),
+            "pretrain_data": {k: v for k, v in (cfg.get("data") or {}).items() if k in ("image_size", "mean", "std")}}
+
+
+def _identify_official(obj: Mapping, where: str) -> tuple[str, dict, str, dict]:
+    """{"state_dict": ...} files: the official SimSiam and MoCo checkpoints, or a wrapped torchvision ResNet."""
+    sd = dict(obj["state_dict"])
+    keys = list(sd)
+    for kind, method, enc in (("moco", "MoCo", "encoder_q."), ("simsiam-official", "SimSiam", "encoder.")):
+        if any(k.startswith(("module." + enc, enc)) for k in keys):
+            encoder = "module." + enc if any(k.startswith("module." + enc) for k in keys) else enc
+            return kind, sd, encoder, {"method": method, "arch": obj.get("arch"), "epochs": obj.get("epoch")}
+    stripped = strip_prefix(sd)
+    if "conv1.weight" in stripped and "layer1.0.conv1.weight" in stripped:
+        return "torchvision", stripped, "", {"method": "torchvision"}
+    raise ConvertError(f"{where}: unrecognised 'state_dict' (keys like {', '.join(keys[:4])}); expected "
+                       "SimSiam (module.encoder.*), MoCo (module.encoder_q.*) or torchvision ResNet keys")
+
+
+def _key_role(kind: str, encoder: str, key: str) -> tuple[str | None, str | None]:
+    """(backbone name, None) for a key that is converted, (None, reason) for one dropped on purpose,
+    (None, None) for a key nobody expects."""
+    if encoder and key.startswith(encoder):
+        name = key[len(encoder):]
+        if name.startswith("fc."):
+            return None, "projector (encoder fc.*)" if kind != "moco" else "projection head (encoder_q fc.*)"
+        return name, None
+    if not encoder and key.startswith("fc."):
+        return None, "classifier (fc.*)"
+    if not encoder and re.match(r"^(conv1|bn1|layer[1-4])\.", key):
+        return key, None
+    if kind in ("simsiam-suite", "simsiam-official") and key.startswith(("predictor.", "module.predictor.")):
+        return None, "predictor"
+    if kind == "moco" and key.startswith(("module.encoder_k.", "encoder_k.")):
+        return None, "momentum encoder (encoder_k.*)"
+    if kind == "moco" and key in ("module.queue", "module.queue_ptr", "queue", "queue_ptr"):
+        return None, "queue"
+    return None, None
+
+
+def _account(kind: str, sd: Mapping, encoder: str, where: str) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
+    """Every key of `sd` is converted, or dropped for a named reason; any other key is an error."""
     backbone: dict[str, torch.Tensor] = {}
+    dropped: dict[str, list[str]] = {}
     unknown: list[str] = []
-
-    def drop(reason: str, key: str) -> None:
-        dropped.setdefault(reason, []).append(key)
-
     for key, value in sd.items():
-        if not isinstance(key, str):
-            unknown.append(repr(key))
-        elif encoder and key.startswith(encoder):
-            name = key[len(encoder):]
-            if name.startswith("fc."):
-                drop("projector (encoder fc.*)" if kind != "moco" else "projection head (encoder_q fc.*)", key)
-            else:
-                backbone[name] = value
-        elif not encoder and key.startswith("fc."):
-            drop("classifier (fc.*)", key)
-        elif not encoder and re.match(r"^(conv1|bn1|layer[1-4])\.", key):
-            backbone[key] = value
-        elif kind in ("simsiam-suite", "simsiam-official") and key.startswith(("predictor.", "module.predictor.")):
-            drop("predictor", key)
-        elif kind == "moco" and key.startswith(("module.encoder_k.", "encoder_k.")):
-            drop("momentum encoder (encoder_k.*)", key)
-        elif kind == "moco" and key in ("module.queue", "module.queue_ptr", "queue", "queue_ptr"):
-            drop("queue", key)
+        name, reason = _key_role(kind, encoder, key) if isinstance(key, str) else (None, None)
+        if name is not None:
+            backbone[name] = value
+        elif reason is not None:
+            dropped.setdefault(reason, []).append(key)
         else:
-            unknown.append(key)
+            unknown.append(key if isinstance(key, str) else repr(key))
     if unknown:
         raise ConvertError(f"{where}: {len(unknown)} unexpected key(s) in a {kind} checkpoint, neither converted "
                            f"nor known to be droppable: {', '.join(unknown)}")
+    backbone = {k: (torch.from_numpy(np.asarray(v)) if isinstance(v, np.ndarray) else v) for k, v in backbone.items()}
     bad = [k for k, v in backbone.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        backbone = {k: (torch.from_numpy(np.asarray(v)) if isinstance(v, np.ndarray) else v)
-                    for k, v in backbone.items()}
-        bad = [k for k, v in backbone.items() if not isinstance(v, torch.Tensor)]
-        if bad:
-            raise ConvertError(f"{where}: values that are not tensors: {', '.join(bad[:8])}")
-    meta["source_keys"] = len(sd)
-    return kind, backbone, dropped, meta
+        raise ConvertError(f"{where}: values that are not tensors: {', '.join(bad[:8])}")
+    return backbone, dropped
 
 
 # ---------------------------------------------------------------------------------------- architecture
@@ -454,15 +462,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        fn = to_torchvision if args.to == "torchvision" else to_detectron2
-        _, report = fn(args.src, args.output, args.arch)
-    except ConvertError as e:
-        print(f"simsiam convert: error: {e}", file=sys.stderr)
-        return 1
-    except UnsafeFileError as e:
-        print(f"simsiam convert: error: {e}", file=sys.stderr)
-        return 2
+    return guard("simsiam convert", lambda: _main(args))
+
+
+def _main(args) -> int:
+    fn = to_torchvision if args.to == "torchvision" else to_detectron2
+    _, report = fn(args.src, args.output, args.arch)
     brief = {k: v for k, v in report.items() if k != "dropped_keys"}
     print(json.dumps(brief, indent=2))
     print(f"[convert] {report['kind']} {report['arch']} -> {args.to}: {report['converted']} tensors written to "
