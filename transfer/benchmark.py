@@ -356,19 +356,28 @@ def run_benchmark(args) -> tuple[list[dict], dict]:
         lin = Switches(fast.bf16, fast.channels_last, False)   # the head step is not compiled
         three_modes("linear", lambda sw: make_linear_step(args.arch, device, sw, args.classes), LB,
                     reference_batches(linear_train_transform(args.size), LB, False), lin)
+    relative_to_reference(rows)
+    return rows, run_meta(args, device, fast)
+
+
+def relative_to_reference(rows: list[dict]) -> None:
+    """Each row's images/s as a multiple of its stage's reference row ("vs_reference")."""
     for stage in ("pretrain", "linear"):
         base = next((r["images_per_s"] for r in rows if r["stage"] == stage and r["mode"] == "reference"), None)
         for r in rows:
             if r["stage"] == stage and base:
                 r["vs_reference"] = r["images_per_s"] / base
-    meta = {"date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+
+
+def run_meta(args, device: torch.device, fast: Switches) -> dict:
+    """What the figures were measured with: date, device, versions, the command and its sizes and switches."""
+    return {"date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "device": device_name(device), "torch": torch.__version__, "python": platform.python_version(),
             "command": "python -m transfer.benchmark " + " ".join(shlex.quote(a) for a in args.argv),
-            "arch": args.arch, "size": args.size, "batch": B, "linear_batch": LB, "workers": args.workers,
-            "images": args.images, "steps": args.steps, "warmup": args.warmup,
+            "arch": args.arch, "size": args.size, "batch": args.batch, "linear_batch": args.linear_batch,
+            "workers": args.workers, "images": args.images, "steps": args.steps, "warmup": args.warmup,
             "switches_requested": Switches(args.bf16, args.channels_last, args.compile).describe(),
             "switches_applied": fast.describe()}
-    return rows, meta
 
 
 def _describe_check(c: dict) -> str:

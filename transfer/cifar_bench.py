@@ -80,6 +80,21 @@ def device_name() -> str:
     return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def bench_figures(cfg, history: list[dict], summary_pre: dict, lin_results: dict, linear_augment: bool) -> dict:
+    """The measured part of the summary: the recipe run, kNN per epoch, the final kNN, collapse and linear."""
+    knn = [{"epoch": r["epoch"], "knn_top1": r.get("knn_top1"), "loss": r.get("loss"),
+            "collapse_std": r.get("collapse_std"), "images_per_s": r.get("images_per_s"), "time": r.get("time")}
+           for r in history]
+    return {"stop_gradient": cfg.model.stop_gradient, "epochs": summary_pre["epoch"],
+            "batch_size": cfg.train.batch_size, "arch": cfg.model.arch, "gpu_augment": cfg.train.gpu_augment,
+            "amp": cfg.train.amp, "channels_last": cfg.train.channels_last, "knn_k": cfg.monitor.knn_k,
+            "knn_per_epoch": knn, "final_knn_top1": summary_pre["metrics"]["knn_top1"],
+            "final_collapse_std": summary_pre["metrics"]["collapse_std"], "collapse_ref": 1 / math.sqrt(cfg.model.dim),
+            "linear_top1": lin_results["metrics"]["top1"], "linear_top5": lin_results["metrics"]["top5"],
+            "linear_epochs": lin_results.get("epochs"), "linear_cached_features": not linear_augment,
+            "chance_top1": CHANCE}
+
+
 def run_bench(data: str, output: str | Path, *, epochs: int | None = None, device: str | None = None,
               short: bool = False, ablation: bool = False, overrides=(), limit_per_class: int = 50,
               batch: int | None = None, linear_epochs: int | None = None, linear_augment: bool = False,
@@ -119,30 +134,15 @@ def run_bench(data: str, output: str | Path, *, epochs: int | None = None, devic
     plot_pretrain(history, curves / "pretrain.png", cfg.model.dim)
     plot_linear(lin_rows, curves / "linear.png")
 
-    knn = [{"epoch": r["epoch"], "knn_top1": r.get("knn_top1"), "loss": r.get("loss"),
-            "collapse_std": r.get("collapse_std"), "images_per_s": r.get("images_per_s"), "time": r.get("time")}
-           for r in history]
-    summary = {
-        "benchmark": "cifar10 SimSiam" + (" - stop-gradient ablation" if ablation else ""),
-        "date": started.strftime("%Y-%m-%d %H:%M UTC"),
-        "device": device_name() if device != "cpu" else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)",
-        "torch": torch.__version__,
-        "command": command or "python -m transfer.cifar_bench",
-        "short": short, "stop_gradient": cfg.model.stop_gradient,
-        "epochs": summary_pre["epoch"], "batch_size": cfg.train.batch_size, "arch": cfg.model.arch,
-        "gpu_augment": cfg.train.gpu_augment, "amp": cfg.train.amp, "channels_last": cfg.train.channels_last,
-        "knn_k": cfg.monitor.knn_k,
-        "knn_per_epoch": knn,
-        "final_knn_top1": summary_pre["metrics"]["knn_top1"],
-        "final_collapse_std": summary_pre["metrics"]["collapse_std"],
-        "collapse_ref": 1 / math.sqrt(cfg.model.dim),
-        "linear_top1": lin_results["metrics"]["top1"], "linear_top5": lin_results["metrics"]["top5"],
-        "linear_epochs": lin_results.get("epochs"), "linear_cached_features": not linear_augment,
-        "wall_time_s": t_pre + t_lin, "pretrain_time_s": t_pre, "linear_time_s": t_lin,
-        "chance_top1": CHANCE,
-        "runs": {"pretrain": str(out / "pretrain"), "linear": str(lin_dir)},
-        "curves": [str(curves / "pretrain.png"), str(curves / "linear.png")],
-    }
+    summary = {"benchmark": "cifar10 SimSiam" + (" - stop-gradient ablation" if ablation else ""),
+               "date": started.strftime("%Y-%m-%d %H:%M UTC"),
+               "device": device_name() if device != "cpu" else
+               f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)",
+               "torch": torch.__version__, "command": command or "python -m transfer.cifar_bench", "short": short,
+               **bench_figures(cfg, history, summary_pre, lin_results, linear_augment),
+               "wall_time_s": t_pre + t_lin, "pretrain_time_s": t_pre, "linear_time_s": t_lin,
+               "runs": {"pretrain": str(out / "pretrain"), "linear": str(lin_dir)},
+               "curves": [str(curves / "pretrain.png"), str(curves / "linear.png")]}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     (out / "summary.md").write_text(format_summary(summary))
     return summary
