@@ -96,6 +96,15 @@ class TwoCropsTransform:
         return f"{type(self).__name__}(base={self.base!r}, second={'same' if self.second is self.base else self.second!r})"
 
 
+SMALL_IMAGE_SIDE = 64                # images up to this side (CIFAR, the embedded data) are evaluated whole
+
+
+def eval_crop_fraction(image_size: int) -> float:
+    """The evaluation view's crop fraction: 1.0 (the whole image) for small images (<= 64 px, as the CIFAR kNN
+    monitor does), else 224/256 (Resize 256 + CenterCrop 224 at ImageNet scale). Every stage uses this rule."""
+    return 1.0 if image_size <= SMALL_IMAGE_SIDE else 224 / 256
+
+
 def eval_resize_size(image_size: int, crop_fraction: float = 224 / 256) -> int:
     """The Resize side before CenterCrop(image_size): int(image_size / crop_fraction) (256 for 224)."""
     if not 0 < crop_fraction <= 1:

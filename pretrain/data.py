@@ -19,7 +19,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from torchvision.datasets import ImageFolder
 
-from .augment import TwoCropsTransform, eval_transform, moco_v2_transform  # noqa: F401 (contract re-export)
+from .augment import TwoCropsTransform, eval_crop_fraction, eval_transform, moco_v2_transform  # noqa: F401
 from .errors import InputError
 
 EMBEDDED = "embedded"
@@ -264,9 +264,7 @@ def build_knn_loaders(cfg, train_dir: Path, val_dir: Path, rank: int = 0, world_
     Each rank reads a disjoint shard (no padding); features are gathered afterwards.
     """
     d = cfg.data
-    # small images (CIFAR 32 px, the 64 px embedded set) are evaluated whole, as the CIFAR kNN monitor does;
-    # larger ones with the usual Resize(size*256/224) + CenterCrop(size)
-    tf = eval_transform(d.image_size, d.mean, d.std, **({"crop_fraction": 1.0} if d.image_size <= 64 else {}))
+    tf = eval_transform(d.image_size, d.mean, d.std, crop_fraction=eval_crop_fraction(d.image_size))
     bank = RobustImageFolder(train_dir, tf, d.on_corrupt, knn_bank_limit(cfg))
     test = RobustImageFolder(val_dir, tf, d.on_corrupt, cfg.monitor.knn_max_val)
     if bank.classes != test.classes:

@@ -1,4 +1,9 @@
-"""The SimSiam loss: symmetrised negative cosine similarity between predictions and (stopped) targets."""
+"""The SimSiam loss (Chen & He, CVPR 2021, Section 3, Eq. 1-4): the symmetrised negative cosine similarity
+between the predictions and the stop-gradiented targets.
+
+    p1, p2, z1, z2 = model(x1, x2)          # pretrain.model.SimSiam: z1, z2 are already detached
+    loss = simsiam_loss(p1, p2, z1, z2)     # in [-1, 1]; -1 when every prediction matches its target
+"""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,9 @@
-"""SimSiam (Chen & He, 2021): encoder f = backbone + projection MLP, predictor h.
+"""SimSiam (Chen & He, "Exploring Simple Siamese Representation Learning", CVPR 2021), Section 3 and Fig. 1:
+encoder f = backbone + projection MLP, predictor h, and a stop-gradient on the target branch.
+
+    model = SimSiam("resnet50", dim=2048, pred_dim=512)
+    p1, p2, z1, z2 = model(x1, x2)              # two augmented views of the same images
+    loss = simsiam_loss(p1, p2, z1, z2)          # pretrain.loss: D(p1, stopgrad(z2))/2 + D(p2, stopgrad(z1))/2
 
 The module layout follows the official code: `encoder` is a torchvision ResNet whose `fc` is the
 projector, `predictor` is the bottleneck MLP. So our state-dict keys are the official ones without the
@@ -27,12 +32,14 @@ def build_backbone(arch: str) -> nn.Module:
 
 
 def feature_dim(backbone: nn.Module) -> int:
+    """Width of the pooled backbone features (2048 for ResNet-50, 512 for ResNet-18)."""
     fc = backbone.fc
     return fc.in_features if isinstance(fc, nn.Linear) else fc[0].in_features
 
 
 def projection_mlp(in_dim: int, dim: int, layers: int) -> nn.Sequential:
-    """Linear-BN-ReLU blocks, then Linear-BN(affine=False); the last Linear's bias is not trained."""
+    """The projection MLP (Section 4.4): Linear-BN-ReLU blocks, then Linear-BN(affine=False); the last
+    Linear's bias is not trained (the BN after it would cancel it)."""
     mods: list[nn.Module] = []
     d = in_dim
     for _ in range(layers - 1):
@@ -45,6 +52,7 @@ def projection_mlp(in_dim: int, dim: int, layers: int) -> nn.Sequential:
 
 
 def prediction_mlp(dim: int, pred_dim: int) -> nn.Sequential:
+    """The prediction MLP h (Section 4.4): a bottleneck Linear(dim, pred_dim)-BN-ReLU-Linear(pred_dim, dim)."""
     return nn.Sequential(
         nn.Linear(dim, pred_dim, bias=False), nn.BatchNorm1d(pred_dim), nn.ReLU(inplace=True),
         nn.Linear(pred_dim, dim),
@@ -52,6 +60,10 @@ def prediction_mlp(dim: int, pred_dim: int) -> nn.Sequential:
 
 
 class SimSiam(nn.Module):
+    """f (backbone + projector) shared by both views, h (predictor); forward returns (p1, p2, z1, z2) with the
+    targets z already behind the stop-gradient (Algorithm 1; `stop_gradient=False` is the ablation of
+    Section 4.1, Fig. 2, which collapses)."""
+
     def __init__(self, arch: str = "resnet50", dim: int = 2048, pred_dim: int = 512,
                  proj_layers: int = 3, stop_gradient: bool = True):
         super().__init__()
@@ -62,10 +74,12 @@ class SimSiam(nn.Module):
         self.predictor = prediction_mlp(dim, pred_dim)
 
     def stopgrad(self, z: torch.Tensor) -> torch.Tensor:
-        # The paper's stop-gradient. Turning it off (model.stop_gradient=false) is the collapse ablation.
+        """The paper's stop-gradient (Eq. 3): z is a constant target. Turning it off (model.stop_gradient=false)
+        is the collapse ablation."""
         return z.detach() if self.stop_gradient else z
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor):
+        """(p1, p2, stopgrad(z1), stopgrad(z2)) for two views of a batch (Algorithm 1)."""
         z1, z2 = self.encoder(x1), self.encoder(x2)    # projections, N x dim
         p1, p2 = self.predictor(z1), self.predictor(z2)  # predictions, N x dim
         return p1, p2, self.stopgrad(z1), self.stopgrad(z2)
@@ -82,5 +96,6 @@ class SimSiam(nn.Module):
 
 
 def build_model(model_cfg) -> SimSiam:
+    """The SimSiam of a `model:` config section (pretrain.defaults.ModelConfig)."""
     return SimSiam(model_cfg.arch, model_cfg.dim, model_cfg.pred_dim, model_cfg.proj_layers,
                    model_cfg.stop_gradient)

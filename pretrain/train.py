@@ -24,6 +24,7 @@ from . import checkpoint as ckpt_io
 from . import config as config_mod
 from . import data as data_mod
 from . import distributed
+from .augment import eval_crop_fraction
 from .defaults import PretrainConfig, init_lr
 from .errors import InputError
 from .frame import StageRun
@@ -334,7 +335,7 @@ def build_data(cfg: PretrainConfig, train_dir: Path, val_dir, info: distributed.
     if not want_knn:
         return loader, None
     d = cfg.data
-    crop = 1.0 if d.image_size <= 64 else 224 / 256  # as the PIL kNN loaders: small images are used whole
+    crop = eval_crop_fraction(d.image_size)
     mk = lambda folder, limit: fastdata.build_gpu_eval_batches(  # noqa: E731
         folder, d, info.device, limit_per_class=limit, batch_size=max(256, per_rank), crop_fraction=crop,
         rank=info.rank, world_size=info.world_size, channels_last=cl)

@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from pretrain import config as config_mod
-from pretrain.augment import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from pretrain.augment import IMAGENET_MEAN, IMAGENET_STD, eval_crop_fraction, eval_transform
 from pretrain.data import DataError, RobustImageFolder, dataset_name, resolve_roots, shard
 from pretrain.frame import StageRun, guard
 from pretrain.model import ARCHS
@@ -75,7 +75,7 @@ def resolve_data(cfg: KnnConfig, stored: dict) -> KnnDataConfig:
     size = d.image_size or int(stored.get("image_size") or 224)
     mean = tuple(d.mean) or tuple(stored.get("mean") or IMAGENET_MEAN)
     std = tuple(d.std) or tuple(stored.get("std") or IMAGENET_STD)
-    crop = d.crop_fraction or (1.0 if size <= 64 else 224 / 256)
+    crop = d.crop_fraction or eval_crop_fraction(size)
     return dataclasses.replace(d, image_size=size, mean=mean, std=std, crop_fraction=crop)
 
 
