@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The test suite: brings up a one-node SLURM cluster on localhost (real slurmctld/slurmd/munge),
-# runs pytest, and stops the daemons again.
+# The test suite: brings up a two-node SLURM cluster on this machine (real munged/slurmctld, one slurmd per
+# node, each node in its own network namespace; slurm/local_cluster.sh), runs pytest, and removes the cluster again.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if bash slurm/local_cluster.sh up; then

@@ -4,9 +4,16 @@ Training never knows how it was launched: torchrun, the SLURM launcher and a pla
 end up here. RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT describe the job; without
 WORLD_SIZE (or with WORLD_SIZE=1) the run is a single process and no process group is created.
 Backend: NCCL when CUDA is available, gloo on CPU.
+
+Every collective is bounded: DIST_TIMEOUT_S (seconds, default 600) is the process group's timeout, so when a
+rank dies (its node fails, its task is killed) the others raise instead of waiting for ever; the launcher then
+decides what happens (slurm/jobs.py requeues the job within its requeue budget). A peer whose process is gone
+is usually noticed at once (gloo: "connection closed by peer"); the timeout covers a peer that hangs or whose
+node vanished from the network.
 """
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -41,6 +48,21 @@ def _env_int(name: str, default: int | None = None) -> int | None:
         raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
 
 
+DEFAULT_TIMEOUT_S = 600
+
+
+def collective_timeout() -> datetime.timedelta:
+    """How long a collective (and the rendezvous) may wait for the other ranks: DIST_TIMEOUT_S, default 600 s."""
+    raw = os.environ.get("DIST_TIMEOUT_S", "")
+    try:
+        seconds = float(raw) if raw.strip() else DEFAULT_TIMEOUT_S
+    except ValueError:
+        raise ValueError(f"environment variable DIST_TIMEOUT_S={raw!r} is not a number of seconds") from None
+    if seconds <= 0:
+        raise ValueError(f"environment variable DIST_TIMEOUT_S={raw!r} must be > 0")
+    return datetime.timedelta(seconds=seconds)
+
+
 def init_distributed(device: str | None = None) -> DistInfo:
     """Join the process group described by the env:// variables (or run as one process).
 
@@ -62,7 +84,7 @@ def init_distributed(device: str | None = None) -> DistInfo:
                                "run needs RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT")
         if not dist.is_initialized():
             dist.init_process_group(backend="nccl" if use_cuda else "gloo", init_method="env://",
-                                    rank=rank, world_size=world_size,
+                                    rank=rank, world_size=world_size, timeout=collective_timeout(),
                                     **({"device_id": dev} if use_cuda else {}))
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
 

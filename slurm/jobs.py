@@ -10,6 +10,13 @@ stage resumes from the checkpoint in its output folder. Requeues are bounded (`m
 is logged to `<output>/requeues.jsonl`. A job requeued by the scheduler itself (`scontrol requeue`, node
 failure) is counted and logged the same way when it starts again.
 
+A task that dies by itself (killed, out of memory, its process gone) is requeued by neither SLURM nor submitit.
+Policy: the other ranks of a multi-task stage see their next collective fail (at once when the peer's process
+is gone, else after the bounded collective timeout of pretrain.distributed), and the first of them to notice
+requeues the whole job (`scontrol requeue`, recorded as a `retry` event with the rank, host and error it saw),
+within the same --max-requeues budget; the job then resumes from its last checkpoint like after a preemption.
+A stage that ends with its own error code (bad input: exit 2) is not retried: it would fail the same way.
+
 Only this package reads SLURM variables (SLURM_RESTART_COUNT, SLURM_JOB_ID) or imports submitit.
 """
 from __future__ import annotations
@@ -22,6 +29,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
@@ -29,6 +37,7 @@ import submitit
 from submitit.core.utils import JobPaths
 
 REQUEUE_LOG = "requeues.jsonl"
+ATTEMPT_MARK = "[submit] start:"
 
 
 class StageFailed(RuntimeError):
@@ -130,11 +139,42 @@ class StageCall(submitit.helpers.Checkpointable):
             os.environ["OMP_NUM_THREADS"] = str(self.threads)
             import torch
             torch.set_num_threads(self.threads)
-        print(f"[submit] rank {rank}/{dist.get('WORLD_SIZE', '1')}: {self.module}.main({self.argv})", flush=True)
-        rc = importlib.import_module(self.module).main(list(self.argv))
+        world = int(dist.get("WORLD_SIZE", "1"))
+        started = (f"{ATTEMPT_MARK} rank {rank}/{world} (local {dist.get('LOCAL_RANK', '0')}) on "
+                   f"{socket.gethostname()}, attempt {restarts + 1}: {self.module}.main({self.argv})")
+        print(started, flush=True)
+        print(started, file=sys.stderr, flush=True)  # separates the attempts in the appended stderr log
+        try:
+            rc = importlib.import_module(self.module).main(list(self.argv))
+        except Exception as e:
+            if world > 1 and peer_failure(e):
+                self.retry_after_peer_failure(rank, e)
+            raise
         if rc:
             raise StageFailed(f"stage '{self.stage}' ({self.module}) exited with code {rc}")
         return {"stage": self.stage, "output": self.output, "skipped": False}
+
+    def retry_after_peer_failure(self, rank: int, error: BaseException) -> bool:
+        """Another rank is gone (see the module doc): requeue the whole job within --max-requeues. Only the first
+        surviving rank to get here acts (an exclusive marker file next to submitit's logs). True when requeued."""
+        out = Path(self.output)
+        job_id = own_job_id()
+        done_so_far = self.attempts()
+        if not job_id or not claim_retry(job_id, done_so_far):
+            return False
+        event = {"stage": self.stage, "rank": rank, "host": socket.gethostname(), "job_id": job_id,
+                 "error": first_line(error), "max_requeues": self.max_requeues}
+        if done_so_far >= self.max_requeues:
+            append_event(out, {"event": "retry-refused", "requeues": done_so_far, **event})
+            return False
+        append_event(out, {"event": "retry", "retry": done_so_far + 1, **event})
+        r = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
+        if r.returncode != 0:
+            append_event(out, {"event": "retry-failed", "reason": r.stderr.strip()[:300], **event})
+            return False
+        print(f"[submit] rank {rank}: another task of this job is gone ({first_line(error)}); job {job_id} "
+              f"requeued (attempt {done_so_far + 1} of --max-requeues {self.max_requeues})", flush=True)
+        return True
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Optional[submitit.helpers.DelayedSubmission]:
         """Called by submitit on rank 0 when the job is preempted or reaches its time limit."""
@@ -148,6 +188,51 @@ class StageCall(submitit.helpers.Checkpointable):
         append_event(out, {"event": "requeue", "stage": self.stage, "requeue": self.requeues,
                            "max_requeues": self.max_requeues, "job_id": os.environ.get("SLURM_JOB_ID")})
         return submitit.helpers.DelayedSubmission(self)
+
+
+PEER_FAILURE_WORDS = ("closed by peer", "reset by peer", "broken pipe", "connection refused", "timed out",
+                      "timeout", "gloo", "nccl", "socket", "collective", "watchdog")
+
+
+def peer_failure(error: BaseException) -> bool:
+    """Does this exception say that the collective failed because another rank is gone (rather than that the
+    stage itself broke)? torch.distributed's own error classes, or a RuntimeError naming the transport."""
+    import torch.distributed as tdist
+    if isinstance(error, getattr(tdist, "DistError", ())):
+        return True
+    text = f"{type(error).__name__}: {error}".lower()
+    return isinstance(error, RuntimeError) and any(w in text for w in PEER_FAILURE_WORDS)
+
+
+def first_line(error: BaseException) -> str:
+    """'Type: first sentence' of an exception, without a C++ source location prefix ('[.../pair.cc:561] ')."""
+    lines = [x.strip() for x in str(error).splitlines() if x.strip()]
+    text = re.sub(r"^\[[^\]]+\.(?:cc|cpp|h|hpp):\d+\]\s*", "", lines[0] if lines else "")
+    text = re.split(r"(?<=\S)\. (?=[A-Z])", text)[0]
+    return f"{type(error).__name__}: {text}"[:300]
+
+
+def own_job_id() -> Optional[str]:
+    """This job's SLURM id as scontrol names it ('123', or '123_4' for an array element); None outside SLURM."""
+    array, index = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array and index:
+        return f"{array}_{index}"
+    return os.environ.get("SLURM_JOB_ID") or None
+
+
+def claim_retry(job_id: str, attempt: int) -> bool:
+    """True for the first caller per (job, attempt): an O_EXCL marker in submitit's log folder."""
+    try:
+        folder = submitit.JobEnvironment().paths.folder
+    except RuntimeError:
+        return False
+    try:
+        fd = os.open(Path(folder) / f"{job_id}_retry_{attempt}.claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    os.write(fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
+    os.close(fd)
+    return True
 
 
 class CallFunction(submitit.helpers.Checkpointable):
@@ -169,7 +254,8 @@ def distributed_check() -> dict[str, Any]:
     env = export_distributed_env()
     world = int(env.get("WORLD_SIZE", "1"))
     if world > 1:
-        dist.init_process_group("gloo")
+        from pretrain.distributed import collective_timeout
+        dist.init_process_group("gloo", timeout=collective_timeout())
     t = torch.tensor([float(int(env.get("RANK", "0")) + 1)])
     if world > 1:
         dist.all_reduce(t)
@@ -241,7 +327,7 @@ def log_paths(job: submitit.Job) -> JobPaths:
 def failure_reason(text: str) -> str:
     """The stage's own error line in a failed job's stderr (e.g. "simsiam pretrain: error: ..."), else the
     exception line of the traceback; '' when none is found."""
-    lines = [x.strip() for x in text.splitlines() if x.strip()]
+    lines = [re.sub(r"^\[rank\d+\]:\s*", "", x.strip()) for x in text.splitlines() if x.strip()]
     own = [x for x in lines if re.search(r"\berror:", x, re.I)
            and not x.startswith(("submitit ERROR", "srun: error", "slurmstepd"))]
     if own:
@@ -263,3 +349,86 @@ def tail_of(paths: JobPaths, lines: int = 30) -> str:
 
 def log_tail(job: submitit.Job, lines: int = 30) -> str:
     return tail_of(log_paths(job), lines)
+
+
+# ------------------------------------------------------------------------------------- multi-node job reports
+
+_TASK_START = re.compile(r"Starting with JobEnvironment\(job_id=[^,]*, hostname=([^,]+), local_rank=(\d+)\(\d+\), "
+                         r"node=(\d+)\(\d+\), global_rank=(\d+)\((\d+)\)\)")
+_SRUN_TASK_ERROR = re.compile(r"srun: error: (\S+): tasks? ([\d\-,]+): (.+)")
+_PROGRESS_BAR = re.compile(r"epoch (\d+)/(\d+):\s*\d+%\|[^|]*\|\s*(\d+)/(\d+)")
+
+
+def task_paths(folder: str | Path, job_id: str) -> list[JobPaths]:
+    """The paths of every task of a job that has written a log in `folder` (task 0 first)."""
+    folder = Path(folder)
+    tasks = sorted(int(m.group(1)) for p in folder.glob(f"{job_id}_*_log.out")
+                   if (m := re.fullmatch(rf"{re.escape(job_id)}_(\d+)_log\.out", p.name)))
+    return [JobPaths(folder, job_id=job_id, task_id=t) for t in tasks]
+
+
+def task_placement(folder: str | Path, job_id: str) -> list[dict[str, Any]]:
+    """[{rank, world_size, host, local_rank, node}] of a job's tasks, from submitit's start line in each task's
+    stdout (the latest attempt's when the job was requeued)."""
+    out = []
+    for paths in task_paths(folder, job_id):
+        found = _TASK_START.findall(paths.stdout.read_text(errors="replace"))
+        if found:
+            host, local, node, rank, world = found[-1]
+            out.append({"rank": int(rank), "world_size": int(world), "host": host, "local_rank": int(local),
+                        "node": int(node), "task": paths.task_id})
+    return sorted(out, key=lambda d: d["rank"])
+
+
+def failed_tasks(folder: str | Path, job_id: str) -> list[dict[str, Any]]:
+    """The tasks srun reported as failed, in the order it reported them (the first is usually the cause, the
+    others the ranks that stopped because it was gone): [{host, task, what}], from the batch step's stderr."""
+    err = JobPaths(Path(folder), job_id=job_id, task_id=0).stderr
+    if not err.is_file():
+        return []
+    out: list[dict[str, Any]] = []
+    text = err.read_text(errors="replace")
+    text = text[text.rfind(ATTEMPT_MARK) + 1:] if ATTEMPT_MARK in text else text  # the last attempt only
+    for host, tasks, what in _SRUN_TASK_ERROR.findall(text):
+        for task in _expand_ids(f"0_[{tasks}]"):
+            item = {"host": host, "task": int(task.split("_")[1]), "what": what.strip()}
+            if item not in out:
+                out.append(item)
+    return out
+
+
+def bar_position(folder: str | Path, job_id: str) -> Optional[tuple[int, int, int, int]]:
+    """(epoch, epochs, step, steps) of the last progress bar in task 0's stderr (tqdm), if any."""
+    err = JobPaths(Path(folder), job_id=job_id, task_id=0).stderr
+    if not err.is_file():
+        return None
+    text = err.read_text(errors="replace")[-20000:]
+    found = _PROGRESS_BAR.findall(text)
+    return tuple(int(x) for x in found[-1]) if found else None  # type: ignore[return-value]
+
+
+def run_progress(output: str | Path) -> dict[str, Any]:
+    """{epochs_done, epochs, seconds_per_epoch} of a stage's run folder: its metrics.jsonl epoch lines (the
+    last one per epoch) and the epoch count of its config.json ('train.epochs' or 'epochs')."""
+    out = Path(output)
+    done: dict[int, float] = {}
+    metrics = out / "metrics.jsonl"
+    if metrics.is_file():
+        for line in metrics.read_text(errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec.get("epoch"), int):
+                done[rec["epoch"]] = float(rec.get("time") or 0.0)
+    total = None
+    config = out / "config.json"
+    if config.is_file():
+        try:
+            cfg = json.loads(config.read_text())
+            total = (cfg.get("train") or {}).get("epochs", cfg.get("epochs"))
+        except ValueError:
+            pass
+    times = [t for t in done.values() if t > 0]
+    return {"epochs_done": max(done, default=0), "epochs": total,
+            "seconds_per_epoch": sum(times) / len(times) if times else None}

@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
-# A one-node SLURM cluster on localhost (real munged + slurmctld + slurmd), for the test suite and for trying
-# `simsiam submit` on a workstation.
+# A two-node SLURM cluster on one machine (real munged + slurmctld + one slurmd per node), for the test suite
+# and for trying `simsiam submit` (multi-node included) on a workstation.
 #
-#   bash slurm/local_cluster.sh up      # install slurm-wlm/munge if missing, write the config, start, wait for idle
-#   bash slurm/local_cluster.sh down    # stop the daemons started by `up`
-#   bash slurm/local_cluster.sh status  # sinfo + squeue
+#   bash slurm/local_cluster.sh up       # install slurm-wlm/munge if missing, create the nodes, start, wait for idle
+#   bash slurm/local_cluster.sh down     # stop the daemons and remove everything `up` created
+#   bash slurm/local_cluster.sh status   # sinfo + squeue
 #
-# `up` is idempotent: when the daemons run with the same configuration it only checks that the node is usable.
-# Needs root (Debian/Ubuntu paths: /etc/slurm, /var/spool/slurm*, /var/log/slurm); non-interactive (CI=true).
-# Environment: SLURM_LOCAL_CPUS / SLURM_LOCAL_MEM_MB override the detected node size; SLURM_LOCAL_WAIT_S bounds
-# the wait for the node (default 90).
+# Each compute node is a network namespace created here (slurm-node1, slurm-node2, ...) with its own address
+# on a private bridge (10.200.77.11, .12, ...; the controller listens on the bridge's host side 10.200.77.1),
+# its own host name (node1, node2, ...; a UTS namespace) and its own /etc/hosts (/etc/netns/<ns>/hosts, bind-mounted
+# in a private mount namespace). Namespaces have no default route: jobs reach each other, the controller and
+# loopback, nothing else. munged runs once on the host; its socket is a file path, so every node shares it.
+#
+# `up` is idempotent: when the daemons run with the same configuration it only checks that the nodes are usable.
+# Needs root and iproute2 (Debian/Ubuntu paths: /etc/slurm, /var/spool/slurm*, /var/log/slurm); non-interactive.
+# Environment: SLURM_LOCAL_NODES (default 2), SLURM_LOCAL_CPUS (CPUs declared per node, default: the
+# machine's), SLURM_LOCAL_MEM_MB (per node, default: the machine's / nodes), SLURM_LOCAL_WAIT_S (default 90).
 set -euo pipefail
 
 CONF_DIR=/etc/slurm
@@ -20,13 +26,20 @@ LOG_DIR=/var/log/slurm
 RUN_DIR=/run/slurm-local
 PARTITION=local
 WAIT_S=${SLURM_LOCAL_WAIT_S:-90}
+NODES=${SLURM_LOCAL_NODES:-2}
+NET=10.200.77            # private /24: .1 = controller (host side of the bridge), .1N = nodeN
+BRIDGE=slurm-br0
+NS_PREFIX=slurm-         # namespace of nodeN: slurm-nodeN; its veth: host side slv-nodeN
 
 say() { echo "[local_cluster] $*"; }
 die() { echo "[local_cluster] ERROR: $*" >&2; exit 1; }
 
 need_root() {
-  [ "$(id -u)" = 0 ] || die "must run as root (it installs packages, writes $CONF and starts daemons); try: sudo bash $0 ${1:-up}"
+  [ "$(id -u)" = 0 ] || die "must run as root (it installs packages, creates network namespaces, writes $CONF and starts daemons); try: sudo bash $0 ${1:-up}"
 }
+
+node_names() { local i; for i in $(seq 1 "$NODES"); do echo "node$i"; done; }
+node_addr() { echo "$NET.$((10 + ${1#node}))"; }
 
 alive() {  # alive PIDFILE -> true when the process in it runs
   local pid
@@ -41,14 +54,16 @@ install_packages() {
   command -v slurmd >/dev/null 2>&1 || missing+=(slurmd)
   command -v sbatch >/dev/null 2>&1 || missing+=(slurm-client)
   command -v munged >/dev/null 2>&1 || missing+=(munge)
+  command -v ip >/dev/null 2>&1 || missing+=(iproute2)
   [ ${#missing[@]} -eq 0 ] && return 0
-  command -v apt-get >/dev/null 2>&1 || die "SLURM is not installed (${missing[*]} missing) and apt-get is not available: install slurm-wlm and munge by hand"
-  say "installing slurm-wlm and munge (missing: ${missing[*]})"
+  command -v apt-get >/dev/null 2>&1 || die "SLURM is not installed (${missing[*]} missing) and apt-get is not available: install slurm-wlm, munge and iproute2 by hand"
+  say "installing slurm-wlm, munge and iproute2 (missing: ${missing[*]})"
   export DEBIAN_FRONTEND=noninteractive
-  if ! apt-get install -y -q --no-install-recommends slurm-wlm munge >/tmp/local_cluster.apt.log 2>&1; then
+  local pkgs=(slurm-wlm munge iproute2)
+  if ! apt-get install -y -q --no-install-recommends "${pkgs[@]}" >/tmp/local_cluster.apt.log 2>&1; then
     apt-get update -q >>/tmp/local_cluster.apt.log 2>&1 || true
-    apt-get install -y -q --no-install-recommends slurm-wlm munge >>/tmp/local_cluster.apt.log 2>&1 \
-      || { tail -20 /tmp/local_cluster.apt.log >&2; die "apt-get install slurm-wlm munge failed (log: /tmp/local_cluster.apt.log)"; }
+    apt-get install -y -q --no-install-recommends "${pkgs[@]}" >>/tmp/local_cluster.apt.log 2>&1 \
+      || { tail -n 20 /tmp/local_cluster.apt.log >&2; die "apt-get install ${pkgs[*]} failed (log: /tmp/local_cluster.apt.log)"; }
   fi
   command -v slurmctld >/dev/null 2>&1 && command -v slurmd >/dev/null 2>&1 && command -v munged >/dev/null 2>&1 \
     || die "slurm-wlm/munge installed but slurmctld/slurmd/munged are still not on PATH"
@@ -72,6 +87,7 @@ start_munge() {
   else
     /usr/sbin/munged --force >/dev/null 2>&1 || true
   fi
+  touch "$RUN_DIR/munged.started-here"
   for _ in $(seq 1 20); do
     munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && return 0
     sleep 0.5
@@ -79,21 +95,74 @@ start_munge() {
   die "munged did not start (munge -n | unmunge fails); see /var/log/munge/munged.log"
 }
 
+# ------------------------------------------------------------------------------------------------ network
+
+make_bridge() {
+  if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
+    say "creating bridge $BRIDGE ($NET.1/24)"
+    ip link add "$BRIDGE" type bridge
+  fi
+  ip addr show dev "$BRIDGE" | grep -q "inet $NET.1/24" || ip addr add "$NET.1/24" dev "$BRIDGE"
+  ip link set "$BRIDGE" up
+}
+
+write_hosts() {  # write_hosts NS -> /etc/netns/NS/hosts: what the node's processes see as /etc/hosts
+  local ns=$1 n
+  mkdir -p "/etc/netns/$ns"
+  {
+    echo "# Written by slurm/local_cluster.sh: /etc/hosts inside the node namespace $ns"
+    echo "127.0.0.1 localhost"
+    echo "$NET.1 $(hostname -s)-ctl"
+    for n in $(node_names); do echo "$(node_addr "$n") $n"; done
+  } >"/etc/netns/$ns/hosts"
+}
+
+make_node_net() {  # make_node_net NODE -> namespace with lo + eth0 (its address) on the bridge
+  local node=$1 ns=$NS_PREFIX$1 veth=slv-$1 addr
+  addr=$(node_addr "$node")
+  ip netns list | grep -qw "^$ns" || { say "creating namespace $ns ($node, $addr)"; ip netns add "$ns"; }
+  if ! ip netns exec "$ns" ip link show eth0 >/dev/null 2>&1; then
+    ip link del "$veth" >/dev/null 2>&1 || true
+    ip link add "$veth" type veth peer name "$veth-in"
+    ip link set "$veth-in" netns "$ns"
+    ip netns exec "$ns" ip link set "$veth-in" name eth0
+  fi
+  ip link set "$veth" master "$BRIDGE"
+  ip link set "$veth" up
+  ip netns exec "$ns" ip link set lo up
+  ip netns exec "$ns" ip addr show dev eth0 | grep -q "inet $addr/24" || ip netns exec "$ns" ip addr add "$addr/24" dev eth0
+  ip netns exec "$ns" ip link set eth0 up
+  write_hosts "$ns"
+}
+
+remove_node_net() {
+  local node=$1 ns=$NS_PREFIX$1 pid
+  if ip netns list | grep -qw "^$ns"; then
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done  # leftover job steps
+    ip netns delete "$ns" && say "removed namespace $ns"
+  fi
+  ip link del "slv-$node" >/dev/null 2>&1 || true
+  rm -rf "/etc/netns/$ns"
+}
+
+# ------------------------------------------------------------------------------------------------ config
+
 write_config() {  # writes $CONF.new; prints nothing
-  local host cpus mem line sockets cores threads boards
+  local host cpus mem line nodes_expr n
   host=$(hostname -s)
   line=$(slurmd -C 2>/dev/null | head -1 || true)
   cpus=${SLURM_LOCAL_CPUS:-$(sed -n 's/.* CPUs=\([0-9]*\).*/\1/p' <<<"$line")}
-  mem=${SLURM_LOCAL_MEM_MB:-$(sed -n 's/.* RealMemory=\([0-9]*\).*/\1/p' <<<"$line")}
+  mem=$(sed -n 's/.* RealMemory=\([0-9]*\).*/\1/p' <<<"$line")
   [ -n "$cpus" ] || cpus=$(nproc)
   [ -n "$mem" ] || mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 ))
   # Leave the operating system ~5% (a node whose RealMemory exceeds what slurmd measures is drained).
-  mem=$(( mem * 95 / 100 ))
+  mem=${SLURM_LOCAL_MEM_MB:-$(( mem * 95 / 100 / NODES ))}
+  nodes_expr="node[1-$NODES]"; [ "$NODES" = 1 ] && nodes_expr=node1
   mkdir -p "$CONF_DIR"
-  cat >"$CONF.new" <<EOF
-# Written by slurm/local_cluster.sh for host $host: a one-node cluster on localhost (test/dev only).
+  cat >"$CONF.new" <<CONF
+# Written by slurm/local_cluster.sh on host $host: $NODES compute nodes in network namespaces (test/dev only).
 ClusterName=localcluster
-SlurmctldHost=$host(127.0.0.1)
+SlurmctldHost=$host($NET.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -122,27 +191,42 @@ AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 StateSaveLocation=$CTLD_STATE
-SlurmdSpoolDir=$SLURMD_STATE
+SlurmdSpoolDir=$SLURMD_STATE/%n
 SlurmctldPidFile=$RUN_DIR/slurmctld.pid
-SlurmdPidFile=$RUN_DIR/slurmd.pid
+SlurmdPidFile=$RUN_DIR/slurmd-%n.pid
 SlurmctldLogFile=$LOG_DIR/slurmctld.log
-SlurmdLogFile=$LOG_DIR/slurmd.log
+SlurmdLogFile=$LOG_DIR/slurmd-%n.log
 SlurmctldPort=6817
 SlurmdPort=6818
-NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
-PartitionName=$PARTITION Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
-EOF
+CONF
+  for n in $(node_names); do
+    echo "NodeName=$n NodeAddr=$(node_addr "$n") CPUs=$cpus RealMemory=$mem State=UNKNOWN" >>"$CONF.new"
+  done
+  echo "PartitionName=$PARTITION Nodes=$nodes_expr Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO" >>"$CONF.new"
 }
 
-start_daemon() {  # start_daemon NAME -> runs NAME -D in the background, its own session, logs to $LOG_DIR
-  local name=$1
-  say "starting $name"
-  setsid "$name" -D -f "$CONF" >>"$LOG_DIR/$name.stdout" 2>&1 </dev/null &
-  echo $! >"$RUN_DIR/$name.launcher.pid"
+# ------------------------------------------------------------------------------------------------ daemons
+
+start_slurmctld() {
+  say "starting slurmctld"
+  setsid slurmctld -D -f "$CONF" >>"$LOG_DIR/slurmctld.stdout" 2>&1 </dev/null &
+  echo $! >"$RUN_DIR/slurmctld.launcher.pid"
 }
 
-stop_daemon() {
-  local name=$1 pidfile=$RUN_DIR/$1.pid pid
+start_slurmd() {  # start_slurmd NODE -> slurmd -N NODE in the node's namespace, with the node's host name
+  local node=$1
+  say "starting slurmd for $node in namespace $NS_PREFIX$node"
+  mkdir -p "$SLURMD_STATE/$node"
+  # The node's network namespace, plus private mount and UTS namespaces: its /etc/hosts and its host name.
+  # (Not `ip netns exec`: that remounts /sys, and slurmd needs the host's /sys/fs/cgroup.)
+  setsid nsenter --net="/run/netns/$NS_PREFIX$node" unshare --mount --uts -- \
+    sh -c 'mount --bind "$3" /etc/hosts && hostname "$1" && exec slurmd -D -N "$1" -f "$2"' \
+    sh "$node" "$CONF" "/etc/netns/$NS_PREFIX$node/hosts" >>"$LOG_DIR/slurmd-$node.stdout" 2>&1 </dev/null &
+  echo $! >"$RUN_DIR/slurmd-$node.launcher.pid"
+}
+
+stop_pidfile() {  # stop_pidfile NAME PIDFILE
+  local name=$1 pidfile=$2 pid
   if alive "$pidfile"; then
     pid=$(cat "$pidfile")
     say "stopping $name (pid $pid)"
@@ -150,59 +234,85 @@ stop_daemon() {
     for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
     kill -9 "$pid" 2>/dev/null || true
   fi
-  rm -f "$pidfile" "$RUN_DIR/$name.launcher.pid"
+  rm -f "$pidfile"
 }
 
-node_state() { sinfo -h -N -p "$PARTITION" -o '%T' 2>/dev/null | head -1 | tr -d '*~#!%$@^-' || true; }
+stop_slurmds() {
+  local f n
+  for f in "$RUN_DIR"/slurmd-*.pid; do
+    [ -e "$f" ] || continue
+    case "$f" in *.launcher.pid) continue ;; esac
+    n=$(basename "$f" .pid); stop_pidfile "$n" "$f"; rm -f "$RUN_DIR/$n.launcher.pid"
+  done
+  stop_pidfile slurmd "$RUN_DIR/slurmd.pid"  # the one-node layout of earlier versions
+}
+
+stop_slurmctld() { stop_pidfile slurmctld "$RUN_DIR/slurmctld.pid"; rm -f "$RUN_DIR/slurmctld.launcher.pid"; }
+
+node_states() { sinfo -h -N -p "$PARTITION" -o '%N %T' 2>/dev/null | tr -d '*~#!%$@^-' || true; }
 
 wait_ready() {
-  local state="" reason
+  local states="" n ready
   for _ in $(seq 1 $((WAIT_S * 2))); do
-    state=$(node_state)
-    case "$state" in
-      idle|mixed|allocated|completing) say "node $(hostname -s) is $state (partition '$PARTITION')"; return 0 ;;
-      down|drained|draining|drain|fail|failing)
-        scontrol update nodename="$(hostname -s)" state=resume >/dev/null 2>&1 || true ;;
-    esac
-    if ! alive "$RUN_DIR/slurmd.launcher.pid" && ! alive "$RUN_DIR/slurmd.pid"; then
-      tail -15 "$LOG_DIR/slurmd.log" >&2 2>/dev/null || true
-      die "slurmd exited during start-up (log: $LOG_DIR/slurmd.log)"
-    fi
+    states=$(node_states); ready=0
+    for n in $(node_names); do
+      case "$(awk -v n="$n" '$1 == n {print $2}' <<<"$states")" in
+        idle|mixed|allocated|completing) ready=$((ready + 1)) ;;
+        down|drained|draining|drain|fail|failing) scontrol update nodename="$n" state=resume >/dev/null 2>&1 || true ;;
+      esac
+      alive "$RUN_DIR/slurmd-$n.launcher.pid" || alive "$RUN_DIR/slurmd-$n.pid" || {
+        tail -n 15 "$LOG_DIR/slurmd-$n.stdout" >&2 2>/dev/null || true
+        die "slurmd of $n exited during start-up (log: $LOG_DIR/slurmd-$n.log)"; }
+    done
+    if [ "$ready" = "$NODES" ]; then say "nodes ready (partition '$PARTITION'): $(tr '\n' ' ' <<<"$states")"; return 0; fi
     sleep 0.5
   done
-  reason=$(sinfo -h -N -o '%T %E' 2>/dev/null | head -1 || true)
-  echo "---- slurmctld.log (tail)" >&2; tail -15 "$LOG_DIR/slurmctld.log" >&2 2>/dev/null || true
-  echo "---- slurmd.log (tail)" >&2; tail -15 "$LOG_DIR/slurmd.log" >&2 2>/dev/null || true
-  die "the node did not become idle within ${WAIT_S}s (state: '${state:-no answer from slurmctld}' ${reason:+/ $reason})"
+  echo "---- slurmctld.log (tail)" >&2; tail -n 15 "$LOG_DIR/slurmctld.log" >&2 2>/dev/null || true
+  for n in $(node_names); do echo "---- slurmd-$n.log (tail)" >&2; tail -n 8 "$LOG_DIR/slurmd-$n.log" >&2 2>/dev/null || true; done
+  die "the nodes did not become idle within ${WAIT_S}s (sinfo: '$(tr '\n' ' ' <<<"${states:-no answer from slurmctld}")')"
 }
 
 up() {
   need_root up
+  case "$NODES" in [1-9]) ;; *) die "SLURM_LOCAL_NODES must be 1..9, got '$NODES'" ;; esac
   install_packages
   mkdir -p "$CTLD_STATE" "$SLURMD_STATE" "$LOG_DIR" "$RUN_DIR"
   start_munge
+  make_bridge
+  local n
+  for n in $(node_names); do make_node_net "$n"; done
   write_config
-  local changed=0
-  if ! cmp -s "$CONF.new" "$CONF"; then changed=1; mv "$CONF.new" "$CONF"; say "wrote $CONF"; else rm -f "$CONF.new"; fi
-  if [ $changed = 1 ]; then stop_daemon slurmd; stop_daemon slurmctld; fi
-  alive "$RUN_DIR/slurmctld.pid" || { start_daemon slurmctld; sleep 1; }
+  if ! cmp -s "$CONF.new" "$CONF"; then
+    stop_slurmds; stop_slurmctld; mv "$CONF.new" "$CONF"; say "wrote $CONF"
+  else rm -f "$CONF.new"; fi
+  alive "$RUN_DIR/slurmctld.pid" || { start_slurmctld; sleep 1; }
   for _ in $(seq 1 40); do scontrol ping >/dev/null 2>&1 && break; sleep 0.5; done
   scontrol ping 2>/dev/null | grep -q UP \
-    || { tail -20 "$LOG_DIR/slurmctld.log" "$LOG_DIR/slurmctld.stdout" >&2 2>/dev/null || true; die "slurmctld did not answer 'scontrol ping'"; }
-  alive "$RUN_DIR/slurmd.pid" || start_daemon slurmd
+    || { tail -n 20 "$LOG_DIR/slurmctld.log" "$LOG_DIR/slurmctld.stdout" >&2 2>/dev/null || true; die "slurmctld did not answer 'scontrol ping'"; }
+  for n in $(node_names); do alive "$RUN_DIR/slurmd-$n.pid" || start_slurmd "$n"; done
   wait_ready
 }
 
 down() {
   need_root down
-  stop_daemon slurmd
-  stop_daemon slurmctld
-  say "stopped (munged left running; state in $CTLD_STATE)"
+  stop_slurmds
+  stop_slurmctld
+  local ns
+  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^${NS_PREFIX}node[0-9]*$" || true); do
+    remove_node_net "${ns#"$NS_PREFIX"}"
+  done
+  if ip link show "$BRIDGE" >/dev/null 2>&1; then ip link del "$BRIDGE" && say "removed bridge $BRIDGE"; fi
+  if [ -e "$RUN_DIR/munged.started-here" ] && [ -s /run/munge/munged.pid ]; then
+    kill "$(cat /run/munge/munged.pid)" 2>/dev/null && say "stopped munged" || true
+  fi
+  rm -rf "$RUN_DIR" "$SLURMD_STATE"/node[0-9]*
+  rmdir /etc/netns 2>/dev/null || true  # only when empty (another tool may keep entries there)
+  say "down: daemons stopped, namespaces and bridge removed (config $CONF, state $CTLD_STATE and logs $LOG_DIR kept)"
 }
 
 case "${1:-up}" in
   up) up ;;
   down) down ;;
-  status) sinfo; squeue ;;
-  *) die "usage: $0 up|down|status" ;;
+  status) sinfo -N -o '%N %T %c %m'; squeue ;;
+  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
 esac

@@ -7,7 +7,7 @@
   DETECTRON2_DATASETS=/data/d2 simsiam submit pipeline --output runs/r50 --gpus-per-node 8 --trials 5 \\
       --pretrain-args "--config imagenet_r50_200ep data.root=/data/in1k"   # pretrain -> convert -> knn, linear,
                                                                            # detection (voc07) -> table
-  simsiam submit status runs/r50                       # state of a submitted pipeline (reads pipeline.json)
+  simsiam submit status runs/r50        # each stage (or one stage's run folder): nodes, ranks, progress, failures
   simsiam submit check --nodes 2 --gpus-per-node 8 --log-dir /tmp/chk    # all_reduce across the allocation
 
 Everything that is not one of the options below is passed to the stage unchanged (put stage arguments
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import shutil
 import subprocess
@@ -449,8 +450,10 @@ def wait_all(subs: dict[str, Submitted], poll_s: float = 3.0, quiet: bool = Fals
         if failed:
             jid, st = failed[0]
             stage, job = jobs[jid]
+            report = "\n".join(failure_report(jid, str(job.paths.folder), 30)) if executor_kind_of(job) == "slurm" \
+                else log_tail(job)
             print(f"\n[submit] stage '{stage}' failed (job {jid}: {st}). Last lines of its log:\n"
-                  f"{log_tail(job)}\n", file=sys.stderr, flush=True)
+                  f"{report}\n", file=sys.stderr, flush=True)
             pending = [j for j, s in states.items() if s not in TERMINAL]
             if pending:
                 cancel([jobs[j][1] for j in pending])
@@ -460,6 +463,11 @@ def wait_all(subs: dict[str, Submitted], poll_s: float = 3.0, quiet: bool = Fals
         if all(st == "COMPLETED" for st in states.values()):
             return True
         time.sleep(poll_s)
+
+
+def executor_kind_of(job) -> str:
+    import submitit
+    return "slurm" if isinstance(job, submitit.SlurmJob) else "local"
 
 
 def cancel(jobs: list) -> None:
@@ -472,16 +480,98 @@ def cancel(jobs: list) -> None:
             j.cancel(check=False)
 
 
-def status(out: Path) -> int:
-    """`simsiam submit status RUN`: state of each stage of a submitted pipeline; for a failed stage, why
-    (the tail of its log). Exit code 1 when a stage failed."""
-    from submitit.core.utils import JobPaths
-    from .jobs import TERMINAL, slurm_states, tail_of
+def submitted_stages(out: Path) -> Optional[dict[str, Any]]:
+    """What `status` reports on: RUN/pipeline.json of a pipeline, else the jobs of a single stage found in
+    RUN/slurm/ (the latest `<jobid>_submission.sh`; its `--job-name=simsiam-<stage>`). None when neither."""
     path = out / "pipeline.json"
-    if not path.is_file():
-        print(f"simsiam submit status: {path} does not exist (submit the pipeline first)", file=sys.stderr)
+    if path.is_file():
+        return json.loads(path.read_text())
+    folder = out / "slurm"
+    scripts = sorted(folder.glob("*_submission.sh"), key=lambda p: int(p.name.split("_")[0]))
+    if not scripts:
+        return None
+    latest = scripts[-1]
+    m = re.search(r"--job-name=simsiam-(\S+)", latest.read_text())
+    stage = m.group(1) if m else "job"
+    return {"executor": "slurm", "stages": {stage: {"output": str(out), "skipped": False,
+                                                    "jobs": [latest.name.split("_")[0]], "logs": [str(folder)]}}}
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+def running_report(job_id: str, folder: str, output: str) -> list[str]:
+    """Lines about a running job: its nodes, its ranks, the epoch (and step) reached, the time left."""
+    from .jobs import bar_position, run_progress, task_placement
+    lines = []
+    r = subprocess.run(["squeue", "-h", "-j", job_id.split("_")[0], "-o", "%i|%N|%D|%M|%L"],
+                       capture_output=True, text=True) if shutil.which("squeue") else None
+    for row in (r.stdout.splitlines() if r is not None and r.returncode == 0 else []):
+        jid, nodes, count, elapsed, left = row.split("|")
+        if jid == job_id:
+            lines.append(f"nodes: {nodes} ({count} node(s)); running for {elapsed}, time limit in {left}")
+    tasks = task_placement(folder, job_id)
+    if tasks:
+        lines.append("ranks: " + ", ".join(f"{t['rank']} on {t['host']} (local {t['local_rank']})" for t in tasks)
+                     + f"; world size {tasks[0]['world_size']}")
+    prog, bar = run_progress(output), bar_position(folder, job_id)
+    if prog["epochs"]:
+        where = f"epoch {prog['epochs_done']}/{prog['epochs']} done"
+        fraction = 0.0
+        if bar and bar[0] == prog["epochs_done"] + 1 and bar[3]:
+            where += f", epoch {bar[0]} at step {bar[2]}/{bar[3]}"
+            fraction = bar[2] / bar[3]
+        if prog["seconds_per_epoch"]:
+            left = max(prog["epochs"] - prog["epochs_done"] - fraction, 0) * prog["seconds_per_epoch"]
+            where += f"; {prog['seconds_per_epoch']:.1f} s per epoch, about {_duration(left)} left"
+        lines.append(f"progress: {where}")
+    return lines
+
+
+def failure_report(job_id: str, folder: str, lines: int = 20) -> list[str]:
+    """Which node and task failed (srun's report; the first one is the cause) and the end of that task's log."""
+    from submitit.core.utils import JobPaths
+    from .jobs import failed_tasks, tail_of
+    failed = failed_tasks(folder, job_id)
+    task = failed[0]["task"] if failed else 0
+    out = []
+    if failed:
+        first, rest = failed[0], failed[1:]
+        out.append(f"failed: task {first['task']} on {first['host']} ({first['what']})"
+                   + ("; then " + ", ".join(f"task {f['task']} on {f['host']} ({f['what']})" for f in rest)
+                      if rest else ""))
+    out.extend(tail_of(JobPaths(folder, job_id=job_id, task_id=task), lines).splitlines())
+    return out
+
+
+def history_report(output: str) -> list[str]:
+    """The requeues, restarts and retries recorded in the stage's requeues.jsonl."""
+    from .jobs import read_events
+    words = []
+    for e in read_events(output):
+        kind = e.get("event")
+        if kind == "retry":
+            words.append(f"retry {e.get('retry')} by rank {e.get('rank')} on {e.get('host')} ({e.get('error')})")
+        elif kind == "restart":
+            words.append(f"restart {e.get('restart')} on {e.get('host')}")
+        elif kind:
+            words.append(str(kind))
+    return [f"history: {'; '.join(words)}"] if words else []
+
+
+def status(out: Path) -> int:
+    """`simsiam submit status RUN`: state of each stage of a submitted pipeline (or of the single stage whose
+    run folder RUN is); for a running job its nodes, ranks, progress and time left; for a failed one which
+    node and task failed and the end of that task's log. Exit code 1 when a stage failed."""
+    from .jobs import TERMINAL, slurm_states
+    doc = submitted_stages(out)
+    if doc is None:
+        print(f"simsiam submit status: {out} holds neither pipeline.json nor slurm/*_submission.sh "
+              "(submit something there first)", file=sys.stderr)
         return 2
-    doc = json.loads(path.read_text())
     ids = [j for s in doc["stages"].values() for j in s["jobs"]]
     states = slurm_states(ids) if doc.get("executor") == "slurm" and shutil.which("squeue") else {}
     failed = False
@@ -489,16 +579,24 @@ def status(out: Path) -> int:
         if s["skipped"]:
             print(f"{stage:<9} skipped (already finished) {s['output']}")
             continue
+        folder = (s["logs"] or [""])[0]
         st = ", ".join(f"{j} {states.get(j, '?')}" for j in s["jobs"])
-        print(f"{stage:<9} {st}   logs: {(s['logs'] or ['-'])[0]}")
+        print(f"{stage:<9} {st}   logs: {folder or '-'}")
         for j in s["jobs"]:
             state = states.get(j, "?")
-            if state in TERMINAL and state not in ("COMPLETED", "CANCELLED") and s["logs"]:
+            detail: list[str] = []
+            if state in ("RUNNING", "COMPLETING") and folder:
+                detail = running_report(j, folder, s["output"])
+            elif state in TERMINAL and state not in ("COMPLETED", "CANCELLED") and folder:
                 failed = True
-                text = tail_of(JobPaths(s["logs"][0], job_id=j, task_id=0), 20)
-                print(f"  stage '{stage}' failed (job {j}: {state}).\n    " + "\n    ".join(text.splitlines()))
+                print(f"  stage '{stage}' failed (job {j}: {state}).")
+                detail = failure_report(j, folder)
             elif state == "CANCELLED":
                 failed = True
+            for line in detail:
+                print(f"    {line}")
+        for line in history_report(s["output"]):
+            print(f"  {line}")
     return 1 if failed else 0
 
 

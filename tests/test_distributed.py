@@ -140,3 +140,52 @@ def test_two_process_gloo_group(tmp_path):
         assert got["ddp"] is True and got["bn"] == "BatchNorm2d" and got["unwrap_is_net"] is True
         assert got["initialized_after_cleanup"] is False
     assert [p.exitcode for p in procs] == [0, 0]
+
+
+def test_collective_timeout_from_env(clean_env):
+    clean_env.delenv("DIST_TIMEOUT_S", raising=False)
+    assert distributed.collective_timeout().total_seconds() == distributed.DEFAULT_TIMEOUT_S == 600
+    clean_env.setenv("DIST_TIMEOUT_S", "2.5")
+    assert distributed.collective_timeout().total_seconds() == 2.5
+    for bad in ("soon", "0", "-3"):
+        clean_env.setenv("DIST_TIMEOUT_S", bad)
+        with pytest.raises(ValueError, match="DIST_TIMEOUT_S"):
+            distributed.collective_timeout()
+
+
+def _stalled_peer(rank: int, port: int, out_dir: str) -> None:
+    """Rank 1 joins the group and then never takes part in a collective (a hung or unreachable peer);
+    rank 0's all_reduce must give up after DIST_TIMEOUT_S instead of waiting for ever."""
+    import time
+    result: dict = {}
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), OMP_NUM_THREADS="1", DIST_TIMEOUT_S="3")
+    distributed.init_distributed("cpu")
+    if rank == 1:
+        Path(out_dir, "rank0.json").exists() or time.sleep(30)  # outlives rank 0's timeout; killed by the test
+        return
+    t0 = time.time()
+    try:
+        distributed.all_reduce_mean(torch.ones(1))
+        result["error"] = None
+    except Exception as e:  # noqa: BLE001 - reported to the parent test
+        result["error"] = f"{type(e).__name__}: {e}"
+    result["seconds"] = time.time() - t0
+    Path(out_dir, "rank0.json").write_text(json.dumps(result))
+    os._exit(0)  # leave without the destroy handshake the stalled peer would never answer
+
+
+def test_collective_with_stalled_peer_times_out(tmp_path):
+    ctx = mp.get_context("spawn")
+    port = free_port()
+    procs = [ctx.Process(target=_stalled_peer, args=(r, port, str(tmp_path))) for r in range(2)]
+    for p in procs:
+        p.start()
+    procs[0].join(timeout=60)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+        p.join()
+    got = json.loads((tmp_path / "rank0.json").read_text())
+    assert got["error"] and "timed out" in got["error"].lower(), got
+    assert 2.5 <= got["seconds"] < 30, got

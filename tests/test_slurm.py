@@ -1,7 +1,12 @@
-"""Real SLURM (the one-node cluster of slurm/local_cluster.sh): jobs submitted with `simsiam submit`.
+"""Real SLURM (the two-node cluster of slurm/local_cluster.sh: node1 and node2, each in its own network
+namespace): jobs submitted with `simsiam submit`, on one node and across both.
 
 Skipped only when SLURM is not installed and CI is unset; under CI these tests must run (and fail when the
-cluster is not up). Every run is tiny (32 px, 2-3 steps per epoch) so the file stays within a few minutes.
+cluster is not up). Every run is tiny (32 px, 2 steps per epoch) so the file stays within a few minutes.
+Interruptions never race the clock: RUN/PAUSE holds a pretraining at an epoch boundary after its checkpoint
+(pretrain.train.wait_while_paused), and every wait is on a state, a log line or a file, with a bound.
+The helpers (submit_tiny, task_pid, kill_task, release, wait_ended, assert_same_weights, assert_clean_run)
+are meant for further interruption tests.
 """
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -21,6 +27,10 @@ from slurm.jobs import read_events, slurm_states
 
 pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parents[1]
+NODES = ("node1", "node2")
+NETNS = "slurm-{node}"   # the namespace slurm/local_cluster.sh runs each node's slurmd in
+USABLE = ("idle", "mixed", "allocated", "completing")
+ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "GONE")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -29,10 +39,11 @@ def cluster():
         if os.environ.get("CI"):
             pytest.fail("CI is set but SLURM is not installed: run `bash slurm/local_cluster.sh up` first")
         pytest.skip("SLURM is not installed (sinfo missing); `bash slurm/local_cluster.sh up` sets it up")
-    r = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True)
-    states = r.stdout.split()
-    if r.returncode != 0 or not any(s.rstrip("*~#") in ("idle", "mixed", "allocated", "completing") for s in states):
-        pytest.fail(f"the SLURM cluster is not usable (sinfo: rc {r.returncode}, {r.stdout.strip()} "
+    r = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], capture_output=True, text=True)
+    states = dict(line.split()[:2] for line in r.stdout.splitlines() if len(line.split()) >= 2)
+    usable = [n for n in NODES if states.get(n, "").rstrip("*~#") in USABLE]
+    if r.returncode != 0 or len(usable) != len(NODES):
+        pytest.fail(f"the two-node SLURM cluster is not usable (sinfo: rc {r.returncode}, {r.stdout.strip()} "
                     f"{r.stderr.strip()}): run `bash slurm/local_cluster.sh up`")
 
 
@@ -79,6 +90,60 @@ def release(jid: str) -> None:
     """A requeued job waits ~2 minutes (SLURM's requeue BeginTime); let it start now."""
     wait_until(lambda: slurm_states([jid])[jid] == "PENDING", 60, f"job {jid} back in the queue")
     subprocess.run(["scontrol", "update", f"jobid={jid}", "StartTime=now"], check=True, capture_output=True)
+
+
+def submit_tiny(run: Path, *flags: str, epochs: int, cache: Path, requeues: int = 3) -> str:
+    """`simsiam submit pretrain --no-wait` of a tiny deterministic CPU run (one checkpoint per epoch); the job id."""
+    r = simsiam("submit", "pretrain", "--cpus-per-task", "1", "--time", "10", "--no-wait",
+                "--max-requeues", str(requeues), *flags,
+                *tiny(cache, f"train.epochs={epochs}", "train.deterministic=true", "train.save_freq=1"),
+                "--output", str(run))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return job_id(r.stdout)
+
+
+def task_pid(jid: str, node: str, rank: int) -> int:
+    """The process id of rank `rank` of job `jid`, a task running on `node` (in that node's network namespace)."""
+    r = subprocess.run(["ip", "netns", "pids", NETNS.format(node=node)], capture_output=True, text=True, check=True)
+    for pid in r.stdout.split():
+        try:
+            env = dict(x.split("=", 1) for x in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in x)
+            cmd = Path(f"/proc/{pid}/cmdline").read_text()
+        except OSError:
+            continue
+        if (env.get("SLURM_JOB_ID") == jid and env.get("SLURM_PROCID") == str(rank)
+                and "submitit.core._submit" in cmd):
+            return int(pid)
+    raise AssertionError(f"no task of rank {rank} of job {jid} runs on {node}")
+
+
+def kill_task(jid: str, node: str, rank: int) -> None:
+    """A task dies by itself (SIGKILL: no handler, no checkpoint), the rest of the job goes on."""
+    os.kill(task_pid(jid, node, rank), signal.SIGKILL)
+
+
+def wait_ended(ids: list[str], timeout: float = 300) -> dict[str, str]:
+    return wait_until(lambda: (lambda s: s if all(v in ENDED for v in s.values()) else None)(slurm_states(ids)),
+                      timeout, f"jobs {ids} to end", poll=1)
+
+
+def load_ckpt(run: Path) -> dict:
+    return torch.load(run / "checkpoint.pth", map_location="cpu", weights_only=False)
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    ca, cb = load_ckpt(a), load_ckpt(b)
+    assert ca["epoch"] == cb["epoch"] and ca["model"].keys() == cb["model"].keys()
+    differ = [k for k in ca["model"] if not torch.equal(ca["model"][k], cb["model"][k])]
+    assert not differ, f"weights of {a} and {b} differ: {differ[:5]}"
+
+
+def assert_clean_run(run: Path, epochs: int) -> None:
+    """Every epoch once in metrics.jsonl, one snapshot per epoch, nothing else: none lost, none twice."""
+    assert epochs_in_metrics(run) == list(range(1, epochs + 1))
+    assert sorted(p.name for p in run.glob("checkpoint_*.pth")) == [f"checkpoint_{e:04d}.pth"
+                                                                    for e in range(1, epochs + 1)]
+    assert json.loads((run / "results.json").read_text())["epochs"] == epochs
 
 
 def epochs_in_metrics(run: Path) -> list[int]:
@@ -172,13 +237,14 @@ def test_requeued_job_resumes_to_same_weights(tmp_path, cache):
 
 
 def test_detection_trials_job_array(tmp_path, cache):
-    """`submit detect --trials 2` = a 2-element job array (one trial per task, seeds S, S+1) + a summary job."""
+    """`submit detect --trials 2` = a 2-element job array (one trial per task, seeds S, S+1) spread over both
+    nodes + a summary job."""
     import torchvision
     torch.manual_seed(0)
     weights = tmp_path / "r50_torchvision.pth"
     torch.save(torchvision.models.resnet50().state_dict(), weights)  # untrained R50: the mechanism, not AP
     out = tmp_path / "detection"
-    r = simsiam("submit", "detect", "--cpus-per-task", "1", "--time", "20",
+    r = simsiam("submit", "detect", "--cpus-per-task", "1", "--time", "20", "--sbatch", "exclusive",
                 "--weights", str(weights), "--config", "tiny", "--output", str(out), "--trials", "2", "--seed", "5",
                 "--cache-dir", str(cache),
                 "SOLVER.MAX_ITER", "1", "SOLVER.WARMUP_ITERS", "0", "SIMSIAM.MAX_TEST_IMAGES", "1",
@@ -194,9 +260,10 @@ def test_detection_trials_job_array(tmp_path, cache):
     summary = json.loads((out / "results.json").read_text())
     assert summary["n_trials"] == 2 and [t["seed"] for t in summary["trials"]] == [5, 6]
     assert summary["job_array"] is True
-    # the array elements ran as separate SLURM jobs
-    assert (out / "slurm" / f"{ids.group(1)}_0_0_log.out").is_file()
-    assert (out / "slurm" / f"{ids.group(1)}_1_0_log.out").is_file()
+    # the array elements ran as separate SLURM jobs, one per node (--sbatch exclusive: a node each)
+    hosts = [re.findall(r"hostname=(node\d)", (out / "slurm" / f"{ids.group(1)}_{i}_0_log.out").read_text())
+             for i in range(2)]
+    assert sorted(h[0] for h in hosts) == ["node1", "node2"], hosts
 
 
 def test_failing_stage_stops_dependants(tmp_path, cache):
@@ -243,3 +310,113 @@ def test_failing_stage_stops_dependants(tmp_path, cache):
     assert r.returncode == 1
     assert "stage 'pretrain' failed" in r.stderr
     assert "reason: simsiam pretrain: error:" in r.stderr and "cannot read image" in r.stderr
+
+
+# ------------------------------------------------------------------------------------------------ two nodes
+
+def test_two_nodes_in_their_own_namespaces():
+    r = subprocess.run(["scontrol", "show", "node"], capture_output=True, text=True, check=True)
+    addrs = dict(re.findall(r"NodeName=(\S+).*?NodeAddr=(\S+)", r.stdout, re.S))
+    assert addrs == {"node1": "10.200.77.11", "node2": "10.200.77.12"}, addrs
+    out = subprocess.run(["srun", "--nodes", "2", "--ntasks-per-node", "1", "--time", "1", "sh", "-c",
+                          'echo "$SLURM_PROCID $(hostname)"'], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert sorted(out.stdout.split("\n")[:2]) == ["0 node1", "1 node2"], out.stdout
+
+
+def test_check_across_two_nodes(tmp_path):
+    r = simsiam("submit", "check", "--nodes", "2", "--time", "5", "--log-dir", str(tmp_path / "chk"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = [x for x in r.stdout.splitlines() if x.startswith("rank ")]
+    assert lines == ["rank 0/2 (local 0) on node1: all_reduce 3 (expected 3)",
+                     "rank 1/2 (local 0) on node2: all_reduce 3 (expected 3)"], r.stdout
+
+
+def test_two_nodes_equal_one_node_and_survive_requeue_and_a_killed_task(tmp_path, cache):
+    """2 nodes x 1 task == 1 node x 2 tasks (same global batch, seed, deterministic mode), bit for bit; and a
+    2-node run interrupted twice ends with the same weights: `scontrol requeue` while it holds after epoch 1,
+    then the task on node2 killed while it holds after epoch 2 (the survivor on node1 requeues the job)."""
+    one, two, run = tmp_path / "one_node", tmp_path / "two_nodes", tmp_path / "interrupted"
+    run.mkdir()
+    pause = run / "PAUSE"
+    pause.touch()
+    jid = submit_tiny(run, "--nodes", "2", epochs=3, cache=cache)
+    jtwo = submit_tiny(two, "--nodes", "2", epochs=3, cache=cache)
+    jone = submit_tiny(one, "--tasks-per-node", "2", epochs=3, cache=cache)
+
+    wait_until(lambda: _pauses(run) == 1, 300, "the hold after the first checkpoint")
+    subprocess.run(["scontrol", "requeue", jid], check=True, capture_output=True)
+    release(jid)
+    wait_until(lambda: _pauses(run) == 2, 300, "the hold after the checkpoint of epoch 2", poll=0.3)
+    st = simsiam("submit", "status", str(run))
+    assert st.returncode == 0, st.stderr
+    assert f"pretrain  {jid} RUNNING" in st.stdout
+    assert "nodes: node[1-2] (2 node(s))" in st.stdout
+    assert "ranks: 0 on node1 (local 0), 1 on node2 (local 0); world size 2" in st.stdout
+    assert re.search(r"progress: epoch 2/3 done; [\d.]+ s per epoch, about \d+:\d\d left", st.stdout), st.stdout
+    kill_task(jid, "node2", 1)
+    pause.unlink()
+    wait_until(lambda: any(e["event"] == "retry" for e in read_events(run)), 120, "the survivor's retry")
+    release(jid)
+    assert wait_ended([jid, jtwo, jone]) == {jid: "COMPLETED", jtwo: "COMPLETED", jone: "COMPLETED"}
+
+    events = read_events(run)
+    assert [e["event"] for e in events] == ["restart", "retry", "restart"], events
+    retry = events[1]
+    assert (retry["rank"], retry["host"], retry["retry"]) == (0, "node1", 2), retry
+    assert "RuntimeError" in retry["error"], retry
+    assert "2 processes" in (two / "log.txt").read_text() and "2 processes" in (one / "log.txt").read_text()
+    for folder in (one, two, run):
+        assert_clean_run(folder, 3)
+    assert_same_weights(one, two)
+    assert_same_weights(two, run)
+    st = simsiam("submit", "status", str(run))
+    assert st.returncode == 0 and f"pretrain  {jid} COMPLETED" in st.stdout
+    assert "history: restart 1 on node1; retry 2 by rank 0 on node1 (RuntimeError:" in st.stdout, st.stdout
+
+
+def test_killed_task_beyond_the_requeue_budget_fails_and_status_names_it(tmp_path, cache):
+    """With --max-requeues 0 a task that dies ends the job (no hang: the survivor's collective fails at once);
+    status names the node and task that failed first and shows the end of that task's log."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "PAUSE").touch()
+    jid = submit_tiny(run, "--nodes", "2", epochs=2, cache=cache, requeues=0)
+    wait_until(lambda: _pauses(run) == 1, 300, "the hold after the first checkpoint")
+    kill_task(jid, "node2", 1)
+    (run / "PAUSE").unlink()
+    assert wait_ended([jid], 120) == {jid: "FAILED"}
+    events = read_events(run)
+    assert [e["event"] for e in events] == ["retry-refused"], events
+    st = simsiam("submit", "status", str(run))
+    assert st.returncode == 1
+    assert f"stage 'pretrain' failed (job {jid}: FAILED)" in st.stdout
+    assert "failed: task 1 on node2 (Killed); then task 0 on node1 (Exited with exit code 1)" in st.stdout
+    assert f"{jid}_1_log.err (last 20 lines)" in st.stdout
+    assert "[submit] start: rank 1/2 (local 0) on node2, attempt 1" in st.stdout
+    assert _ckpt_epoch(run) == 1 and not (run / "results.json").exists()
+
+
+def test_pipeline_on_two_nodes(tmp_path, cache):
+    """The pipeline with pretraining and linear evaluation spread over both nodes (convert, kNN and the table on
+    one). Detection is left out here: transfer.detect cannot yet run one trial over several CPU ranks
+    (detectron2 wraps the model in DDP with CUDA device_ids); the job-array test runs detection on both nodes."""
+    out = tmp_path / "pipe"
+    r = simsiam("submit", "pipeline", "--nodes", "2", "--time", "10", "--output", str(out),
+                "--stages", "pretrain,convert,knn,linear,table",
+                "--pretrain-args", " ".join(tiny(cache, "train.epochs=1")),
+                "--knn-args", f"--cache-dir {cache} data.image_size=32",
+                "--linear-args", f"data.cache_dir={cache} data.image_size=32 data.limit_per_class=8 data.workers=0 "
+                                 "train.epochs=1 train.batch_size=32 train.eval_batch_size=32", timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "[submit] all jobs completed" in r.stdout
+    for stage in ("pretrain", "linear"):
+        log = (out / stage / "log.txt").read_text()
+        assert "2 processes" in log or "over 2 processes" in log, (stage, log[-2000:])
+        jid = json.loads((out / "pipeline.json").read_text())["stages"][stage]["jobs"][0]
+        hosts = re.findall(r"hostname=(node\d)", "".join(p.read_text() for p in (out / stage / "slurm").glob(
+            f"{jid}_*_log.out")))
+        assert sorted(set(hosts)) == ["node1", "node2"], (stage, hosts)
+    for stage in ("knn", "linear"):
+        assert json.loads((out / stage / "results.json").read_text())["metrics"]
+    assert (out / "convert" / "backbone_detectron2.pkl").is_file() and (out / "table.md").is_file()

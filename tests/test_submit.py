@@ -3,6 +3,8 @@ requeue bookkeeping, and the local executor (real submitit LocalExecutor subproc
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -243,7 +245,7 @@ def test_stage_call_failure_skip_and_requeue_bound(tmp_path, monkeypatch):
     out = tmp_path / "run"
     bad = J.StageCall("pretrain", "pretrain.main", ["--config", "test_tiny", "--output", str(out),
                                                     "train.no_such_key=1"], out, max_requeues=2)
-    with pytest.raises(J.StageFailed, match="stage 'pretrain' .* exited with code 1"):
+    with pytest.raises(J.StageFailed, match="stage 'pretrain' .* exited with code 2"):
         bad()
     # finished stage: skipped without importing the module
     out.mkdir(parents=True, exist_ok=True)
@@ -291,3 +293,61 @@ def test_local_executor_failing_stage_reports(tmp_path, capsys):
     assert "stage 'pretrain' failed" in err
     assert "cannot read image" in err, err[-2000:]
     assert not (out / "results.json").exists()
+
+
+# ------------------------------------------------------------------------ multi-node reports from job logs
+
+def _fake_job_logs(folder: Path, jid: str = "41") -> Path:
+    """The logs submitit + srun leave for a 2-node job whose task 1 (node2) was killed after a restart."""
+    folder.mkdir(parents=True)
+    start = ("submitit INFO (2026-01-01 00:00:00,000) - Starting with JobEnvironment(job_id={j}, hostname={h}, "
+             "local_rank=0(1), node={n}(2), global_rank={n}(2))\n")
+    for t, host in enumerate(("node1", "node2")):
+        (folder / f"{jid}_{t}_log.out").write_text(start.format(j=jid, h="old", n=t) + start.format(j=jid, h=host, n=t))
+        (folder / f"{jid}_{t}_log.err").write_text(f"{J.ATTEMPT_MARK} rank {t}/2 on {host}, attempt 2\n")
+    with open(folder / f"{jid}_0_log.err", "w") as f:
+        f.write("srun: error: node1: task 0: Killed\n")  # the first attempt: not this failure
+        f.write(f"{J.ATTEMPT_MARK} rank 0/2 (local 0) on node1, attempt 2\n")
+        f.write("epoch 3/3:  50%|#####     | 1/2 [00:01<00:01]\rsrun: error: node2: task 1: Killed\n")
+        f.write("srun: error: node1: task 0: Exited with exit code 1\n")
+    return folder
+
+
+def test_task_placement_and_failed_tasks_from_logs(tmp_path):
+    folder = _fake_job_logs(tmp_path / "slurm")
+    placed = J.task_placement(folder, "41")
+    assert [(t["rank"], t["host"], t["world_size"]) for t in placed] == [(0, "node1", 2), (1, "node2", 2)]
+    assert J.failed_tasks(folder, "41") == [{"host": "node2", "task": 1, "what": "Killed"},
+                                            {"host": "node1", "task": 0, "what": "Exited with exit code 1"}]
+    assert J.bar_position(folder, "41") == (3, 3, 1, 2)
+    report = S.failure_report("41", str(folder))
+    assert report[0] == "failed: task 1 on node2 (Killed); then task 0 on node1 (Exited with exit code 1)"
+    assert report[1] == f"{folder / '41_1_log.err'} (last 20 lines):"
+
+
+def test_run_progress_and_single_stage_status(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    _fake_job_logs(run / "slurm")
+    (run / "slurm" / "41_submission.sh").write_text("#SBATCH --job-name=simsiam-pretrain\n")
+    (run / "config.json").write_text(json.dumps({"train": {"epochs": 3}}))
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"stage": "pretrain", "epoch": e, "time": 4.0}) + "\n"
+                                               for e in (1, 2)))
+    assert J.run_progress(run) == {"epochs_done": 2, "epochs": 3, "seconds_per_epoch": 4.0}
+    doc = S.submitted_stages(run)
+    assert doc["stages"]["pretrain"]["jobs"] == ["41"]
+    monkeypatch.setattr(shutil, "which", lambda name: None)  # no squeue: placement and progress from the files
+    lines = S.running_report("41", str(run / "slurm"), str(run))
+    assert lines == ["ranks: 0 on node1 (local 0), 1 on node2 (local 0); world size 2",
+                     "progress: epoch 2/3 done, epoch 3 at step 1/2; 4.0 s per epoch, about 0:02 left"]
+    assert S.status(tmp_path / "nothing") == 2
+    assert "holds neither pipeline.json" in capsys.readouterr().err
+
+
+def test_peer_failure_classification():
+    import torch.distributed as tdist
+    closed = RuntimeError("[/x/gloo/transport/tcp/pair.cc:561] Connection closed by peer [10.0.0.2]:4. This is "
+                          "typically caused by a remote worker crashing.")
+    assert J.peer_failure(closed) and J.first_line(closed) == "RuntimeError: Connection closed by peer [10.0.0.2]:4"
+    assert J.peer_failure(tdist.DistBackendError("watchdog caught collective operation timeout"))
+    assert not J.peer_failure(ValueError("bad config value"))
+    assert not J.peer_failure(RuntimeError("CUDA out of memory"))
