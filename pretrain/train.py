@@ -514,6 +514,7 @@ class Pretraining:
                 self.log.info("stopping after %d epoch(s) in this invocation; run the same command again to "
                               "resume", ran)
                 break
+            wait_while_paused(self.sr.dir, self.log)  # a stop asked for while held ends the next step
         return self.finish(history, last, knn, ran, stopped)
 
     def train_epoch(self, epoch: int) -> tuple[dict | None, dict | None]:
@@ -546,7 +547,6 @@ class Pretraining:
             record["knn_top1"], record["knn_top5"] = knn["top1"], knn["top5"]
         self.save(epoch + 1, None, record)
         distributed.barrier()
-        wait_while_paused(self.sr.dir, self.log)
         return record, knn
 
     def _record(self, epoch: int, lr: float, stats: dict) -> dict:

@@ -6,8 +6,10 @@ point as `simsiam <stage>`. The training code therefore never knows it runs unde
 
 Preemption / time limit: SLURM sends USR2 (`--signal=USR2@<delay>`); submitit calls `StageCall.checkpoint()`,
 which returns a DelayedSubmission of the same call, so the job is requeued and reruns the same command; the
-stage resumes from the checkpoint in its output folder. Requeues are bounded (`max_requeues`) and every one
-is logged to `<output>/requeues.jsonl`. A job requeued by the scheduler itself (`scontrol requeue`, node
+stage resumes from the checkpoint in its output folder. Pretraining loses a few steps, not an epoch: for it the
+signal first asks training to stop after its current step and write a checkpoint with its position in the
+epoch (StageCall.defer_preemption); the requeue follows once it has. Requeues are bounded (`max_requeues`)
+and every one is logged to `<output>/requeues.jsonl`. A job requeued by the scheduler itself (`scontrol requeue`, node
 failure) is counted and logged the same way when it starts again.
 
 A task that dies by itself (killed, out of memory, its process gone) is requeued by neither SLURM nor submitit.
@@ -27,6 +29,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -90,9 +93,27 @@ def scheduler_restarts() -> int:
         return 0
 
 
+def finished(done: str | Path) -> bool:
+    """Is a stage finished? Its results.json (or the `done` file it names) exists and does not say
+    `"complete": false` (pretraining writes results.json also when it stops early, to be resumed)."""
+    path = Path(done)
+    if not path.is_file():
+        return False
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return True  # not JSON: a marker file whose presence is the whole message
+    return not (isinstance(doc, dict) and doc.get("complete") is False)
+
+
 def stage_done(output: str | Path) -> bool:
-    """A stage is finished when its run folder holds results.json (every stage writes it last)."""
-    return (Path(output) / "results.json").is_file()
+    """A stage is finished when its run folder holds a results.json of a complete run (every stage writes it
+    last)."""
+    return finished(Path(output) / "results.json")
+
+
+PREEMPTION_MARK = "[submit] preemption signal"
+STOPPABLE = ("pretrain.main",)   # stages that stop after their current step on request (a mid-epoch checkpoint)
 
 
 class StageCall(submitit.helpers.Checkpointable):
@@ -132,7 +153,7 @@ class StageCall(submitit.helpers.Checkpointable):
         if restarts > self.max_requeues:
             raise RequeueLimitError(f"stage '{self.stage}' was requeued {restarts} times, more than "
                                     f"--max-requeues {self.max_requeues}; see {out / REQUEUE_LOG}")
-        if Path(self.done).exists():
+        if finished(self.done):
             print(f"[submit] stage '{self.stage}' already finished ({self.done}); nothing to do", flush=True)
             return {"stage": self.stage, "output": self.output, "skipped": True}
         if self.threads > 0:
@@ -144,6 +165,7 @@ class StageCall(submitit.helpers.Checkpointable):
                    f"{socket.gethostname()}, attempt {restarts + 1}: {self.module}.main({self.argv})")
         print(started, flush=True)
         print(started, file=sys.stderr, flush=True)  # separates the attempts in the appended stderr log
+        deferred = self.defer_preemption()
         try:
             rc = importlib.import_module(self.module).main(list(self.argv))
         except Exception as e:
@@ -152,7 +174,33 @@ class StageCall(submitit.helpers.Checkpointable):
             raise
         if rc:
             raise StageFailed(f"stage '{self.stage}' ({self.module}) exited with code {rc}")
+        if deferred.get("signal") is not None and not finished(self.done):
+            # the stage stopped after its current step and wrote its checkpoint: now submitit's requeue
+            print(f"[submit] rank {rank}: stopped for the preemption signal; checkpoint written", flush=True)
+            deferred["handler"](deferred["signal"], None)
         return {"stage": self.stage, "output": self.output, "skipped": False}
+
+    def defer_preemption(self) -> dict[str, Any]:
+        """Pretraining stops mid-epoch on SLURM's preemption / time-limit signal (USR2): the signal only asks
+        training to stop after its current step (pretrain.train.request_stop, which writes a checkpoint with
+        its data position and returns), and submitit's own handler (checkpoint() + requeue) runs once the
+        stage has returned. Other stages keep submitit's immediate requeue (they resume from their last
+        checkpoint). Returns the record the handler fills in: {"handler", "signal"}."""
+        deferred: dict[str, Any] = {"handler": None, "signal": None}
+        sig = signal.SIGUSR2
+        handler = signal.getsignal(sig)
+        if self.module not in STOPPABLE or not callable(handler):
+            return deferred
+        from pretrain.train import request_stop
+
+        def on_signal(signum: int, frame: Any) -> None:
+            deferred.update(handler=handler, signal=signum)
+            request_stop()
+            print(f"{PREEMPTION_MARK} {signal.Signals(signum).name}: training stops after its current step",
+                  flush=True)
+
+        signal.signal(sig, on_signal)
+        return deferred
 
     def retry_after_peer_failure(self, rank: int, error: BaseException) -> bool:
         """Another rank is gone (see the module doc): requeue the whole job within --max-requeues. Only the first

@@ -265,14 +265,14 @@ def submit_trials(ns: argparse.Namespace, res: Resources, dependency: Optional[s
                   name: Optional[str] = None) -> Submitted:
     """A parsed `detect --trials N --seed S --output DIR` as a job array of N one-trial jobs
     (seed S+i, folder DIR/trial_i), then a summary job (afterok) writing DIR/results.json."""
-    from .jobs import CallFunction, StageCall
+    from .jobs import CallFunction, StageCall, finished
     run_dir, _ = stages.get("detect").paths(ns)
     n = ns.trials
     folder = Path(res.log_dir) if res.log_dir else run_dir / "slurm"
     calls = [StageCall("detect", stages.get("detect").module, trial_argv(ns, i), run_dir / f"trial_{i}",
                        max_requeues=res.max_requeues, threads=res.cpus) for i in range(n)]
     ex = make_executor(res, folder, name or "simsiam-detect", dependency)
-    todo = [c for c in calls if not Path(c.done).exists()]
+    todo = [c for c in calls if not finished(c.done)]
     trial_jobs = []
     if todo:
         with ex.batch():

@@ -7,7 +7,11 @@ import argparse
 import json
 import logging
 import math
+import os
 import pickle
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +22,8 @@ import torchvision
 from pretrain.config import ConfigError
 from transfer import convert, detect
 from transfer.results import read_results
+
+REPO = Path(__file__).resolve().parents[1]
 
 # A fast variant of the tiny preset for the tests: 2 iterations, fixed 128 px short side, 2 test images.
 FAST = ["INPUT.MIN_SIZE_TRAIN", "(128,)", "SOLVER.MAX_ITER", "2", "SOLVER.STEPS", "()",
@@ -392,3 +398,22 @@ def test_amp_needs_cuda(d2_weights, tmp_path, capsys):
     assert ours == [
         "simsiam detect: error: --amp / SOLVER.AMP.ENABLED needs a CUDA GPU (detectron2's AMPTrainer is CUDA-only)"]
     assert not (tmp_path / "x" / "trial_0").exists()
+
+
+def test_two_cpu_processes(tmp_path):
+    """torchrun with two CPU processes (gloo): detectron2's trainer wraps the CPU model in DDP without
+    device_ids, the norm resolves to naiveSyncBN, and the trial and its summary are written once."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    out = tmp_path / "two"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={port}", "-m", "transfer.detect", "--weights", "random", "--config", "tiny", "--output",
+           str(out), "--cache-dir", str(tmp_path / "cache"), *FAST]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = read_results(out / "trial_0")
+    assert doc["config"]["MODEL"]["RESNETS"]["NORM"] == "naiveSyncBN"
+    assert read_results(out)["n_trials"] == 1
+    assert proc.stdout.count("simsiam detect: 1 trial(s)") == 1

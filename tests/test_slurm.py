@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from slurm.jobs import read_events, slurm_states
+from slurm.jobs import PREEMPTION_MARK, read_events, slurm_states
 
 pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parents[1]
@@ -183,8 +183,9 @@ def _pauses(run: Path) -> int:
 
 
 def test_requeued_job_resumes_to_same_weights(tmp_path, cache):
-    """Interrupted twice (scontrol requeue after epoch 1; USR2 = preemption signal -> checkpoint() -> requeue after
-    epoch 2) and still ends with exactly the weights of an uninterrupted run (deterministic CPU settings).
+    """Interrupted twice (scontrol requeue after epoch 1; USR2 = the preemption signal while it holds after epoch 2:
+    training stops after the next step, in the middle of epoch 3, writes its position, then checkpoint() ->
+    requeue) and still ends with exactly the weights of an uninterrupted run (deterministic CPU settings).
 
     The interruptions do not race the job: RUN/PAUSE holds training at the epoch boundary right after each
     checkpoint (pretrain.train.wait_while_paused), so on a fast machine or a slow one the job is killed at
@@ -211,8 +212,12 @@ def test_requeued_job_resumes_to_same_weights(tmp_path, cache):
     wait_until(lambda: _pauses(run) == 2, 300, "the hold after the checkpoint of epoch 2", poll=0.3)
     assert pause.exists() and _ckpt_epoch(run) == 2
     subprocess.run(["scancel", "--signal=USR2", jid], check=True, capture_output=True)
-    wait_until(lambda: any(e["event"] == "requeue" for e in read_events(run)), 120, "checkpoint() requeue record")
+    wait_until(lambda: _stop_seen(jid, run), 60, "the signal to reach the held job")
     pause.unlink()
+    wait_until(lambda: any(e["event"] == "requeue" for e in read_events(run)), 120, "checkpoint() requeue record")
+    mid = load_ckpt(run)
+    assert (mid["epoch"], mid["epoch_step"], mid["step"]) == (2, 1, 5)   # one step into epoch 3, not an epoch lost
+    assert "stopped on request after step 1 of epoch 3" in (run / "log.txt").read_text()
     release(jid)
 
     done = wait_until(lambda: (lambda s: s if all(v in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT") for v in
@@ -234,6 +239,11 @@ def test_requeued_job_resumes_to_same_weights(tmp_path, cache):
     assert not differ, f"weights differ after requeue: {differ[:5]}"
     assert epochs_in_metrics(run) == [1, 2, 3, 4, 5] == epochs_in_metrics(ref)   # none lost, none twice
     assert sorted(p.name for p in run.glob("checkpoint_*.pth")) == [f"checkpoint_{e:04d}.pth" for e in range(1, 6)]
+
+
+def _stop_seen(jid: str, run: Path) -> bool:
+    """The job's rank 0 has received the preemption signal (StageCall prints it when it asks training to stop)."""
+    return any(PREEMPTION_MARK in p.read_text(errors="replace") for p in (run / "slurm").glob(f"{jid}_0_log.out"))
 
 
 def test_detection_trials_job_array(tmp_path, cache):
@@ -332,17 +342,19 @@ def test_check_across_two_nodes(tmp_path):
                      "rank 1/2 (local 0) on node2: all_reduce 3 (expected 3)"], r.stdout
 
 
-def test_two_nodes_equal_one_node_and_survive_requeue_and_a_killed_task(tmp_path, cache):
+def test_two_nodes_equal_one_node_and_survive_requeue_a_killed_task_and_preemption(tmp_path, cache):
     """2 nodes x 1 task == 1 node x 2 tasks (same global batch, seed, deterministic mode), bit for bit; and a
-    2-node run interrupted twice ends with the same weights: `scontrol requeue` while it holds after epoch 1,
-    then the task on node2 killed while it holds after epoch 2 (the survivor on node1 requeues the job)."""
+    2-node run interrupted three times ends with the same weights: `scontrol requeue` while it holds after
+    epoch 1; the task on node2 killed while it holds after epoch 2 (the survivor on node1 requeues the job);
+    the preemption signal while it holds after epoch 3 (both ranks stop after the next step, in the middle of
+    epoch 4, write their data positions, and the job is requeued)."""
     one, two, run = tmp_path / "one_node", tmp_path / "two_nodes", tmp_path / "interrupted"
     run.mkdir()
     pause = run / "PAUSE"
     pause.touch()
-    jid = submit_tiny(run, "--nodes", "2", epochs=3, cache=cache)
-    jtwo = submit_tiny(two, "--nodes", "2", epochs=3, cache=cache)
-    jone = submit_tiny(one, "--tasks-per-node", "2", epochs=3, cache=cache)
+    jid = submit_tiny(run, "--nodes", "2", epochs=4, cache=cache)
+    jtwo = submit_tiny(two, "--nodes", "2", epochs=4, cache=cache)
+    jone = submit_tiny(one, "--tasks-per-node", "2", epochs=4, cache=cache)
 
     wait_until(lambda: _pauses(run) == 1, 300, "the hold after the first checkpoint")
     subprocess.run(["scontrol", "requeue", jid], check=True, capture_output=True)
@@ -353,21 +365,31 @@ def test_two_nodes_equal_one_node_and_survive_requeue_and_a_killed_task(tmp_path
     assert f"pretrain  {jid} RUNNING" in st.stdout
     assert "nodes: node[1-2] (2 node(s))" in st.stdout
     assert "ranks: 0 on node1 (local 0), 1 on node2 (local 0); world size 2" in st.stdout
-    assert re.search(r"progress: epoch 2/3 done; [\d.]+ s per epoch, about \d+:\d\d left", st.stdout), st.stdout
+    assert re.search(r"progress: epoch 2/4 done; [\d.]+ s per epoch, about \d+:\d\d left", st.stdout), st.stdout
     kill_task(jid, "node2", 1)
     pause.unlink()
     wait_until(lambda: any(e["event"] == "retry" for e in read_events(run)), 120, "the survivor's retry")
+    pause.touch()                     # the job is back in the queue: hold it again after epoch 3
+    release(jid)
+    wait_until(lambda: _pauses(run) == 3, 300, "the hold after the checkpoint of epoch 3", poll=0.3)
+    subprocess.run(["scancel", "--signal=USR2", jid], check=True, capture_output=True)
+    wait_until(lambda: _stop_seen(jid, run), 60, "the signal to reach the held job")
+    pause.unlink()
+    wait_until(lambda: any(e["event"] == "requeue" for e in read_events(run)), 120, "checkpoint() requeue record")
+    mid = load_ckpt(run)
+    assert (mid["epoch"], mid["epoch_step"], len(mid["positions"])) == (3, 1, 2)
     release(jid)
     assert wait_ended([jid, jtwo, jone]) == {jid: "COMPLETED", jtwo: "COMPLETED", jone: "COMPLETED"}
 
     events = read_events(run)
-    assert [e["event"] for e in events] == ["restart", "retry", "restart"], events
+    assert [e["event"] for e in events] == ["restart", "retry", "restart", "requeue", "restart"], events
     retry = events[1]
     assert (retry["rank"], retry["host"], retry["retry"]) == (0, "node1", 2), retry
     assert "RuntimeError" in retry["error"], retry
     assert "2 processes" in (two / "log.txt").read_text() and "2 processes" in (one / "log.txt").read_text()
+    assert "stopped on request after step 1 of epoch 4" in (run / "log.txt").read_text()
     for folder in (one, two, run):
-        assert_clean_run(folder, 3)
+        assert_clean_run(folder, 4)
     assert_same_weights(one, two)
     assert_same_weights(two, run)
     st = simsiam("submit", "status", str(run))
@@ -398,13 +420,19 @@ def test_killed_task_beyond_the_requeue_budget_fails_and_status_names_it(tmp_pat
 
 
 def test_pipeline_on_two_nodes(tmp_path, cache):
-    """The pipeline with pretraining and linear evaluation spread over both nodes (convert, kNN and the table on
-    one). Detection is left out here: transfer.detect cannot yet run one trial over several CPU ranks
-    (detectron2 wraps the model in DDP with CUDA device_ids); the job-array test runs detection on both nodes."""
+    """The whole pipeline with pretraining, linear evaluation and the detection trial spread over both nodes
+    (convert, kNN and the table on one)."""
+    from pretrain.rehearsal import make_detection_like
+    det = tmp_path / "detectron2"
+    make_detection_like(det)
     out = tmp_path / "pipe"
     r = simsiam("submit", "pipeline", "--nodes", "2", "--time", "10", "--output", str(out),
-                "--stages", "pretrain,convert,knn,linear,table",
-                "--pretrain-args", " ".join(tiny(cache, "train.epochs=1")),
+                "--pretrain-args", " ".join(tiny(cache, "train.epochs=1", "model.arch=resnet50", "model.dim=256",
+                                                 "model.pred_dim=64")),
+                "--detect-args", f"--config tiny --data-root {det} --train-dataset voc_2007_trainval "
+                                 "--test-dataset voc_2007_test INPUT.MIN_SIZE_TRAIN (128,) SOLVER.MAX_ITER 2 "
+                                 "SOLVER.STEPS () SOLVER.WARMUP_ITERS 1 SOLVER.IMS_PER_BATCH 2 "
+                                 "SIMSIAM.MAX_TRAIN_IMAGES 8 SIMSIAM.MAX_TEST_IMAGES 2",
                 "--knn-args", f"--cache-dir {cache} data.image_size=32",
                 "--linear-args", f"data.cache_dir={cache} data.image_size=32 data.limit_per_class=8 data.workers=0 "
                                  "train.epochs=1 train.batch_size=32 train.eval_batch_size=32", timeout=600)
@@ -420,3 +448,6 @@ def test_pipeline_on_two_nodes(tmp_path, cache):
     for stage in ("knn", "linear"):
         assert json.loads((out / stage / "results.json").read_text())["metrics"]
     assert (out / "convert" / "backbone_detectron2.pkl").is_file() and (out / "table.md").is_file()
+    trial = json.loads((out / "detection" / "trial_0" / "results.json").read_text())
+    assert trial["config"]["MODEL"]["RESNETS"]["NORM"] == "naiveSyncBN"   # one trial over two CPU processes
+    assert json.loads((out / "detection" / "results.json").read_text())["n_trials"] == 1

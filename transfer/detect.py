@@ -32,6 +32,7 @@ naiveSyncBN instead of SyncBN for a multi-process CPU run (SyncBN needs CUDA). S
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import logging
@@ -53,6 +54,7 @@ from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data import DatasetMapper, MetadataCatalog  # noqa: E402
 from detectron2.data import build_detection_test_loader, build_detection_train_loader  # noqa: E402
 from detectron2.engine import DefaultTrainer, hooks  # noqa: E402
+from detectron2.engine import defaults as d2_defaults  # noqa: E402
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator  # noqa: E402
 from detectron2.layers import get_norm  # noqa: E402
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, Res5ROIHeads  # noqa: E402
@@ -223,8 +225,31 @@ class JsonlWriter(EventWriter):
         self._last = storage.iter + 1
 
 
+@contextlib.contextmanager
+def ddp_on_the_model_device():
+    """While a Trainer is built: DefaultTrainer wraps its model with detectron2's create_ddp_model, which passes
+    device_ids=[local rank], right for a GPU model and an error for a CPU one (DistributedDataParallel takes no
+    device_ids there). A CPU model is wrapped without device_ids; a GPU model exactly as detectron2 does."""
+    original = d2_defaults.create_ddp_model
+
+    def wrap(model, **kwargs):
+        if next(model.parameters()).device.type == "cpu":
+            kwargs.setdefault("device_ids", None)
+        return original(model, **kwargs)
+
+    d2_defaults.create_ddp_model = wrap
+    try:
+        yield
+    finally:
+        d2_defaults.create_ddp_model = original
+
+
 class Trainer(DefaultTrainer):
     """DefaultTrainer with our evaluators, robust data loading, metrics.jsonl and bounded checkpoints."""
+
+    def __init__(self, cfg: CN):
+        with ddp_on_the_model_device():
+            super().__init__(cfg)
 
     @property
     def checkpointer(self) -> DetectionCheckpointer:
