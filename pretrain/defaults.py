@@ -9,21 +9,28 @@ from typing import Optional
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class ImageFolderData:
+    """The data description every ImageFolder consumer shares (pretraining, the kNN monitor, kNN and linear
+    evaluation, the device loaders): the same key means the same thing in every stage's `data:` section."""
     # "embedded" generates the built-in synthetic ImageFolder under cache_dir; anything else is a path
     # to an ImageFolder tree (ImageNet layout: <root>/<class>/<image>) or its parent holding train/ (+ val/).
     root: str = "embedded"
     train_split: str = "train"      # sub-folder used for training when present
-    val_split: str = "val"          # held-out split for the kNN monitor; "" disables it
+    val_split: str = "val"          # held-out split (kNN monitor, evaluation); "" disables it
     image_size: int = 224
-    min_scale: float = 0.2          # RandomResizedCrop scale lower bound (MoCo v2)
-    blur: bool = True               # Gaussian blur p=0.5 (off for CIFAR, as in the paper's appendix)
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
     workers: int = 8                # loader processes per rank
     on_corrupt: str = "error"       # "error": stop naming the file; "skip": warn once per file, use another
     limit_per_class: int = 0        # >0 keeps the first N images of each class (quick runs, tests)
     cache_dir: str = "~/.cache/simsiam"
+
+
+@dataclass(frozen=True)
+class DataConfig(ImageFolderData):
+    """Pretraining data: the shared description plus the MoCo v2 view's knobs."""
+    min_scale: float = 0.2          # RandomResizedCrop scale lower bound (MoCo v2)
+    blur: bool = True               # Gaussian blur p=0.5 (off for CIFAR, as in the paper's appendix)
 
 
 @dataclass(frozen=True)

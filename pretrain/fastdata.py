@@ -368,8 +368,7 @@ class GPUBatchSource:
 
 # ------------------------------------------------------------------------------------------------- build
 def _files(train_dir: Path, data_cfg) -> RobustImageFolder:
-    return RobustImageFolder(train_dir, None, getattr(data_cfg, "on_corrupt", "error"),
-                             getattr(data_cfg, "limit_per_class", 0))
+    return RobustImageFolder(train_dir, None, data_cfg.on_corrupt, data_cfg.limit_per_class)
 
 
 def choose_mode(folder: RobustImageFolder, image_size: int) -> str:
@@ -421,8 +420,8 @@ def build_gpu_batches(data_cfg, batch_per_rank: int, rank: int = 0, world_size: 
     if auto:
         mode = choose_mode(folder, data_cfg.image_size)
     if task == "pretrain":
-        augment = GPUMoCoV2Augment(data_cfg.image_size, getattr(data_cfg, "min_scale", 0.2),
-                                   getattr(data_cfg, "blur", True), data_cfg.mean, data_cfg.std)
+        augment = GPUMoCoV2Augment(data_cfg.image_size, data_cfg.min_scale, data_cfg.blur, data_cfg.mean,
+                                   data_cfg.std)
     else:
         augment = GPULinearTrainAugment(data_cfg.image_size, data_cfg.mean, data_cfg.std)
     common = dict(task=task, device=device, batch_per_rank=batch_per_rank, rank=rank, world_size=world_size,
@@ -578,6 +577,6 @@ def build_gpu_eval_batches(folder_dir: Union[str, Path], data_cfg, device: Devic
     """An in-memory evaluation loader of an ImageFolder split of images of any sizes (e.g. the kNN bank and
     queries, the linear held-out split): the reference eval_transform(data_cfg.image_size, crop_fraction)
     computed on `device`, then normalised with data_cfg.mean / std."""
-    folder = RobustImageFolder(folder_dir, None, getattr(data_cfg, "on_corrupt", "error"), limit_per_class)
+    folder = RobustImageFolder(folder_dir, None, data_cfg.on_corrupt, limit_per_class)
     dataset = load_eval_memory(folder, device, data_cfg.image_size, crop_fraction)
     return DeviceEvalLoader(dataset, data_cfg.mean, data_cfg.std, batch_size, rank, world_size, channels_last)

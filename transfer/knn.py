@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 from pretrain import config as config_mod
 from pretrain.augment import IMAGENET_MEAN, IMAGENET_STD, eval_crop_fraction, eval_transform
 from pretrain.data import DataError, RobustImageFolder, dataset_name, resolve_roots, shard
+from pretrain.defaults import ImageFolderData
 from pretrain.frame import StageRun, guard
 from pretrain.model import ARCHS
 from pretrain.monitor import extract_features, knn_accuracy
@@ -39,19 +40,14 @@ from transfer.protocols import knn_fingerprint
 
 
 @dataclass(frozen=True)
-class KnnDataConfig:
-    root: str = "embedded"
-    train_split: str = "train"
-    val_split: str = "val"
+class KnnDataConfig(ImageFolderData):
+    """The shared data description; image size and normalisation default to the checkpoint's."""
     image_size: int = 0             # 0: the checkpoint's pretraining image size (224 if it does not say)
-    crop_fraction: float = 0.0      # 0: 1.0 (whole image) up to 64 px, else 0.875 (Resize 256 / Crop 224)
     mean: tuple[float, ...] = ()    # empty: the checkpoint's pretraining normalisation (else ImageNet)
     std: tuple[float, ...] = ()
     workers: int = 4
-    on_corrupt: str = "error"
-    limit_per_class: int = 0        # >0 caps the memory bank (images per class)
-    val_limit_per_class: int = 0
-    cache_dir: str = "~/.cache/simsiam"
+    crop_fraction: float = 0.0      # 0: 1.0 (whole image) up to 64 px, else 0.875 (Resize 256 / Crop 224)
+    val_limit_per_class: int = 0    # >0 caps the held-out queries (images per class); limit_per_class: the bank
 
 
 @dataclass(frozen=True)
