@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from PIL import Image
 
@@ -36,3 +37,20 @@ def test_cli_reports_missing(tmp_path, capsys):
     assert main([str(tmp_path / "none")]) == 2
     assert main([str(tmp_path)]) == 2
     assert "no metrics.jsonl" in capsys.readouterr().err
+
+
+def test_linear_grid_plot_draws_accuracy_against_lr(tmp_path, capsys):
+    """A grid run's metrics.jsonl (every head's held-out and validation top-1 per evaluated epoch) gives
+    linear_grid.png next to linear.png; a diverged head (None) is left out; a single-head run draws none."""
+    lrs = [0.01, 0.1, 1.0, 10.0]
+    grid = {"base_lr": lrs * 2, "weight_decay": [0.0] * 4 + [1e-4] * 4, "holdout_top1": [10, 20, 30, None] * 2,
+            "top1": [11, 21, 31, None] * 2, "top5": [50, 60, 70, None] * 2}
+    _jsonl(tmp_path / "grid" / "metrics.jsonl",
+           [{"stage": "linear", "epoch": e, "top1": 31, "top5": 70, "loss": 1.0, "picked": 2, "grid": grid}
+            for e in (1, 2)])
+    _jsonl(tmp_path / "single" / "metrics.jsonl", [{"stage": "linear", "epoch": 1, "top1": 40, "loss": 1.0}])
+    assert main([str(tmp_path)]) == 0
+    names = sorted(p.relative_to(tmp_path).as_posix() for p in map(Path, capsys.readouterr().out.split()))
+    assert names == ["grid/linear.png", "grid/linear_grid.png", "single/linear.png"]
+    with Image.open(tmp_path / "grid" / "linear_grid.png") as im:
+        assert im.format == "PNG" and im.size[0] >= 700

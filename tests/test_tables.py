@@ -313,3 +313,37 @@ def test_cli_errors_and_output(tmp_path, capsys):
     out = tmp_path / "t.md"
     assert main([str(good), "--format", "markdown", "--output", str(out)]) == 0
     assert "70.0 (n=1)" in out.read_text()
+
+
+def write_grid_linear(d, top1, train_images, holdout=10_000, seed=0) -> Path:
+    """What transfer.linear's grid mode writes: the picked head's top-1, the protocol it was measured with (on
+    the training split minus the held-out slice) and the "grid" section."""
+    cfg = config_mod.resolve(LinearConfig(), ["imagenet_lars", "grid"], kind="linear")
+    protocol = linear_fingerprint(cfg, arch="resnet50", presets=("imagenet_lars", "grid"),
+                                  **{**IMAGENET, "train_images": train_images})
+    protocol["selection"] = {"method": "best of grid", "heads": 13, "holdout_images": holdout, "holdout_seed": seed}
+    grid = {"heads": [{"base_lr": 0.1, "weight_decay": 0.0, "holdout_top1": top1, "top1": top1}], "picked": 0,
+            "holdout": {"images": holdout, "fraction": 0.1, "max_images": 10_000, "seed": seed}}
+    return write_results(d, task="linear", dataset="imagenet", metrics={"top1": top1, "top5": top1 + 20},
+                         config=config_mod.to_dict(cfg), source=source(), epochs=90, batch_size=4096,
+                         extra={"protocol": protocol, "grid": grid})
+
+
+def test_best_of_grid_sits_beside_the_protocol_row_never_in_a_paper_column(tmp_path):
+    write_linear(tmp_path / "lin", 68.0)
+    write_grid_linear(tmp_path / "grid", 68.9, train_images=1_271_167)
+    # even a grid document whose recorded protocol matched the column's stays out of it
+    write_grid_linear(tmp_path / "grid_seed1", 69.3, train_images=1_281_167, seed=1)
+    t = tables(tmp_path)
+    h4, r4 = t.table4()
+    (ours,) = yours(r4)
+    assert ours[h4.index("100 ep")] == "68.0 (n=1)"  # the protocol's single head only
+    rows = {r[3]: r for r in not_comparable(t)}
+    assert set(rows) == {"linear, best of grid (held-out 10000 images, seed 0)",
+                         "linear, best of grid (held-out 10000 images, seed 1)"}
+    row = rows["linear, best of grid (held-out 10000 images, seed 0)"]
+    assert row[0] == ours[0] and row[4:8] == ["imagenet", "100", "68.9 (n=1)", "88.9 (n=1)"]
+    assert row[8] == "train images 1271167 != 1281167"
+    assert rows["linear, best of grid (held-out 10000 images, seed 1)"][8] == \
+        "lr picked from a grid on held-out training images"
+    assert "best of grid (held-out 10000 images, seed 0)" in render(t, "markdown")

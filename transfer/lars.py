@@ -14,7 +14,12 @@ given, the bias included; nothing is excluded by shape. One step, for each param
 LARC folds the weight decay into the gradient itself and runs the inner SGD with weight decay 0, so a
 parameter whose norm (or whose gradient's norm) is zero takes the plain momentum step with no decay. This
 is what happens to the classifier's bias on the first step, since it is initialised to zero; from the
-second step on its norm is non-zero and it is adapted like the weight. "No clipping" (`clip=False`) means
+second step on its norm is non-zero and it is adapted like the weight. The rule is evaluated on the device
+(`adapted_grad`), so a step never waits for the accelerator, however many parameters it updates.
+
+The trust ratio is per parameter tensor and lr / weight decay per param group: a grid of linear heads
+(transfer.linear) gives each head its own weight and bias tensors and its own group, so every head is
+updated exactly as it would be by an optimizer of its own. "No clipping" (`clip=False`) means
 local_lr is used as it is; LARC's `clip=True` would cap it at 1 relative to lr.
 """
 from __future__ import annotations
@@ -49,6 +54,16 @@ class LARS(torch.optim.Optimizer):
             return None
         return trust * w_norm / (g_norm + weight_decay * w_norm + eps)
 
+    @staticmethod
+    def adapted_grad(w: torch.Tensor, g: torch.Tensor, trust: float, weight_decay: float,
+                     eps: float) -> torch.Tensor:
+        """(g + weight_decay * w) * local_lr, or g itself when a norm is zero: `local_lr`'s rule computed on
+        the device, without reading the norms back (no host synchronisation per parameter)."""
+        w_norm = torch.linalg.vector_norm(w)
+        g_norm = torch.linalg.vector_norm(g)
+        rate = trust * w_norm / (g_norm + weight_decay * w_norm + eps)
+        return torch.where((w_norm != 0) & (g_norm != 0), g.add(w, alpha=weight_decay).mul_(rate), g)
+
     @torch.no_grad()
     def step(self, closure=None):
         loss = None
@@ -59,10 +74,7 @@ class LARS(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                g = p.grad
-                rate = self.local_lr(p, g, group["trust_coefficient"], group["weight_decay"], group["eps"])
-                if rate is not None:
-                    g = g.add(p, alpha=group["weight_decay"]).mul_(rate)
+                g = self.adapted_grad(p, p.grad, group["trust_coefficient"], group["weight_decay"], group["eps"])
                 state = self.state[p]
                 buf = state.get("momentum_buffer")
                 if buf is None:

@@ -3,6 +3,9 @@
 `simsiam plot RUN_DIR [--output DIR]` writes, next to the metrics (or into --output):
   pretrain.png   loss, collapse monitor (std of l2-normalised z, with the 1/sqrt(d) level) and kNN top-1 per epoch
   linear.png     linear-evaluation top-1 / top-5 and training loss per epoch
+  linear_grid.png  grid mode of `simsiam linear`: top-1 against base lr (log scale) of every head after the last
+                 evaluated epoch, held-out slice and validation split, one line per weight decay, the picked
+                 head marked
   detection.png  detection losses per iteration and AP per trial
 """
 from __future__ import annotations
@@ -76,6 +79,35 @@ def plot_linear(rows: list[dict], out: Path) -> Path:
     return out
 
 
+def plot_linear_grid(rows: list[dict], out: Path) -> Path | None:
+    """Top-1 against base lr of every head of a linear grid run (its last evaluated epoch); None without one."""
+    last = next((r for r in reversed(rows) if isinstance(r.get("grid"), dict) and "top1" in r["grid"]), None)
+    if last is None:
+        return None
+    g = last["grid"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for wd in sorted(set(g["weight_decay"])):
+        idx = [i for i, w in enumerate(g["weight_decay"]) if w == wd]
+        for key, style, what in (("holdout_top1", "--", "held-out"), ("top1", "-", "validation")):
+            pts = [(g["base_lr"][i], g[key][i]) for i in idx if isinstance(g[key][i], (int, float))]
+            if pts:
+                ax.plot(*zip(*pts), style, marker="o", ms=3, label=f"{what}, weight decay {wd:g}")
+    p = last.get("picked")
+    if isinstance(p, int) and isinstance(g["top1"][p], (int, float)):
+        ax.plot([g["base_lr"][p]], [g["top1"][p]], "k*", ms=12,
+                label=f"picked on the held-out slice: {g['top1'][p]:.1f}")
+    ax.set_xscale("log")
+    ax.set_xlabel("base lr (lr = base lr x batch / 256)")
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title(f"linear heads of the grid after epoch {last.get('epoch')}")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def plot_detection(rows_by_trial: dict[str, list[dict]], out: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     loss_keys = sorted({k for rows in rows_by_trial.values() for r in rows for k in r
@@ -136,6 +168,8 @@ def plot_run(run_dir: str | Path, output: str | Path | None = None) -> list[Path
                 written.append(plot_pretrain(rows, out_dir / "pretrain.png", dim))
             elif stage == "linear":
                 written.append(plot_linear(rows, out_dir / "linear.png"))
+                grid = plot_linear_grid(rows, out_dir / "linear_grid.png")
+                written += [grid] if grid else []
         if stage == "detection":
             out_dir = Path(output) if output else run_dir / _common_parent(list(by_folder))
             out_dir.mkdir(parents=True, exist_ok=True)

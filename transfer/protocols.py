@@ -33,7 +33,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from pretrain.augment import eval_resize_size
+from pretrain.augment import eval_crop_fraction, eval_resize_size
 
 TABLE4_EPOCHS = (100, 200, 400, 800)
 IMAGENET_NAMES = ("imagenet", "imagenet-1k", "ilsvrc2012", "in1k")  # folder names taken as ImageNet-1k
@@ -263,7 +263,8 @@ def linear_fingerprint(cfg, *, dataset: str, arch: str | None, train_images: int
             "lr": o.base_lr * t.batch_size / 256, "base_lr": o.base_lr, "weight_decay": o.weight_decay,
             "momentum": o.momentum, "schedule": o.schedule, "lars_trust": o.trust_coefficient,
             "train_augment": "RandomResizedCrop+flip" if d.augment else "none (test transform)",
-            "train_crop": d.image_size, "test_resize": eval_resize_size(d.image_size, d.crop_fraction),
+            "train_crop": d.image_size,
+            "test_resize": eval_resize_size(d.image_size, d.crop_fraction or eval_crop_fraction(d.image_size)),
             "test_crop": d.image_size, "preset": "+".join(map(str, presets)) or None}
 
 
@@ -273,7 +274,8 @@ def knn_fingerprint(cfg, *, dataset: str, arch: str | None, bank_images: int, te
     d = cfg.data
     return {"stage": "knn", "dataset": dataset, "arch": arch, "train_images": bank_images,
             "val_images": test_images, "classes": classes, "k": list(cfg.ks), "t": cfg.t,
-            "test_resize": eval_resize_size(d.image_size, d.crop_fraction), "test_crop": d.image_size}
+            "test_resize": eval_resize_size(d.image_size, d.crop_fraction or eval_crop_fraction(d.image_size)),
+            "test_crop": d.image_size}
 
 
 def detection_fingerprint(cfg, train: Sequence[str], test: Sequence[str], preset: str | None) -> dict[str, Any]:

@@ -9,7 +9,10 @@ only when the protocol its results.json records, and the pretraining its checkpo
 column's (transfer.protocols: dataset and split sizes, schedule, batch, optimizer, image sizes, pretraining
 epochs run to the end of their schedule). Every other result (another dataset, a shortened or changed
 protocol, an unfinished or unknown pretraining, a random-init backbone) goes into a "not comparable" table
-that says what differs. Row labels name the method the checkpoint records (SimSiam, MoCo, torchvision,
+that says what differs. A linear result whose head was picked from a grid (`simsiam linear` grid mode) is
+always there, its evaluation labelled "best of grid (held-out N images, seed S)", beside the protocol's
+single-head result of the same checkpoint.
+Row labels name the method the checkpoint records (SimSiam, MoCo, torchvision,
 random init, else "unknown method"; --method names the ones it leaves open), and the negative-pairs and
 momentum-encoder columns follow that method. Cells show mean +- std over trials with n; missing cells are
 marked "-", never filled in.
@@ -143,6 +146,16 @@ def method_columns(method: str) -> tuple[str, str]:
     return MISSING, MISSING
 
 
+def grid_label(doc: dict) -> str | None:
+    """'best of grid (held-out N images, seed S)' for a linear result picked from a grid of heads
+    (transfer.linear's grid mode), None for any other result. Such a result never enters a paper column."""
+    grid = doc.get("grid")
+    if not isinstance(grid, dict):
+        return None
+    held = grid.get("holdout") or {}
+    return f"best of grid (held-out {held.get('images', '?')} images, seed {held.get('seed', '?')})"
+
+
 def row_key(doc: dict) -> tuple:
     """Results from the same pretrained checkpoint form one row."""
     src = doc.get("source") or {}
@@ -242,12 +255,14 @@ class Tables:
         m = doc.get("metrics") or {}
         info = _pretrain_info(doc)
         diffs = table4_differences(doc)
-        if not diffs and "top1" in m:
+        grid = grid_label(doc)
+        if not diffs and "top1" in m and grid is None:
             self.linear[key][info["epochs"]].append(float(m["top1"]))
             self.linear_batch[key] = info.get("batch_size")
             return
-        reason = brief(diffs) or "no top-1 metric"
-        row = self.other_cls[(key, doc.get("task"), doc.get("dataset"), info.get("epochs"), reason)]
+        reason = brief(diffs) or ("lr picked from a grid on held-out training images" if grid else "no top-1 metric")
+        task = doc.get("task") if grid is None else f"{doc.get('task')}, {grid}"
+        row = self.other_cls[(key, task, doc.get("dataset"), info.get("epochs"), reason)]
         for metric, value in m.items():
             if isinstance(value, (int, float)):
                 row[metric].append(float(value))
