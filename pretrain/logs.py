@@ -1,4 +1,5 @@
-"""Logging on rank 0: text log, metrics.jsonl, TensorBoard, a tqdm progress bar, and results.json.
+"""Records of a run on rank 0: metrics.jsonl, TensorBoard, a tqdm progress bar, and results.json (the text log:
+pretrain.frame).
 
 Other ranks get no-op writers, so the training loop can call them unconditionally. results.json is the one
 contract between every stage (pretraining, kNN, linear, detection) and the comparison tables; it is written
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import logging
 import math
 import subprocess
 import sys
@@ -23,26 +23,6 @@ from .checkpoint import atomic_write
 LOGGER_NAME = "simsiam"
 RESULTS_SCHEMA = "simsiam-suite/results/v1"
 RESULTS_TASKS = ("pretrain", "knn", "linear", "detection")
-
-
-def setup_logger(output_dir: str | Path | None, main: bool = True) -> logging.Logger:
-    """'simsiam' logger: INFO to stderr and <output_dir>/log.txt on rank 0, warnings only elsewhere."""
-    log = logging.getLogger(LOGGER_NAME)
-    for h in list(log.handlers):
-        log.removeHandler(h)
-        h.close()
-    log.setLevel(logging.INFO if main else logging.WARNING)
-    log.propagate = False
-    fmt = logging.Formatter("[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S")
-    sh = logging.StreamHandler(sys.stderr)
-    sh.setFormatter(fmt)
-    log.addHandler(sh)
-    if main and output_dir is not None:
-        Path(output_dir).mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(Path(output_dir) / "log.txt")
-        fh.setFormatter(fmt)
-        log.addHandler(fh)
-    return log
 
 
 def _jsonable(v: Any) -> Any:

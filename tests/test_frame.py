@@ -74,6 +74,18 @@ def test_nested_run_logs_write_both_files(tmp_path):
     assert (tmp_path / "run" / "log.txt").read_text().count("line") == 2
 
 
+def test_text_log_on_rank_zero_only(tmp_path, capsys):
+    """Other ranks write no log file and print warnings only."""
+    with run_log(tmp_path / "r1", main=False) as log:
+        log.info("not shown")
+        log.warning("a warning is")
+    out = capsys.readouterr().out
+    assert "not shown" not in out and "a warning is" in out and not (tmp_path / "r1").exists()
+    with run_log(tmp_path / "r0", main=True) as log:
+        log.info("epoch 1 done")
+    assert "epoch 1 done" in (tmp_path / "r0" / "log.txt").read_text()
+
+
 def test_exit_codes(capsys):
     """Bad input: one line on stderr and 2; success: the body's code; an internal error keeps its traceback."""
     class Missing(InputError):

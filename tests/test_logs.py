@@ -3,13 +3,12 @@ scalars, the rank-0-only rule, the text log, and results.json (the schema every 
 from __future__ import annotations
 
 import json
-import logging
 
 import pytest
 import torch
 
 from pretrain import logs
-from pretrain.logs import MetricsWriter, read_metrics, setup_logger, write_results
+from pretrain.logs import MetricsWriter, read_metrics, write_results
 
 
 def test_records_are_json_lines_with_plain_numbers(tmp_path):
@@ -87,18 +86,6 @@ def test_tensorboard_gets_the_numeric_scalars(tmp_path):
     assert sorted(acc.Tags()["scalars"]) == ["pretrain/loss", "pretrain/lr_step"]  # no text, no booleans
     assert [(e.step, e.value) for e in acc.Scalars("pretrain/loss")] == [(1, -0.25), (100, -0.5)]
     assert [(e.step, round(e.value, 6)) for e in acc.Scalars("pretrain/lr_step")] == [(7, 0.05)]
-
-
-def test_text_log_on_rank_zero_only(tmp_path, capsys):
-    log = setup_logger(tmp_path / "r0", main=True)
-    log.info("epoch 1 done")
-    assert "epoch 1 done" in (tmp_path / "r0" / "log.txt").read_text()
-    log = setup_logger(tmp_path / "r1", main=False)
-    log.info("not shown")
-    log.warning("a warning is")
-    err = capsys.readouterr().err
-    assert "not shown" not in err and "a warning is" in err
-    assert not (tmp_path / "r1").exists() and len(log.handlers) == 1 and log.level == logging.WARNING
 
 
 def test_write_results_schema(tmp_path):
