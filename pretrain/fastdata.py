@@ -3,7 +3,7 @@
     source = build_gpu_batches(cfg.data, batch_per_rank, rank, world_size, seed, device)
     for epoch in ...:
         source.set_epoch(epoch)
-        for x1, x2 in source:          # float32 (B, 3, S, S) on `device`, normalised, two MoCo v2 views
+        for (x1, x2), labels in source:   # float32 (B, 3, S, S) on `device`, normalised, two MoCo v2 views
             ...
 
 Two modes (`mode="auto"` picks one):
@@ -26,7 +26,8 @@ epoch is reproducible. Unreadable files follow `data.on_corrupt` ("error": `pret
 naming the file; "skip": a warning per file and another image of the batch takes its place).
 
 `task="linear"` gives the linear-evaluation training view instead (RandomResizedCrop(scale 0.08-1) + flip +
-normalisation, one view) and yields (x, labels).
+normalisation): batches are ((x,), labels), the same shape with one view. The two modes are two classes,
+MemoryBatches and StreamBatches, on one BatchSource base (data order, views, mid-epoch resume).
 
 `build_gpu_eval_batches` is the deterministic evaluation view of a split (kNN bank and queries, linear
 validation) as a loader of (x, labels): the reference `pretrain.augment.eval_transform` (Resize of the short
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence, Union
 
@@ -254,41 +256,58 @@ def _name_in(err: Exception, names: Sequence[str]) -> str:
     return "(in this batch)"
 
 
-# -------------------------------------------------------------------------------------------- the source
-class GPUBatchSource:
-    """Per-rank iterable of augmented batches made on the device; see the module docstring.
+# -------------------------------------------------------------------------------------------- the sources
+@dataclass(frozen=True)
+class SourceSpec:
+    """What both batch sources share: the task and its augmentation, the per-rank batch, the rank, the seed of
+    the data order and of the views, the device, and where the files came from (for messages)."""
+    task: str
+    device: torch.device
+    batch_per_rank: int
+    rank: int
+    world_size: int
+    seed: int
+    augment: object
+    channels_last: bool = False
+    classes: tuple[str, ...] = ()
+    on_corrupt: str = "error"
+    root: Path | None = None
 
-    Yields (x1, x2) for task "pretrain" (or ((x1, x2), labels) when with_labels), (x, labels) for "linear".
-    `len()` is the number of full batches per epoch (drop_last)."""
+    @property
+    def n_views(self) -> int:
+        return 1 if self.task == "linear" else 2
 
-    def __init__(self, mode: str, task: str, device: torch.device, batch_per_rank: int, rank: int,
-                 world_size: int, seed: int, augment, channels_last: bool = False, with_labels: bool = False,
-                 memory: DeviceImageDataset | None = None, samples: Sequence[tuple[str, int]] | None = None,
-                 classes: Sequence[str] = (), workers: int = 0, on_corrupt: str = "error", root: Path | None = None):
-        self.mode, self.task, self.device = mode, task, torch.device(device)
-        self.batch, self.rank, self.world_size, self.seed = int(batch_per_rank), rank, world_size, seed
-        self.augment, self.channels_last, self.with_labels = augment, channels_last, with_labels
-        self.memory, self.samples, self.classes = memory, list(samples or []), list(classes)
-        self.workers, self.on_corrupt, self.root = workers, on_corrupt, root
+
+class BatchSource:
+    """Per-rank iterable of augmented batches made on the device (see the module docstring): each item is
+    (views, labels), views a tuple of two (B, 3, S, S) tensors for pretraining and of one for the linear task.
+    `len()` is the number of full batches per epoch (drop_last). Two cases: MemoryBatches (the split as one
+    uint8 tensor on the device) and StreamBatches (file bytes from loader processes, decoded on the device)."""
+
+    mode = ""
+
+    def __init__(self, spec: SourceSpec):
+        self.spec = spec
         self.epoch = self.start_step = 0
-        self._resume_generator = None
+        self._resume_generator: Tensor | None = None
         self._g: torch.Generator | None = None
         self._warned: set[str] = set()
-        n = len(self)
-        if n < 1:
-            raise DataError(f"{root}: {self.num_images} images give {self.num_images // world_size} per process, "
-                            f"fewer than the per-process batch {self.batch} ({world_size} processes): lower the "
-                            "batch size or use more data")
+        if len(self) < 1:
+            raise DataError(f"{spec.root}: {self.num_images} images give {self.num_images // spec.world_size} per "
+                            f"process, fewer than the per-process batch {spec.batch_per_rank} ({spec.world_size} "
+                            "processes): lower the batch size or use more data")
 
-    # -- sizes
     @property
     def num_images(self) -> int:
-        return len(self.memory) if self.memory is not None else len(self.samples)
+        raise NotImplementedError
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.spec.classes)
 
     def __len__(self) -> int:
-        n, w = self.num_images, self.world_size
-        per_rank = n // w  # DistributedSampler(drop_last=True)
-        return per_rank // self.batch
+        per_rank = self.num_images // self.spec.world_size  # DistributedSampler(drop_last=True)
+        return per_rank // self.spec.batch_per_rank
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
         """Start `epoch` (after its first `start_step` batches: a mid-epoch resume, see load_state)."""
@@ -299,8 +318,7 @@ class GPUBatchSource:
         """The data position to store in a checkpoint: the epoch and the augmentation generator's state after
         the last batch yielded (with set_epoch(epoch, step) + load_state, the next batch is the one an
         uninterrupted epoch would yield)."""
-        g = self._g
-        return {"epoch": self.epoch, "generator": g.get_state().cpu() if g is not None else None}
+        return {"epoch": self.epoch, "generator": self._g.get_state().cpu() if self._g is not None else None}
 
     def load_state(self, state: dict) -> None:
         """Continue the augmentation stream of a checkpoint (call after set_epoch(epoch, step))."""
@@ -309,61 +327,100 @@ class GPUBatchSource:
 
     def indices(self, epoch: int | None = None) -> list[int]:
         """Dataset indices this rank reads in `epoch` (default: the current one), in order."""
-        e = self.epoch if epoch is None else epoch
-        return rank_indices(self.num_images, self.rank, self.world_size, self.seed, e)
+        s = self.spec
+        return rank_indices(self.num_images, s.rank, s.world_size, s.seed, self.epoch if epoch is None else epoch)
 
     def _generator(self) -> torch.Generator:
-        g = torch.Generator(device=self.device)
-        g.manual_seed(augment_seed(self.seed, self.epoch, self.rank))
+        s = self.spec
+        g = torch.Generator(device=s.device)
+        g.manual_seed(augment_seed(s.seed, self.epoch, s.rank))
         if self._resume_generator is not None:
             g.set_state(self._resume_generator)
         self._g = g
         return g
 
-    def _finish(self, views: list[Tensor], labels: Tensor):
-        if self.channels_last:
-            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-        labels = labels.to(self.device, non_blocking=True)
-        if self.task == "linear":
-            return views[0], labels
-        pair = (views[0], views[1])
-        return (pair, labels) if self.with_labels else pair
-
-    def __iter__(self) -> Iterator:
+    def __iter__(self) -> Iterator[tuple[tuple[Tensor, ...], Tensor]]:
         g = self._generator()
-        n_views = 1 if self.task == "linear" else 2
-        if self.mode == "memory":
-            order = torch.tensor(self.indices(), dtype=torch.long, device=self.device)
-            for b in range(self.start_step, len(self)):
-                idx = order[b * self.batch:(b + 1) * self.batch]
-                yield self._finish(_views(self.augment, self.memory.images[idx], g, n_views),
-                                   self.memory.labels[idx])
-            return
-        loader = self._loader()
-        for datas, labels, index in loader:
+        for images, labels in self._batches():
+            views = _views(self.spec.augment, images, g, self.spec.n_views)
+            if self.spec.channels_last:
+                views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+            yield tuple(views), labels.to(self.spec.device, non_blocking=True)
+
+    def _batches(self) -> Iterator[tuple[Union[Tensor, list[Tensor]], Tensor]]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        s = self.spec
+        return (f"{type(self).__name__}(task={s.task}, device={s.device}, images={self.num_images}, "
+                f"batch_per_rank={s.batch_per_rank}, rank={s.rank}/{s.world_size}, steps={len(self)})")
+
+
+class MemoryBatches(BatchSource):
+    """The training split as one uint8 tensor on the device (images of one size): a batch is an index gather."""
+
+    mode = "memory"
+
+    def __init__(self, spec: SourceSpec, memory: DeviceImageDataset):
+        self.memory = memory
+        super().__init__(spec)
+
+    @property
+    def num_images(self) -> int:
+        return len(self.memory)
+
+    def subset(self, keep: Sequence[int]) -> None:
+        """Keep only these images (e.g. the training part of a held-out split), in this order."""
+        idx = torch.tensor(list(keep), device=self.memory.device)
+        self.memory = DeviceImageDataset(self.memory.images[idx], self.memory.labels[idx], self.memory.classes)
+
+    def _batches(self):
+        b = self.spec.batch_per_rank
+        order = torch.tensor(self.indices(), dtype=torch.long, device=self.spec.device)
+        for i in range(self.start_step, len(self)):
+            idx = order[i * b:(i + 1) * b]
+            yield self.memory.images[idx], self.memory.labels[idx]
+
+
+class StreamBatches(BatchSource):
+    """Files read by loader processes (bytes only), decoded and augmented on the device; any image sizes."""
+
+    mode = "stream"
+
+    def __init__(self, spec: SourceSpec, samples: Sequence[tuple[str, int]], workers: int = 0):
+        self.samples, self.workers = list(samples), int(workers)
+        super().__init__(spec)
+
+    @property
+    def num_images(self) -> int:
+        return len(self.samples)
+
+    def subset(self, keep: Sequence[int]) -> None:
+        """Keep only these files (e.g. the training part of a held-out split), in this order."""
+        self.samples = [self.samples[i] for i in keep]
+
+    def _batches(self):
+        for datas, labels, index in self._loader():
             names = [self.samples[i][0] for i in index]
-            images, kept = decode_batch(datas, names, self.device, self.on_corrupt, self._warned)
+            images, kept = decode_batch(datas, names, self.spec.device, self.spec.on_corrupt, self._warned)
             if not images:
-                raise CorruptImageError(f"no readable image in a batch of {len(names)} under {self.root} "
+                raise CorruptImageError(f"no readable image in a batch of {len(names)} under {self.spec.root} "
                                         f"(first: {names[0]})")
             if len(kept) < len(names):  # on_corrupt=skip: readable images of the batch fill the gaps
                 fill = [kept[j % len(kept)] for j in range(len(names) - len(kept))]
                 images = images + [images[kept.index(k)] for k in fill]
                 labels = torch.cat([labels[kept], labels[fill]])
-            yield self._finish(_views(self.augment, images, g, n_views), labels)
+            yield images, labels
 
     def _loader(self) -> DataLoader:
-        sampler = ResumableSampler(range(len(self.samples)), num_replicas=self.world_size, rank=self.rank,
-                                   shuffle=True, seed=self.seed, drop_last=True)
+        s = self.spec
+        sampler = ResumableSampler(range(len(self.samples)), num_replicas=s.world_size, rank=s.rank, shuffle=True,
+                                   seed=s.seed, drop_last=True)
         sampler.set_epoch(self.epoch)
-        sampler.start = self.start_step * self.batch
-        return DataLoader(EncodedFiles(self.samples, self.on_corrupt), batch_size=self.batch, sampler=sampler,
+        sampler.start = self.start_step * s.batch_per_rank
+        return DataLoader(EncodedFiles(self.samples, s.on_corrupt), batch_size=s.batch_per_rank, sampler=sampler,
                           num_workers=self.workers, collate_fn=collate_encoded, drop_last=True,
                           persistent_workers=False, prefetch_factor=4 if self.workers > 0 else None)
-
-    def __repr__(self) -> str:
-        return (f"GPUBatchSource(mode={self.mode}, task={self.task}, device={self.device}, images={self.num_images}, "
-                f"batch_per_rank={self.batch}, rank={self.rank}/{self.world_size}, steps={len(self)})")
 
 
 # ------------------------------------------------------------------------------------------------- build
@@ -396,15 +453,13 @@ def choose_mode(folder: RobustImageFolder, image_size: int) -> str:
 
 def build_gpu_batches(data_cfg, batch_per_rank: int, rank: int = 0, world_size: int = 1, seed: int = 0,
                       device: Device = "cuda", *, mode: str = "auto", task: str = "pretrain",
-                      channels_last: bool = False, with_labels: bool = False,
-                      workers: int | None = None) -> GPUBatchSource:
-    """The GPU batch source of one rank for the training split of `data_cfg` (a pretrain DataConfig or a
-    linear LinearDataConfig: root, train_split, image_size, mean, std, workers, on_corrupt, limit_per_class,
-    and for pretraining min_scale and blur).
+                      channels_last: bool = False, workers: int | None = None) -> BatchSource:
+    """The GPU batch source of one rank for the training split of `data_cfg` (pretrain.defaults.ImageFolderData;
+    for pretraining a DataConfig, whose min_scale and blur shape the views).
 
     mode: "auto" | "memory" | "stream". task: "pretrain" (two MoCo v2 views) | "linear" (one linear-training
-    view, yields (x, labels)). workers: loader processes reading bytes in "stream" mode (default
-    data_cfg.workers)."""
+    view); either way batches are (views, labels). workers: loader processes reading bytes in "stream" mode
+    (default data_cfg.workers)."""
     if mode not in MODES:
         raise ValueError(f"build_gpu_batches: mode '{mode}' is not one of {', '.join(MODES)}")
     if task not in TASKS:
@@ -424,18 +479,16 @@ def build_gpu_batches(data_cfg, batch_per_rank: int, rank: int = 0, world_size: 
                                    data_cfg.std)
     else:
         augment = GPULinearTrainAugment(data_cfg.image_size, data_cfg.mean, data_cfg.std)
-    common = dict(task=task, device=device, batch_per_rank=batch_per_rank, rank=rank, world_size=world_size,
-                  seed=seed, augment=augment, channels_last=channels_last, with_labels=with_labels,
-                  classes=folder.classes, on_corrupt=folder.on_corrupt, root=train_dir)
+    spec = SourceSpec(task, device, batch_per_rank, rank, world_size, seed, augment, channels_last,
+                      tuple(folder.classes), folder.on_corrupt, train_dir)
     if mode == "memory":
         try:
-            return GPUBatchSource("memory", memory=load_memory(folder, device), **common)
+            return MemoryBatches(spec, load_memory(folder, device))
         except MixedSizesError:
             if not auto:
                 raise
             # the probe saw one size but the folder holds others: stream it (any sizes work there)
-    return GPUBatchSource("stream", samples=folder.samples,
-                          workers=data_cfg.workers if workers is None else workers, **common)
+    return StreamBatches(spec, folder.samples, data_cfg.workers if workers is None else workers)
 
 
 class MixedSizesError(DataError):

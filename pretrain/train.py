@@ -331,7 +331,7 @@ def build_data(cfg: PretrainConfig, train_dir: Path, val_dir, info: distributed.
     per_rank = data_mod.per_rank_batch(cfg.train.batch_size, info.world_size)
     cl = cfg.train.channels_last
     loader = fastdata.build_gpu_batches(cfg.data, per_rank, info.rank, info.world_size, cfg.train.seed,
-                                        info.device, channels_last=cl, with_labels=True)
+                                        info.device, channels_last=cl)
     if not want_knn:
         return loader, None
     d = cfg.data

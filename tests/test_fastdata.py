@@ -14,7 +14,7 @@ from torch.utils.data import DistributedSampler
 from pretrain.augment import CIFAR_MEAN, CIFAR_STD, eval_transform
 from pretrain.data import CorruptImageError, DataError, RobustImageFolder
 from pretrain.defaults import DataConfig
-from pretrain.fastdata import (GPUBatchSource, MixedSizesError, build_gpu_batches, build_gpu_eval_batches,
+from pretrain.fastdata import (BatchSource, MemoryBatches, MixedSizesError, StreamBatches, build_gpu_batches, build_gpu_eval_batches,
                                jpeg_components, load_memory, pad_to_batch, rank_indices)
 from pretrain.gpu_augment import GPUMoCoV2Augment
 
@@ -44,11 +44,13 @@ def unnormalise(x, mean, std):
 @pytest.mark.parametrize("mode", ["memory", "stream"])
 def test_views_shape_dtype_normalisation(cifar_root, mode):
     src = build_gpu_batches(cifar_cfg(cifar_root), 16, 0, 1, 0, "cpu", mode=mode, channels_last=True)
-    assert isinstance(src, GPUBatchSource) and src.mode == mode
+    assert isinstance(src, BatchSource) and src.mode == mode
+    assert isinstance(src, MemoryBatches if mode == "memory" else StreamBatches)
     assert src.num_images == 120 and len(src) == 120 // 16
     batches = list(src)
     assert len(batches) == len(src)
-    x1, x2 = batches[0]
+    (x1, x2), y = batches[0]
+    assert y.shape == (16,) and y.dtype == torch.long
     for x in (x1, x2):
         assert x.shape == (16, 3, 32, 32) and x.dtype == torch.float32 and x.device.type == "cpu"
         assert x.is_contiguous(memory_format=torch.channels_last)
@@ -66,7 +68,8 @@ def test_memory_and_stream_agree_and_auto_picks_memory(cifar_root):
     for e in (0, 1):
         auto.set_epoch(e)
         stream.set_epoch(e)
-        for (a1, a2), (s1, s2) in zip(auto, stream):
+        for ((a1, a2), ya), ((s1, s2), ys) in zip(auto, stream):
+            assert torch.equal(ya, ys)
             assert torch.allclose(a1, s1, atol=1e-5) and torch.allclose(a2, s2, atol=1e-5)
 
 
@@ -87,7 +90,7 @@ def test_ranks_partition_like_distributed_sampler():
 def test_sources_of_all_ranks_cover_the_dataset_and_reshuffle(cifar_root):
     cfg = cifar_cfg(cifar_root, limit_per_class=4)                  # 40 images
     world = 2
-    srcs = [build_gpu_batches(cfg, 4, r, world, 0, "cpu", mode="memory", with_labels=True) for r in range(world)]
+    srcs = [build_gpu_batches(cfg, 4, r, world, 0, "cpu", mode="memory") for r in range(world)]
     idx = [s.indices() for s in srcs]
     assert not set(idx[0]) & set(idx[1]) and sorted(idx[0] + idx[1]) == list(range(40))
     # labels of the batches are those of the indices read
@@ -112,7 +115,7 @@ def test_stream_variable_sizes_and_padding_is_exact(tmp_path):
     cfg = DataConfig(root=str(root), image_size=24, workers=1, val_split="")
     src = build_gpu_batches(cfg, 4, 0, 1, 0, "cpu")
     assert src.mode == "stream" and len(src) == 3
-    x1, x2 = next(iter(src))
+    (x1, x2), _ = next(iter(src))
     assert x1.shape == x2.shape == (4, 3, 24, 24) and not torch.equal(x1, x2)
     # padding into one tensor gives exactly the crops of the separate images
     rng = torch.Generator().manual_seed(0)
@@ -128,8 +131,8 @@ def test_linear_task_yields_images_and_labels(tmp_path):
     root = write_jpegs(tmp_path / "jpg")
     cfg = DataConfig(root=str(root), image_size=16, workers=0, val_split="")
     src = build_gpu_batches(cfg, 5, 0, 1, 0, "cpu", task="linear")
-    x, y = next(iter(src))
-    assert x.shape == (5, 3, 16, 16) and y.dtype == torch.long and set(y.tolist()) <= {0, 1}
+    views, y = next(iter(src))
+    assert len(views) == 1 and views[0].shape == (5, 3, 16, 16) and y.dtype == torch.long and set(y.tolist()) <= {0, 1}
 
 
 @pytest.mark.parametrize("mode", ["memory", "stream", "auto"])
@@ -145,7 +148,7 @@ def test_corrupt_jpeg_names_the_file(tmp_path, mode):
     with pytest.warns(UserWarning, match="002.jpg"):
         src = build_gpu_batches(skip, 4, 0, 1, 0, "cpu", mode=mode)
         batches = list(src)
-    assert all(x1.shape == (4, 3, 16, 16) for x1, _ in batches)
+    assert all(x1.shape == (4, 3, 16, 16) for (x1, _), _ in batches)
 
 
 def test_eval_loader_matches_reference_transform(cifar_root):

@@ -244,9 +244,11 @@ def reference_loader(train_dir: Path, transform, batch: int, workers: int, devic
 def fast_source(data_cfg: DataConfig, batch: int, device: torch.device, task: str, workers: int) -> Callable:
     src = build_gpu_batches(data_cfg, batch, 0, 1, 0, device, mode="stream", task=task, workers=workers)
 
-    def make(epoch: int):
+    def make(epoch: int):  # the step functions take (x1, x2) for pretraining, (x, labels) for linear
         src.set_epoch(epoch)
-        return iter(src)
+        if task == "pretrain":
+            return (views for views, _ in src)
+        return ((views[0], y) for views, y in src)
     return make
 
 

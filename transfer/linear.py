@@ -631,18 +631,26 @@ def _device_loaders(cfg, info, bb: _Backbone, data: _ImageData, split) -> _Loade
         if source.num_images != len(data.train):
             raise DataError(f"{data.train_dir}: {source.num_images} of {len(data.train)} training images readable; "
                             "the grid's held-out slice needs them all (or train.gpu_augment=false)")
-        if source.memory is not None:
-            from pretrain.gpu_augment import DeviceImageDataset
-            idx = torch.tensor(split[0], device=source.memory.device)
-            source.memory = DeviceImageDataset(source.memory.images[idx], source.memory.labels[idx],
-                                               source.memory.classes)
-        else:
-            source.samples = [source.samples[i] for i in split[0]]
+        source.subset(split[0])
         folder = data.train_folder(None)
         folder.samples = [folder.samples[i] for i in split[1]]
         held = fastdata.load_eval_memory(folder, info.device, d.image_size, d.crop_fraction)
         holdout = fastdata.DeviceEvalLoader(held, d.mean, d.std, t.eval_batch_size, info.rank, info.world_size, cl)
-    return _Loaders(source, source, val, holdout, bb.features, source.num_images, len(split[1]) if split else 0)
+    return _Loaders(_OneView(source), source, val, holdout, bb.features, source.num_images,
+                    len(split[1]) if split else 0)
+
+
+class _OneView:
+    """The device source's batches ((x,), labels) as (x, labels), like the other training loaders."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __iter__(self):
+        return ((views[0], y) for views, y in self.source)
 
 
 def _build_loaders(cfg, info, bb: _Backbone, data: _ImageData, split, log) -> _Loaders:
