@@ -299,9 +299,10 @@ def trial_results(run_dir: Path, index: int) -> Path:
 
 def summarize_trials(run_dir: str, n: int) -> str:
     """DIR/results.json over the array's trials, in the layout of `simsiam detect --trials N`: "metrics" = mean,
-    "std" = sample std (transfer.detect.aggregate), "trials" = per-trial list."""
-    from transfer import detect as D
+    "std" = sample std, "trials" = per-trial list (transfer.trials, shared with the detection stage; no
+    detectron2 import here)."""
     from transfer.results import read_results, write_results
+    from transfer.trials import aggregate, summary_extra, trial_entry
     run = Path(run_dir)
     trials = []
     for i in range(n):
@@ -309,15 +310,14 @@ def summarize_trials(run_dir: str, n: int) -> str:
         if not path.is_file():
             raise FileNotFoundError(f"detection trial {i} has no results: {path}")
         doc = read_results(path)
-        trials.append({"trial": i, "seed": doc.get("seed"), "metrics": doc["metrics"], "path": str(path)})
+        trials.append(trial_entry(i, doc.get("seed"), doc["metrics"], str(path)))
     first = read_results(trial_results(run, 0))
-    mean, std = D.aggregate([t["metrics"] for t in trials])
+    mean, std = aggregate([t["metrics"] for t in trials])
     extra = {k: first[k] for k in ("iterations", "test_datasets", "train_datasets", "protocol") if k in first}
     path = write_results(run, task="detection", dataset=first["dataset"], metrics=mean,
                          config={k: v for k, v in (first.get("config") or {}).items() if k not in ("seed", "OUTPUT_DIR")},
                          source=first.get("source"), batch_size=first.get("batch_size"),
-                         extra={"std": std, "std_note": "sample std (ddof=1); null for a single trial",
-                                "n_trials": n, "trials": trials, "job_array": True, **extra})
+                         extra={**summary_extra(trials, std), "job_array": True, **extra})
     print(f"detection summary over {n} trial(s): mean {json.dumps(mean)}; std {json.dumps(std)}; {path}")
     return str(path)
 

@@ -351,3 +351,20 @@ def test_peer_failure_classification():
     assert J.peer_failure(tdist.DistBackendError("watchdog caught collective operation timeout"))
     assert not J.peer_failure(ValueError("bad config value"))
     assert not J.peer_failure(RuntimeError("CUDA out of memory"))
+
+
+def test_trial_array_summary_without_detectron2(tmp_path):
+    """The summary job of a detection job array: the mean and sample std of the trials' results.json, in the
+    layout of `simsiam detect --trials N`, without importing detectron2."""
+    import subprocess
+    import sys
+    from transfer.results import write_results
+    for i, ap in enumerate((10.0, 14.0)):
+        write_results(tmp_path / f"trial_{i}", task="detection", dataset="voc07", metrics={"AP": ap},
+                      config={"seed": i, "OUTPUT_DIR": "x", "MODEL": {}}, extra={"seed": i, "iterations": 2})
+    code = ("import sys, json; from slurm.submit import summarize_trials; summarize_trials(sys.argv[1], 2); "
+            "assert 'detectron2' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, cwd=Path(__file__).resolve().parents[1])
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert doc["metrics"] == {"AP": 12.0} and doc["std"]["AP"] == pytest.approx(2 ** 0.5 * 2)
+    assert doc["n_trials"] == 2 and doc["job_array"] and [t["seed"] for t in doc["trials"]] == [0, 1]
