@@ -1,6 +1,7 @@
 """The main job end to end (quick sizes): every stage runs on the embedded data, each evaluation also on a
 random-init backbone with the same data and protocol, and the tables hold the measured rows of the checkpoint
-and of that baseline side by side, beside the paper's, never inside the paper's columns."""
+and of that baseline side by side, beside the paper's, never inside the paper's columns. The ResNet-50 path
+(`--arch resnet50`, with detection) and the default ResNet-18 path (kNN and linear; detection skipped)."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,7 @@ EVALUATIONS = ("knn", "linear", "detection")
 
 
 def test_demo_runs_end_to_end(tmp_path):
-    out = run_demo(tmp_path / "demo", quick=True, cache_dir=str(tmp_path / "cache"))
+    out = run_demo(tmp_path / "demo", quick=True, cache_dir=str(tmp_path / "cache"), arch="resnet50")
     for stage in ("pretrain", *EVALUATIONS, *(f"{e}_random" for e in EVALUATIONS)):
         assert (out / stage / "results.json").is_file(), stage
     assert (out / "convert" / "resnet50_detectron2.pkl").is_file()
@@ -61,6 +62,22 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "embedded" in table
 
     # a second run finds every stage done and only redraws the report
-    again = run_demo(out, quick=True, cache_dir=str(tmp_path / "cache"))
+    again = run_demo(out, quick=True, cache_dir=str(tmp_path / "cache"), arch="resnet50")
     assert json.loads((again / "linear" / "results.json").read_text())["created"] == linear["created"]
     assert json.loads((again / "linear_random" / "results.json").read_text())["created"] == rand["linear"]["created"]
+
+
+def test_default_demo_is_resnet18_without_detection(tmp_path, capsys):
+    out = run_demo(tmp_path / "demo", quick=True, cache_dir=str(tmp_path / "cache"))
+    assert "skipped: the detection presets fine-tune an R50-C4" in capsys.readouterr().out
+    read = lambda stage: json.loads((out / stage / "results.json").read_text())  # noqa: E731
+    for e in ("knn", "linear"):
+        pre, rand = read(e), read(f"{e}_random")
+        assert pre["source"]["pretrain"]["arch"] == rand["source"]["pretrain"]["arch"] == "resnet18", e
+        assert rand["source"]["checkpoint"] == "random"
+    assert read("knn")["config"]["data"]["image_size"] == 32 and read("linear")["config"]["data"]["image_size"] == 32
+    assert not (out / "detection").exists() and not (out / "detection_random").exists()
+    assert (out / "convert" / "resnet18_torchvision.pth").is_file()
+    table = (out / "table.md").read_text()
+    assert sum("SimSiam (yours" in line for line in table.splitlines()) == 2, table
+    assert sum("random init" in line for line in table.splitlines()) == 2, table

@@ -1,13 +1,15 @@
 """The main job on the embedded default data, end to end, into one run folder.
 
-`simsiam demo [--output runs/demo] [--quick]`
+`simsiam demo [--output runs/demo] [--arch resnet18|resnet50] [--quick]`
 
-  1. pretrain   SimSiam ResNet-50 on the generated ImageFolder (eval_configs/pretrain/demo.yaml)
-  2. convert    checkpoint -> torchvision state dict and Detectron2 weights
-  3. knn        offline kNN (k=200, k=20) of the pretrained backbone
+  1. pretrain   SimSiam on the generated ImageFolder (eval_configs/pretrain/demo.yaml: ResNet-18 at 32 px;
+                `--arch resnet50` switches to the ResNet-50 and its 2048-d heads)
+  2. convert    checkpoint -> torchvision state dict (and Detectron2 weights for the ResNet-50)
+  3. knn        offline kNN (k=20, k=200) of the pretrained backbone
   4. linear     linear evaluation on frozen features (eval_configs/linear/demo.yaml)
-  5. detect     Faster R-CNN R50-C4 fine-tuning + PascalVOC evaluation on the generated VOC data
-                (eval_configs/detection/tiny.yaml)
+  5. detect     ResNet-50 only: Faster R-CNN R50-C4 fine-tuning + PascalVOC evaluation on the generated VOC
+                data (eval_configs/detection/tiny.yaml); the detection configs are R50-C4, so a ResNet-18 run
+                says so and skips it
   6. report     plots (PNG) and the comparison tables (table.md, table.txt)
 
 Stages 3-5 also evaluate a randomly initialised backbone (`--weights random`) on the same data and protocol,
@@ -65,55 +67,91 @@ def pretrained_protocol(knn_dir: Path) -> tuple[str, list[str]]:
                                                for k in ("image_size", "crop_fraction", "mean", "std")]
 
 
-def run_demo(out: Path, quick: bool = False, cache_dir: str | None = None) -> Path:
-    from pretrain import main as pretrain_main
-    from transfer import convert, detect, knn, linear
+ARCH_OVERRIDES = {"resnet18": [], "resnet50": ["model.arch=resnet50", "model.dim=2048", "model.pred_dim=512"]}
+DETECTION_ARCH = "resnet50"  # the detection presets are R50-C4
+TOTAL = 6                    # stages, for the progress headers
 
+
+def run_demo(out: Path, quick: bool = False, cache_dir: str | None = None, arch: str = "resnet18") -> Path:
+    """Run every stage into `out` (finished stages are skipped); `arch` is the pretrained backbone."""
+    if arch not in ARCH_OVERRIDES:
+        raise ValueError(f"unknown --arch '{arch}' (known: {', '.join(ARCH_OVERRIDES)})")
     out.mkdir(parents=True, exist_ok=True)
-    total, t_all = 6, time.time()
+    t_all = time.time()
     extra = [f"data.cache_dir={cache_dir}"] if cache_dir else []
-
-    t0 = _stage("pretrain SimSiam (embedded ImageFolder)", 1, total)
-    pre = out / "pretrain"
-    _once(pre, pretrain_main.main, ["--config", "demo", "--output", str(pre), *extra,
-                                    *(QUICK_PRETRAIN if quick else [])], "pretrain")
-    _done(t0, "pretraining")
-    ckpt = pre / "checkpoint.pth"
-
-    t0 = _stage("convert checkpoint", 2, total)
-    tv, d2 = out / "convert" / "resnet50_torchvision.pth", out / "convert" / "resnet50_detectron2.pkl"
-    for to, path in (("torchvision", tv), ("detectron2", d2)):
-        if not path.exists():
-            _call(convert.main, [str(ckpt), "--to", to, "--output", str(path)], "convert")
-    _done(t0, "conversion")
-
-    t0 = _stage("kNN evaluation: pretrained, random init", 3, total)
-    data = ["--data", "embedded", *([f"--cache-dir={cache_dir}"] if cache_dir else []), *(QUICK_KNN if quick else [])]
-    _once(out / "knn", knn.main, ["--weights", str(ckpt), "--output", str(out / "knn"), *data], "knn")
-    arch, same_data = pretrained_protocol(out / "knn")
-    _once(out / "knn_random", knn.main, ["--weights", "random", "--output", str(out / "knn_random"), *data,
-                                         f"arch={arch}", *same_data], "knn")
-    _done(t0, "kNN")
-
-    t0 = _stage("linear evaluation (frozen backbone): pretrained, random init", 4, total)
-    lin = ["--config", "demo", *extra, *(QUICK_LINEAR if quick else [])]
-    _once(out / "linear", linear.main, ["--weights", str(ckpt), "--output", str(out / "linear"), *lin], "linear")
-    _once(out / "linear_random", linear.main, ["--weights", "random", "--output", str(out / "linear_random"), *lin,
-                                               f"model.arch={arch}"], "linear")
-    _done(t0, "linear evaluation")
-
-    t0 = _stage("detection fine-tuning (R50-C4, embedded VOC): pretrained, random init", 5, total)
-    det = ["--config", "tiny", "--trials", "1", *(QUICK_DETECT if quick else [])]  # KEY VALUE pairs last
-    _once(out / "detection", detect.main, ["--weights", str(d2), "--output", str(out / "detection"), *det], "detect")
-    _once(out / "detection_random", detect.main, ["--weights", "random", "--output", str(out / "detection_random"),
-                                                  *det], "detect")
-    _done(t0, "detection")
-
-    t0 = _stage("plots and comparison tables", 6, total)
+    ckpt = _pretrain_stage(out, quick, extra, arch)
+    weights = _convert_stage(out, ckpt, arch)
+    arch = _classification_stages(out, ckpt, quick, cache_dir, extra)
+    t0 = _stage("detection fine-tuning (R50-C4, embedded VOC): pretrained, random init", 5, TOTAL)
+    if "detectron2" in weights:
+        det = ["--config", "tiny", "--trials", "1", *(QUICK_DETECT if quick else [])]  # KEY VALUE pairs last
+        _once(out / "detection", _main("detect"), ["--weights", str(weights["detectron2"]),
+                                                   "--output", str(out / "detection"), *det], "detect")
+        _once(out / "detection_random", _main("detect"), ["--weights", "random", "--output",
+                                                          str(out / "detection_random"), *det], "detect")
+        _done(t0, "detection")
+    else:
+        print(f"skipped: the detection presets fine-tune an R50-C4; this demo pretrained a {arch} "
+              f"(rerun with --arch {DETECTION_ARCH} in another --output folder)", flush=True)
+    t0 = _stage("plots and comparison tables", 6, TOTAL)
     report(out)
     _done(t0, "report")
     print(f"\nsimsiam demo: finished in {time.time() - t_all:.0f} s; everything is in {out}")
     return out
+
+
+
+def _main(stage: str):
+    """The entry point of `simsiam <stage>`."""
+    from pretrain import main as pretrain_main
+    from transfer import convert, detect, knn, linear
+
+    return {"pretrain": pretrain_main.main, "convert": convert.main, "knn": knn.main, "linear": linear.main,
+            "detect": detect.main}[stage]
+
+
+def _pretrain_stage(out: Path, quick: bool, extra: list[str], arch: str) -> Path:
+    """Pretrain (or resume) into out/pretrain; returns its checkpoint."""
+    t0 = _stage(f"pretrain SimSiam {arch} (embedded ImageFolder)", 1, TOTAL)
+    pre = out / "pretrain"
+    _once(pre, _main("pretrain"), ["--config", "demo", "--output", str(pre), *extra, *ARCH_OVERRIDES[arch],
+                                   *(QUICK_PRETRAIN if quick else [])], "pretrain")
+    _done(t0, "pretraining")
+    return pre / "checkpoint.pth"
+
+
+def _convert_stage(out: Path, ckpt: Path, arch: str) -> dict[str, Path]:
+    """{"torchvision": path} (+ "detectron2" for the detection backbone), converted once."""
+    t0 = _stage("convert checkpoint", 2, TOTAL)
+    targets = ("torchvision", "detectron2") if arch == DETECTION_ARCH else ("torchvision",)
+    paths = {to: out / "convert" / f"{arch}_{to}.{'pkl' if to == 'detectron2' else 'pth'}" for to in targets}
+    for to, path in paths.items():
+        if not path.exists():
+            _call(_main("convert"), [str(ckpt), "--to", to, "--output", str(path)], "convert")
+    _done(t0, "conversion")
+    return paths
+
+
+def _classification_stages(out: Path, ckpt: Path, quick: bool, cache_dir: str | None, extra: list[str]) -> str:
+    """kNN and linear evaluation of the checkpoint and of the same backbone at random init; returns the arch."""
+    knn, linear = _main("knn"), _main("linear")
+    t0 = _stage("kNN evaluation: pretrained, random init", 3, TOTAL)
+    # a bank of 100 images per class: k=20 first (the reported top-1); k=200 would vote over a quarter of it
+    data = ["--data", "embedded", *([f"--cache-dir={cache_dir}"] if cache_dir else []), "ks=[20,200]",
+            *(QUICK_KNN if quick else [])]
+    _once(out / "knn", knn, ["--weights", str(ckpt), "--output", str(out / "knn"), *data], "knn")
+    arch, same_data = pretrained_protocol(out / "knn")
+    _once(out / "knn_random", knn, ["--weights", "random", "--output", str(out / "knn_random"), *data,
+                                    f"model.arch={arch}", *same_data], "knn")
+    _done(t0, "kNN")
+
+    t0 = _stage("linear evaluation (frozen backbone): pretrained, random init", 4, TOTAL)
+    lin = ["--config", "demo", *extra, *(QUICK_LINEAR if quick else [])]
+    _once(out / "linear", linear, ["--weights", str(ckpt), "--output", str(out / "linear"), *lin], "linear")
+    _once(out / "linear_random", linear, ["--weights", "random", "--output", str(out / "linear_random"), *lin,
+                                          f"model.arch={arch}"], "linear")
+    _done(t0, "linear evaluation")
+    return arch
 
 
 def report(out: Path) -> None:
@@ -134,13 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="simsiam demo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--output", default="runs/demo", help="run folder (default: runs/demo)")
     ap.add_argument("--quick", action="store_true", help="fewer steps per stage (CI smoke run)")
+    ap.add_argument("--arch", choices=sorted(ARCH_OVERRIDES), default="resnet18",
+                    help="backbone to pretrain (default resnet18; resnet50 adds the R50-C4 detection stage)")
     ap.add_argument("--cache-dir", help="where the embedded datasets are generated (default ~/.cache/simsiam)")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    run_demo(Path(args.output), args.quick, args.cache_dir)
+    run_demo(Path(args.output), args.quick, args.cache_dir, args.arch)
     return 0
 
 

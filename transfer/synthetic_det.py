@@ -10,7 +10,8 @@ into a cache folder, in both formats our detection loaders read:
     <root>/dataset.json                              the generation parameters (written last = complete)
 
 Each image has 1-4 objects, one of `pretrain.synthetic.SHAPES` each (the class), painted with
-`pretrain.synthetic.draw_shape` on a `random_background`. Rings are annotated as one "keyhole" polygon (outer
+`pretrain.synthetic.draw_shape` in a `contrast_colour` on a `plain_background`: the same look and nuisances as
+the classification images, so a backbone pretrained on those transfers to these. Rings are annotated as one "keyhole" polygon (outer
 ellipse, a zero-width cut, inner ellipse backwards), which rasterises to the ring.
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ from PIL import Image
 
 from pretrain import synthetic as shapes
 
-VERSION = 2
+VERSION = 3
 WIDTH, HEIGHT = 160, 128
 N_TRAIN, N_VAL = 160, 40
 SEED = 0
@@ -72,8 +73,7 @@ def _iou(a, b) -> float:
 
 def render_scene(rng: np.random.Generator) -> tuple[Image.Image, list[dict]]:
     """One image with 1-4 non-overlapping shapes; objects as {"class", "box" (x0,y0,x1,y1 float), "polygon"}."""
-    bright = bool(rng.random() < 0.5)
-    img = shapes.random_background(rng, WIDTH, HEIGHT, bright=bright)
+    img, level = shapes.plain_background(rng, WIDTH, HEIGHT)
     objects: list[dict] = []
     for _ in range(int(rng.integers(1, 5))):
         for _attempt in range(20):
@@ -88,7 +88,7 @@ def render_scene(rng: np.random.Generator) -> tuple[Image.Image, list[dict]]:
             continue
         shape = CLASSES[int(rng.integers(len(CLASSES)))]
         rotation = float(rng.uniform(-15, 15))
-        shapes.draw_shape(img, shape, box, shapes.random_colour(rng, dark=bright), rotation=rotation)
+        shapes.draw_shape(img, shape, box, shapes.contrast_colour(rng, level), rotation=rotation)
         objects.append({"class": shape, "box": box, "polygon": shape_polygon(shape, box, rotation)})
     return img, objects
 
