@@ -11,7 +11,7 @@ In a pipeline, `reference` is the pretraining dataset (the data.root of the reso
 
 Datasets are checked as the stage will open them: ImageFolder roots through pretrain.data.resolve_roots
 (train/ with class folders, a held-out split with the same classes where the stage needs one, no empty class
-folder); detection datasets through transfer.detect.setup_datasets (VOC folders with their split files,
+folder); detection datasets through transfer.evaluation.detect.setup_datasets (VOC folders with their split files,
 COCO JSON files read whole, the same classes in training and test sets). The embedded data is not checked:
 it is generated where the job runs. Every refusal is an InputError whose one-line message starts with the
 stage and names the argument.
@@ -81,11 +81,11 @@ def _plan_pretrain(argv: list[str]) -> Planned:
 
 def _plan_knn(argv: list[str], reference: Optional[str], pipeline: bool) -> Planned:
     from pretrain import config as config_mod
-    from transfer.knn import KnnConfig
+    from transfer.evaluation.knn import KnnConfig
     p = stages.parser("knn")
     ns = stages.parse("knn", ["--data", UNSET, *argv] if pipeline else argv)
     cache = [f"data.cache_dir={ns.cache_dir}"] if ns.cache_dir else []
-    try:  # as transfer.knn.main resolves it: --data, then --cache-dir, then the overrides
+    try:  # as transfer.evaluation.knn.main resolves it: --data, then --cache-dir, then the overrides
         d = config_mod.resolve(KnnConfig(), ns.config, [f"data.root={ns.data}", *cache, *ns.overrides]).data
     except config_mod.ConfigError as e:
         raise _config_error("knn", e) from None
@@ -99,7 +99,7 @@ def _plan_knn(argv: list[str], reference: Optional[str], pipeline: bool) -> Plan
 
 def _plan_linear(argv: list[str], reference: Optional[str], pipeline: bool) -> Planned:
     from pretrain import config as config_mod
-    from transfer.linear import LinearConfig
+    from transfer.evaluation.linear import LinearConfig
     p = stages.parser("linear")
     ns = stages.parse("linear", argv)
     probe = LinearConfig()
@@ -177,10 +177,10 @@ def _plan_detect(argv: list[str], reference: Optional[str], pipeline: bool) -> P
 
 
 def check_detection(ns: argparse.Namespace) -> tuple[list[str], list[str]]:
-    """Resolve the detection config and register its datasets exactly as transfer.detect does."""
+    """Resolve the detection config and register its datasets exactly as transfer.evaluation.detect does."""
     from pretrain.config import ConfigError
-    from transfer import detect as D
-    from transfer.detection_data import DatasetError
+    from transfer.evaluation import detect as D
+    from transfer.evaluation.detection_data import DatasetError
     try:
         cfg = D.build_config(ns.config, ns.opts, ns.caffe_weights)
     except ConfigError as e:

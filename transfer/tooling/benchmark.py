@@ -1,6 +1,6 @@
 """Throughput benchmark of the reference and fast data/compute paths.
 
-    python -m transfer.benchmark [--device cuda] [--images N] [--steps K] [--batch B] [--workers W]
+    python -m transfer.tooling.benchmark [--device cuda] [--images N] [--steps K] [--batch B] [--workers W]
                                  [--arch resnet50] [--size 224] [--out docs/benchmarks.md]
 
 Writes an ImageNet-like JPEG folder (N images of about 400x350 px, quality 90: shapes on textures from
@@ -162,8 +162,8 @@ def make_pretrain_step(arch: str, device: torch.device, sw: Switches, dim: int |
 
 
 def make_linear_step(arch: str, device: torch.device, sw: Switches, num_classes: int) -> Callable:
-    """Frozen trunk (eval mode, no grad) + linear head (N(0, 0.01) init) with the LARS of transfer.linear."""
-    from transfer.linear import LinearConfig, build_head, build_optimizer
+    """Frozen trunk (eval mode, no grad) + linear head (N(0, 0.01) init) with the LARS of transfer.evaluation.linear."""
+    from transfer.evaluation.linear import LinearConfig, build_head, build_optimizer
     trunk = build_backbone(arch)
     dim = trunk.fc.in_features
     trunk.fc = nn.Identity()
@@ -375,7 +375,7 @@ def run_meta(args, device: torch.device, fast: Switches) -> dict:
     """What the figures were measured with: date, device, versions, the command and its sizes and switches."""
     return {"date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "device": device_name(device), "torch": torch.__version__, "python": platform.python_version(),
-            "command": "python -m transfer.benchmark " + " ".join(shlex.quote(a) for a in args.argv),
+            "command": "python -m transfer.tooling.benchmark " + " ".join(shlex.quote(a) for a in args.argv),
             "arch": args.arch, "size": args.size, "batch": args.batch, "linear_batch": args.linear_batch,
             "workers": args.workers, "images": args.images, "steps": args.steps, "warmup": args.warmup,
             "switches_requested": Switches(args.bf16, args.channels_last, args.compile).describe(),
@@ -425,7 +425,7 @@ def format_table(rows: list[dict], meta: dict, fmt: str = "github") -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m transfer.benchmark", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m transfer.tooling.benchmark", description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--images", type=int, default=10240, help="JPEGs to write (default 10240)")
     ap.add_argument("--classes", type=int, default=10)

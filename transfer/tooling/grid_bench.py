@@ -1,13 +1,13 @@
 """Throughput of `simsiam linear` with one head against its grid of heads, measured side by side in one run.
 
-    python -m transfer.grid_bench [--device cpu|cuda] [--arch resnet50] [--size 224] [--batch 256]
+    python -m transfer.tooling.grid_bench [--device cpu|cuda] [--arch resnet50] [--size 224] [--batch 256]
                                   [--classes 1000] [--optimizer lars|sgd] [--steps 10] [--warmup 2] [--rounds 3]
                                   [--threads N]
 
-Times the training step of transfer.linear on tensors already on the device (the data path is the same for one
+Times the training step of transfer.evaluation.linear on tensors already on the device (the data path is the same for one
 head and for the grid, so it is left out): the frozen backbone's forward (eval mode, no gradients), the heads'
 logits, the summed loss, backward and the optimizer step, for the protocol's single nn.Linear head and for the
-default grid of the optimizer (transfer.linear.default_grid: 13 heads for LARS, 27 for SGD), each as one
+default grid of the optimizer (transfer.evaluation.linear.default_grid: 13 heads for LARS, 27 for SGD), each as one
 matmul over its heads. Two workloads: "images" (a batch of images through the backbone every step, as with
 augmentation) and "cached features" (train.cache_features: the heads alone). Rounds alternate between one
 head and the grid, so both see the same machine state; the table gives the median images/s of the rounds
@@ -28,11 +28,11 @@ import torch.nn.functional as F
 from tabulate import tabulate
 
 from pretrain.model import build_backbone
-from transfer import linear
+from transfer.evaluation import linear
 
 
 def make_step(trunk, dim: int, classes: int, cfg: linear.LinearConfig, grid: bool, device) -> Callable:
-    """One training step of transfer.linear: trunk (None: cached features) + one head or the default grid."""
+    """One training step of transfer.evaluation.linear: trunk (None: cached features) + one head or the default grid."""
     if grid:
         specs = linear.grid_heads(cfg)
         heads = linear.HeadGrid(dim, classes, len(specs)).to(device)
@@ -105,7 +105,7 @@ def run_bench(args) -> list[dict]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m transfer.grid_bench", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m transfer.tooling.grid_bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--arch", default="resnet50")
     ap.add_argument("--size", type=int, default=224)

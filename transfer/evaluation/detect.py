@@ -3,10 +3,10 @@
     simsiam detect --weights FILE --config PRESET_OR_YAML --output DIR [--trials N] [--seed S] [--amp]
                    [--data-root DIR] [--cache-dir DIR] [--train-dataset SPEC ...] [--test-dataset SPEC ...]
                    [--norm auto|BN|SyncBN|naiveSyncBN] [--caffe-weights] [KEY VALUE ...]
-    python -m transfer.detect ...
+    python -m transfer.evaluation.detect ...
 
 --weights: detectron2 weights written by `simsiam convert --to detectron2` (.pkl), or any pretraining
-checkpoint that transfer.convert reads (converted on the fly into DIR/weights_detectron2.pkl), or `random`:
+checkpoint that transfer.evaluation.convert reads (converted on the fly into DIR/weights_detectron2.pkl), or `random`:
 nothing is loaded and the backbone keeps detectron2's own initialisation, drawn from the trial's seed (the
 random-init baseline on the same config and data). Weights and checkpoints are read without running code
 from them (.pkl: only containers and numpy arrays; others: torch.load weights_only); a file that asks for
@@ -16,7 +16,7 @@ file (detectron2 format, `_BASE_` allowed, read with yaml.safe_load only: a tag 
 is refused with exit code 2). Our weights come from torchvision ResNets, so the overlay
 eval_configs/detection/torchvision.yaml (RGB input, ImageNet mean/std x255, STRIDE_IN_1X1 False) is merged
 after the preset (--caffe-weights skips it). KEY VALUE pairs are detectron2 overrides, applied last.
-Datasets: see transfer.detection_data (standard names under --data-root, VOC folders, COCO JSON files).
+Datasets: see transfer.evaluation.detection_data (standard names under --data-root, VOC folders, COCO JSON files).
 
 Each trial i (seed S+i) runs in DIR/trial_{i}/ (detectron2 checkpoints, config.yaml, log.txt, metrics.json,
 TensorBoard events, our metrics.jsonl with stage "detection", results.json). A finished trial (results.json
@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from transfer.d2compat import has_real_extension, import_detectron2
+from transfer.tooling.d2compat import has_real_extension, import_detectron2
 
 import_detectron2()
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
@@ -66,11 +66,11 @@ from pretrain.config import ConfigError, find_preset  # noqa: E402
 from pretrain.checkpoint import UnsafeFileError, load_pickle, load_torch  # noqa: E402
 from pretrain.frame import StageRun, guard, run_log  # noqa: E402
 from pretrain.logs import MetricsWriter  # noqa: E402
-from transfer import detection_data as dd  # noqa: E402
-from transfer.convert import RANDOM, random_source  # noqa: E402
-from transfer.protocols import detection_fingerprint  # noqa: E402
-from transfer.results import read_results, sha256_file, write_results  # noqa: E402
-from transfer.trials import aggregate, summary_extra, trial_entry  # noqa: E402
+from transfer.evaluation import detection_data as dd  # noqa: E402
+from transfer.evaluation.convert import RANDOM, random_source  # noqa: E402
+from transfer.reporting.protocols import detection_fingerprint  # noqa: E402
+from transfer.reporting.results import read_results, sha256_file, write_results  # noqa: E402
+from transfer.evaluation.trials import aggregate, summary_extra, trial_entry  # noqa: E402
 
 log = logging.getLogger("simsiam.detect")
 OVERLAY = "torchvision.yaml"
@@ -395,7 +395,7 @@ def prepare_weights(path: str, output: Path) -> tuple[str, dict]:
         source.setdefault("checkpoint", str(p.resolve()))
         source.setdefault("sha256", source["weights_sha256"])
         return str(p), source
-    from transfer import convert
+    from transfer.evaluation import convert
 
     out = output / "weights_detectron2.pkl"
     _, _, info = convert.load_any_checkpoint(p, "resnet50")

@@ -3,7 +3,7 @@
 Every results.json records under "protocol" the settings it was measured with (the fingerprint: data actually
 used, schedule, batch, optimizer, image sizes; built by the functions at the end of this module for the
 evaluations, by pretrain.train for pretraining) and under "source.pretrain" what the evaluated checkpoint
-says about its pretraining (transfer.convert.describe_source). `differences(doc, protocol)` lists, as readable
+says about its pretraining (transfer.evaluation.convert.describe_source). `differences(doc, protocol)` lists, as readable
 strings, every setting where a result departs from one column of the paper; a result belongs in that column
 only when the list is empty. Unknown counts as different: a results.json without "protocol", or a checkpoint
 that does not record its pretraining epochs, dataset, batch (Table 4) or whether its schedule ended, is not
@@ -255,7 +255,7 @@ def brief(diffs: Sequence[str], limit: int = 4) -> str:
 # ---------------------------------------------------------------------------------------- fingerprints
 def linear_fingerprint(cfg, *, dataset: str, arch: str | None, train_images: int, val_images: int,
                        classes: int, presets: Sequence[str] = ()) -> dict[str, Any]:
-    """results.json "protocol" of a linear evaluation (cfg: transfer.linear.LinearConfig)."""
+    """results.json "protocol" of a linear evaluation (cfg: transfer.evaluation.linear.LinearConfig)."""
     d, o, t = cfg.data, cfg.optim, cfg.train
     return {"stage": "linear", "dataset": dataset, "arch": arch, "train_images": train_images,
             "val_images": val_images, "classes": classes, "epochs": t.epochs,
@@ -270,7 +270,7 @@ def linear_fingerprint(cfg, *, dataset: str, arch: str | None, train_images: int
 
 def knn_fingerprint(cfg, *, dataset: str, arch: str | None, bank_images: int, test_images: int,
                     classes: int) -> dict[str, Any]:
-    """results.json "protocol" of a kNN evaluation (cfg: transfer.knn.KnnConfig with its data resolved)."""
+    """results.json "protocol" of a kNN evaluation (cfg: transfer.evaluation.knn.KnnConfig with its data resolved)."""
     d = cfg.data
     return {"stage": "knn", "dataset": dataset, "arch": arch, "train_images": bank_images,
             "val_images": test_images, "classes": classes, "k": list(cfg.ks), "t": cfg.t,

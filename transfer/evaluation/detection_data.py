@@ -10,7 +10,7 @@ A dataset is named on the command line (`--train-dataset`, `--test-dataset`) by 
   split "trainval"); classes are discovered from its XML files (sorted), or given with `classes=`;
 * `FILE.json[:IMAGE_DIR]` of a COCO instances file (image folder default: for .../annotations/instances_X.json
   the sibling folder X, else the JSON's folder);
-* `embedded_voc_{train,val}` / `embedded_coco_{train,val}`: the generated shapes data (transfer.synthetic_det);
+* `embedded_voc_{train,val}` / `embedded_coco_{train,val}`: the generated shapes data (transfer.tooling.synthetic_det);
 * a name already registered in detectron2's DatasetCatalog.
 
 Bad input: a missing dataset folder, split file or JSON, or an unreadable JSON, raises `DatasetError` naming the
@@ -38,7 +38,7 @@ from pathlib import Path
 
 from pretrain.checkpoint import atomic_write
 from pretrain.errors import InputError
-from transfer.d2compat import import_detectron2
+from transfer.tooling.d2compat import import_detectron2
 
 import_detectron2()
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
@@ -403,7 +403,7 @@ def display_name(name: str) -> str:
 
 
 def register_embedded(cache_dir=DEFAULT_CACHE) -> list[str]:
-    from transfer.synthetic_det import CLASSES, ensure_embedded_detection
+    from transfer.tooling.synthetic_det import CLASSES, ensure_embedded_detection
 
     paths = ensure_embedded_detection(cache_dir)
     names = []

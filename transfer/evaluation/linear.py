@@ -1,12 +1,12 @@
 """Linear evaluation on frozen features (the ImageNet protocol of the SimSiam paper / official code).
 
     simsiam linear --weights CKPT --output DIR [--config PRESET] [key=value ...]
-    python -m transfer.linear ...
+    python -m transfer.evaluation.linear ...
 
-The backbone (any checkpoint `transfer.convert` reads, or `--weights random` for a random-init baseline of
+The backbone (any checkpoint `transfer.evaluation.convert` reads, or `--weights random` for a random-init baseline of
 `model.arch`) is frozen and kept in eval mode for the whole run, also under DDP (only the linear head is
 wrapped). A linear classifier (fc init N(0, 0.01), bias 0) on the pooled features (2048-d for ResNet-50,
-512-d for ResNet-18) is trained with LARS (transfer.lars: LARC semantics, trust 0.001, no clipping), batch
+512-d for ResNet-18) is trained with LARS (transfer.evaluation.lars: LARC semantics, trust 0.001, no clipping), batch
 4096, lr = 0.1 x batch / 256, weight decay 0, momentum 0.9, cosine decay over 90 epochs;
 RandomResizedCrop + flip for training, Resize(256) + CenterCrop(224) for validation. Presets in
 eval_configs/linear/ change what differs (imagenet_sgd: SGD lr 30 at batch 256; cifar10; demo).
@@ -61,10 +61,10 @@ from pretrain.defaults import ImageFolderData
 from pretrain.frame import StageRun, guard
 from pretrain.model import ARCHS
 from pretrain.optim import scheduled_lr
-from transfer.convert import RANDOM, describe_source, load_any_checkpoint, load_backbone, random_backbone, random_source
-from transfer.lars import LARS
-from transfer.protocols import linear_fingerprint
-from transfer.results import write_results
+from transfer.evaluation.convert import RANDOM, describe_source, load_any_checkpoint, load_backbone, random_backbone, random_source
+from transfer.evaluation.lars import LARS
+from transfer.reporting.protocols import linear_fingerprint
+from transfer.reporting.results import write_results
 
 FORMAT = "simsiam-suite/linear"
 GRID_LABEL = "best of grid"
@@ -128,7 +128,7 @@ class LinearGridConfig:
 
 @dataclass(frozen=True)
 class LinearConfig:
-    weights: str = ""               # checkpoint to evaluate (any kind transfer.convert reads) or "random"
+    weights: str = ""               # checkpoint to evaluate (any kind transfer.evaluation.convert reads) or "random"
     data: LinearDataConfig = field(default_factory=LinearDataConfig)
     model: LinearModelConfig = field(default_factory=LinearModelConfig)
     optim: LinearOptimConfig = field(default_factory=LinearOptimConfig)

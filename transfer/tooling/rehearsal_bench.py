@@ -1,6 +1,6 @@
 """What a real-scale run costs, measured on the rehearsal data, and projected to full ImageNet.
 
-    python -m transfer.rehearsal_bench [--dir /tmp/rehearsal_bench] [--size 224] [--batch 8] [--json FILE]
+    python -m transfer.tooling.rehearsal_bench [--dir /tmp/rehearsal_bench] [--size 224] [--batch 8] [--json FILE]
 
 1. Runs the chain a user runs, each stage as its own `simsiam` process on the ImageNet-shaped rehearsal tree
    (`python -m pretrain.rehearsal`, 1000 classes, images of varied sizes): generate, pretrain (reference
@@ -126,7 +126,7 @@ def projection(costs: dict, knn_max_train: int, knn_max_val: int) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m transfer.rehearsal_bench", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m transfer.tooling.rehearsal_bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--dir", default="/tmp/rehearsal_bench", help="working folder (rehearsal tree and runs)")
     ap.add_argument("--size", type=int, default=224, help="image side of the per-image cost measurement")
     ap.add_argument("--batch", type=int, default=8, help="batch of the per-image cost measurement")
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     from pretrain.defaults import PretrainConfig
 
     root = Path(args.dir)
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     print(f"rehearsal chain in {root} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores):")
     rows = [] if args.skip_chain else [run_stage(name, argv, env) for name, argv in chain(root)]
     costs = per_image_costs(args.size, args.batch)

@@ -6,7 +6,7 @@ Table 4 (ImageNet linear top-1 by pretraining epochs) and Table 5 (VOC07, VOC07+
 AP50 / AP / AP75) are printed with the published rows of Chen & He (2021) and one row per pretrained
 checkpoint found in the given run folders' results.json files. A user's number lands in a paper column
 only when the protocol its results.json records, and the pretraining its checkpoint records, equal that
-column's (transfer.protocols: dataset and split sizes, schedule, batch, optimizer, image sizes, pretraining
+column's (transfer.reporting.protocols: dataset and split sizes, schedule, batch, optimizer, image sizes, pretraining
 epochs run to the end of their schedule). Every other result (another dataset, a shortened or changed
 protocol, an unfinished or unknown pretraining, a random-init backbone) goes into a "not comparable" table
 that says what differs. A linear result whose head was picked from a grid (`simsiam linear` grid mode) is
@@ -31,8 +31,8 @@ from typing import Any, Iterable
 
 from tabulate import tabulate
 
-from transfer.protocols import TABLE4_EPOCHS, brief, table4_differences, table5_differences
-from transfer.results import find_results, read_results
+from transfer.reporting.protocols import TABLE4_EPOCHS, brief, table4_differences, table5_differences
+from transfer.reporting.results import find_results, read_results
 
 MISSING = "-"
 EPOCHS = TABLE4_EPOCHS
@@ -148,7 +148,7 @@ def method_columns(method: str) -> tuple[str, str]:
 
 def grid_label(doc: dict) -> str | None:
     """'best of grid (held-out N images, seed S)' for a linear result picked from a grid of heads
-    (transfer.linear's grid mode), None for any other result. Such a result never enters a paper column."""
+    (transfer.evaluation.linear's grid mode), None for any other result. Such a result never enters a paper column."""
     grid = doc.get("grid")
     if not isinstance(grid, dict):
         return None
@@ -211,7 +211,7 @@ def load_docs(paths: list[str | Path]) -> list[dict]:
 class Tables:
     """Collects user rows from results.json documents and renders the comparison tables.
 
-    A result enters a paper column only when transfer.protocols finds no difference between its recorded
+    A result enters a paper column only when transfer.reporting.protocols finds no difference between its recorded
     protocol and the column's; every other result is kept in a "not comparable" table with the differences.
     `method_names`: parse_method_names' output (labels for checkpoints that do not name their method)."""
 
@@ -355,7 +355,7 @@ def render(tables: Tables, fmt: str = "terminal") -> str:
             parts.append(f"{title}\n{body}\n")
     note = ("Published rows: Chen & He, CVPR 2021 (Tables 4 and 5). Yours: mean±std over trials (n); "
             f"'{MISSING}' = not measured. A result of yours is in a paper column only when its recorded protocol "
-            "and pretraining match the column's (transfer/protocols.py); the others are listed as not comparable "
+            "and pretraining match the column's (transfer/reporting/protocols.py); the others are listed as not comparable "
             "with what differs.")
     parts.append(note if fmt != "latex" else f"% {note}")
     return "\n".join(parts)

@@ -1,15 +1,15 @@
 """The CIFAR-10 benchmark: the paper's CIFAR recipe pretrained in the fast mode, kNN top-1 (k=200)
 on the test split after every epoch, then a linear evaluation; curves and a markdown summary.
 
-    python -m transfer.cifar_bench --data /path/cifar10-jpg --output DIR [--epochs 200] [--device cuda]
+    python -m transfer.tooling.cifar_bench --data /path/cifar10-jpg --output DIR [--epochs 200] [--device cuda]
                                    [--short] [--ablation] [key=value ...]
 
 Pretraining: `pretrain.train.run` with eval_configs/pretrain/cifar10_r18_fast.yaml (a delta over
 cifar10_r18.yaml: ResNet-18 with 3x3 stem, 2-layer projector, batch 512, lr 0.06, wd 5e-4, cosine, no blur,
 32 px, CIFAR mean/std; GPU augmentation, bf16, channels_last, 200 epochs, kNN every epoch) into DIR/pretrain.
-Linear evaluation: `transfer.linear.main` with the cifar10 preset into DIR/linear, by default on features
+Linear evaluation: `transfer.evaluation.linear.main` with the cifar10 preset into DIR/linear, by default on features
 computed once (data.augment=false, train.cache_features=true) so that it takes seconds; --linear-augment uses
-the preset's augmented training instead. DIR/curves/{pretrain,linear}.png (transfer.plots), DIR/summary.md and
+the preset's augmented training instead. DIR/curves/{pretrain,linear}.png (transfer.reporting.plots), DIR/summary.md and
 DIR/summary.json: kNN top-1 per epoch, final kNN, linear top-1, wall times, device, date, command.
 
 --short shrinks the same command for a CPU (CI): --limit-per-class images per class (train, kNN bank, test),
@@ -102,8 +102,8 @@ def run_bench(data: str, output: str | Path, *, epochs: int | None = None, devic
     """Pretrain + linear evaluation + curves + summary; returns the summary dict."""
     from pretrain.logs import read_metrics
     from pretrain.train import run as pretrain_run
-    from transfer import linear
-    from transfer.plots import plot_linear, plot_pretrain
+    from transfer.evaluation import linear
+    from transfer.reporting.plots import plot_linear, plot_pretrain
 
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
@@ -138,7 +138,7 @@ def run_bench(data: str, output: str | Path, *, epochs: int | None = None, devic
                "date": started.strftime("%Y-%m-%d %H:%M UTC"),
                "device": device_name() if device != "cpu" else
                f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)",
-               "torch": torch.__version__, "command": command or "python -m transfer.cifar_bench", "short": short,
+               "torch": torch.__version__, "command": command or "python -m transfer.tooling.cifar_bench", "short": short,
                **bench_figures(cfg, history, summary_pre, lin_results, linear_augment),
                "wall_time_s": t_pre + t_lin, "pretrain_time_s": t_pre, "linear_time_s": t_lin,
                "runs": {"pretrain": str(out / "pretrain"), "linear": str(lin_dir)},
@@ -179,7 +179,7 @@ def format_summary(s: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    ap = argparse.ArgumentParser(prog="python -m transfer.cifar_bench", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m transfer.tooling.cifar_bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="cifar10-jpg folder (train/<class>/*.jpg, test/<class>/*.jpg)")
     ap.add_argument("--output", required=True, help="benchmark folder (pretrain/, linear/, curves/, summary.md)")
     ap.add_argument("--epochs", type=int, default=None, help="pretraining epochs (default: the preset's 200)")
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from pretrain.config import ConfigError
     from pretrain.data import CorruptImageError, DataError
-    command = "python -m transfer.cifar_bench " + " ".join(shlex.quote(a) for a in argv)
+    command = "python -m transfer.tooling.cifar_bench " + " ".join(shlex.quote(a) for a in argv)
     try:
         run_bench(args.data, args.output, epochs=args.epochs, device=args.device, short=args.short,
                   ablation=args.ablation, overrides=args.overrides, limit_per_class=args.limit_per_class,

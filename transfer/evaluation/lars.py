@@ -18,7 +18,7 @@ second step on its norm is non-zero and it is adapted like the weight. The rule 
 (`adapted_grad`), so a step never waits for the accelerator, however many parameters it updates.
 
 The trust ratio is per parameter tensor and lr / weight decay per param group: a grid of linear heads
-(transfer.linear) gives each head its own weight and bias tensors and its own group, so every head is
+(transfer.evaluation.linear) gives each head its own weight and bias tensors and its own group, so every head is
 updated exactly as it would be by an optimizer of its own. "No clipping" (`clip=False`) means
 local_lr is used as it is; LARC's `clip=True` would cap it at 1 relative to lr.
 """

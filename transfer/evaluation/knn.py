@@ -2,7 +2,7 @@
 
     simsiam knn --weights CKPT --data ROOT --output DIR [--config FILE] [key=value ...]
     simsiam knn --weights random --data ROOT --output DIR model.arch=ARCH [seed=S] [key=value ...]
-    python -m transfer.knn ...
+    python -m transfer.evaluation.knn ...
 
 Pooled backbone features of the training split form the memory bank; each held-out image is classified
 by the weighted vote (weight exp(cos / t), t = 0.1) of its k nearest bank features (pretrain.monitor).
@@ -35,8 +35,8 @@ from pretrain.defaults import ImageFolderData
 from pretrain.frame import StageRun, guard
 from pretrain.model import ARCHS
 from pretrain.monitor import extract_features, knn_accuracy
-from transfer.convert import RANDOM, describe_source, load_any_checkpoint, load_backbone, random_backbone, random_source
-from transfer.protocols import knn_fingerprint
+from transfer.evaluation.convert import RANDOM, describe_source, load_any_checkpoint, load_backbone, random_backbone, random_source
+from transfer.reporting.protocols import knn_fingerprint
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class KnnModelConfig:
 
 @dataclass(frozen=True)
 class KnnConfig:
-    weights: str = ""               # a checkpoint (any kind transfer.convert reads) or "random"
+    weights: str = ""               # a checkpoint (any kind transfer.evaluation.convert reads) or "random"
     model: KnnModelConfig = field(default_factory=KnnModelConfig)
     seed: int = 0                   # --weights random: torch seed of the random initialisation
     ks: tuple[int, ...] = (200, 20)
@@ -148,7 +148,7 @@ def evaluate(backbone: torch.nn.Module, bank, test, cfg: KnnConfig, sr: StageRun
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="simsiam knn", description=__doc__.split("\n\n")[0])
     ap.add_argument("--weights", required=True,
-                    help="checkpoint (any kind transfer.convert reads), or 'random' (needs model.arch=...)")
+                    help="checkpoint (any kind transfer.evaluation.convert reads), or 'random' (needs model.arch=...)")
     ap.add_argument("--data", required=True, help="ImageFolder root with train/ and val/ (or test/), or 'embedded'")
     ap.add_argument("--output", required=True, help="run folder")
     ap.add_argument("--config", action="append", default=[], help="YAML delta on the kNN defaults")

@@ -21,8 +21,8 @@ Compatibility shims applied by `import_detectron2()`, each only when missing: nu
 (np.int/np.bool/np.float/np.str) and `PIL.Image.LINEAR`. `pkg_resources` is only used
 by `detectron2.model_zoo`, which we never import (our configs are written out in eval_configs/detection).
 
-    python -m transfer.d2compat install [--cache DIR] [--force]
-    python -m transfer.d2compat check
+    python -m transfer.tooling.d2compat install [--cache DIR] [--force]
+    python -m transfer.tooling.d2compat check
 """
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ RUNTIME_DEPS = [
 ]
 NUMPY_ALIASES = {"int": int, "bool": bool, "float": float, "str": str}
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CACHE = REPO / ".whl"
 
 
@@ -76,7 +76,7 @@ class _MissingExtension(types.ModuleType):
             raise AttributeError(name)
         raise D2OpUnavailable(
             f"detectron2 C++ op '{name}' is not available in this pure-Python install of detectron2 "
-            f"(installed by `python -m transfer.d2compat install` from {WHEEL_DIST}=={WHEEL_VERSION}, without "
+            f"(installed by `python -m transfer.tooling.d2compat install` from {WHEEL_DIST}=={WHEEL_VERSION}, without "
             f"its compiled extension). Use a configuration that does not need it (e.g. no rotated boxes, no "
             f"deformable convolution, COCOEvaluator(use_fast_impl=False)), or install an official detectron2 "
             f"build compiled for this torch (https://detectron2.readthedocs.io/en/latest/tutorials/install.html)."
@@ -129,7 +129,7 @@ def import_detectron2() -> types.ModuleType:
         import detectron2
     except ImportError as e:
         raise ImportError(
-            f"detectron2 is not importable ({e}); run `python -m transfer.d2compat install` (install.sh does it)"
+            f"detectron2 is not importable ({e}); run `python -m transfer.tooling.d2compat install` (install.sh does it)"
         ) from e
     real = _real_extension_importable()
     if not real:
@@ -207,7 +207,7 @@ def unpack_wheel(wheel: Path, site: Path) -> list[str]:
     """Unpack detectron2/ (without _C*.so) from the wheel into `site`; write our .dist-info. Returns skipped files."""
     target = site / "detectron2"
     if target.exists() and install_info() is None:
-        raise RuntimeError(f"{target} exists but was not installed by transfer.d2compat and does not import; "
+        raise RuntimeError(f"{target} exists but was not installed by transfer.tooling.d2compat and does not import; "
                            f"remove it (or fix that installation) and run again")
     skipped: list[str] = []
     with tempfile.TemporaryDirectory(dir=site, prefix=".d2compat-") as tmp:
@@ -330,7 +330,7 @@ def check() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m transfer.d2compat", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m transfer.tooling.d2compat", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     pi = sub.add_parser("install", help="install detectron2 (pure-Python wheel) unless an official build imports")
     pi.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"wheel download folder (default {DEFAULT_CACHE})")

@@ -104,7 +104,7 @@ def run_demo(out: Path, quick: bool = False, cache_dir: str | None = None, arch:
 def _main(stage: str):
     """The entry point of `simsiam <stage>`."""
     from pretrain import main as pretrain_main
-    from transfer import convert, detect, knn, linear
+    from transfer.evaluation import convert, detect, knn, linear
 
     return {"pretrain": pretrain_main.main, "convert": convert.main, "knn": knn.main, "linear": linear.main,
             "detect": detect.main}[stage]
@@ -156,7 +156,7 @@ def _classification_stages(out: Path, ckpt: Path, quick: bool, cache_dir: str | 
 
 def report(out: Path) -> None:
     """Plots of each stage folder (next to its metrics) and the tables of every results.json under out."""
-    from transfer import plots, tables
+    from transfer.reporting import plots, tables
 
     for folder in sorted(p for p in out.iterdir() if p.is_dir()):
         for png in plots.plot_run(folder):

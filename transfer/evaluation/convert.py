@@ -1,7 +1,7 @@
 """Checkpoint conversion: any supported pretrained checkpoint -> torchvision ResNet or Detectron2 weights.
 
     simsiam convert SRC --to torchvision|detectron2 --output FILE [--arch resnet50|resnet18|resnet18_cifar]
-    python -m transfer.convert ...
+    python -m transfer.evaluation.convert ...
 
 Inputs, recognised from their content (never from the file name):
   simsiam-suite     this project's pretraining checkpoint ({"format": "simsiam-suite/pretrain", "model":
@@ -419,7 +419,7 @@ def describe_source(path: str | Path, info: dict | None = None) -> dict:
     file (info from load_any_checkpoint, read here when not given). "method" is the recognised format's
     (SimSiam, MoCo, torchvision); what the file does not record is null, e.g. "completed" (the checkpoint is
     the end of its configured schedule) for anything but our own checkpoints."""
-    from transfer.results import sha256_file
+    from transfer.reporting.results import sha256_file
     path = Path(path)
     if info is None:
         _, _, info = load_any_checkpoint(path)

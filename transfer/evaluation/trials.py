@@ -1,7 +1,7 @@
 """Trials of one evaluation, summarised: the mean and the sample standard deviation of every metric.
 
 Detection is reported as the mean over N fine-tuning trials (the paper: 5 on VOC). Both the detection stage
-(transfer.detect, all trials in one process) and the SLURM summary job of a trial array
+(transfer.evaluation.detect, all trials in one process) and the SLURM summary job of a trial array
 (slurm.submit, one job per trial) write the same summary with `aggregate`; it needs no detectron2.
 """
 from __future__ import annotations
