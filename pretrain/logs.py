@@ -3,7 +3,7 @@ pretrain.frame).
 
 Other ranks get no-op writers, so the training loop can call them unconditionally. results.json is the one
 contract between every stage (pretraining, kNN, linear, detection) and the comparison tables; it is written
-here so that pretraining and the evaluations in `transfer` share it (transfer.results reads it).
+here so that pretraining and the evaluations in `transfer` share it (transfer.reporting.results reads it).
 """
 from __future__ import annotations
 
@@ -158,7 +158,7 @@ def write_results(run_dir: str | Path, *, task: str, dataset: str, metrics: dict
     """Write <run_dir>/results.json atomically and return its path.
 
     source: {"checkpoint": path, "sha256": ..., "pretrain": {"method", "arch", "epochs", "batch_size",
-    "dataset"}} describing the pretrained weights that were evaluated (see transfer.convert.describe_source).
+    "dataset"}} describing the pretrained weights that were evaluated (see transfer.evaluation.convert.describe_source).
     """
     if task not in RESULTS_TASKS:
         raise ValueError(f"unknown task '{task}' (known: {', '.join(RESULTS_TASKS)})")

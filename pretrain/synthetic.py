@@ -61,7 +61,7 @@ Colour = tuple[int, int, int]
 _SPLIT_IDS = {"train": 0, "val": 1}
 
 # ---------------------------------------------------------------------------------------------------
-# Drawing helpers (public: reused by transfer/synthetic_det.py)
+# Drawing helpers (public: reused by transfer/tooling/synthetic_det.py)
 # ---------------------------------------------------------------------------------------------------
 
 

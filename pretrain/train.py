@@ -189,7 +189,7 @@ def write_summary(output_dir: Path, cfg: PretrainConfig, dataset: str, metrics: 
                   complete: bool, loader=None, config_changes: list | None = None,
                   applied: dict | None = None) -> Path:
     """results.json of the pretraining run (same schema as every evaluation's results.json), with the
-    protocol it ran (transfer.protocols' vocabulary; `loader` gives the number of training images used),
+    protocol it ran (transfer.reporting.protocols' vocabulary; `loader` gives the number of training images used),
     the config changes accepted on resume (`config_changes`, see config_history) and the precision and speed
     switches in effect in the last invocation (`applied`, see applied_switches)."""
     latest = output_dir / ckpt_io.LATEST

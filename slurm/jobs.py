@@ -119,7 +119,7 @@ STOPPABLE = ("pretrain.main",)   # stages that stop after their current step on 
 class StageCall(submitit.helpers.Checkpointable):
     """`<module>.main(argv)` as a requeueable job.
 
-    module: "pretrain.main", "transfer.linear", ... (the module behind `simsiam <stage>`)
+    module: "pretrain.main", "transfer.evaluation.linear", ... (the module behind `simsiam <stage>`)
     output: the stage's run folder (requeues.jsonl goes there; the stage is skipped when `done` says so)
     done: optional path whose existence means the stage is finished (default: <output>/results.json)
     """

@@ -299,10 +299,10 @@ def trial_results(run_dir: Path, index: int) -> Path:
 
 def summarize_trials(run_dir: str, n: int) -> str:
     """DIR/results.json over the array's trials, in the layout of `simsiam detect --trials N`: "metrics" = mean,
-    "std" = sample std, "trials" = per-trial list (transfer.trials, shared with the detection stage; no
+    "std" = sample std, "trials" = per-trial list (transfer.evaluation.trials, shared with the detection stage; no
     detectron2 import here)."""
-    from transfer.results import read_results, write_results
-    from transfer.trials import aggregate, summary_extra, trial_entry
+    from transfer.reporting.results import read_results, write_results
+    from transfer.evaluation.trials import aggregate, summary_extra, trial_entry
     run = Path(run_dir)
     trials = []
     for i in range(n):

@@ -1,4 +1,4 @@
-"""transfer.benchmark and transfer.cifar_bench: real tiny CPU runs.
+"""transfer.tooling.benchmark and transfer.tooling.cifar_bench: real tiny CPU runs.
 
 The throughput benchmark writes its JPEG folder, measures the six rows, checks that the fast mode's views look
 like the PIL reference's and prints/appends the table; the CIFAR
@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from transfer import benchmark, cifar_bench
+from transfer.tooling import benchmark, cifar_bench
 
 
 def test_jpeg_folder_is_imagenet_like_and_reused(tmp_path):
@@ -45,7 +45,7 @@ def test_tiny_cpu_benchmark_prints_all_rows(tmp_path, capsys):
     assert text in printed
     for stage, mode in benchmark.ROWS:
         assert re.search(rf"\|\s*{stage}\s*\|\s*{mode}\s*\|[^\n]*\|\s*[0-9.]+\s*\|", text), (stage, mode)
-    assert "device: CPU" in text and "torch " in text and "python -m transfer.benchmark --device cpu" in text
+    assert "device: CPU" in text and "torch " in text and "python -m transfer.tooling.benchmark --device cpu" in text
     assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", text)
     assert "applied fp32" in text                         # bf16 / channels_last / compile: CUDA only
     # what the fast mode fed its step: real normalised MoCo v2 views, statistically like the PIL reference's

@@ -1,4 +1,4 @@
-"""transfer.convert: every input kind round-trips, every key is accounted for, bad inputs fail clearly,
+"""transfer.evaluation.convert: every input kind round-trips, every key is accounted for, bad inputs fail clearly,
 and the Detectron2 file gives detectron2's own ResNet-50 (C4: res4 backbone + res5 ROI stage) the same
 features as torchvision's ResNet-50."""
 from __future__ import annotations
@@ -14,8 +14,8 @@ import torchvision
 from torch import nn
 
 from pretrain.model import SimSiam
-from transfer import convert
-from transfer.convert import ConvertError, load_any_checkpoint, load_backbone, to_detectron2, to_torchvision
+from transfer.evaluation import convert
+from transfer.evaluation.convert import ConvertError, load_any_checkpoint, load_backbone, to_detectron2, to_torchvision
 
 
 def _randomise_bn(net: nn.Module, seed: int = 0) -> None:
@@ -308,7 +308,7 @@ def test_detectron2_output_reads_back_with_the_weights_only_unpickler(tmp_path):
 # ---------------------------------------------------------------------- detectron2 feature equivalence
 def _import_detectron2():
     try:
-        from transfer.d2compat import import_detectron2
+        from transfer.tooling.d2compat import import_detectron2
         import_detectron2()
         import detectron2  # noqa: F401
     except Exception as e:  # noqa: BLE001
@@ -377,7 +377,7 @@ def test_detectron2_file_names_its_source(tmp_path):
 
     import torchvision
 
-    from transfer.convert import describe_source, to_detectron2
+    from transfer.evaluation.convert import describe_source, to_detectron2
 
     src = tmp_path / "tv.pth"
     torch.save(torchvision.models.resnet50().state_dict(), src)

@@ -1,4 +1,4 @@
-"""transfer.d2compat: detectron2 imports here, the placeholder for its C++ ops fails clearly, the shims are in
+"""transfer.tooling.d2compat: detectron2 imports here, the placeholder for its C++ ops fails clearly, the shims are in
 place, and the pure-Python install is what the marker says (unpacked from the pinned wheel without _C)."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from transfer import d2compat
+from transfer.tooling import d2compat
 
 
 def test_import_and_shims():
@@ -68,7 +68,7 @@ def test_ops_we_use_work_without_the_extension():
 def test_install_marker_and_dependencies():
     info = d2compat.install_info()
     if info is None:
-        pytest.skip("detectron2 was not installed by transfer.d2compat (official build)")
+        pytest.skip("detectron2 was not installed by transfer.tooling.d2compat (official build)")
     assert info["sha256"] == d2compat.WHEEL_SHA256 and info["wheel"] == d2compat.WHEEL_FILE
     assert any(s.endswith(".so") and "/_C" in s for s in info["skipped"])
     import detectron2

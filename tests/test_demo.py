@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from transfer.demo import run_demo
+from transfer.tooling.demo import run_demo
 
 EVALUATIONS = ("knn", "linear", "detection")
 

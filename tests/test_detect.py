@@ -1,4 +1,4 @@
-"""transfer.detect: protocol configs, norm choice, trial statistics, weight loading, and short real fine-tuning
+"""transfer.evaluation.detect: protocol configs, norm choice, trial statistics, weight loading, and short real fine-tuning
 runs (R50-C4, detectron2 on CPU) on real data: a BCCD slice (VOC evaluation) and coco-tiny (Mask R-CNN, COCO
 evaluation), from weights made by our converter."""
 from __future__ import annotations
@@ -20,8 +20,8 @@ import torch
 import torchvision
 
 from pretrain.config import ConfigError
-from transfer import convert, detect
-from transfer.results import read_results
+from transfer.evaluation import convert, detect
+from transfer.reporting.results import read_results
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -166,7 +166,7 @@ def test_converted_weights_are_really_loaded(tv_resnet50, d2_weights, tmp_path):
 
 
 def test_pretraining_checkpoint_is_converted_on_the_fly(tmp_path):
-    """--weights may be a pretraining checkpoint: it becomes DIR/weights_detectron2.pkl via transfer.convert,
+    """--weights may be a pretraining checkpoint: it becomes DIR/weights_detectron2.pkl via transfer.evaluation.convert,
     and results.json's source describes the pretraining run."""
     from detectron2.modeling import build_model
 
@@ -279,8 +279,8 @@ def test_crafted_yaml_is_refused(tmp_path, capsys, stale_handlers_quiet):
 
 
 def test_coco_evaluator_uses_the_official_implementation_without_C(coco_tiny_root, tmp_path):
-    from transfer import detection_data as dd
-    from transfer.d2compat import has_real_extension
+    from transfer.evaluation import detection_data as dd
+    from transfer.tooling.d2compat import has_real_extension
 
     name = dd.resolve_dataset(str(coco_tiny_root / "annotations" / "instances_val2017.json"))
     cfg = _cfg("tiny", "MODEL.MASK_ON", "True", "OUTPUT_DIR", str(tmp_path))
@@ -409,7 +409,7 @@ def test_two_cpu_processes(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={port}", "-m", "transfer.detect", "--weights", "random", "--config", "tiny", "--output",
+           f"--master_port={port}", "-m", "transfer.evaluation.detect", "--weights", "random", "--config", "tiny", "--output",
            str(out), "--cache-dir", str(tmp_path / "cache"), *FAST]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]

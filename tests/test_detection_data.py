@@ -1,4 +1,4 @@
-"""transfer.detection_data on real data (BCCD VOC folder, coco-tiny JSON) and on damaged copies of it."""
+"""transfer.evaluation.detection_data on real data (BCCD VOC folder, coco-tiny JSON) and on damaged copies of it."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from transfer import detection_data as dd
+from transfer.evaluation import detection_data as dd
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402 (imported after d2compat via dd)
 
 

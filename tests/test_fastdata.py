@@ -294,8 +294,8 @@ def test_pretraining_fast_mode_with_knn_on_varied_sizes(varied_root, tmp_path):
 
 def test_linear_fast_mode_on_varied_sizes(varied_root, tmp_path):
     from pretrain import config
-    from transfer import linear
-    from transfer.linear import LinearConfig
+    from transfer.evaluation import linear
+    from transfer.evaluation.linear import LinearConfig
 
     cfg = config.resolve(LinearConfig(), ["cifar10"], [
         "model.arch=resnet18_cifar", f"data.root={varied_root}", "data.val_split=val", "data.workers=0",

@@ -10,7 +10,7 @@ from pretrain.errors import InputError
 from pretrain.frame import StageRun, guard, run_log
 from pretrain.logs import LOGGER_NAME, read_metrics
 from pretrain.train import run as pretrain_run
-from transfer import knn
+from transfer.evaluation import knn
 
 
 def _file_handlers() -> list:
@@ -119,7 +119,7 @@ def test_every_stage_refuses_bad_input_with_exit_2(stage, tmp_path, capsys):
         code = knn.main(["--weights", str(junk), "--data", "embedded", "--output", str(tmp_path / "o")])
         what = str(junk)
     else:
-        from transfer import detect
+        from transfer.evaluation import detect
         code = detect.main(["--weights", str(tmp_path / "missing.pkl"), "--config", "tiny", "--output",
                             str(tmp_path / "o")])
         what = "missing.pkl: no such file"

@@ -1,4 +1,4 @@
-"""transfer.knn: offline kNN (k=200 and k=20, t=0.1) of a checkpoint on real CIFAR-10 images, checked against
+"""transfer.evaluation.knn: offline kNN (k=200 and k=20, t=0.1) of a checkpoint on real CIFAR-10 images, checked against
 an independent computation; results.json contract; clear errors."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from torch import nn
 from pretrain.augment import eval_transform
 from pretrain.data import DataError, RobustImageFolder
 from pretrain.model import SimSiam, build_backbone
-from transfer import knn
-from transfer.results import read_results, sha256_file
+from transfer.evaluation import knn
+from transfer.reporting.results import read_results, sha256_file
 
 MEAN, STD = [0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]
 

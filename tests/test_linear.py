@@ -1,9 +1,9 @@
-"""transfer.linear: linear evaluation of a (short) SimSiam pretraining run on real CIFAR-10 images beats the
+"""transfer.evaluation.linear: linear evaluation of a (short) SimSiam pretraining run on real CIFAR-10 images beats the
 same protocol on a random-init backbone; the frozen-backbone check catches a backbone that trains; results,
 metrics and resume follow the contracts; config mistakes are errors. Grid mode: the heads trained together
 equal heads trained alone (in memory and through whole runs on augmented images), resume, two processes,
 the device data path and bf16 work as for one head, and the head picked on the held-out slice beats the
-grid's worst head on real data; transfer.grid_bench measures one head against the grid."""
+grid's worst head on real data; transfer.tooling.grid_bench measures one head against the grid."""
 from __future__ import annotations
 
 import dataclasses
@@ -21,10 +21,10 @@ import torch
 from pretrain import config as config_mod
 from pretrain.defaults import PretrainConfig
 from pretrain.logs import read_metrics
-from transfer import linear
-from transfer.convert import load_backbone
-from transfer.linear import BackboneChangedError, LinearConfig, state_checksum
-from transfer.results import read_results, sha256_file
+from transfer.evaluation import linear
+from transfer.evaluation.convert import load_backbone
+from transfer.evaluation.linear import BackboneChangedError, LinearConfig, state_checksum
+from transfer.reporting.results import read_results, sha256_file
 
 
 def _linear_cfg(weights, root, *overrides) -> LinearConfig:
@@ -68,7 +68,7 @@ def test_pretrained_beats_random_init(pretrained, cifar_root, tmp_path):
     assert doc["source"]["sha256"] == sha256_file(pretrained)
     assert doc["source"]["pretrain"].items() >= {"method": "SimSiam", "arch": "resnet18_cifar", "epochs": 2,
                                                  "batch_size": 32, "dataset": "cifar10-jpg", "completed": True}.items()
-    p = doc["protocol"]  # the protocol actually measured (transfer.protocols)
+    p = doc["protocol"]  # the protocol actually measured (transfer.reporting.protocols)
     assert (p["stage"], p["train_images"], p["val_images"], p["classes"], p["epochs"]) == ("linear", 500, 200, 10, 30)
     assert doc["config"]["optim"]["optimizer"] == "lars" and doc["config"]["weights"] == str(pretrained)
     # the checksum proving the frozen backbone is the one of the checkpoint's backbone
@@ -354,7 +354,7 @@ def test_grid_resume_and_two_processes(cifar_root, tmp_path):
         port = s.getsockname()[1]
     repo = str(Path(linear.__file__).resolve().parents[1])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={port}", "-m", "transfer.linear", "--output", str(tmp_path / "ddp"), *args]
+           f"--master_port={port}", "-m", "transfer.evaluation.linear", "--output", str(tmp_path / "ddp"), *args]
     proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=repo), capture_output=True,
                           text=True, timeout=300, cwd=repo)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -409,7 +409,7 @@ def test_best_of_grid_beats_the_worst_head_on_cifar(cifar_root, tmp_path, capsys
 
 
 def test_grid_benchmark_measures_one_head_and_the_grid_side_by_side(capsys):
-    from transfer import grid_bench
+    from transfer.tooling import grid_bench
     argv = ["--device", "cpu", "--arch", "resnet18", "--size", "32", "--batch", "8", "--classes", "10", "--steps", "1",
             "--warmup", "0", "--rounds", "1"]
     assert grid_bench.main(argv) == 0

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from transfer.plots import main, plot_run, read_metrics
+from transfer.reporting.plots import main, plot_run, read_metrics
 
 
 def _jsonl(path, rows, tail=""):

@@ -1,19 +1,19 @@
-"""transfer.protocols: the paper's columns as data, the fingerprints the stages record, and the readable list
+"""transfer.reporting.protocols: the paper's columns as data, the fingerprints the stages record, and the readable list
 of differences between them (presets and pretraining records of real configs and checkpoint descriptions)."""
 from __future__ import annotations
 
 import pytest
 
 from pretrain import config as config_mod
-from transfer import protocols as P
-from transfer.convert import PRETRAIN_KEYS
-from transfer.linear import LinearConfig
+from transfer.reporting import protocols as P
+from transfer.evaluation.convert import PRETRAIN_KEYS
+from transfer.evaluation.linear import LinearConfig
 
 IMAGENET = {"dataset": "imagenet", "train_images": 1_281_167, "val_images": 50_000, "classes": 1000}
 
 
 def linear_doc(*overrides, presets=("imagenet_lars",), arch="resnet50", pretrain=None, **data) -> dict:
-    """A linear results document as transfer.linear writes it, from a real preset and overrides."""
+    """A linear results document as transfer.evaluation.linear writes it, from a real preset and overrides."""
     cfg = config_mod.resolve(LinearConfig(), list(presets), list(overrides), kind="linear")
     sizes = {**IMAGENET, **data}
     protocol = P.linear_fingerprint(cfg, arch=arch, presets=presets, **sizes)
@@ -31,7 +31,7 @@ def pretraining(**kw) -> dict:
 
 
 def detection_doc(preset, train, test, *overrides, pretrain=None) -> dict:
-    from transfer import detect
+    from transfer.evaluation import detect
     cfg = detect.build_config(preset, list(overrides))
     return {"task": "detection", "dataset": detect.benchmark_name(cfg, list(train), list(test)),
             "protocol": P.detection_fingerprint(cfg, train, test, preset),

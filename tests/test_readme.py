@@ -198,7 +198,7 @@ SHRINK: dict[str, str] = {
     "simsiam knn": KNN_TINY,
     "simsiam detect": DETECT_TINY,
     "simsiam submit detect": DETECT_TINY,
-    "python -m transfer.grid_bench": "--batch 16 --steps 1 --warmup 0 --rounds 1",
+    "python -m transfer.tooling.grid_bench": "--batch 16 --steps 1 --warmup 0 --rounds 1",
     # the rehearsal lines are CPU-sized already (on the small tree): as written
     "simsiam pretrain --config test_tiny": "",
     "simsiam detect --weights random --config tiny": "",
@@ -209,8 +209,8 @@ SKIP: dict[str, str] = {
     "python -m pip install 'git+https://github.com/facebookresearch/detectron2.git'":
         "builds detectron2's CUDA/C++ extension from GitHub: needs the network and nvcc, and would replace the "
         "detectron2 of the shared .venv",
-    "python -m transfer.benchmark --device cuda": "needs a CUDA GPU (--device cuda)",
-    "python -m transfer.cifar_bench": "needs a CUDA GPU (--device cuda) and CIFAR-10 in full",
+    "python -m transfer.tooling.benchmark --device cuda": "needs a CUDA GPU (--device cuda)",
+    "python -m transfer.tooling.cifar_bench": "needs a CUDA GPU (--device cuda) and CIFAR-10 in full",
     "simsiam submit <stage>": "usage synopsis (placeholders); its forms run through the concrete commands",
     "simsiam submit pipeline --output RUN [": "usage synopsis (placeholders)",
     "[--detect-args": "usage synopsis, continuation line",
@@ -451,7 +451,7 @@ class Expect:
 EXPECT: dict[str, Expect] = {
     "make demo": Expect(_check_demo, timeout=900),
     "python -m pretrain.rehearsal": Expect(_check_rehearsal),
-    "python -m transfer.d2compat check": Expect(_check_d2),
+    "python -m transfer.tooling.d2compat check": Expect(_check_d2),
     "export DETECTRON2_DATASETS=": Expect(_check_export),
     "simsiam pretrain": Expect(_check_pretrain),
     "simsiam submit pretrain": Expect(_check_submit_pretrain),
@@ -466,7 +466,7 @@ EXPECT: dict[str, Expect] = {
     "simsiam detect": Expect(_check_detect, timeout=600),
     "simsiam table": Expect(_check_table),
     "simsiam plot": Expect(_check_plot),
-    "python -m transfer.grid_bench": Expect(_check_grid_bench),
+    "python -m transfer.tooling.grid_bench": Expect(_check_grid_bench),
 }
 
 

@@ -187,7 +187,7 @@ def test_detection_coco_json(det):
 
 D2_CHECK = """
 import json
-from transfer.d2compat import import_detectron2
+from transfer.tooling.d2compat import import_detectron2
 import_detectron2()
 from detectron2.data import DatasetCatalog
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES

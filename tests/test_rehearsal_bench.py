@@ -1,7 +1,7 @@
-"""transfer.rehearsal_bench: the projection of measured per-image costs to ImageNet scale."""
+"""transfer.tooling.rehearsal_bench: the projection of measured per-image costs to ImageNet scale."""
 import pytest
 
-from transfer import rehearsal_bench as rb
+from transfer.tooling import rehearsal_bench as rb
 
 
 def test_projection_arithmetic():

@@ -1,11 +1,11 @@
-"""transfer.results: the reading side of results.json (read_results, find_results) and its clear errors."""
+"""transfer.reporting.results: the reading side of results.json (read_results, find_results) and its clear errors."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from transfer.results import SCHEMA, find_results, read_results, write_results
+from transfer.reporting.results import SCHEMA, find_results, read_results, write_results
 
 
 def _run(d, task="linear", **kw):

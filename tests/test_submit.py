@@ -358,7 +358,7 @@ def test_trial_array_summary_without_detectron2(tmp_path):
     layout of `simsiam detect --trials N`, without importing detectron2."""
     import subprocess
     import sys
-    from transfer.results import write_results
+    from transfer.reporting.results import write_results
     for i, ap in enumerate((10.0, 14.0)):
         write_results(tmp_path / f"trial_{i}", task="detection", dataset="voc07", metrics={"AP": ap},
                       config={"seed": i, "OUTPUT_DIR": "x", "MODEL": {}}, extra={"seed": i, "iterations": 2})

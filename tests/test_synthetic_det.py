@@ -1,4 +1,4 @@
-"""transfer.synthetic_det: the embedded detection data is deterministic, consistent between its VOC and COCO
+"""transfer.tooling.synthetic_det: the embedded detection data is deterministic, consistent between its VOC and COCO
 forms, its polygons match what is painted, and our loaders read both forms."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from pretrain import synthetic as shapes
-from transfer import synthetic_det as sd
+from transfer.tooling import synthetic_det as sd
 
 
 def _digest(root) -> str:
@@ -81,7 +81,7 @@ def test_polygon_matches_the_painted_shape(shape):
 def test_loaders_read_both_forms(small, tmp_path):
     from detectron2.data import DatasetCatalog
 
-    from transfer import detection_data as dd
+    from transfer.evaluation import detection_data as dd
 
     voc = dd.register_voc("syn_voc_val", small["root"], "val", list(sd.CLASSES), cache_dir=tmp_path)
     coco = dd.register_coco("syn_coco_val", small["coco_val_json"], small["image_root"])

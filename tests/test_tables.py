@@ -15,12 +15,12 @@ import torch
 import torchvision
 
 from pretrain import config as config_mod
-from transfer import detect
-from transfer.convert import PRETRAIN_KEYS, describe_source
-from transfer.linear import LinearConfig
-from transfer.protocols import detection_fingerprint, linear_fingerprint
-from transfer.results import write_results
-from transfer.tables import PAPER_TABLE4, PAPER_TABLE5, Tables, load_docs, main, mean_std, render
+from transfer.evaluation import detect
+from transfer.evaluation.convert import PRETRAIN_KEYS, describe_source
+from transfer.evaluation.linear import LinearConfig
+from transfer.reporting.protocols import detection_fingerprint, linear_fingerprint
+from transfer.reporting.results import write_results
+from transfer.reporting.tables import PAPER_TABLE4, PAPER_TABLE5, Tables, load_docs, main, mean_std, render
 
 SHA = "abcdef1234567890" * 4
 IMAGENET = {"dataset": "imagenet", "train_images": 1_281_167, "val_images": 50_000, "classes": 1000}
@@ -40,7 +40,7 @@ def source(sha=SHA, kind="simsiam-suite", **pretrain) -> dict:
 
 
 def write_linear(d, top1, *overrides, presets=("imagenet_lars",), src=None, **data) -> Path:
-    """What transfer.linear writes for a finished run of the preset(s) and overrides on `data`."""
+    """What transfer.evaluation.linear writes for a finished run of the preset(s) and overrides on `data`."""
     cfg = config_mod.resolve(LinearConfig(), list(presets), list(overrides), kind="linear")
     src = src or source()
     sizes = {**IMAGENET, **data}
@@ -51,7 +51,7 @@ def write_linear(d, top1, *overrides, presets=("imagenet_lars",), src=None, **da
 
 
 def write_detection(d, preset, datasets, trials, *overrides, src=None) -> Path:
-    """What transfer.detect writes: one results.json per trial and the summary listing them."""
+    """What transfer.evaluation.detect writes: one results.json per trial and the summary listing them."""
     train, test = datasets
     cfg = detect.build_config(preset, list(overrides))
     bench = detect.benchmark_name(cfg, train, test)
@@ -316,7 +316,7 @@ def test_cli_errors_and_output(tmp_path, capsys):
 
 
 def write_grid_linear(d, top1, train_images, holdout=10_000, seed=0) -> Path:
-    """What transfer.linear's grid mode writes: the picked head's top-1, the protocol it was measured with (on
+    """What transfer.evaluation.linear's grid mode writes: the picked head's top-1, the protocol it was measured with (on
     the training split minus the held-out slice) and the "grid" section."""
     cfg = config_mod.resolve(LinearConfig(), ["imagenet_lars", "grid"], kind="linear")
     protocol = linear_fingerprint(cfg, arch="resnet50", presets=("imagenet_lars", "grid"),

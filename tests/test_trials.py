@@ -1,11 +1,11 @@
-"""transfer.trials: the summary of N trials, shared by the detection stage and the SLURM summary job."""
+"""transfer.evaluation.trials: the summary of N trials, shared by the detection stage and the SLURM summary job."""
 import math
 import subprocess
 import sys
 
 import pytest
 
-from transfer.trials import STD_NOTE, aggregate, summary_extra, trial_entry
+from transfer.evaluation.trials import STD_NOTE, aggregate, summary_extra, trial_entry
 
 
 def test_aggregate_mean_and_sample_std():
@@ -33,5 +33,5 @@ def test_summary_fields():
 
 
 def test_needs_no_detectron2():
-    code = "import sys, transfer.trials; assert 'detectron2' not in sys.modules"
+    code = "import sys, transfer.evaluation.trials; assert 'detectron2' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
