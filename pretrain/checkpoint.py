@@ -288,21 +288,27 @@ def model_state(obj: dict, path: str | Path = "<checkpoint>") -> dict[str, torch
 
 def load_model_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str = "<checkpoint>") -> None:
     """Load every key; any missing, unexpected or mis-shaped key is an error listing exactly which."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                    for k in set(own) & set(state) if tuple(state[k].shape) != tuple(own[k].shape))
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
-        if shapes:
-            parts.append(f"shape mismatches ({len(shapes)}): {'; '.join(shapes)}")
+    parts = state_mismatches(model.state_dict(), state)
+    if parts:
         raise CheckpointError(f"{source} does not match the model:\n  " + "\n  ".join(parts))
     model.load_state_dict(state, strict=True)
+
+
+def state_mismatches(expected: dict, state: dict, what: str = "checkpoint") -> list[str]:
+    """The strict-load report, one line per kind: the keys `state` lacks, the keys it has beyond `expected`,
+    and the tensors of another shape ("<key>: <what> (shape) vs model (shape)"); empty when they match."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = sorted(f"{k}: {what} {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+                    for k in set(expected) & set(state) if tuple(state[k].shape) != tuple(expected[k].shape))
+    parts = []
+    if missing:
+        parts.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
+    if shapes:
+        parts.append(f"shape mismatches ({len(shapes)}): {'; '.join(shapes)}")
+    return parts
 
 
 def load_weights(model: nn.Module, path: str | Path) -> dict:

@@ -45,7 +45,8 @@ from torch import nn
 
 from pretrain.errors import InputError
 from pretrain.frame import guard
-from pretrain.checkpoint import UnsafeFileError, atomic_save, atomic_write, load_pickle, load_torch, strip_prefix
+from pretrain.checkpoint import (UnsafeFileError, atomic_save, atomic_write, load_pickle, load_torch,
+                                 state_mismatches, strip_prefix)
 from pretrain.model import ARCHS, build_backbone
 
 SUITE_FORMAT = "simsiam-suite/pretrain"
@@ -273,21 +274,10 @@ def _check_arch(sd: Mapping[str, torch.Tensor], arch: str | None, where: str) ->
         raise ConvertError(f"{where}: found {words}, which is not a supported backbone ({', '.join(ARCHS)})")
     if arch is not None and arch != found:
         raise ConvertError(f"{where}: found {words} but --arch {arch} was asked")
-    own = build_backbone(found).state_dict()
-    expected = {k for k in own if not k.startswith("fc.")}
-    missing = sorted(expected - set(sd))
-    unexpected = sorted(set(sd) - expected)
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
+    own = {k: v for k, v in build_backbone(found).state_dict().items() if not k.startswith("fc.")}
+    parts = state_mismatches(own, dict(sd), "weights")
+    if parts:
         raise ConvertError(f"{where}: the {words} backbone does not match torchvision {found}: " + "; ".join(parts))
-    shapes = [f"{k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in expected
-              if tuple(sd[k].shape) != tuple(own[k].shape)]
-    if shapes:
-        raise ConvertError(f"{where}: shape mismatches against torchvision {found}: {'; '.join(sorted(shapes))}")
     return found
 
 
