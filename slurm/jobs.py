@@ -217,7 +217,8 @@ class StageCall(submitit.helpers.Checkpointable):
             return False
         append_event(out, {"event": "retry", "retry": done_so_far + 1, **event})
         r = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
-        if r.returncode != 0:
+        if r.returncode > 0:  # the scheduler refused; a negative code is scontrol killed by the step's own
+            # teardown (the dead task ends the step) after its request went out: the job is being requeued
             append_event(out, {"event": "retry-failed", "reason": r.stderr.strip()[:300], **event})
             return False
         print(f"[submit] rank {rank}: another task of this job is gone ({first_line(error)}); job {job_id} "

@@ -40,7 +40,7 @@ def test_cifar_preset_is_the_appendix_recipe():
 
 def test_demo_preset_and_overrides():
     c = _preset("demo", "train.epochs=7", "data.workers=0")
-    assert (c.data.root, c.model.arch, c.data.image_size, c.monitor.knn) == ("embedded", "resnet50", 64, True)
+    assert (c.data.root, c.model.arch, c.data.image_size, c.monitor.knn) == ("embedded", "resnet18", 32, True)
     assert (c.train.epochs, c.data.workers) == (7, 0)
 
 
