@@ -115,12 +115,18 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
 
 
-def test_two_process_gloo_group(tmp_path):
+def spawn_ranks(target, out_dir, world: int = 2) -> list:
+    """`world` started processes running target(rank, port, out_dir) on a free local port."""
     ctx = mp.get_context("spawn")
     port = free_port()
-    procs = [ctx.Process(target=_worker, args=(r, port, str(tmp_path))) for r in range(2)]
+    procs = [ctx.Process(target=target, args=(r, port, str(out_dir))) for r in range(world)]
     for p in procs:
         p.start()
+    return procs
+
+
+def test_two_process_gloo_group(tmp_path):
+    procs = spawn_ranks(_worker, tmp_path)
     for p in procs:
         p.join(timeout=120)
     hung = [p.pid for p in procs if p.is_alive()]
@@ -176,11 +182,7 @@ def _stalled_peer(rank: int, port: int, out_dir: str) -> None:
 
 
 def test_collective_with_stalled_peer_times_out(tmp_path):
-    ctx = mp.get_context("spawn")
-    port = free_port()
-    procs = [ctx.Process(target=_stalled_peer, args=(r, port, str(tmp_path))) for r in range(2)]
-    for p in procs:
-        p.start()
+    procs = spawn_ranks(_stalled_peer, tmp_path)
     procs[0].join(timeout=60)
     for p in procs:
         if p.is_alive():
