@@ -434,9 +434,6 @@ class _Frame:
         if self.info.is_main:
             write_results(self.out, task="linear", **kwargs)
 
-    def close(self) -> None:
-        """Nothing to do: the stage frame closes the metrics writer and the log."""
-
 
 # ---------------------------------------------------------------------------------------------- set-up
 @dataclass
@@ -805,7 +802,6 @@ def _train(cfg, frame: _Frame, bb: _Backbone, heads: _Heads, loaders: _Loaders, 
             frame.log.info("stopping after %d epoch(s) in this invocation (train.stop_after_epochs); run the same "
                            "command again to resume", prog.ran)
             break
-    frame.close()
     return prog
 
 
