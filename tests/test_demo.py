@@ -1,7 +1,7 @@
 """The main job end to end (quick sizes): every stage runs on the embedded data, each evaluation also on a
 random-init backbone with the same data and protocol, and the tables hold the measured rows of the checkpoint
 and of that baseline side by side, beside the paper's, never inside the paper's columns. The ResNet-50 path
-(`--arch resnet50`, with detection) and the default ResNet-18 path (kNN and linear; detection skipped)."""
+(`--arch resnet50`, R50-C4 detection) and the default ResNet-18 path (R18-C4 detection)."""
 from __future__ import annotations
 
 import json
@@ -67,17 +67,21 @@ def test_demo_runs_end_to_end(tmp_path):
     assert json.loads((again / "linear_random" / "results.json").read_text())["created"] == rand["linear"]["created"]
 
 
-def test_default_demo_is_resnet18_without_detection(tmp_path, capsys):
+def test_default_demo_is_resnet18_with_r18_c4_detection(tmp_path):
     out = run_demo(tmp_path / "demo", quick=True, cache_dir=str(tmp_path / "cache"))
-    assert "skipped: the detection presets fine-tune an R50-C4" in capsys.readouterr().out
     read = lambda stage: json.loads((out / stage / "results.json").read_text())  # noqa: E731
-    for e in ("knn", "linear"):
+    for e in EVALUATIONS:
         pre, rand = read(e), read(f"{e}_random")
         assert pre["source"]["pretrain"]["arch"] == rand["source"]["pretrain"]["arch"] == "resnet18", e
         assert rand["source"]["checkpoint"] == "random"
     assert read("knn")["config"]["data"]["image_size"] == 32 and read("linear")["config"]["data"]["image_size"] == 32
-    assert not (out / "detection").exists() and not (out / "detection_random").exists()
+    det = read("detection")
+    assert det["config"]["MODEL"]["RESNETS"]["DEPTH"] == 18 and det["config"]["MODEL"]["ROI_HEADS"]["NAME"] == \
+        "Res5ROIHeadsExtraNorm"
+    assert read("detection_random")["config"] == det["config"]
+    assert det["source"]["sha256"] == read("knn")["source"]["sha256"]  # the same checkpoint, through the .pkl
     assert (out / "convert" / "resnet18_torchvision.pth").is_file()
+    assert (out / "convert" / "resnet18_detectron2.pkl").is_file()
     table = (out / "table.md").read_text()
-    assert sum("SimSiam (yours" in line for line in table.splitlines()) == 2, table
-    assert sum("random init" in line for line in table.splitlines()) == 2, table
+    assert sum("SimSiam (yours" in line for line in table.splitlines()) == 3, table
+    assert sum("random init" in line for line in table.splitlines()) == 3, table

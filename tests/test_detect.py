@@ -161,8 +161,44 @@ def test_converted_weights_are_really_loaded(tv_resnet50, d2_weights, tmp_path):
     obj["model"] = {k: v for k, v in obj["model"].items() if not k.startswith("res3.")}
     broken = tmp_path / "no_res3.pkl"
     broken.write_bytes(pickle.dumps(obj))
-    with pytest.raises(RuntimeError, match=r"backbone tensors missing \(backbone\.res3"):
+    with pytest.raises(detect.ConfigError, match=r"backbone tensors missing \(backbone\.res3"):
         detect.load_pretrained(build_model(cfg), str(broken))
+
+
+def test_r18_c4_is_the_whole_resnet18_with_equal_features(d2_weights, tmp_path):
+    """tiny_r18 builds R18-C4: every tensor of a ResNet-18 (res5 of basic blocks in the ROI head) is loaded, and
+    the backbone and head compute what torchvision's layers compute. Weights of another backbone are refused."""
+    from detectron2.modeling import build_model
+
+    torch.manual_seed(5)
+    tv = torchvision.models.resnet18()
+    for m in tv.modules():  # BN statistics away from 0/1, so a norm layer that is skipped or misnamed shows
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0), m.weight.data.uniform_(0.5, 1.5)
+    sd = {k: v for k, v in tv.state_dict().items() if not k.startswith("fc.")}
+    torch.save(sd, tmp_path / "r18.pth")
+    convert.to_detectron2(tmp_path / "r18.pth", tmp_path / "r18.pkl", arch="resnet18")
+    cfg = _cfg("tiny_r18", "MODEL.RESNETS.NORM", "BN", "MODEL.DEVICE", "cpu")
+    assert detect.config_arch(cfg) == "resnet18"
+    weights, source = detect.prepare_weights(str(tmp_path / "r18.pkl"), tmp_path, "resnet18")
+    assert source["pretrain"]["arch"] == "resnet18"
+    model = build_model(cfg).eval()
+    summary = detect.load_pretrained(model, weights)
+    assert summary["backbone_tensors_loaded"] == sum(not k.endswith("num_batches_tracked") for k in sd) == 100
+    assert summary["unexpected"] == []
+    x = torch.randn(2, 3, 96, 128, generator=torch.Generator().manual_seed(0))
+    tv.eval()
+    with torch.no_grad():
+        res4_tv = tv.layer3(tv.layer2(tv.layer1(tv.maxpool(tv.relu(tv.bn1(tv.conv1(x)))))))
+        res5_tv = tv.layer4(res4_tv)
+        res4 = model.backbone(x)["res4"]
+        res5 = model.roi_heads.res5[:-1](res4)  # the last module is MoCo's extra norm, not part of the ResNet
+    for a, b in ((res4, res4_tv), (res5, res5_tv)):
+        assert a.shape == b.shape and b.abs().max() > 0
+        assert (a - b).abs().max() / b.abs().max() < 1e-4
+    with pytest.raises(ConfigError, match="resnet50 weights, but the config builds a resnet18 backbone"):
+        detect.prepare_weights(str(d2_weights), tmp_path, "resnet18")
+    assert detect.prepare_weights("random", tmp_path, "resnet18")[1]["pretrain"]["arch"] == "resnet18"
 
 
 def test_pretraining_checkpoint_is_converted_on_the_fly(tmp_path):

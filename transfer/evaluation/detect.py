@@ -1,4 +1,4 @@
-"""Detection transfer with detectron2: fine-tune Faster/Mask R-CNN R50-C4 from converted weights, N trials.
+"""Detection transfer with detectron2: fine-tune Faster/Mask R-CNN C4 (R50, or R18) from converted weights, N trials.
 
     simsiam detect --weights FILE --config PRESET_OR_YAML --output DIR [--trials N] [--seed S] [--amp]
                    [--data-root DIR] [--cache-dir DIR] [--train-dataset SPEC ...] [--test-dataset SPEC ...]
@@ -11,11 +11,14 @@ nothing is loaded and the backbone keeps detectron2's own initialisation, drawn 
 random-init baseline on the same config and data). Weights and checkpoints are read without running code
 from them (.pkl: only containers and numpy arrays; others: torch.load weights_only); a file that asks for
 more is refused with exit code 2.
---config: a preset of eval_configs/detection (voc07, voc0712, coco_1x, coco_2x, tiny, tiny_coco) or a YAML
+--config: a preset of eval_configs/detection (voc07, voc0712, coco_1x, coco_2x, tiny, tiny_coco, tiny_r18,
+demo_r18, demo_r50) or a YAML
 file (detectron2 format, `_BASE_` allowed, read with yaml.safe_load only: a tag that builds a Python object
 is refused with exit code 2). Our weights come from torchvision ResNets, so the overlay
 eval_configs/detection/torchvision.yaml (RGB input, ImageNet mean/std x255, STRIDE_IN_1X1 False) is merged
 after the preset (--caffe-weights skips it). KEY VALUE pairs are detectron2 overrides, applied last.
+The backbone is MODEL.RESNETS.DEPTH: 50 (the paper's R50-C4) or 18 (R18-C4, res5 of basic blocks in the ROI
+head); weights converted for another backbone are refused with one line.
 Datasets: see transfer.evaluation.detection_data (standard names under --data-root, VOC folders, COCO JSON files).
 
 Each trial i (seed S+i) runs in DIR/trial_{i}/ (detectron2 checkpoints, config.yaml, log.txt, metrics.json,
@@ -44,6 +47,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from torch import nn
 
 from transfer.tooling.d2compat import has_real_extension, import_detectron2
 
@@ -57,6 +61,7 @@ from detectron2.engine import DefaultTrainer, hooks  # noqa: E402
 from detectron2.engine import defaults as d2_defaults  # noqa: E402
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator  # noqa: E402
 from detectron2.layers import get_norm  # noqa: E402
+from detectron2.modeling.backbone.resnet import BasicBlock, ResNet  # noqa: E402
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, Res5ROIHeads  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 from detectron2.utils.events import EventWriter, get_event_storage  # noqa: E402
@@ -78,14 +83,29 @@ NORMS = ("auto", "BN", "SyncBN", "naiveSyncBN")
 
 
 # ------------------------------------------------------------------------------------------ model parts
+BASIC_BLOCKS = {18: 2, 34: 3}  # res5 blocks of the ResNets built from basic (two 3x3 conv) blocks
+DEPTH_ARCH = {18: "resnet18", 50: "resnet50"}  # MODEL.RESNETS.DEPTH -> the backbone our converters write
+
+
 class Res5ROIHeadsExtraNorm(Res5ROIHeads):
     """The C4 ROI head with a normalisation layer after res5 (MoCo's detection recipe): with BN in every
-    block of a fine-tuned backbone, the res5 output feeding the box/mask predictors is normalised too."""
+    block of a fine-tuned backbone, the res5 output feeding the box/mask predictors is normalised too.
+
+    For MODEL.RESNETS.DEPTH 18 or 34 the head's res5 is made of basic blocks, as in that ResNet (detectron2's
+    own C4 head always builds bottleneck blocks), so the whole of a ResNet-18 transfers: R18-C4."""
 
     @classmethod
     def _build_res5_block(cls, cfg):
-        seq, out_channels = super()._build_res5_block(cfg)
-        seq.add_module("norm", get_norm(cfg.MODEL.RESNETS.NORM, out_channels))
+        r = cfg.MODEL.RESNETS
+        if r.DEPTH in BASIC_BLOCKS:
+            out_channels = r.RES2_OUT_CHANNELS * 8  # res5 is 8x res2
+            n = BASIC_BLOCKS[r.DEPTH]
+            seq = nn.Sequential(*ResNet.make_stage(BasicBlock, n, stride_per_block=[2] + [1] * (n - 1),
+                                                   in_channels=out_channels // 2, out_channels=out_channels,
+                                                   norm=r.NORM))
+        else:
+            seq, out_channels = super()._build_res5_block(cfg)
+        seq.add_module("norm", get_norm(r.NORM, out_channels))
         return seq, out_channels
 
 
@@ -360,10 +380,11 @@ def load_pretrained(model: torch.nn.Module, weights: str) -> dict:
     missing = sorted(set(incompatible.missing_keys) & set(backbone_keys))
     bad_shapes = [s for s in incompatible.incorrect_shapes if s[0].startswith(BACKBONE_PREFIXES)]
     if missing or bad_shapes:
-        raise RuntimeError(f"{weights}: the pretrained backbone was not fully loaded: {len(missing)} of "
-                           f"{len(backbone_keys)} backbone tensors missing ({', '.join(missing[:8])}"
-                           f"{' ...' if len(missing) > 8 else ''}); wrong shapes: {bad_shapes[:4]}. "
-                           f"Is this a ResNet-50 converted with `simsiam convert --to detectron2`?")
+        raise ConfigError(f"{weights}: the pretrained backbone was not fully loaded: {len(missing)} of "
+                          f"{len(backbone_keys)} backbone tensors missing ({', '.join(missing[:8])}"
+                          f"{' ...' if len(missing) > 8 else ''}); wrong shapes: {bad_shapes[:4]}. Are these "
+                          f"weights of the config's backbone (MODEL.RESNETS.DEPTH), converted with "
+                          f"`simsiam convert --to detectron2`?")
     summary = {"weights": str(weights), "source_tensors": len(src), "backbone_tensors_loaded": len(backbone_keys),
                "new_tensors": sorted(k for k in incompatible.missing_keys if k not in backbone_keys),
                "unexpected": list(incompatible.unexpected_keys)}
@@ -373,39 +394,57 @@ def load_pretrained(model: torch.nn.Module, weights: str) -> dict:
     return summary
 
 
-def prepare_weights(path: str, output: Path) -> tuple[str, dict]:
-    """(detectron2 .pkl path, results.json `source`). A pretraining checkpoint is converted once; "random"
-    gives no file ("") and the random-init source."""
+def config_arch(cfg: CN) -> str:
+    """The backbone the config builds, in our converters' names (resnet50 for R50-C4, resnet18 for R18-C4)."""
+    depth = cfg.MODEL.RESNETS.DEPTH
+    return DEPTH_ARCH.get(depth, f"resnet{depth}")
+
+
+def prepare_weights(path: str, output: Path, arch: str = "resnet50") -> tuple[str, dict]:
+    """(detectron2 .pkl path, results.json `source`) for the config's backbone `arch`. A pretraining checkpoint
+    is converted once; "random" gives no file ("") and the random-init source."""
     if path == RANDOM:
-        return "", {**random_source("resnet50"), "weights": None}
+        return "", {**random_source(arch), "weights": None}
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"--weights {p}: no such file")
     if p.suffix == ".pkl":
-        try:
-            obj = load_pickle(p)
-        except UnsafeFileError:
-            raise
-        except Exception as e:  # noqa: BLE001
-            raise ConfigError(f"--weights {p}: not a readable detectron2 .pkl ({type(e).__name__}: {e})") from None
-        if not isinstance(obj, dict) or not isinstance(obj.get("model"), dict):
-            raise ConfigError(f"--weights {p}: not detectron2 weights (expected a dict with 'model')")
-        source = obj.get("source") if isinstance(obj.get("source"), dict) else {}
-        source = {**source, "weights": str(p.resolve()), "weights_sha256": sha256_file(p)}
-        source.setdefault("checkpoint", str(p.resolve()))
-        source.setdefault("sha256", source["weights_sha256"])
-        return str(p), source
+        return str(p), _pkl_source(p, arch)
     from transfer.evaluation import convert
 
+    if arch not in DEPTH_ARCH.values():
+        raise ConfigError(f"--weights {p}: MODEL.RESNETS.DEPTH {arch[6:]} has no converter; convert for depth "
+                          f"{' or '.join(str(d) for d in DEPTH_ARCH)}, or pass detectron2 .pkl weights")
     out = output / "weights_detectron2.pkl"
-    _, _, info = convert.load_any_checkpoint(p, "resnet50")
+    _, _, info = convert.load_any_checkpoint(p, arch)
     if comm.is_main_process() and not out.exists():
-        _, report = convert.to_detectron2(p, out, arch="resnet50")
+        _, report = convert.to_detectron2(p, out, arch=arch)
         log.info("converted %s -> %s (%d tensors; dropped %s)", p, out, report["converted"], report["dropped"])
     comm.synchronize()
     source = convert.describe_source(p, info)
     source.update(weights=str(out.resolve()))
     return str(out), source
+
+
+def _pkl_source(p: Path, arch: str) -> dict:
+    """results.json `source` of detectron2 weights; weights converted by us for another backbone are refused."""
+    try:
+        obj = load_pickle(p)
+    except UnsafeFileError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"--weights {p}: not a readable detectron2 .pkl ({type(e).__name__}: {e})") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("model"), dict):
+        raise ConfigError(f"--weights {p}: not detectron2 weights (expected a dict with 'model')")
+    source = obj.get("source") if isinstance(obj.get("source"), dict) else {}
+    found = (source.get("pretrain") or {}).get("arch") if isinstance(source.get("pretrain"), dict) else None
+    if found and found != arch:
+        raise ConfigError(f"--weights {p}: {found} weights, but the config builds a {arch} backbone "
+                          f"(MODEL.RESNETS.DEPTH {arch[6:]})")
+    source = {**source, "weights": str(p.resolve()), "weights_sha256": sha256_file(p)}
+    source.setdefault("checkpoint", str(p.resolve()))
+    source.setdefault("sha256", source["weights_sha256"])
+    return source
 
 
 # ------------------------------------------------------------------------------------------------ trials
@@ -573,7 +612,7 @@ def run(args) -> int:
                                                                torch.cuda.device_count() or 1)))
         _detectron2_console()
         cfg, train, test = setup(args)
-        weights, source = prepare_weights(args.weights, sr.dir)
+        weights, source = prepare_weights(args.weights, sr.dir, config_arch(cfg))
         plan = TrialPlan(cfg, train, test, args.config, source)
         indices = range(args.trials) if args.trial_index is None else [args.trial_index]
         trials = [run_or_read_trial(plan, sr.dir / f"trial_{i}", i, args.seed + i, weights) for i in indices]

@@ -4,12 +4,12 @@
 
   1. pretrain   SimSiam on the generated ImageFolder (eval_configs/pretrain/demo.yaml: ResNet-18 at 32 px;
                 `--arch resnet50` switches to the ResNet-50 and its 2048-d heads)
-  2. convert    checkpoint -> torchvision state dict (and Detectron2 weights for the ResNet-50)
+  2. convert    checkpoint -> torchvision state dict and Detectron2 weights
   3. knn        offline kNN (k=20, k=200) of the pretrained backbone
   4. linear     linear evaluation on frozen features (eval_configs/linear/demo.yaml)
-  5. detect     ResNet-50 only: Faster R-CNN R50-C4 fine-tuning + PascalVOC evaluation on the generated VOC
-                data (eval_configs/detection/tiny.yaml); the detection configs are R50-C4, so a ResNet-18 run
-                says so and skips it
+  5. detect     Faster R-CNN C4 fine-tuning + PascalVOC evaluation on the generated VOC data, 2 trials
+                (eval_configs/detection/demo_r18.yaml: R18-C4, res5 of basic blocks in the ROI head;
+                demo_r50.yaml for the ResNet-50)
   6. report     plots (PNG) and the comparison tables (table.md, table.txt)
 
 Stages 3-5 also evaluate a randomly initialised backbone (`--weights random`) on the same data and protocol,
@@ -68,7 +68,9 @@ def pretrained_protocol(knn_dir: Path) -> tuple[str, list[str]]:
 
 
 ARCH_OVERRIDES = {"resnet18": [], "resnet50": ["model.arch=resnet50", "model.dim=2048", "model.pred_dim=512"]}
-DETECTION_ARCH = "resnet50"  # the detection presets are R50-C4
+DETECTION_PRESETS = {"resnet18": "demo_r18", "resnet50": "demo_r50"}  # eval_configs/detection
+DETECTION_NAMES = {"resnet18": "Faster R-CNN R18-C4", "resnet50": "Faster R-CNN R50-C4"}
+DETECTION_TRIALS = 2  # per backbone: the table shows mean +- std, so the gain can be read against the spread
 TOTAL = 6                    # stages, for the progress headers
 
 
@@ -81,18 +83,8 @@ def run_demo(out: Path, quick: bool = False, cache_dir: str | None = None, arch:
     extra = [f"data.cache_dir={cache_dir}"] if cache_dir else []
     ckpt = _pretrain_stage(out, quick, extra, arch)
     weights = _convert_stage(out, ckpt, arch)
-    arch = _classification_stages(out, ckpt, quick, cache_dir, extra)
-    t0 = _stage("detection fine-tuning (R50-C4, embedded VOC): pretrained, random init", 5, TOTAL)
-    if "detectron2" in weights:
-        det = ["--config", "tiny", "--trials", "1", *(QUICK_DETECT if quick else [])]  # KEY VALUE pairs last
-        _once(out / "detection", _main("detect"), ["--weights", str(weights["detectron2"]),
-                                                   "--output", str(out / "detection"), *det], "detect")
-        _once(out / "detection_random", _main("detect"), ["--weights", "random", "--output",
-                                                          str(out / "detection_random"), *det], "detect")
-        _done(t0, "detection")
-    else:
-        print(f"skipped: the detection presets fine-tune an R50-C4; this demo pretrained a {arch} "
-              f"(rerun with --arch {DETECTION_ARCH} in another --output folder)", flush=True)
+    _classification_stages(out, ckpt, quick, cache_dir, extra)
+    _detection_stage(out, weights["detectron2"], arch, quick)
     t0 = _stage("plots and comparison tables", 6, TOTAL)
     report(out)
     _done(t0, "report")
@@ -121,15 +113,27 @@ def _pretrain_stage(out: Path, quick: bool, extra: list[str], arch: str) -> Path
 
 
 def _convert_stage(out: Path, ckpt: Path, arch: str) -> dict[str, Path]:
-    """{"torchvision": path} (+ "detectron2" for the detection backbone), converted once."""
+    """{"torchvision": path, "detectron2": path}, converted once."""
     t0 = _stage("convert checkpoint", 2, TOTAL)
-    targets = ("torchvision", "detectron2") if arch == DETECTION_ARCH else ("torchvision",)
-    paths = {to: out / "convert" / f"{arch}_{to}.{'pkl' if to == 'detectron2' else 'pth'}" for to in targets}
+    paths = {to: out / "convert" / f"{arch}_{to}.{'pkl' if to == 'detectron2' else 'pth'}"
+             for to in ("torchvision", "detectron2")}
     for to, path in paths.items():
         if not path.exists():
             _call(_main("convert"), [str(ckpt), "--to", to, "--output", str(path)], "convert")
     _done(t0, "conversion")
     return paths
+
+
+def _detection_stage(out: Path, weights: Path, arch: str, quick: bool) -> None:
+    """Faster R-CNN C4 fine-tuning from the converted weights and from random init, DETECTION_TRIALS each."""
+    preset = DETECTION_PRESETS[arch]
+    t0 = _stage(f"detection fine-tuning ({preset}: {DETECTION_NAMES[arch]}, embedded VOC): pretrained, "
+                f"random init", 5, TOTAL)
+    det = ["--config", preset, "--trials", str(1 if quick else DETECTION_TRIALS),
+           *(QUICK_DETECT if quick else [])]  # KEY VALUE pairs last
+    for folder, w in (("detection", str(weights)), ("detection_random", "random")):
+        _once(out / folder, _main("detect"), ["--weights", w, "--output", str(out / folder), *det], "detect")
+    _done(t0, "detection")
 
 
 def _classification_stages(out: Path, ckpt: Path, quick: bool, cache_dir: str | None, extra: list[str]) -> str:
@@ -173,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--output", default="runs/demo", help="run folder (default: runs/demo)")
     ap.add_argument("--quick", action="store_true", help="fewer steps per stage (CI smoke run)")
     ap.add_argument("--arch", choices=sorted(ARCH_OVERRIDES), default="resnet18",
-                    help="backbone to pretrain (default resnet18; resnet50 adds the R50-C4 detection stage)")
+                    help="backbone to pretrain and transfer (default resnet18, R18-C4 detection; resnet50: R50-C4)")
     ap.add_argument("--cache-dir", help="where the embedded datasets are generated (default ~/.cache/simsiam)")
     return ap
 
