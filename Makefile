@@ -3,10 +3,10 @@
 setup:
 	./install.sh
 
-# The main job on the embedded default data: pretrain -> convert -> kNN + linear -> detection -> tables.
+# The main job on the embedded default data: pretrain -> convert -> kNN, linear, detection -> tables.
 demo: setup
 	.venv/bin/simsiam demo $(ARGS)
 
-# The test suite, including the real-SLURM tests against a one-node cluster on localhost.
+# The test suite, including the real-SLURM tests against a two-node cluster on this machine.
 test: setup
 	bash .ci/test.sh

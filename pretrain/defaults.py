@@ -41,6 +41,7 @@ class ModelConfig:
     proj_layers: int = 3            # 3 for ImageNet, 2 for the CIFAR variant
     stop_gradient: bool = True      # the paper's central ablation: False collapses
     sync_bn: bool = True            # SyncBatchNorm across GPUs (plain BN on CPU / single process)
+    zero_init_residual: bool = True  # last BN of each residual block starts at 0, as in the official code
 
 
 @dataclass(frozen=True)

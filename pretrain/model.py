@@ -18,12 +18,13 @@ import torchvision
 ARCHS = ("resnet50", "resnet18", "resnet18_cifar")
 
 
-def build_backbone(arch: str) -> nn.Module:
-    """A torchvision ResNet with the last BN of each residual block zero-initialised (as in the paper)."""
+def build_backbone(arch: str, zero_init_residual: bool = True) -> nn.Module:
+    """A torchvision ResNet with the last BN of each residual block zero-initialised (as in the official code:
+    each block starts as the identity); `zero_init_residual=False` keeps torchvision's BN init (weights 1)."""
     if arch == "resnet50":
-        return torchvision.models.resnet50(zero_init_residual=True)
+        return torchvision.models.resnet50(zero_init_residual=zero_init_residual)
     if arch in ("resnet18", "resnet18_cifar"):
-        net = torchvision.models.resnet18(zero_init_residual=True)
+        net = torchvision.models.resnet18(zero_init_residual=zero_init_residual)
         if arch == "resnet18_cifar":  # the paper's CIFAR variant: 3x3 stride-1 stem, no max-pool
             net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
             net.maxpool = nn.Identity()
@@ -65,11 +66,11 @@ class SimSiam(nn.Module):
     Section 4.1, Fig. 2, which collapses)."""
 
     def __init__(self, arch: str = "resnet50", dim: int = 2048, pred_dim: int = 512,
-                 proj_layers: int = 3, stop_gradient: bool = True):
+                 proj_layers: int = 3, stop_gradient: bool = True, zero_init_residual: bool = True):
         super().__init__()
         self.arch = arch
         self.stop_gradient = stop_gradient
-        self.encoder = build_backbone(arch)
+        self.encoder = build_backbone(arch, zero_init_residual)
         self.encoder.fc = projection_mlp(feature_dim(self.encoder), dim, proj_layers)
         self.predictor = prediction_mlp(dim, pred_dim)
 
@@ -98,4 +99,4 @@ class SimSiam(nn.Module):
 def build_model(model_cfg) -> SimSiam:
     """The SimSiam of a `model:` config section (pretrain.defaults.ModelConfig)."""
     return SimSiam(model_cfg.arch, model_cfg.dim, model_cfg.pred_dim, model_cfg.proj_layers,
-                   model_cfg.stop_gradient)
+                   model_cfg.stop_gradient, model_cfg.zero_init_residual)

@@ -82,3 +82,15 @@ def test_without_stop_gradient_the_target_receives_gradient():
     g_via_p = torch.autograd.grad(0.5 * (-torch.nn.functional.cosine_similarity(p1, z2.detach()).mean()),
                                   z_enc[0], retain_graph=True)[0]
     assert not torch.allclose(g_total, g_via_p, atol=1e-7)
+
+
+@pytest.mark.parametrize("zero", [True, False])
+def test_zero_init_residual_is_a_model_key(zero):
+    """model.zero_init_residual (default true, the official code's init): each residual block's last BN weight
+    starts at 0, so every block starts as the identity; false keeps torchvision's BN init (weights 1)."""
+    assert ModelConfig().zero_init_residual is True
+    net = build_model(ModelConfig(arch="resnet18", dim=64, pred_dim=16, zero_init_residual=zero))
+    last = [m.bn2.weight for layer in ("layer1", "layer2", "layer3", "layer4") for m in getattr(net.encoder, layer)]
+    assert len(last) == 8
+    assert all(torch.equal(w, torch.zeros_like(w) if zero else torch.ones_like(w)) for w in last)
+    assert torch.equal(net.encoder.layer1[0].bn1.weight, torch.ones(64))  # the other BNs: weight 1 either way
