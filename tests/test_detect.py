@@ -398,7 +398,7 @@ def test_random_init_baseline(bccd_root, tmp_path):
     for doc in (read_results(out / "trial_0"), read_results(out)):
         assert doc["source"]["checkpoint"] == "random" and doc["source"]["weights"] is None
         assert doc["source"]["pretrain"] == {"method": "random init", "arch": "resnet50", "epochs": 0,
-                                             "batch_size": None, "dataset": None}
+                                             "batch_size": None, "dataset": None, "zero_init_residual": False}
         assert all(v is not None for v in doc["metrics"].values())
     assert doc["config"]["MODEL"]["WEIGHTS"] == "" and doc["iterations"] == 1
     log = (out / "trial_0" / "log.txt").read_text()

@@ -90,7 +90,7 @@ def test_knn_random_init_baseline(cifar_root, tmp_path):
     doc = read_results(tmp_path / "rand")
     assert doc["source"]["checkpoint"] == "random" and doc["source"]["sha256"] is None
     assert doc["source"]["pretrain"] == {"method": "random init", "arch": "resnet18_cifar", "epochs": 0,
-                                         "batch_size": None, "dataset": None}
+                                         "batch_size": None, "dataset": None, "zero_init_residual": True}
     assert doc["config"]["seed"] == 3 and doc["config"]["data"]["crop_fraction"] == 1.0
     torch.manual_seed(3)
     net = build_backbone("resnet18_cifar").eval()
@@ -98,6 +98,14 @@ def test_knn_random_init_baseline(cifar_root, tmp_path):
     for k in (200, 20):
         assert doc["metrics"][f"top1_k{k}"] == pytest.approx(_manual_knn(net, cifar_root, k), abs=1e-6)
     assert knn.main(argv[:5] + [str(tmp_path / "no_arch")] + argv[7:]) == 2  # without model.arch: nothing to build
+    # model.zero_init_residual=false: torchvision's init (every BN weight 1), recorded, and a different network
+    assert knn.main(argv[:5] + [str(tmp_path / "bn1"), *argv[6:], "model.zero_init_residual=false"]) == 0
+    bn1 = read_results(tmp_path / "bn1")
+    assert bn1["source"]["pretrain"]["zero_init_residual"] is False
+    torch.manual_seed(3)
+    net = build_backbone("resnet18_cifar", zero_init_residual=False).eval()
+    net.fc = nn.Identity()
+    assert bn1["metrics"]["top1_k20"] == pytest.approx(_manual_knn(net, cifar_root, 20), abs=1e-6)
 
 def test_knn_errors(checkpoint, cifar_root, tmp_path, capsys):
     """Bad input: one line naming the folder, key or value, exit code 2, nothing written."""

@@ -242,6 +242,16 @@ def test_random_init_rows_stay_out_of_the_paper_columns(tmp_path):
     assert cls[1:3] == ["-", "-"] and cls[-1] == det[-1] == "random init: no pretraining"
 
 
+def test_random_inits_are_separate_rows(tmp_path):
+    """The network pretraining starts from (zero-init residual) and torchvision's init are two baselines."""
+    base = {"checkpoint": "random", "sha256": None, "kind": "random-init"}
+    info = {"method": "random init", "arch": "resnet18", "epochs": 0, "batch_size": None, "dataset": None}
+    write_linear(tmp_path / "zero", 4.0, src={**base, "pretrain": {**info, "zero_init_residual": True}})
+    write_linear(tmp_path / "bn1", 9.0, src={**base, "pretrain": {**info, "zero_init_residual": False}})
+    rows = sorted(not_comparable(tables(tmp_path)))
+    assert [r[0] for r in rows] == ["random init (yours: resnet18)", "random init (yours: resnet18, every BN weight 1)"]
+
+
 # ------------------------------------------------------------------------------------- the paper's rows
 def _reference() -> Path:
     env = os.environ.get("SIMSIAM_SHARED_DATA")

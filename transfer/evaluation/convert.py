@@ -422,21 +422,23 @@ def describe_source(path: str | Path, info: dict | None = None) -> dict:
 RANDOM = "random"  # `--weights random` of kNN, linear and detection: the same protocol without pretraining
 
 
-def random_backbone(arch: str, seed: int) -> nn.Module:
+def random_backbone(arch: str, seed: int, zero_init_residual: bool = True) -> nn.Module:
     """The backbone pretraining starts from (pretrain.model.build_backbone under torch seed `seed`), fc =
-    Identity; the caller's random state is left as it was. The same seed gives the same network."""
+    Identity; the caller's random state is left as it was. The same seed gives the same network.
+    `zero_init_residual=False`: torchvision's init instead (every BN weight 1, no block starts as the identity)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = build_backbone(arch)
+        net = build_backbone(arch, zero_init_residual)
     net.fc = nn.Identity()
     return net
 
 
-def random_source(arch: str) -> dict:
+def random_source(arch: str, zero_init_residual: bool = True) -> dict:
     """results.json `source` of a randomly initialised backbone: describe_source's fields, "checkpoint"
-    "random" and null where no pretraining exists (0 pretraining epochs)."""
+    "random" and null where no pretraining exists (0 pretraining epochs); "zero_init_residual" says which init."""
     return {"checkpoint": RANDOM, "sha256": None, "kind": "random-init",
-            "pretrain": {"method": "random init", "arch": arch, "epochs": 0, "batch_size": None, "dataset": None}}
+            "pretrain": {"method": "random init", "arch": arch, "epochs": 0, "batch_size": None, "dataset": None,
+                         "zero_init_residual": zero_init_residual}}
 
 
 # ------------------------------------------------------------------------------------------------- CLI

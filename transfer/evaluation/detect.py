@@ -404,7 +404,7 @@ def prepare_weights(path: str, output: Path, arch: str = "resnet50") -> tuple[st
     """(detectron2 .pkl path, results.json `source`) for the config's backbone `arch`. A pretraining checkpoint
     is converted once; "random" gives no file ("") and the random-init source."""
     if path == RANDOM:
-        return "", {**random_source(arch), "weights": None}
+        return "", {**random_source(arch, zero_init_residual=False), "weights": None}  # detectron2 init: BN weights 1
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"--weights {p}: no such file")

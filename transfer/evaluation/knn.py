@@ -9,8 +9,8 @@ by the weighted vote (weight exp(cos / t), t = 0.1) of its k nearest bank featur
 ROOT is an ImageFolder tree with train/ and val/ (or test/), or "embedded". Images are evaluated at the
 pretraining resolution and normalisation stored in the checkpoint (224 px and ImageNet statistics when the
 checkpoint does not say); small images (<= 64 px) are used whole. `--weights random` evaluates the
-randomly initialised backbone of `model.arch` (torch seed `seed`, the network pretraining starts from) as the
-random-init baseline; give it the data settings of the run it is compared with. Writes config.yaml and
+randomly initialised backbone of `model.arch` (torch seed `seed`, the network pretraining starts from;
+`model.zero_init_residual=false`: torchvision's init, every BN weight 1) as the random-init baseline; give it the data settings of the run it is compared with. Writes config.yaml and
 results.json (task "knn", metrics top1_k200, top5_k200, top1_k20, top5_k20 in percent). The old spelling
 `arch=ARCH` still works, with a one-line deprecation notice. Exit codes: 0 done, 2 bad input (one line),
 1 an internal error.
@@ -53,6 +53,7 @@ class KnnDataConfig(ImageFolderData):
 @dataclass(frozen=True)
 class KnnModelConfig:
     arch: str = "auto"              # expected backbone; auto: the checkpoint's (--weights random needs one)
+    zero_init_residual: bool = True  # --weights random only: false = torchvision's init (every BN weight 1)
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,8 @@ def load_eval_backbone(cfg: KnnConfig) -> tuple[torch.nn.Module, dict, dict]:
     if cfg.weights == RANDOM:
         if arch == "auto":
             raise config_mod.ConfigError("--weights random needs model.arch=<arch> (nothing to read it from)")
-        return random_backbone(arch, cfg.seed), random_source(arch), {}
+        z = cfg.model.zero_init_residual
+        return random_backbone(arch, cfg.seed, z), random_source(arch, z), {}
     if not cfg.weights:
         raise config_mod.ConfigError("no weights to evaluate: pass --weights CKPT")
     path = Path(os.path.expanduser(cfg.weights))

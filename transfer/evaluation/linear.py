@@ -4,7 +4,7 @@
     python -m transfer.evaluation.linear ...
 
 The backbone (any checkpoint `transfer.evaluation.convert` reads, or `--weights random` for a random-init baseline of
-`model.arch`) is frozen and kept in eval mode for the whole run, also under DDP (only the linear head is
+`model.arch`, with `model.zero_init_residual`) is frozen and kept in eval mode for the whole run, also under DDP (only the linear head is
 wrapped). A linear classifier (fc init N(0, 0.01), bias 0) on the pooled features (2048-d for ResNet-50,
 512-d for ResNet-18) is trained with LARS (transfer.evaluation.lars: LARC semantics, trust 0.001, no clipping), batch
 4096, lr = 0.1 x batch / 256, weight decay 0, momentum 0.9, cosine decay over 90 epochs;
@@ -86,6 +86,7 @@ class LinearDataConfig(ImageFolderData):
 @dataclass(frozen=True)
 class LinearModelConfig:
     arch: str = "auto"              # expected backbone (resnet50 | resnet18 | resnet18_cifar); auto: the checkpoint's
+    zero_init_residual: bool = True  # --weights random only: false = torchvision's init (every BN weight 1)
 
 
 @dataclass(frozen=True)
@@ -309,7 +310,8 @@ def _check_config(cfg: LinearConfig) -> None:
 def load_frozen_backbone(cfg: LinearConfig) -> tuple[nn.Module, dict]:
     """(backbone with fc=Identity, results.json `source`)."""
     if cfg.weights == RANDOM:  # train.seed: the same random backbone on every rank and every call
-        return random_backbone(cfg.model.arch, cfg.train.seed), random_source(cfg.model.arch)
+        z = cfg.model.zero_init_residual
+        return random_backbone(cfg.model.arch, cfg.train.seed, z), random_source(cfg.model.arch, z)
     path = Path(os.path.expanduser(cfg.weights))
     arch = None if cfg.model.arch == "auto" else cfg.model.arch
     _, sd, info = load_any_checkpoint(path, arch)

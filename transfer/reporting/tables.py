@@ -161,7 +161,8 @@ def row_key(doc: dict) -> tuple:
     src = doc.get("source") or {}
     info = _pretrain_info(doc)
     return (src.get("sha256") or src.get("checkpoint") or "unknown",
-            info.get("arch"), info.get("epochs"), info.get("batch_size"), info.get("dataset"))
+            info.get("arch"), info.get("epochs"), info.get("batch_size"), info.get("dataset"),
+            info.get("zero_init_residual"))
 
 
 def row_label(doc: dict, method: str) -> str:
@@ -170,6 +171,8 @@ def row_label(doc: dict, method: str) -> str:
     bits = []
     if info.get("arch"):
         bits.append(str(info["arch"]))
+    if method == "random init" and info.get("zero_init_residual") is False:
+        bits.append("every BN weight 1")
     if info.get("dataset"):
         bits.append(f"pretrained on {info['dataset']}")
     if info.get("epochs") is not None and method != "random init":
