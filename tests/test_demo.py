@@ -34,12 +34,19 @@ def test_demo_runs_end_to_end(tmp_path):
     assert {k: v for k, v in rand["linear"]["config"].items() if k not in ("weights", "model")} == \
         {k: v for k, v in linear["config"].items() if k not in ("weights", "model")}
     assert rand["detection"]["config"] == det["config"]
+    # the second baseline: torchvision's init (every BN weight 1), as detectron2 initialises the detector
+    for e in ("knn", "linear"):
+        bn1 = read(f"{e}_random_bn1")
+        assert bn1["source"]["pretrain"]["zero_init_residual"] is False, e
+        assert rand[e]["source"]["pretrain"]["zero_init_residual"] is True, e
+        assert bn1["config"]["data"] == rand[e]["config"]["data"], e
+    assert rand["detection"]["source"]["pretrain"]["zero_init_residual"] is False
 
     table = (out / "table.md").read_text()
     lines = table.splitlines()
     ours = [line for line in lines if "SimSiam (yours" in line]
     assert len(ours) == 3, table  # kNN, linear (other-datasets classification table) and detection
-    assert sum("random init" in line for line in lines) == 3, table
+    assert sum("random init" in line for line in lines) == 5, table  # kNN, linear: both inits; detection
 
     def row(*parts: str) -> int:  # the one table line holding every part
         found = [i for i, line in enumerate(lines) if all(p in line for p in parts)]
@@ -51,7 +58,7 @@ def test_demo_runs_end_to_end(tmp_path):
         return f"{m['AP50']:.1f} / {m['AP']:.1f} / {m['AP75']:.1f} (n=1)"
 
     pairs = [(row("SimSiam (yours", f"| {e} ", f"{pre['metrics']['top1']:.1f} (n=1)"),
-              row("random init", f"| {e} ", f"{rand[e]['metrics']['top1']:.1f} (n=1)"))
+              row("random init (yours: resnet50)", f"| {e} ", f"{rand[e]['metrics']['top1']:.1f} (n=1)"))
              for e, pre in (("knn", knn), ("linear", linear))]
     pairs.append((row("SimSiam (yours", box(det)), row("random init", box(rand["detection"]))))
     for i, j in pairs:  # each baseline row sits in the same table as its pretrained row
@@ -84,4 +91,4 @@ def test_default_demo_is_resnet18_with_r18_c4_detection(tmp_path):
     assert (out / "convert" / "resnet18_detectron2.pkl").is_file()
     table = (out / "table.md").read_text()
     assert sum("SimSiam (yours" in line for line in table.splitlines()) == 3, table
-    assert sum("random init" in line for line in table.splitlines()) == 3, table
+    assert sum("random init" in line for line in table.splitlines()) == 5, table
