@@ -370,7 +370,8 @@ def plan_pipeline(out: Path, a: argparse.Namespace) -> dict[str, list[str]]:
     fixed = pipeline_fixed(out, a)
     planned: dict[str, preflight.Planned] = {}
     try:
-        reference = preflight.plan("pretrain", raw["pretrain"], pipeline=True).data_root
+        pre = preflight.plan("pretrain", raw["pretrain"], pipeline=True)
+        reference = pre.data_root
         for stage in (s for s in PIPELINE_STAGES if s in a.stages):
             planned[stage] = p = preflight.plan(stage, raw[stage], reference, pipeline=True)
             for dest, value in fixed[stage].items():
@@ -378,6 +379,8 @@ def plan_pipeline(out: Path, a: argparse.Namespace) -> dict[str, list[str]]:
                     what = "the checkpoint" if dest == "src" else f"--{dest.replace('_', '-')}"
                     raise SubmitError(f"{stage}: {what} is set by the pipeline ({value}); "
                                       f"remove it from --{stage}-args")
+        if "detect" in planned:
+            preflight.check_same_backbone(pre, planned["detect"])
     except preflight.InputError as e:
         raise SubmitError(str(e)) from None
     return {s: p.argv for s, p in planned.items()}

@@ -290,7 +290,7 @@ def test_failing_stage_stops_dependants(tmp_path, cache):
     out = tmp_path / "pipe"
     cmd = ["submit", "pipeline", "--output", str(out), "--time", "5",
            "--pretrain-args", f"--config test_tiny data.cache_dir={cache} data.root={data}",
-           "--detect-args", f"--config tiny --data-root {det} --train-dataset voc_2007_trainval "
+           "--detect-args", f"--config tiny_r18 --data-root {det} --train-dataset voc_2007_trainval "
                             "--test-dataset voc_2007_test"]
     r0 = simsiam(*cmd, "--no-wait")
     assert r0.returncode == 0, r0.stderr[-2000:]

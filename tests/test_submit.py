@@ -125,7 +125,7 @@ def test_trial_argv(tmp_path):
 def test_pipeline_argvs_and_order(tmp_path):
     ap = S.build_parser("pipeline")
     a = ap.parse_args(["--output", str(tmp_path), "--pretrain-args", "--config demo train.epochs=1",
-                       "--trials", "3", "--seed", "7", "--detect-args", "--config tiny"])
+                       "--trials", "3", "--seed", "7", "--detect-args", "--config tiny_r18"])
     a.stages = list(S.PIPELINE_STAGES)
     argvs = S.plan_pipeline(tmp_path, a)
     assert argvs["pretrain"] == ["--output", str(tmp_path / "pretrain"), "--config", "demo", "train.epochs=1"]
@@ -183,6 +183,19 @@ def test_readme_pipeline_is_consistent(tmp_path, imagenet, d2_root, monkeypatch,
     assert lines["linear"].endswith(f"data.root={imagenet}")
     assert f"--config voc07 " in lines["detect"] and f"--data-root {d2_root}" in lines["detect"]
     assert "--trials 5" in lines["detect"]
+
+
+def test_pipeline_detection_must_build_the_pretrained_backbone(tmp_path):
+    """A ResNet-18 pretraining with an R50-C4 detection config is refused before anything is queued."""
+    ap = S.build_parser("pipeline")
+    a = ap.parse_args(["--output", str(tmp_path), "--pretrain-args", "--config demo", "--detect-args", "--config tiny"])
+    a.stages = list(S.PIPELINE_STAGES)
+    with pytest.raises(S.SubmitError, match=r"detect: --config tiny builds a resnet50 backbone .* but the pipeline "
+                                            r"pretrains a resnet18"):
+        S.plan_pipeline(tmp_path, a)
+    a.detect_args = "--config tiny_r18"
+    argv = S.plan_pipeline(tmp_path, a)["detect"]  # the matching config plans
+    assert argv[argv.index("--config") + 1] == "tiny_r18"
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -45,6 +45,7 @@ class Planned:
     argv: list[str]               # the command line to submit
     ns: argparse.Namespace        # argv parsed by the stage's parser
     data_root: Optional[str] = None  # the ImageFolder root it reads (pretrain, knn, linear)
+    arch: Optional[str] = None       # the backbone it pretrains (pretrain) or builds (detect)
 
 
 def plan(stage: str, argv: list[str], reference: Optional[str] = None, pipeline: bool = False) -> Planned:
@@ -72,11 +73,11 @@ def _plan_pretrain(argv: list[str]) -> Planned:
     from pretrain.main import resolve_config
     ns = stages.parse("pretrain", argv)
     try:
-        d = resolve_config(ns.config, ns.overrides).data
+        cfg = resolve_config(ns.config, ns.overrides)
     except ConfigError as e:
         raise _config_error("pretrain", e) from None
-    check_imagefolder("pretrain", "data.root", d, held_out=False)
-    return Planned("pretrain", list(argv), ns, d.root)
+    check_imagefolder("pretrain", "data.root", cfg.data, held_out=False)
+    return Planned("pretrain", list(argv), ns, cfg.data.root, cfg.model.arch)
 
 
 def _plan_knn(argv: list[str], reference: Optional[str], pipeline: bool) -> Planned:
@@ -170,14 +171,15 @@ def _plan_detect(argv: list[str], reference: Optional[str], pipeline: bool) -> P
         ns.config = DEFAULT_DETECTION
     if ns.data_root:
         ns.data_root = str(Path(ns.data_root).expanduser().resolve())
-    train, test = check_detection(ns)
+    arch, train, test = check_detection(ns)
     if any(n.startswith("embedded_") for n in train + test):
         refuse_embedded("detect", f"--config {ns.config}", EMBEDDED, reference)
-    return Planned("detect", stages.format_argv(p, ns), ns)
+    return Planned("detect", stages.format_argv(p, ns), ns, arch=arch)
 
 
-def check_detection(ns: argparse.Namespace) -> tuple[list[str], list[str]]:
-    """Resolve the detection config and register its datasets exactly as transfer.evaluation.detect does."""
+def check_detection(ns: argparse.Namespace) -> tuple[str, list[str], list[str]]:
+    """Resolve the detection config and register its datasets exactly as transfer.evaluation.detect does;
+    (the backbone the config builds, train datasets, test datasets)."""
     from pretrain.config import ConfigError
     from transfer.evaluation import detect as D
     from transfer.evaluation.detection_data import DatasetError
@@ -186,6 +188,14 @@ def check_detection(ns: argparse.Namespace) -> tuple[list[str], list[str]]:
     except ConfigError as e:
         raise InputError(f"detect: --config {ns.config}: {e}") from None
     try:
-        return D.setup_datasets(cfg, ns)
+        return (D.config_arch(cfg), *D.setup_datasets(cfg, ns))
     except (ConfigError, DatasetError) as e:
         raise InputError(f"detect: datasets of --config {ns.config}: {e}") from None
+
+
+def check_same_backbone(pretrain: Planned, detect: Planned) -> None:
+    """A pipeline's detection config must build the backbone its pretraining trains."""
+    if pretrain.arch != detect.arch:
+        raise InputError(f"detect: --config {detect.ns.config} builds a {detect.arch} backbone (MODEL.RESNETS.DEPTH), "
+                         f"but the pipeline pretrains a {pretrain.arch}; give --detect-args a config for "
+                         f"{pretrain.arch} (e.g. tiny_r18 for a resnet18) or pretrain the other backbone")
