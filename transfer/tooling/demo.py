@@ -16,8 +16,9 @@ Stages 3-5 also evaluate a randomly initialised backbone (`--weights random`) on
 into knn_random/, linear_random/ and detection_random/: the tables show that baseline next to the
 pretrained rows. kNN and linear evaluate two inits: the network pretraining starts from (knn_random/,
 linear_random/: the last BN of each residual block at 0) and torchvision's init (knn_random_bn1/,
-linear_random_bn1/: every BN weight 1, as detectron2 initialises the detector's). Every run is skipped when its results.json already exists, so an interrupted demo
-continues where it stopped. Every stage here calls the same entry point as the corresponding `simsiam <command>`.
+linear_random_bn1/: every BN weight 1, as detectron2 initialises the detector's). Every run is skipped when
+its results.json already exists, so an interrupted demo continues where it stopped. Every stage here calls
+the same entry point as the corresponding `simsiam <command>`.
 """
 from __future__ import annotations
 
