@@ -433,6 +433,11 @@ def random_backbone(arch: str, seed: int, zero_init_residual: bool = True) -> nn
     return net
 
 
+def random_baseline(arch: str, seed: int, zero_init_residual: bool = True) -> tuple[nn.Module, dict]:
+    """(random_backbone, random_source) of one random-init baseline: the network and what results.json says of it."""
+    return random_backbone(arch, seed, zero_init_residual), random_source(arch, zero_init_residual)
+
+
 def random_source(arch: str, zero_init_residual: bool = True) -> dict:
     """results.json `source` of a randomly initialised backbone: describe_source's fields, "checkpoint"
     "random" and null where no pretraining exists (0 pretraining epochs); "zero_init_residual" says which init."""

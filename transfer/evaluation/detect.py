@@ -437,7 +437,8 @@ def _pkl_source(p: Path, arch: str) -> dict:
     if not isinstance(obj, dict) or not isinstance(obj.get("model"), dict):
         raise ConfigError(f"--weights {p}: not detectron2 weights (expected a dict with 'model')")
     source = obj.get("source") if isinstance(obj.get("source"), dict) else {}
-    found = (source.get("pretrain") or {}).get("arch") if isinstance(source.get("pretrain"), dict) else None
+    pretrain = source.get("pretrain")
+    found = pretrain.get("arch") if isinstance(pretrain, dict) else None
     if found and found != arch:
         raise ConfigError(f"--weights {p}: {found} weights, but the config builds a {arch} backbone "
                           f"(MODEL.RESNETS.DEPTH {arch[6:]})")

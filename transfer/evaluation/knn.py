@@ -35,7 +35,7 @@ from pretrain.defaults import ImageFolderData
 from pretrain.frame import StageRun, guard
 from pretrain.model import ARCHS
 from pretrain.monitor import extract_features, knn_accuracy
-from transfer.evaluation.convert import RANDOM, describe_source, load_any_checkpoint, load_backbone, random_backbone, random_source
+from transfer.evaluation.convert import RANDOM, describe_source, load_any_checkpoint, load_backbone, random_baseline
 from transfer.reporting.protocols import knn_fingerprint
 
 
@@ -84,8 +84,7 @@ def load_eval_backbone(cfg: KnnConfig) -> tuple[torch.nn.Module, dict, dict]:
     if cfg.weights == RANDOM:
         if arch == "auto":
             raise config_mod.ConfigError("--weights random needs model.arch=<arch> (nothing to read it from)")
-        z = cfg.model.zero_init_residual
-        return random_backbone(arch, cfg.seed, z), random_source(arch, z), {}
+        return (*random_baseline(arch, cfg.seed, cfg.model.zero_init_residual), {})
     if not cfg.weights:
         raise config_mod.ConfigError("no weights to evaluate: pass --weights CKPT")
     path = Path(os.path.expanduser(cfg.weights))

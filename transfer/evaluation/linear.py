@@ -61,7 +61,7 @@ from pretrain.defaults import ImageFolderData
 from pretrain.frame import StageRun, guard
 from pretrain.model import ARCHS
 from pretrain.optim import scheduled_lr
-from transfer.evaluation.convert import RANDOM, describe_source, load_any_checkpoint, load_backbone, random_backbone, random_source
+from transfer.evaluation.convert import RANDOM, describe_source, load_any_checkpoint, load_backbone, random_baseline
 from transfer.evaluation.lars import LARS
 from transfer.reporting.protocols import linear_fingerprint
 from transfer.reporting.results import write_results
@@ -310,8 +310,7 @@ def _check_config(cfg: LinearConfig) -> None:
 def load_frozen_backbone(cfg: LinearConfig) -> tuple[nn.Module, dict]:
     """(backbone with fc=Identity, results.json `source`)."""
     if cfg.weights == RANDOM:  # train.seed: the same random backbone on every rank and every call
-        z = cfg.model.zero_init_residual
-        return random_backbone(cfg.model.arch, cfg.train.seed, z), random_source(cfg.model.arch, z)
+        return random_baseline(cfg.model.arch, cfg.train.seed, cfg.model.zero_init_residual)
     path = Path(os.path.expanduser(cfg.weights))
     arch = None if cfg.model.arch == "auto" else cfg.model.arch
     _, sd, info = load_any_checkpoint(path, arch)
