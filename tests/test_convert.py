@@ -135,6 +135,33 @@ def test_source_records_whether_pretraining_reached_its_schedule_end(tmp_path):
     assert (pre["method"], pre["epochs"], pre["scheduled_epochs"], pre["completed"]) == ("SimSiam", 100, None, None)
 
 
+def test_eval_backbone_reads_a_checkpoint_or_builds_the_random_baseline(tmp_path):
+    """The one loader of kNN and linear evaluation: a checkpoint strictly as model.arch, or the seeded random init."""
+    from pretrain.config import ConfigError
+    from transfer.evaluation.convert import EvalModelConfig, eval_backbone
+
+    model = _simsiam()
+    torch.save(_suite_ckpt(model), tmp_path / "ckpt.pth")
+    x = torch.randn(2, 3, 32, 32)
+    net, source, info = eval_backbone(str(tmp_path / "ckpt.pth"), EvalModelConfig(), seed=5)
+    assert torch.equal(_features(net, x), _encoder_features(model, x))
+    assert (source["kind"], info["arch"], source["pretrain"]["epochs"]) == ("simsiam-suite", "resnet18", 3)
+    with pytest.raises(ConvertError, match="resnet50"):
+        eval_backbone(str(tmp_path / "ckpt.pth"), EvalModelConfig("resnet50"), seed=5)
+    for zero in (True, False):
+        net, source, info = eval_backbone(convert.RANDOM, EvalModelConfig("resnet18", zero), seed=5)
+        ref = convert.random_backbone("resnet18", 5, zero)
+        assert torch.equal(_features(net.eval(), x), _features(ref.eval(), x)) and info == {}
+        assert source["pretrain"]["zero_init_residual"] is zero
+        # the last BN of each residual block starts at 0 (official init) or at 1 (torchvision's)
+        assert float(net.layer1[0].bn2.weight.detach().abs().max()) == (0.0 if zero else 1.0)
+    for weights, model_cfg, message in (("", EvalModelConfig(), "no weights to evaluate"),
+                                        (convert.RANDOM, EvalModelConfig(), "needs model.arch"),
+                                        ("x.pth", EvalModelConfig("vgg16"), "model.arch: unknown arch 'vgg16'")):
+        with pytest.raises(ConfigError, match=message):
+            eval_backbone(weights, model_cfg, seed=0)
+
+
 @pytest.mark.parametrize("v2", [True, False], ids=["mocov2", "mocov1"])
 def test_moco_round_trip(tmp_path, v2):
     obj, q = _moco_ckpt(v2=v2)

@@ -135,7 +135,7 @@ def test_config_presets_and_errors(tmp_path):
     assert linear.main(["--weights", "x.pth", "--output", str(tmp_path), "train.nope=1"]) == 2
     with pytest.raises(config_mod.ConfigError, match="cache_features=true needs data.augment=false"):
         linear.run(dataclasses.replace(LinearConfig(), weights="random",
-                                       model=linear.LinearModelConfig("resnet18"),
+                                       model=linear.EvalModelConfig("resnet18"),
                                        train=linear.LinearTrainConfig(cache_features=True)), tmp_path / "x")
     with pytest.raises(config_mod.ConfigError, match="needs model.arch"):
         linear.run(dataclasses.replace(LinearConfig(), weights="random"), tmp_path / "y")

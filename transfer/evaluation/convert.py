@@ -36,6 +36,7 @@ import re
 import sys
 import warnings
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -43,6 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pretrain.config import ConfigError
 from pretrain.errors import InputError
 from pretrain.frame import guard
 from pretrain.checkpoint import (UnsafeFileError, atomic_save, atomic_write, load_pickle, load_torch,
@@ -444,6 +446,36 @@ def random_source(arch: str, zero_init_residual: bool = True) -> dict:
     return {"checkpoint": RANDOM, "sha256": None, "kind": "random-init",
             "pretrain": {"method": "random init", "arch": arch, "epochs": 0, "batch_size": None, "dataset": None,
                          "zero_init_residual": zero_init_residual}}
+
+
+# ------------------------------------------------------------------ the backbone an evaluation stage reads
+@dataclass(frozen=True)
+class EvalModelConfig:
+    """The `model:` section of kNN and linear evaluation."""
+    arch: str = "auto"               # expected backbone (resnet50 | resnet18 | resnet18_cifar); auto: the checkpoint's
+    zero_init_residual: bool = True  # --weights random only: false = torchvision's init (every BN weight 1)
+
+
+def check_eval_model(weights: str, model: EvalModelConfig) -> None:
+    """ConfigError (one line, exit 2) for `weights` + `model` that name no backbone to build."""
+    if not weights:
+        raise ConfigError("no weights to evaluate: pass --weights CKPT (or --weights random)")
+    if model.arch != "auto" and model.arch not in ARCHS:
+        raise ConfigError(f"model.arch: unknown arch '{model.arch}' (known: auto, {', '.join(ARCHS)})")
+    if weights == RANDOM and model.arch == "auto":
+        raise ConfigError("--weights random needs model.arch=<arch> (nothing to read it from)")
+
+
+def eval_backbone(weights: str, model: EvalModelConfig, seed: int) -> tuple[nn.Module, dict, dict]:
+    """(backbone with fc = Identity, results.json `source`, what the checkpoint says of itself) for an
+    evaluation stage: `weights` is a checkpoint of any kind load_any_checkpoint reads, loaded strictly as
+    `model.arch` (auto: whatever it is), or RANDOM, the random-init baseline under torch seed `seed`."""
+    check_eval_model(weights, model)
+    if weights == RANDOM:
+        return (*random_baseline(model.arch, seed, model.zero_init_residual), {})
+    path = Path(weights).expanduser()
+    _, sd, info = load_any_checkpoint(path, None if model.arch == "auto" else model.arch)
+    return load_backbone(sd, info["arch"]), describe_source(path, info), info
 
 
 # ------------------------------------------------------------------------------------------------- CLI

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -33,9 +32,8 @@ from pretrain.augment import IMAGENET_MEAN, IMAGENET_STD, eval_crop_fraction, ev
 from pretrain.data import DataError, RobustImageFolder, dataset_name, resolve_roots, shard
 from pretrain.defaults import ImageFolderData
 from pretrain.frame import StageRun, guard
-from pretrain.model import ARCHS
 from pretrain.monitor import extract_features, knn_accuracy
-from transfer.evaluation.convert import RANDOM, describe_source, load_any_checkpoint, load_backbone, random_baseline
+from transfer.evaluation.convert import EvalModelConfig, eval_backbone
 from transfer.reporting.protocols import knn_fingerprint
 
 
@@ -51,15 +49,9 @@ class KnnDataConfig(ImageFolderData):
 
 
 @dataclass(frozen=True)
-class KnnModelConfig:
-    arch: str = "auto"              # expected backbone; auto: the checkpoint's (--weights random needs one)
-    zero_init_residual: bool = True  # --weights random only: false = torchvision's init (every BN weight 1)
-
-
-@dataclass(frozen=True)
 class KnnConfig:
     weights: str = ""               # a checkpoint (any kind transfer.evaluation.convert reads) or "random"
-    model: KnnModelConfig = field(default_factory=KnnModelConfig)
+    model: EvalModelConfig = field(default_factory=EvalModelConfig)
     seed: int = 0                   # --weights random: torch seed of the random initialisation
     ks: tuple[int, ...] = (200, 20)
     t: float = 0.1
@@ -78,18 +70,8 @@ def resolve_data(cfg: KnnConfig, stored: dict) -> KnnDataConfig:
 
 def load_eval_backbone(cfg: KnnConfig) -> tuple[torch.nn.Module, dict, dict]:
     """(backbone with fc = Identity, results.json `source`, the pretraining data settings it stores)."""
-    arch = cfg.model.arch
-    if arch != "auto" and arch not in ARCHS:
-        raise config_mod.ConfigError(f"model.arch: unknown arch '{arch}' (known: auto, {', '.join(ARCHS)})")
-    if cfg.weights == RANDOM:
-        if arch == "auto":
-            raise config_mod.ConfigError("--weights random needs model.arch=<arch> (nothing to read it from)")
-        return (*random_baseline(arch, cfg.seed, cfg.model.zero_init_residual), {})
-    if not cfg.weights:
-        raise config_mod.ConfigError("no weights to evaluate: pass --weights CKPT")
-    path = Path(os.path.expanduser(cfg.weights))
-    _, sd, src_info = load_any_checkpoint(path, None if arch == "auto" else arch)
-    return load_backbone(sd, src_info["arch"]), describe_source(path, src_info), src_info.get("pretrain_data") or {}
+    net, source, info = eval_backbone(cfg.weights, cfg.model, cfg.seed)
+    return net, source, info.get("pretrain_data") or {}
 
 
 def build_splits(d: KnnDataConfig) -> tuple[RobustImageFolder, RobustImageFolder]:

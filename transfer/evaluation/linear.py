@@ -39,7 +39,6 @@ import argparse
 import dataclasses
 import hashlib
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -59,9 +58,8 @@ from pretrain.checkpoint import CheckpointError, atomic_save, load_torch
 from pretrain.data import shard
 from pretrain.defaults import ImageFolderData
 from pretrain.frame import StageRun, guard
-from pretrain.model import ARCHS
 from pretrain.optim import scheduled_lr
-from transfer.evaluation.convert import RANDOM, describe_source, load_any_checkpoint, load_backbone, random_baseline
+from transfer.evaluation.convert import EvalModelConfig, check_eval_model, eval_backbone
 from transfer.evaluation.lars import LARS
 from transfer.reporting.protocols import linear_fingerprint
 from transfer.reporting.results import write_results
@@ -81,12 +79,6 @@ class LinearDataConfig(ImageFolderData):
     #                                 0: the shared rule (pretrain.augment.eval_crop_fraction: 1.0 up to 64 px, else 0.875)
     augment: bool = True            # training: RandomResizedCrop + flip; false: the validation transform
     val_limit_per_class: int = 0    # >0: first N held-out images of each class
-
-
-@dataclass(frozen=True)
-class LinearModelConfig:
-    arch: str = "auto"              # expected backbone (resnet50 | resnet18 | resnet18_cifar); auto: the checkpoint's
-    zero_init_residual: bool = True  # --weights random only: false = torchvision's init (every BN weight 1)
 
 
 @dataclass(frozen=True)
@@ -131,7 +123,7 @@ class LinearGridConfig:
 class LinearConfig:
     weights: str = ""               # checkpoint to evaluate (any kind transfer.evaluation.convert reads) or "random"
     data: LinearDataConfig = field(default_factory=LinearDataConfig)
-    model: LinearModelConfig = field(default_factory=LinearModelConfig)
+    model: EvalModelConfig = field(default_factory=EvalModelConfig)
     optim: LinearOptimConfig = field(default_factory=LinearOptimConfig)
     train: LinearTrainConfig = field(default_factory=LinearTrainConfig)
     grid: LinearGridConfig = field(default_factory=LinearGridConfig)
@@ -287,12 +279,7 @@ def _check_grid(cfg: LinearConfig) -> None:
 
 def _check_config(cfg: LinearConfig) -> None:
     """ConfigError (one line, exit 2 from the CLI) for a config that cannot run."""
-    if not cfg.weights:
-        raise config_mod.ConfigError("no weights to evaluate: pass --weights CKPT (or --weights random)")
-    if cfg.model.arch != "auto" and cfg.model.arch not in ARCHS:
-        raise config_mod.ConfigError(f"model.arch: unknown arch '{cfg.model.arch}' (known: auto, {', '.join(ARCHS)})")
-    if cfg.weights == RANDOM and cfg.model.arch == "auto":
-        raise config_mod.ConfigError("--weights random needs model.arch=<arch> (nothing to read it from)")
+    check_eval_model(cfg.weights, cfg.model)
     if cfg.train.cache_features and cfg.data.augment:
         raise config_mod.ConfigError("train.cache_features=true needs data.augment=false (cached features are "
                                      "computed once, without random crops)")
@@ -308,14 +295,10 @@ def _check_config(cfg: LinearConfig) -> None:
 
 
 def load_frozen_backbone(cfg: LinearConfig) -> tuple[nn.Module, dict]:
-    """(backbone with fc=Identity, results.json `source`)."""
-    if cfg.weights == RANDOM:  # train.seed: the same random backbone on every rank and every call
-        return random_baseline(cfg.model.arch, cfg.train.seed, cfg.model.zero_init_residual)
-    path = Path(os.path.expanduser(cfg.weights))
-    arch = None if cfg.model.arch == "auto" else cfg.model.arch
-    _, sd, info = load_any_checkpoint(path, arch)
-    net = load_backbone(sd, info["arch"])
-    return net, describe_source(path, info)
+    """(backbone with fc=Identity, results.json `source`); train.seed: the same random backbone on every rank
+    and every call."""
+    net, source, _ = eval_backbone(cfg.weights, cfg.model, cfg.train.seed)
+    return net, source
 
 
 def feature_dim_of(backbone: nn.Module, cfg: LinearConfig) -> int:
