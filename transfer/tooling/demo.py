@@ -14,11 +14,10 @@
 
 Stages 3-5 also evaluate a randomly initialised backbone (`--weights random`) on the same data and protocol,
 into knn_random/, linear_random/ and detection_random/: the tables show that baseline next to the
-pretrained rows. kNN and linear evaluate two inits: the network pretraining starts from (knn_random/,
-linear_random/: the last BN of each residual block at 0) and torchvision's init (knn_random_bn1/,
-linear_random_bn1/: every BN weight 1, as detectron2 initialises the detector's). Every run is skipped when
-its results.json already exists, so an interrupted demo continues where it stopped. Every stage here calls
-the same entry point as the corresponding `simsiam <command>`.
+pretrained rows. For kNN and linear it is the network pretraining starts from (the demo's pretraining keeps
+torchvision's init, every BN weight 1, which is also how detectron2 initialises the random-init detector).
+Every run is skipped when its results.json already exists, so an interrupted demo continues where it
+stopped. Every stage here calls the same entry point as the corresponding `simsiam <command>`.
 """
 from __future__ import annotations
 
@@ -70,12 +69,16 @@ def pretrained_protocol(knn_dir: Path) -> tuple[str, list[str]]:
                                                for k in ("image_size", "crop_fraction", "mean", "std")]
 
 
+def pretraining_init(pre_dir: Path) -> str:
+    """The `model.zero_init_residual=...` override that builds the network the pretraining in pre_dir started
+    from, read from its resolved config.json."""
+    zero = json.loads((pre_dir / "config.json").read_text())["model"]["zero_init_residual"]
+    return f"model.zero_init_residual={'true' if zero else 'false'}"
+
+
 ARCH_OVERRIDES = {"resnet18": [], "resnet50": ["model.arch=resnet50", "model.dim=2048", "model.pred_dim=512"]}
 DETECTION_PRESETS = {"resnet18": "demo_r18", "resnet50": "demo_r50"}  # eval_configs/detection
 DETECTION_NAMES = {"resnet18": "Faster R-CNN R18-C4", "resnet50": "Faster R-CNN R50-C4"}
-# the random-init baselines of kNN and linear: the network pretraining starts from (the last BN of each residual
-# block at 0), and torchvision's init (every BN weight 1; detectron2's random init is that one too)
-RANDOM_INITS = (("random", []), ("random_bn1", ["model.zero_init_residual=false"]))
 DETECTION_TRIALS = 2  # per backbone: the table shows mean +- std, so the gain can be read against the spread
 TOTAL = 6                    # stages, for the progress headers
 
@@ -143,7 +146,7 @@ def _detection_stage(out: Path, weights: Path, arch: str, quick: bool) -> None:
 
 
 def _classification_stages(out: Path, ckpt: Path, quick: bool, cache_dir: str | None, extra: list[str]) -> None:
-    """kNN and linear evaluation of the checkpoint and of the same backbone at random init, both inits."""
+    """kNN and linear evaluation of the checkpoint and of the network its pretraining started from."""
     knn, linear = _main("knn"), _main("linear")
     t0 = _stage("kNN evaluation: pretrained, random init", 3, TOTAL)
     # a bank of 100 images per class: k=20 first (the reported top-1); k=200 would vote over a quarter of it
@@ -151,17 +154,16 @@ def _classification_stages(out: Path, ckpt: Path, quick: bool, cache_dir: str | 
             *(QUICK_KNN if quick else [])]
     _once(out / "knn", knn, ["--weights", str(ckpt), "--output", str(out / "knn"), *data], "knn")
     arch, same_data = pretrained_protocol(out / "knn")
-    for folder, init in RANDOM_INITS:
-        _once(out / f"knn_{folder}", knn, ["--weights", "random", "--output", str(out / f"knn_{folder}"), *data,
-                                           f"model.arch={arch}", *init, *same_data], "knn")
+    init = pretraining_init(out / "pretrain")
+    _once(out / "knn_random", knn, ["--weights", "random", "--output", str(out / "knn_random"), *data,
+                                    f"model.arch={arch}", init, *same_data], "knn")
     _done(t0, "kNN")
 
     t0 = _stage("linear evaluation (frozen backbone): pretrained, random init", 4, TOTAL)
     lin = ["--config", "demo", *extra, *(QUICK_LINEAR if quick else [])]
     _once(out / "linear", linear, ["--weights", str(ckpt), "--output", str(out / "linear"), *lin], "linear")
-    for folder, init in RANDOM_INITS:
-        _once(out / f"linear_{folder}", linear, ["--weights", "random", "--output", str(out / f"linear_{folder}"),
-                                                 *lin, f"model.arch={arch}", *init], "linear")
+    _once(out / "linear_random", linear, ["--weights", "random", "--output", str(out / "linear_random"), *lin,
+                                          f"model.arch={arch}", init], "linear")
     _done(t0, "linear evaluation")
 
 
