@@ -435,11 +435,6 @@ def random_backbone(arch: str, seed: int, zero_init_residual: bool = True) -> nn
     return net
 
 
-def random_baseline(arch: str, seed: int, zero_init_residual: bool = True) -> tuple[nn.Module, dict]:
-    """(random_backbone, random_source) of one random-init baseline: the network and what results.json says of it."""
-    return random_backbone(arch, seed, zero_init_residual), random_source(arch, zero_init_residual)
-
-
 def random_source(arch: str, zero_init_residual: bool = True) -> dict:
     """results.json `source` of a randomly initialised backbone: describe_source's fields, "checkpoint"
     "random" and null where no pretraining exists (0 pretraining epochs); "zero_init_residual" says which init."""
@@ -472,7 +467,8 @@ def eval_backbone(weights: str, model: EvalModelConfig, seed: int) -> tuple[nn.M
     `model.arch` (auto: whatever it is), or RANDOM, the random-init baseline under torch seed `seed`."""
     check_eval_model(weights, model)
     if weights == RANDOM:
-        return (*random_baseline(model.arch, seed, model.zero_init_residual), {})
+        return (random_backbone(model.arch, seed, model.zero_init_residual),
+                random_source(model.arch, model.zero_init_residual), {})
     path = Path(weights).expanduser()
     _, sd, info = load_any_checkpoint(path, None if model.arch == "auto" else model.arch)
     return load_backbone(sd, info["arch"]), describe_source(path, info), info

@@ -413,8 +413,8 @@ def prepare_weights(path: str, output: Path, arch: str = "resnet50") -> tuple[st
     from transfer.evaluation import convert
 
     if arch not in DEPTH_ARCH.values():
-        raise ConfigError(f"--weights {p}: MODEL.RESNETS.DEPTH {arch[6:]} has no converter; convert for depth "
-                          f"{' or '.join(str(d) for d in DEPTH_ARCH)}, or pass detectron2 .pkl weights")
+        raise ConfigError(f"--weights {p}: MODEL.RESNETS.DEPTH {arch.removeprefix('resnet')} has no converter; "
+                          f"convert for depth {' or '.join(str(d) for d in DEPTH_ARCH)}, or pass detectron2 .pkl weights")
     out = output / "weights_detectron2.pkl"
     _, _, info = convert.load_any_checkpoint(p, arch)
     if comm.is_main_process() and not out.exists():
@@ -441,7 +441,7 @@ def _pkl_source(p: Path, arch: str) -> dict:
     found = pretrain.get("arch") if isinstance(pretrain, dict) else None
     if found and found != arch:
         raise ConfigError(f"--weights {p}: {found} weights, but the config builds a {arch} backbone "
-                          f"(MODEL.RESNETS.DEPTH {arch[6:]})")
+                          f"(MODEL.RESNETS.DEPTH {arch.removeprefix('resnet')})")
     source = {**source, "weights": str(p.resolve()), "weights_sha256": sha256_file(p)}
     source.setdefault("checkpoint", str(p.resolve()))
     source.setdefault("sha256", source["weights_sha256"])

@@ -10,10 +10,10 @@ ROOT is an ImageFolder tree with train/ and val/ (or test/), or "embedded". Imag
 pretraining resolution and normalisation stored in the checkpoint (224 px and ImageNet statistics when the
 checkpoint does not say); small images (<= 64 px) are used whole. `--weights random` evaluates the
 randomly initialised backbone of `model.arch` (torch seed `seed`, the network pretraining starts from;
-`model.zero_init_residual=false`: torchvision's init, every BN weight 1) as the random-init baseline; give it the data settings of the run it is compared with. Writes config.yaml and
-results.json (task "knn", metrics top1_k200, top5_k200, top1_k20, top5_k20 in percent). The old spelling
-`arch=ARCH` still works, with a one-line deprecation notice. Exit codes: 0 done, 2 bad input (one line),
-1 an internal error.
+`model.zero_init_residual=false`: torchvision's init, every BN weight 1) as the random-init baseline; give
+it the data settings of the run it is compared with. Writes config.yaml and results.json (task "knn",
+metrics top1_k200, top5_k200, top1_k20, top5_k20 in percent). The old spelling `arch=ARCH` still works,
+with a one-line deprecation notice. Exit codes: 0 done, 2 bad input (one line), 1 an internal error.
 """
 from __future__ import annotations
 
