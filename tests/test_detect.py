@@ -387,6 +387,28 @@ def test_finetune_coco_tiny_mask_rcnn(coco_tiny_root, d2_weights, tmp_path):
 
 
 
+@pytest.mark.parametrize("preset, blocks", [("tiny_r18", 2 + 2 + 2 + 2), ("tiny", 3 + 4 + 6 + 3)])
+def test_zero_init_residual_starts_every_block_as_the_identity(preset, blocks):
+    """SIMSIAM.ZERO_INIT_RESIDUAL's init: the last norm of every block, backbone and ROI head, gets scale 0, so a
+    block without a projection passes a non-negative input through unchanged; the other norms keep scale 1."""
+    from detectron2.modeling import build_model
+    from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock
+
+    torch.manual_seed(0)
+    model = build_model(_cfg(preset, "MODEL.RESNETS.NORM", "BN", "MODEL.DEVICE", "cpu")).eval()
+    assert detect.zero_init_residual(model) == blocks
+    found = [m for m in model.modules() if isinstance(m, (BasicBlock, BottleneckBlock))]
+    for b in found:
+        last = b.conv3 if isinstance(b, BottleneckBlock) else b.conv2
+        assert torch.all(last.norm.weight == 0) and torch.all(b.conv1.norm.weight == 1)
+    plain = [b for b in found if b.shortcut is None]
+    assert plain
+    for b in plain:
+        x = torch.rand(2, b.in_channels, 6, 6)
+        with torch.no_grad():
+            assert torch.equal(b(x), x)
+
+
 def test_random_init_baseline(bccd_root, tmp_path):
     """--weights random: the same config and data with nothing loaded (detectron2's initialisation, drawn from
     the trial seed); results.json says so in its source."""
@@ -403,6 +425,12 @@ def test_random_init_baseline(bccd_root, tmp_path):
     assert doc["config"]["MODEL"]["WEIGHTS"] == "" and doc["iterations"] == 1
     log = (out / "trial_0" / "log.txt").read_text()
     assert "random init: no weights loaded" in log and "seed 5" in log and "pretrained weights" not in log
+    assert "zeroed" not in log
+    # the network an official-init pretraining starts from: every residual block zero-initialised
+    zero = tmp_path / "random_zero"
+    assert detect.main([*argv[:5], str(zero), *argv[6:], "SIMSIAM.ZERO_INIT_RESIDUAL", "True"]) == 0
+    assert read_results(zero)["source"]["pretrain"]["zero_init_residual"] is True
+    assert "last norm of each of the 16 residual blocks zeroed" in (zero / "trial_0" / "log.txt").read_text()
 
 def test_bad_input_is_a_clear_error(d2_weights, tmp_path, capsys):
     base = ["--config", "tiny", "--output", str(tmp_path / "x"), "--cache-dir", str(tmp_path)]
@@ -410,6 +438,10 @@ def test_bad_input_is_a_clear_error(d2_weights, tmp_path, capsys):
     assert "missing.pkl" in capsys.readouterr().err
     assert detect.main(["--weights", str(d2_weights), *base, "--test-dataset", str(tmp_path / "nope")]) == 2
     assert "nope" in capsys.readouterr().err
+    assert detect.main(["--weights", str(d2_weights), *base, "SIMSIAM.ZERO_INIT_RESIDUAL", "True"]) == 2
+    assert "SIMSIAM.ZERO_INIT_RESIDUAL True applies to --weights random only" in capsys.readouterr().err
+    assert detect.main(["--weights", "random", *base, "SIMSIAM.ZERO_INIT_RESIDUAL", "1"]) == 2
+    assert "override SIMSIAM.ZERO_INIT_RESIDUAL 1: Type mismatch" in capsys.readouterr().err
 
 
 def test_amp_needs_cuda(d2_weights, tmp_path, capsys):

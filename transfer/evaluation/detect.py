@@ -8,7 +8,8 @@
 --weights: detectron2 weights written by `simsiam convert --to detectron2` (.pkl), or any pretraining
 checkpoint that transfer.evaluation.convert reads (converted on the fly into DIR/weights_detectron2.pkl), or `random`:
 nothing is loaded and the backbone keeps detectron2's own initialisation, drawn from the trial's seed (the
-random-init baseline on the same config and data). Weights and checkpoints are read without running code
+random-init baseline on the same config and data); with SIMSIAM.ZERO_INIT_RESIDUAL True the last norm of every
+residual block is then zeroed, as the official SimSiam pretraining initialises its network. Weights and checkpoints are read without running code
 from them (.pkl: only containers and numpy arrays; others: torch.load weights_only); a file that asks for
 more is refused with exit code 2.
 --config: a preset of eval_configs/detection (voc07, voc0712, coco_1x, coco_2x, tiny, tiny_coco, tiny_r18,
@@ -61,7 +62,7 @@ from detectron2.engine import DefaultTrainer, hooks  # noqa: E402
 from detectron2.engine import defaults as d2_defaults  # noqa: E402
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator  # noqa: E402
 from detectron2.layers import get_norm  # noqa: E402
-from detectron2.modeling.backbone.resnet import BasicBlock, ResNet  # noqa: E402
+from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock, ResNet  # noqa: E402
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, Res5ROIHeads  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 from detectron2.utils.events import EventWriter, get_event_storage  # noqa: E402
@@ -113,9 +114,20 @@ if "Res5ROIHeadsExtraNorm" not in ROI_HEADS_REGISTRY:
     ROI_HEADS_REGISTRY.register(Res5ROIHeadsExtraNorm)
 
 
+def zero_init_residual(model: nn.Module) -> int:
+    """Zero the scale of the last norm of every residual block (conv2 of a basic block, conv3 of a bottleneck),
+    in the backbone and in the ROI head's res5, so that each block starts as the identity: torchvision's
+    `zero_init_residual`, the init of the official SimSiam pretraining. Returns the number of blocks."""
+    blocks = [m for m in model.modules() if isinstance(m, (BasicBlock, BottleneckBlock))]
+    with torch.no_grad():
+        for b in blocks:
+            (b.conv3 if isinstance(b, BottleneckBlock) else b.conv2).norm.weight.zero_()
+    return len(blocks)
+
+
 # ----------------------------------------------------------------------------------------------- config
 def add_simsiam_config(cfg: CN) -> CN:
-    """Our keys (all under SIMSIAM, documented in eval_configs/detection/Base-RCNN-C4-BN.yaml)."""
+    """Our keys, all under SIMSIAM; a preset, a YAML file or a KEY VALUE override may set them."""
     cfg.SIMSIAM = CN()
     cfg.SIMSIAM.NORM = "auto"             # auto | BN | SyncBN | naiveSyncBN (see module docstring)
     cfg.SIMSIAM.MAX_TRAIN_IMAGES = 0      # >0: train on the first N images of each training set only
@@ -124,6 +136,7 @@ def add_simsiam_config(cfg: CN) -> CN:
     cfg.SIMSIAM.CLASSES = []              # class names of custom VOC folders ([] = discovered from the XML)
     cfg.SIMSIAM.BENCHMARK = ""            # dataset name in results.json ("" = derived from the datasets)
     cfg.SIMSIAM.KEEP_CHECKPOINTS = 1      # periodic snapshots kept per trial (besides model_final.pth)
+    cfg.SIMSIAM.ZERO_INIT_RESIDUAL = False  # --weights random only: every residual block starts as the identity
     return cfg
 
 
@@ -400,11 +413,16 @@ def config_arch(cfg: CN) -> str:
     return DEPTH_ARCH.get(depth, f"resnet{depth}")
 
 
-def prepare_weights(path: str, output: Path, arch: str = "resnet50") -> tuple[str, dict]:
+def prepare_weights(path: str, output: Path, arch: str = "resnet50",
+                    zero_init: bool = False) -> tuple[str, dict]:
     """(detectron2 .pkl path, results.json `source`) for the config's backbone `arch`. A pretraining checkpoint
-    is converted once; "random" gives no file ("") and the random-init source."""
+    is converted once; "random" gives no file ("") and the random-init source (`zero_init`: the config's
+    SIMSIAM.ZERO_INIT_RESIDUAL, which only a random init may set)."""
     if path == RANDOM:
-        return "", {**random_source(arch, zero_init_residual=False), "weights": None}  # detectron2 init: BN weights 1
+        return "", {**random_source(arch, zero_init_residual=zero_init), "weights": None}
+    if zero_init:
+        raise ConfigError(f"SIMSIAM.ZERO_INIT_RESIDUAL True applies to --weights random only, not to --weights {path} "
+                          "(loaded weights replace every norm)")
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"--weights {p}: no such file")
@@ -556,6 +574,10 @@ def _run_trial(cfg: CN, trial_dir: Path, seed: int, weights: str) -> dict:
         trainer.resume_or_load(resume=True)
     elif weights:
         load_pretrained(trainer.model, weights)
+    elif cfg.SIMSIAM.ZERO_INIT_RESIDUAL:
+        n = zero_init_residual(trainer.model)
+        log.info("random init: no weights loaded; detectron2's initialisation (seed %d) with the last norm of each "
+                 "of the %d residual blocks zeroed (SIMSIAM.ZERO_INIT_RESIDUAL)", seed, n)
     else:
         log.info("random init: no weights loaded; the model keeps detectron2's initialisation (seed %d)", seed)
     t0 = time.time()
@@ -613,7 +635,7 @@ def run(args) -> int:
                                                                torch.cuda.device_count() or 1)))
         _detectron2_console()
         cfg, train, test = setup(args)
-        weights, source = prepare_weights(args.weights, sr.dir, config_arch(cfg))
+        weights, source = prepare_weights(args.weights, sr.dir, config_arch(cfg), cfg.SIMSIAM.ZERO_INIT_RESIDUAL)
         plan = TrialPlan(cfg, train, test, args.config, source)
         indices = range(args.trials) if args.trial_index is None else [args.trial_index]
         trials = [run_or_read_trial(plan, sr.dir / f"trial_{i}", i, args.seed + i, weights) for i in indices]

@@ -14,8 +14,9 @@
 
 Stages 3-5 also evaluate a randomly initialised backbone (`--weights random`) on the same data and protocol,
 into knn_random/, linear_random/ and detection_random/: the tables show that baseline next to the
-pretrained rows. For kNN and linear it is the network pretraining starts from (the demo's pretraining keeps
-torchvision's init, every BN weight 1, which is also how detectron2 initialises the random-init detector).
+pretrained rows. It is the network the pretraining started from, built the same way (the official init: the
+last BN of every residual block zeroed, `model.zero_init_residual` of kNN and linear, SIMSIAM.ZERO_INIT_RESIDUAL
+of detection), so each gain is what the pretraining added.
 Every run is skipped when its results.json already exists, so an interrupted demo continues where it
 stopped. Every stage here calls the same entry point as the corresponding `simsiam <command>`.
 """
@@ -69,11 +70,15 @@ def pretrained_protocol(knn_dir: Path) -> tuple[str, list[str]]:
                                                for k in ("image_size", "crop_fraction", "mean", "std")]
 
 
+def pretraining_zero_init(pre_dir: Path) -> bool:
+    """Whether the pretraining in pre_dir started with zero-initialised residual blocks (its config.json)."""
+    return bool(json.loads((pre_dir / "config.json").read_text())["model"]["zero_init_residual"])
+
+
 def pretraining_init(pre_dir: Path) -> str:
     """The `model.zero_init_residual=...` override that builds the network the pretraining in pre_dir started
-    from, read from its resolved config.json."""
-    zero = json.loads((pre_dir / "config.json").read_text())["model"]["zero_init_residual"]
-    return f"model.zero_init_residual={'true' if zero else 'false'}"
+    from (kNN and linear evaluation)."""
+    return f"model.zero_init_residual={'true' if pretraining_zero_init(pre_dir) else 'false'}"
 
 
 ARCH_OVERRIDES = {"resnet18": [], "resnet50": ["model.arch=resnet50", "model.dim=2048", "model.pred_dim=512"]}
@@ -140,8 +145,9 @@ def _detection_stage(out: Path, weights: Path, arch: str, quick: bool) -> None:
                 f"random init", 5, TOTAL)
     det = ["--config", preset, "--trials", str(1 if quick else DETECTION_TRIALS),
            *(QUICK_DETECT if quick else [])]  # KEY VALUE pairs last
-    for folder, w in (("detection", str(weights)), ("detection_random", "random")):
-        _once(out / folder, _main("detect"), ["--weights", w, "--output", str(out / folder), *det], "detect")
+    init = ["SIMSIAM.ZERO_INIT_RESIDUAL", str(pretraining_zero_init(out / "pretrain"))]
+    for folder, w, keys in (("detection", str(weights), []), ("detection_random", "random", init)):
+        _once(out / folder, _main("detect"), ["--weights", w, "--output", str(out / folder), *det, *keys], "detect")
     _done(t0, "detection")
 
 
