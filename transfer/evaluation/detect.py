@@ -9,9 +9,9 @@
 checkpoint that transfer.evaluation.convert reads (converted on the fly into DIR/weights_detectron2.pkl), or `random`:
 nothing is loaded and the backbone keeps detectron2's own initialisation, drawn from the trial's seed (the
 random-init baseline on the same config and data); with SIMSIAM.ZERO_INIT_RESIDUAL True the last norm of every
-residual block is then zeroed, as the official SimSiam pretraining initialises its network. Weights and checkpoints are read without running code
-from them (.pkl: only containers and numpy arrays; others: torch.load weights_only); a file that asks for
-more is refused with exit code 2.
+residual block is then zeroed, as the official SimSiam pretraining initialises its network. Weights and
+checkpoints are read without running code from them (.pkl: only containers and numpy arrays; others:
+torch.load weights_only); a file that asks for more is refused with exit code 2.
 --config: a preset of eval_configs/detection (voc07, voc0712, coco_1x, coco_2x, tiny, tiny_coco, tiny_r18,
 demo_r18, demo_r50) or a YAML
 file (detectron2 format, `_BASE_` allowed, read with yaml.safe_load only: a tag that builds a Python object
