@@ -1,6 +1,6 @@
 """The main job on the embedded default data, end to end, into one run folder.
 
-`simsiam demo [--output runs/demo] [--arch resnet18|resnet50] [--quick]`
+`simsiam demo [--output runs/demo] [--arch resnet18|resnet50] [--seed S] [--quick]`
 
   1. pretrain   SimSiam on the generated ImageFolder (eval_configs/pretrain/demo.yaml: ResNet-18 at 32 px;
                 `--arch resnet50` switches to the ResNet-50 and its 2048-d heads)
@@ -75,9 +75,14 @@ def pretraining_zero_init(pre_dir: Path) -> bool:
     return bool(json.loads((pre_dir / "config.json").read_text())["model"]["zero_init_residual"])
 
 
+def pretraining_seed(pre_dir: Path) -> int:
+    """The torch seed the pretraining in pre_dir built its network under (its config.json's train.seed)."""
+    return int(json.loads((pre_dir / "config.json").read_text())["train"]["seed"])
+
+
 def pretraining_init(pre_dir: Path) -> str:
     """The `model.zero_init_residual=...` override that builds the network the pretraining in pre_dir started
-    from (kNN and linear evaluation)."""
+    from (kNN and linear evaluation; the seed is passed beside it)."""
     return f"model.zero_init_residual={'true' if pretraining_zero_init(pre_dir) else 'false'}"
 
 
@@ -88,14 +93,16 @@ DETECTION_TRIALS = 2  # per backbone: the table shows mean +- std, so the gain c
 TOTAL = 6                    # stages, for the progress headers
 
 
-def run_demo(out: Path, quick: bool = False, cache_dir: str | None = None, arch: str = "resnet18") -> Path:
-    """Run every stage into `out` (finished stages are skipped); `arch` is the pretrained backbone."""
+def run_demo(out: Path, quick: bool = False, cache_dir: str | None = None, arch: str = "resnet18",
+             seed: int = 0) -> Path:
+    """Run every stage into `out` (finished stages are skipped); `arch` is the pretrained backbone, `seed` the
+    pretraining's train.seed (the random-init baselines are built under the same seed)."""
     if arch not in ARCH_OVERRIDES:
         raise ValueError(f"unknown --arch '{arch}' (known: {', '.join(ARCH_OVERRIDES)})")
     out.mkdir(parents=True, exist_ok=True)
     t_all = time.time()
     extra = [f"data.cache_dir={cache_dir}"] if cache_dir else []
-    ckpt = _pretrain_stage(out, quick, extra, arch)
+    ckpt = _pretrain_stage(out, quick, [*extra, f"train.seed={seed}"], arch)
     weights = _convert_stage(out, ckpt, arch)
     _classification_stages(out, ckpt, quick, cache_dir, extra)
     _detection_stage(out, weights["detectron2"], arch, quick)
@@ -160,16 +167,16 @@ def _classification_stages(out: Path, ckpt: Path, quick: bool, cache_dir: str | 
             *(QUICK_KNN if quick else [])]
     _once(out / "knn", knn, ["--weights", str(ckpt), "--output", str(out / "knn"), *data], "knn")
     arch, same_data = pretrained_protocol(out / "knn")
-    init = pretraining_init(out / "pretrain")
+    init, seed = pretraining_init(out / "pretrain"), pretraining_seed(out / "pretrain")
     _once(out / "knn_random", knn, ["--weights", "random", "--output", str(out / "knn_random"), *data,
-                                    f"model.arch={arch}", init, *same_data], "knn")
+                                    f"model.arch={arch}", init, f"seed={seed}", *same_data], "knn")
     _done(t0, "kNN")
 
     t0 = _stage("linear evaluation (frozen backbone): pretrained, random init", 4, TOTAL)
     lin = ["--config", "demo", *extra, *(QUICK_LINEAR if quick else [])]
     _once(out / "linear", linear, ["--weights", str(ckpt), "--output", str(out / "linear"), *lin], "linear")
     _once(out / "linear_random", linear, ["--weights", "random", "--output", str(out / "linear_random"), *lin,
-                                          f"model.arch={arch}", init], "linear")
+                                          f"model.arch={arch}", init, f"train.seed={seed}"], "linear")
     _done(t0, "linear evaluation")
 
 
@@ -193,13 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--quick", action="store_true", help="fewer steps per stage (CI smoke run)")
     ap.add_argument("--arch", choices=sorted(ARCH_OVERRIDES), default="resnet18",
                     help="backbone to pretrain and transfer (default resnet18, R18-C4 detection; resnet50: R50-C4)")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="pretraining seed (train.seed; the random-init baselines use the same), default 0")
     ap.add_argument("--cache-dir", help="where the embedded datasets are generated (default ~/.cache/simsiam)")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    run_demo(Path(args.output), args.quick, args.cache_dir, args.arch)
+    run_demo(Path(args.output), args.quick, args.cache_dir, args.arch, args.seed)
     return 0
 
 
