@@ -1,5 +1,6 @@
-"""transfer.tooling.d2compat: detectron2 imports here, the placeholder for its C++ ops fails clearly, the shims are in
-place, and the pure-Python install is what the marker says (unpacked from the pinned wheel without _C)."""
+"""transfer.tooling.d2compat (the installer and its check) and the import shim it uses
+(transfer.evaluation.detection.shim): detectron2 imports here, the placeholder for its C++ ops fails clearly, the
+shims are in place, and the pure-Python install is what the marker says (unpacked from the pinned wheel without _C)."""
 from __future__ import annotations
 
 import hashlib
@@ -11,31 +12,32 @@ import numpy as np
 import pytest
 import torch
 
+from transfer.evaluation.detection import shim
 from transfer.tooling import d2compat
 
 
 def test_import_and_shims():
-    d2 = d2compat.import_detectron2()
-    assert d2 is sys.modules["detectron2"] and d2compat.import_detectron2() is d2
+    d2 = shim.import_detectron2()
+    assert d2 is sys.modules["detectron2"] and shim.import_detectron2() is d2
     assert np.float is float and np.int is int and np.str is str  # removed numpy aliases, only added if missing
     from PIL import Image
 
     assert Image.LINEAR == Image.Resampling.BILINEAR
 
 
-@pytest.mark.skipif(d2compat.has_real_extension(), reason="an official detectron2 build has the real ops")
+@pytest.mark.skipif(shim.has_real_extension(), reason="an official detectron2 build has the real ops")
 def test_missing_ops_fail_with_a_clear_message():
     import detectron2
 
     placeholder = sys.modules["detectron2._C"]
     assert detectron2._C is placeholder
-    with pytest.raises(d2compat.D2OpUnavailable, match=r"C\+\+ op 'nms_rotated' is not available in this "
+    with pytest.raises(shim.D2OpUnavailable, match=r"C\+\+ op 'nms_rotated' is not available in this "
                                                         r"pure-Python install.*official detectron2 build"):
         placeholder.nms_rotated
     assert not hasattr(placeholder, "COCOevalAccumulate")  # probing code sees "not there"
 
 
-@pytest.mark.skipif(d2compat.has_real_extension(), reason="an official detectron2 build has the real ops")
+@pytest.mark.skipif(shim.has_real_extension(), reason="an official detectron2 build has the real ops")
 def test_fast_coco_eval_names_the_missing_op(coco_tiny_root):
     """detectron2's C++ COCO evaluation fails with our message (hence COCOEvaluator(use_fast_impl=False))."""
     import contextlib
@@ -51,7 +53,7 @@ def test_fast_coco_eval_names_the_missing_op(coco_tiny_root):
                           "score": 0.9}])
         ev = COCOeval_opt(gt, dt, "bbox")
         ev.params.imgIds = [ann["image_id"]]
-        with pytest.raises(d2compat.D2OpUnavailable, match="C\\+\\+ op 'InstanceAnnotation' is not available"):
+        with pytest.raises(shim.D2OpUnavailable, match="C\\+\\+ op 'InstanceAnnotation' is not available"):
             ev.evaluate()
 
 
@@ -105,7 +107,7 @@ def test_unpack_wheel_leaves_out_only_the_extension(tmp_path):
 
 
 def test_check_command(capsys):
-    d2 = d2compat.import_detectron2()
+    d2 = shim.import_detectron2()
     assert d2compat.main(["check"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[d2compat] ")]
     # the version and place of the detectron2 that is actually imported (official build or our wheel)
@@ -114,9 +116,19 @@ def test_check_command(capsys):
     if info is not None:  # our pure-Python install: the pinned wheel's version
         assert d2.__version__ == d2compat.WHEEL_VERSION
         assert lines[1].startswith(f"[d2compat] installed as: pure-Python install from {info['wheel']} ")
-    elif d2compat.has_real_extension():
+    elif shim.has_real_extension():
         assert lines[1].startswith("[d2compat] installed as: official build;")
-    ops = "yes" if d2compat.has_real_extension() else "no"
+    ops = "yes" if shim.has_real_extension() else "no"
     assert f"; compiled ops: {ops};" in lines[1]
     assert lines[2] == f"[d2compat] python {sys.version.split()[0]}, torch {torch.__version__}"
     assert lines[3].startswith("[d2compat] R50-C4 Faster R-CNN built (") and lines[3].endswith("one CPU forward: OK")
+
+
+def test_importing_the_shim_changes_nothing():
+    """The shim acts when import_detectron2() is called, not when it (or the installer) is imported."""
+    import subprocess
+
+    code = ("import sys, numpy, transfer.tooling.d2compat, transfer.evaluation.detection.shim as s; "
+            "assert 'detectron2' not in sys.modules and 'float' not in vars(numpy); "
+            "s.import_detectron2(); assert 'detectron2' in sys.modules and numpy.float is float")
+    subprocess.run([sys.executable, "-c", code], check=True)

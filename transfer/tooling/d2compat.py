@@ -11,15 +11,9 @@ detectron2 has no buildable release on PyPI. Two ways it gets into our environme
    sal-detectron2` removes it and `check` knows how it got there). Its runtime dependencies that are
    missing are installed with pip.
 
-Without `_C`, every op we use still works (torchvision provides NMS and ROIAlign); only the rotated-box
-ops, deformable convolution and the fast COCO evaluator need it. `import_detectron2()` — which every module
-of ours calls before importing detectron2 — then registers a placeholder `detectron2._C` whose attribute
-access raises `D2OpUnavailable` naming the op, and `has_real_extension()` tells callers to pick the
-official COCO evaluator (`use_fast_impl=False`).
-
-Compatibility shims applied by `import_detectron2()`, each only when missing: numpy's removed aliases
-(np.int/np.bool/np.float/np.str) and `PIL.Image.LINEAR`. `pkg_resources` is only used
-by `detectron2.model_zoo`, which we never import (our configs are written out in eval_configs/detection).
+Without `_C`, every op we use still works; how such an install is imported (the placeholder for the C++ ops,
+the numpy/PIL compatibility shims) is transfer.evaluation.detection.shim. `pkg_resources` is only used by
+`detectron2.model_zoo`, which we never import (our configs are written out in eval_configs/detection).
 
     python -m transfer.tooling.d2compat install [--cache DIR] [--force]
     python -m transfer.tooling.d2compat check
@@ -29,9 +23,7 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
-import importlib
 import importlib.metadata
-import importlib.util
 import json
 import os
 import shutil
@@ -40,9 +32,10 @@ import sys
 import sysconfig
 import tempfile
 import time
-import types
 import zipfile
 from pathlib import Path
+
+from transfer.evaluation.detection.shim import applied_shims, has_real_extension, import_detectron2
 
 WHEEL_DIST = "sal-detectron2"
 WHEEL_VERSION = "0.7.2"
@@ -52,98 +45,15 @@ INSTALLER = "simsiam-suite/d2compat"
 MARKER = "d2compat.json"  # inside the .dist-info we write
 
 # detectron2's runtime dependencies (its METADATA, minus black (only for config pretty-printing, optional),
-# minus numpy<2 (the pure-Python code runs on numpy 2 with the aliases below)).
+# minus numpy<2 (the pure-Python code runs on numpy 2 with the shim's aliases)).
 RUNTIME_DEPS = [
     "Pillow>=7.1", "matplotlib", "pycocotools>=2.0.2", "termcolor>=1.1", "yacs>=0.1.8", "tabulate",
     "cloudpickle", "tqdm>4.29.0", "tensorboard", "omegaconf>=2.1,<2.4", "hydra-core>=1.1", "packaging",
     "fvcore", "iopath",
 ]
-NUMPY_ALIASES = {"int": int, "bool": bool, "float": float, "str": str}
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CACHE = REPO / ".whl"
-
-
-class D2OpUnavailable(AttributeError):
-    """A detectron2 C++/CUDA op was requested but this install has no compiled extension."""
-
-
-class _MissingExtension(types.ModuleType):
-    """Stands in for `detectron2._C` in a pure-Python install: any op lookup fails with a clear message."""
-
-    def __getattr__(self, name: str):
-        if name.startswith("__") and name.endswith("__"):
-            raise AttributeError(name)
-        raise D2OpUnavailable(
-            f"detectron2 C++ op '{name}' is not available in this pure-Python install of detectron2 "
-            f"(installed by `python -m transfer.tooling.d2compat install` from {WHEEL_DIST}=={WHEEL_VERSION}, without "
-            f"its compiled extension). Use a configuration that does not need it (e.g. no rotated boxes, no "
-            f"deformable convolution, COCOEvaluator(use_fast_impl=False)), or install an official detectron2 "
-            f"build compiled for this torch (https://detectron2.readthedocs.io/en/latest/tutorials/install.html)."
-        )
-
-
-_STATE: dict = {}
-
-
-def _apply_shims() -> list[str]:
-    applied = []
-    import numpy as np
-
-    for name, value in NUMPY_ALIASES.items():
-        if name not in vars(np):  # (getattr would trigger numpy's deprecation __getattr__)
-            setattr(np, name, value)
-            applied.append(f"numpy.{name}")
-    from PIL import Image
-
-    if not hasattr(Image, "LINEAR"):
-        Image.LINEAR = Image.Resampling.BILINEAR
-        applied.append("PIL.Image.LINEAR")
-    return applied
-
-
-def _real_extension_importable() -> bool:
-    existing = sys.modules.get("detectron2._C")
-    if existing is not None:
-        return not isinstance(existing, _MissingExtension)
-    try:
-        spec = importlib.util.find_spec("detectron2._C")
-    except (ImportError, ValueError):
-        return False
-    if spec is None:
-        return False
-    try:
-        importlib.import_module("detectron2._C")
-        return True
-    except ImportError:  # e.g. an extension built for another python/torch
-        sys.modules.pop("detectron2._C", None)
-        return False
-
-
-def import_detectron2() -> types.ModuleType:
-    """Make `import detectron2` work here (see the module docstring) and return the detectron2 package."""
-    if "module" in _STATE:
-        return _STATE["module"]
-    shims = _apply_shims()
-    try:
-        import detectron2
-    except ImportError as e:
-        raise ImportError(
-            f"detectron2 is not importable ({e}); run `python -m transfer.tooling.d2compat install` (install.sh does it)"
-        ) from e
-    real = _real_extension_importable()
-    if not real:
-        placeholder = _MissingExtension("detectron2._C", "placeholder: detectron2 installed without its C++ ops")
-        sys.modules["detectron2._C"] = placeholder
-        detectron2._C = placeholder
-    _STATE.update(module=detectron2, real_extension=real, shims=shims)
-    return detectron2
-
-
-def has_real_extension() -> bool:
-    """True when detectron2's compiled ops are available (an official build)."""
-    import_detectron2()
-    return bool(_STATE["real_extension"])
 
 
 def install_info() -> dict | None:
@@ -309,7 +219,7 @@ def check() -> int:
            else "official build" if has_real_extension() else "unknown installation without _C")
     print(f"[d2compat] detectron2 {d2.__version__} at {Path(d2.__file__).parent}")
     print(f"[d2compat] installed as: {how}; compiled ops: {'yes' if has_real_extension() else 'no'}; "
-          f"shims: {', '.join(_STATE['shims']) or 'none'}")
+          f"shims: {', '.join(applied_shims()) or 'none'}")
     print(f"[d2compat] python {sys.version.split()[0]}, torch {torch.__version__}")
     cfg = get_cfg()
     cfg.MODEL.DEVICE = "cpu"
