@@ -1,4 +1,5 @@
-"""transfer.evaluation.detect: protocol configs, norm choice, trial statistics, weight loading, and short real fine-tuning
+"""transfer.evaluation.detect and its parts (transfer.evaluation.detection): protocol configs, norm choice, trial
+statistics, weight loading, two CPU processes, and short real fine-tuning
 runs (R50-C4, detectron2 on CPU) on real data: a BCCD slice (VOC evaluation) and coco-tiny (Mask R-CNN, COCO
 evaluation), from weights made by our converter."""
 from __future__ import annotations
@@ -19,8 +20,11 @@ import pytest
 import torch
 import torchvision
 
-from pretrain.config import ConfigError
+from pretrain.config import ConfigError, find_preset
 from transfer.evaluation import convert, detect
+from transfer.evaluation.detection import config as dconfig, heads, trials
+from transfer.evaluation.detection import trainer as dtrainer, weights as dweights
+from transfer.evaluation.detection.shim import has_real_extension
 from transfer.reporting.results import read_results
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,7 +92,7 @@ def test_coco_presets_resolve_to_the_protocol():
 
 def test_unknown_keys_and_bad_overrides_are_errors(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text('_BASE_: "%s"\nSOLVER:\n  MAX_ITERS: 5\n' % (detect.find_preset("voc07", "detection")))
+    bad.write_text('_BASE_: "%s"\nSOLVER:\n  MAX_ITERS: 5\n' % (find_preset("voc07", "detection")))
     with pytest.raises(ConfigError, match="bad.yaml.*MAX_ITERS"):
         detect.build_config(str(bad))
     with pytest.raises(ConfigError, match="SOLVER.NOPE"):
@@ -104,21 +108,21 @@ def test_norm_choice():
     for preset in ("voc07", "voc0712", "coco_1x", "coco_2x", "tiny", "tiny_coco"):
         cfg = _cfg(preset)
         assert (cfg.SIMSIAM.NORM, cfg.MODEL.RESNETS.NORM) == ("auto", "naiveSyncBN"), preset
-        resolved = [detect.resolve_norm(cfg.SIMSIAM.NORM, cfg.MODEL.RESNETS.NORM, world, cuda)
+        resolved = [dconfig.resolve_norm(cfg.SIMSIAM.NORM, cfg.MODEL.RESNETS.NORM, world, cuda)
                     for world, cuda in ((8, True), (2, True), (2, False), (1, True), (1, False))]
         assert resolved == ["naiveSyncBN", "naiveSyncBN", "naiveSyncBN", "BN", "BN"], preset
     # SyncBN stays available: from the config on several GPUs, or asked for explicitly
-    assert detect.resolve_norm("auto", "SyncBN", 8, cuda=True) == "SyncBN"
-    assert detect.resolve_norm("auto", "SyncBN", 2, cuda=False) == "naiveSyncBN"  # SyncBN needs CUDA
-    assert detect.resolve_norm("auto", "SyncBN", 1, cuda=True) == "BN"
+    assert dconfig.resolve_norm("auto", "SyncBN", 8, cuda=True) == "SyncBN"
+    assert dconfig.resolve_norm("auto", "SyncBN", 2, cuda=False) == "naiveSyncBN"  # SyncBN needs CUDA
+    assert dconfig.resolve_norm("auto", "SyncBN", 1, cuda=True) == "BN"
     assert _cfg("voc07", "MODEL.RESNETS.NORM", "SyncBN").MODEL.RESNETS.NORM == "SyncBN"
-    assert detect.resolve_norm("SyncBN", "naiveSyncBN", 8, cuda=True) == "SyncBN"
-    assert detect.resolve_norm("naiveSyncBN", "SyncBN", 1, cuda=False) == "naiveSyncBN"
-    assert detect.resolve_norm("BN", "naiveSyncBN", 8, cuda=True) == "BN"
+    assert dconfig.resolve_norm("SyncBN", "naiveSyncBN", 8, cuda=True) == "SyncBN"
+    assert dconfig.resolve_norm("naiveSyncBN", "SyncBN", 1, cuda=False) == "naiveSyncBN"
+    assert dconfig.resolve_norm("BN", "naiveSyncBN", 8, cuda=True) == "BN"
     # auto leaves norms that do not synchronise alone
-    assert detect.resolve_norm("auto", "FrozenBN", 1, cuda=False) == "FrozenBN"
-    assert detect.resolve_norm("auto", "GN", 8, cuda=True) == "GN"
-    assert detect.resolve_norm("auto", "BN", 2, cuda=False) == "BN"
+    assert dconfig.resolve_norm("auto", "FrozenBN", 1, cuda=False) == "FrozenBN"
+    assert dconfig.resolve_norm("auto", "GN", 8, cuda=True) == "GN"
+    assert dconfig.resolve_norm("auto", "BN", 2, cuda=False) == "BN"
 
 
 # ------------------------------------------------------------------------------------------------- trials
@@ -133,9 +137,9 @@ def test_benchmark_names():
 
 
 def test_extract_metrics_shapes():
-    voc = detect.extract_metrics({"bbox": {"AP": 40.0, "AP50": 70.0, "AP75": 41.0}}, "voc", False)
+    voc = trials.extract_metrics({"bbox": {"AP": 40.0, "AP50": 70.0, "AP75": 41.0}}, "voc", False)
     assert voc == {"AP50": 70.0, "AP": 40.0, "AP75": 41.0}
-    coco = detect.extract_metrics({"bbox": {"AP": 1.0, "AP50": 2.0, "AP75": float("nan"), "APs": 0.0},
+    coco = trials.extract_metrics({"bbox": {"AP": 1.0, "AP50": 2.0, "AP75": float("nan"), "APs": 0.0},
                                    "segm": {"AP": 0.5, "AP50": 1.5, "AP75": 0.1}}, "coco", True)
     assert coco == {"bbox": {"AP50": 2.0, "AP": 1.0, "AP75": None}, "segm": {"AP50": 1.5, "AP": 0.5, "AP75": 0.1}}
 
@@ -148,7 +152,7 @@ def test_converted_weights_are_really_loaded(tv_resnet50, d2_weights, tmp_path):
     cfg = _cfg("tiny", "MODEL.RESNETS.NORM", "BN", "MODEL.DEVICE", "cpu")
     model = build_model(cfg)
     assert torch.count_nonzero(model.backbone.stem.conv1.weight - sd["conv1.weight"]) > 0  # not yet loaded
-    summary = detect.load_pretrained(model, str(d2_weights))
+    summary = dweights.load_pretrained(model, str(d2_weights))
     assert summary["backbone_tensors_loaded"] == 265 and summary["unexpected"] == []
     assert torch.equal(model.backbone.stem.conv1.weight, sd["conv1.weight"])
     assert torch.equal(model.backbone.res4[5].conv3.norm.running_var, sd["layer3.5.bn3.running_var"])
@@ -161,8 +165,8 @@ def test_converted_weights_are_really_loaded(tv_resnet50, d2_weights, tmp_path):
     obj["model"] = {k: v for k, v in obj["model"].items() if not k.startswith("res3.")}
     broken = tmp_path / "no_res3.pkl"
     broken.write_bytes(pickle.dumps(obj))
-    with pytest.raises(detect.ConfigError, match=r"backbone tensors missing \(backbone\.res3"):
-        detect.load_pretrained(build_model(cfg), str(broken))
+    with pytest.raises(ConfigError, match=r"backbone tensors missing \(backbone\.res3"):
+        dweights.load_pretrained(build_model(cfg), str(broken))
 
 
 def test_r18_c4_is_the_whole_resnet18_with_equal_features(d2_weights, tmp_path):
@@ -179,11 +183,11 @@ def test_r18_c4_is_the_whole_resnet18_with_equal_features(d2_weights, tmp_path):
     torch.save(sd, tmp_path / "r18.pth")
     convert.to_detectron2(tmp_path / "r18.pth", tmp_path / "r18.pkl", arch="resnet18")
     cfg = _cfg("tiny_r18", "MODEL.RESNETS.NORM", "BN", "MODEL.DEVICE", "cpu")
-    assert detect.config_arch(cfg) == "resnet18"
-    weights, source = detect.prepare_weights(str(tmp_path / "r18.pkl"), tmp_path, "resnet18")
+    assert dconfig.config_arch(cfg) == "resnet18"
+    path, source = dweights.prepare_weights(str(tmp_path / "r18.pkl"), tmp_path, "resnet18")
     assert source["pretrain"]["arch"] == "resnet18"
     model = build_model(cfg).eval()
-    summary = detect.load_pretrained(model, weights)
+    summary = dweights.load_pretrained(model, path)
     assert summary["backbone_tensors_loaded"] == sum(not k.endswith("num_batches_tracked") for k in sd) == 100
     assert summary["unexpected"] == []
     x = torch.randn(2, 3, 96, 128, generator=torch.Generator().manual_seed(0))
@@ -197,8 +201,8 @@ def test_r18_c4_is_the_whole_resnet18_with_equal_features(d2_weights, tmp_path):
         assert a.shape == b.shape and b.abs().max() > 0
         assert (a - b).abs().max() / b.abs().max() < 1e-4
     with pytest.raises(ConfigError, match="resnet50 weights, but the config builds a resnet18 backbone"):
-        detect.prepare_weights(str(d2_weights), tmp_path, "resnet18")
-    assert detect.prepare_weights("random", tmp_path, "resnet18")[1]["pretrain"]["arch"] == "resnet18"
+        dweights.prepare_weights(str(d2_weights), tmp_path, "resnet18")
+    assert dweights.prepare_weights("random", tmp_path, "resnet18")[1]["pretrain"]["arch"] == "resnet18"
 
 
 def test_pretraining_checkpoint_is_converted_on_the_fly(tmp_path):
@@ -215,12 +219,12 @@ def test_pretraining_checkpoint_is_converted_on_the_fly(tmp_path):
     torch.save({"format": "simsiam-suite/pretrain", "version": 1, "epoch": 7, "step": 70, "arch": "resnet50",
                 "model": net.state_dict(), "optimizer": None, "scaler": None, "rng": {},
                 "config": {"train": {"batch_size": 64}}, "dataset": "embedded"}, ckpt)
-    weights, source = detect.prepare_weights(str(ckpt), tmp_path)
-    assert Path(weights) == tmp_path / "weights_detectron2.pkl"
+    path, source = dweights.prepare_weights(str(ckpt), tmp_path)
+    assert Path(path) == tmp_path / "weights_detectron2.pkl"
     assert source["pretrain"]["epochs"] == 7 and source["pretrain"]["batch_size"] == 64
     assert source["pretrain"]["dataset"] == "embedded" and len(source["sha256"]) == 64
     model = build_model(_cfg("tiny", "MODEL.RESNETS.NORM", "BN", "MODEL.DEVICE", "cpu"))
-    detect.load_pretrained(model, weights)
+    dweights.load_pretrained(model, path)
     assert torch.equal(model.roi_heads.res5[1].conv1.weight, net.encoder.layer4[1].conv1.weight.detach())
 
 
@@ -239,7 +243,7 @@ def test_safe_checkpointer_loads_what_detectron2_loads(d2_weights, tmp_path):
     from detectron2.checkpoint import DetectionCheckpointer
 
     cfg = _cfg("tiny", "MODEL.RESNETS.NORM", "BN", "MODEL.DEVICE", "cpu")
-    ours, ours_inc = _load_with(detect.SafeCheckpointer, cfg, d2_weights)
+    ours, ours_inc = _load_with(dweights.SafeCheckpointer, cfg, d2_weights)
     theirs, theirs_inc = _load_with(DetectionCheckpointer, cfg, d2_weights)
     assert sorted(ours_inc.missing_keys) == sorted(theirs_inc.missing_keys)
     assert ours_inc.unexpected_keys == theirs_inc.unexpected_keys == []
@@ -247,7 +251,7 @@ def test_safe_checkpointer_loads_what_detectron2_loads(d2_weights, tmp_path):
     assert len(loaded) >= 265 and all(torch.equal(ours[k], theirs[k]) for k in loaded)
     blobs = tmp_path / "c2.pkl"
     blobs.write_bytes(pickle.dumps({"blobs": {"conv1_w": np.ones(2), "conv1_w_momentum": np.zeros(2)}}, protocol=2))
-    a, b = detect.SafeCheckpointer(None)._load_file(str(blobs)), DetectionCheckpointer(None)._load_file(str(blobs))
+    a, b = dweights.SafeCheckpointer(None)._load_file(str(blobs)), DetectionCheckpointer(None)._load_file(str(blobs))
     assert {k: v for k, v in a.items() if k != "model"} == {k: v for k, v in b.items() if k != "model"}
     assert a["model"].keys() == b["model"].keys() == {"conv1_w"}
 
@@ -279,10 +283,10 @@ def test_trial_resume_reads_checkpoints_safely(bccd_root, crafted, tmp_path):
     cfg.OUTPUT_DIR = str(tmp_path)
     crafted.write("model_0000001.pth", "torch")
     (tmp_path / "last_checkpoint").write_text("model_0000001.pth")
-    trainer = detect.Trainer(cfg)
-    assert isinstance(trainer.checkpointer, detect.SafeCheckpointer)
+    trainer = dtrainer.Trainer(cfg)
+    assert isinstance(trainer.checkpointer, dweights.SafeCheckpointer)
     with pytest.raises(UnsafeFileError, match="model_0000001.pth: refused"):
-        trainer.resume_or_load(resume=True)
+        trainer.resume()
     assert not crafted.marker.exists()
 
 
@@ -316,11 +320,10 @@ def test_crafted_yaml_is_refused(tmp_path, capsys, stale_handlers_quiet):
 
 def test_coco_evaluator_uses_the_official_implementation_without_C(coco_tiny_root, tmp_path):
     from transfer.evaluation import detection_data as dd
-    from transfer.tooling.d2compat import has_real_extension
 
     name = dd.resolve_dataset(str(coco_tiny_root / "annotations" / "instances_val2017.json"))
     cfg = _cfg("tiny", "MODEL.MASK_ON", "True", "OUTPUT_DIR", str(tmp_path))
-    ev = detect.Trainer.build_evaluator(cfg, name)
+    ev = dtrainer.Trainer.build_evaluator(cfg, name)
     assert ev._use_fast_impl == has_real_extension()  # noqa: SLF001
     assert ev._tasks == ("bbox", "segm")  # noqa: SLF001
 
@@ -396,7 +399,7 @@ def test_zero_init_residual_starts_every_block_as_the_identity(preset, blocks):
 
     torch.manual_seed(0)
     model = build_model(_cfg(preset, "MODEL.RESNETS.NORM", "BN", "MODEL.DEVICE", "cpu")).eval()
-    assert detect.zero_init_residual(model) == blocks
+    assert heads.zero_init_residual(model) == blocks
     found = [m for m in model.modules() if isinstance(m, (BasicBlock, BottleneckBlock))]
     for b in found:
         last = b.conv3 if isinstance(b, BottleneckBlock) else b.conv2
@@ -485,3 +488,87 @@ def test_two_cpu_processes(tmp_path):
     assert doc["config"]["MODEL"]["RESNETS"]["NORM"] == "naiveSyncBN"
     assert read_results(out)["n_trials"] == 1
     assert proc.stdout.count("simsiam detect: 1 trial(s)") == 1
+
+
+def test_importing_the_stage_imports_no_detectron2():
+    """The entry point, its config and trials modules and its parser import no detectron2 and patch nothing."""
+    code = ("import sys, numpy, transfer.evaluation.detect as d, transfer.evaluation.detection.config, "
+            "transfer.evaluation.detection.trials; d.build_parser(); "
+            "assert 'detectron2' not in sys.modules, 'detectron2 imported'; assert 'float' not in vars(numpy)")
+    subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+
+
+# ------------------------------------------------------------------------------- two CPU processes
+def _two_rank_trainer(rank: int, port: int, out_dir: str) -> None:
+    """One rank of a two-process gloo group (env://) training R18-C4 for 2 iterations with the stage's Trainer;
+    writes what it saw to <out_dir>/rank<rank>.json."""
+    import hashlib
+    import traceback
+
+    result: dict = {}
+    try:
+        os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+        torch.set_num_threads(1)
+        from pretrain import distributed
+
+        distributed.init_distributed("cpu")
+        out = Path(out_dir)
+        args = argparse.Namespace(config="tiny_r18", opts=FAST, caffe_weights=False, norm=None, amp=False,
+                                  data_root=None, cache_dir=str(out / "cache"), train_dataset=None, test_dataset=None)
+        cfg = detect.setup(args)[0]
+        cfg.OUTPUT_DIR = str(out / "trial")
+        torch.manual_seed(100 + rank)  # each rank draws its own init: DDP's broadcast must make them one
+        trainer = dtrainer.Trainer(cfg)
+
+        def digest() -> str:
+            h = hashlib.sha256()
+            for k, v in sorted(trainer.model.module.state_dict().items()):
+                h.update(k.encode() + v.detach().contiguous().numpy().tobytes())
+            return h.hexdigest()
+
+        result.update(ddp=type(trainer.model).__name__, device_ids=trainer.model.device_ids, norm=cfg.MODEL.RESNETS.NORM,
+                      bn=sorted({type(m).__name__ for m in trainer.model.modules() if isinstance(m, torch.nn.BatchNorm2d)}),
+                      start=digest())
+        results = trainer.train()
+        result.update(end=digest(), eval={k: sorted(v) for k, v in results.items()})
+        distributed.barrier()  # rank 0 has written model_final.pth
+        final = torch.load(out / "trial" / "model_final.pth", weights_only=True)["model"]
+        mine = trainer.model.module.state_dict()
+        result["final_file_equal"] = final.keys() == mine.keys() and all(torch.equal(final[k], mine[k]) for k in mine)
+        distributed.barrier()
+        distributed.cleanup()
+    except BaseException:  # noqa: BLE001 - reported to the parent test
+        result["error"] = traceback.format_exc()
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
+
+
+def test_two_processes_train_as_one(tmp_path):
+    """Two CPU processes (gloo, env://) through the Trainer: the CPU model is in DDP without device_ids, the norm
+    is naiveSyncBN, both ranks start from and end at the same weights (which training changed), rank 0 alone
+    evaluates to a result, and its model_final.pth holds exactly those weights."""
+    from multiprocessing import get_context
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = get_context("spawn")
+    procs = [ctx.Process(target=_two_rank_trainer, args=(r, port, str(tmp_path))) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=600)
+    hung = [p.pid for p in procs if p.is_alive()]
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join()
+    assert not hung, f"workers {hung} did not finish within 600 s"
+    res = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for got in res:
+        assert "error" not in got, got["error"]
+        assert (got["ddp"], got["device_ids"], got["norm"]) == ("DistributedDataParallel", None, "naiveSyncBN")
+        assert got["bn"] == ["NaiveSyncBatchNorm"] and got["final_file_equal"] is True
+    assert res[0]["start"] == res[1]["start"] and res[0]["end"] == res[1]["end"] != res[0]["start"]
+    assert res[0]["eval"] == {"embedded_voc_val@2": ["bbox"]} and res[1]["eval"] == {"embedded_voc_val@2": []}
+    assert [p.exitcode for p in procs] == [0, 0]

@@ -10,7 +10,8 @@ A dataset is named on the command line (`--train-dataset`, `--test-dataset`) by 
   split "trainval"); classes are discovered from its XML files (sorted), or given with `classes=`;
 * `FILE.json[:IMAGE_DIR]` of a COCO instances file (image folder default: for .../annotations/instances_X.json
   the sibling folder X, else the JSON's folder);
-* `embedded_voc_{train,val}` / `embedded_coco_{train,val}`: the generated shapes data (transfer.tooling.synthetic_det);
+* `embedded_voc_{train,val}` / `embedded_coco_{train,val}`: the generated shapes data (transfer.tooling.synthetic_det,
+  imported only when an embedded dataset is asked for);
 * a name already registered in detectron2's DatasetCatalog.
 
 Bad input: a missing dataset folder, split file or JSON, or an unreadable JSON, raises `DatasetError` naming the
@@ -38,17 +39,18 @@ from pathlib import Path
 
 from pretrain.checkpoint import atomic_write
 from pretrain.errors import InputError
-from transfer.tooling.d2compat import import_detectron2
+from transfer.evaluation.detection.config import DEFAULT_CACHE
+from transfer.evaluation.detection.shim import import_detectron2
 
 import_detectron2()
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
-from detectron2.data.datasets.builtin_meta import _get_coco_instances_meta  # noqa: E402
+from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES  # noqa: E402
 from detectron2.data.datasets.pascal_voc import CLASS_NAMES as VOC_CLASSES  # noqa: E402
 from detectron2.structures import BoxMode  # noqa: E402
 
 log = logging.getLogger("simsiam.detection_data")
 
-DEFAULT_CACHE = "~/.cache/simsiam"
+COCO_CLASSES = [c["name"] for c in COCO_CATEGORIES if c["isthing"]]  # the 80 detection classes, in id order
 STANDARD_VOC = {f"voc_{y}_{s}": (f"VOC{y}", s, y) for y in (2007, 2012) for s in ("trainval", "train", "val")}
 STANDARD_VOC["voc_2007_test"] = ("VOC2007", "test", 2007)
 STANDARD_COCO = {f"coco_2017_{s}": (f"coco/{s}2017", f"coco/annotations/instances_{s}2017.json")
@@ -397,6 +399,11 @@ def dataset_kind(name: str) -> str:
     raise DatasetError(f"dataset '{name}': unknown evaluator type {kind!r} (expected a VOC or COCO dataset)")
 
 
+def thing_classes(name: str) -> list[str]:
+    """The class names of a registered dataset, in label order."""
+    return list(MetadataCatalog.get(name).thing_classes)
+
+
 def display_name(name: str) -> str:
     """A short dataset name for results.json ('bccd', 'coco-tiny', 'embedded', ...)."""
     return str(getattr(MetadataCatalog.get(name), "display_name", name.split("@")[0]))
@@ -440,7 +447,7 @@ def resolve_dataset(spec: str, data_root=None, cache_dir=DEFAULT_CACHE, classes=
             raise DatasetError(f"dataset {spec}: {root / js} not found (set --data-root or DETECTRON2_DATASETS "
                                f"to the folder holding coco/)")
         register_coco(spec, root / js, root / images)
-        if [c for c in MetadataCatalog.get(spec).thing_classes] != _get_coco_instances_meta()["thing_classes"]:
+        if [c for c in MetadataCatalog.get(spec).thing_classes] != COCO_CLASSES:
             raise DatasetError(f"{root / js}: categories differ from the 80 COCO classes")
         MetadataCatalog.get(spec).set(display_name=spec)
         return spec
