@@ -1,5 +1,5 @@
-"""transfer.evaluation.detect and its parts (transfer.evaluation.detection): protocol configs, norm choice, trial
-statistics, weight loading, two CPU processes, and short real fine-tuning
+"""transfer.evaluation.detect and its parts (transfer.evaluation.detection): protocol configs, norm choice, input
+normalisation, trial statistics, weight loading, two CPU processes, and short real fine-tuning
 runs (R50-C4, detectron2 on CPU) on real data: a BCCD slice (VOC evaluation) and coco-tiny (Mask R-CNN, COCO
 evaluation), from weights made by our converter."""
 from __future__ import annotations
@@ -496,6 +496,61 @@ def test_importing_the_stage_imports_no_detectron2():
             "transfer.evaluation.detection.trials; d.build_parser(); "
             "assert 'detectron2' not in sys.modules, 'detectron2 imported'; assert 'float' not in vars(numpy)")
     subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+
+
+# --------------------------------------------------------------------------------- input normalisation
+def _with_normalisation(src: Path, dst: Path, mean, std) -> Path:
+    """A converted .pkl whose source records the pretraining's input normalisation (as a SimCLR layout does)."""
+    obj = pickle.loads(src.read_bytes())
+    obj["source"] = {**obj.get("source", {}), "normalisation": {"mean": mean, "std": std}}
+    dst.write_bytes(pickle.dumps(obj))
+    return dst
+
+
+def test_normalisation_of_the_weights_sets_the_pixel_mean_and_std(d2_weights, tmp_path, caplog):
+    pkl = _with_normalisation(d2_weights, tmp_path / "simclr.pkl", [0.0, 0.0, 0.0], [1.0, 1.0, 1.0])
+    _, source = dweights.prepare_weights(str(pkl), tmp_path)
+    assert source["normalisation"] == {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
+    caplog.set_level(logging.INFO, logger="simsiam.detect")
+    cfg = _cfg("tiny")
+    assert dconfig.apply_input_normalisation(cfg, source["normalisation"], [], "w.pkl") == {
+        "MODEL.PIXEL_MEAN": [0.0, 0.0, 0.0], "MODEL.PIXEL_STD": [255.0, 255.0, 255.0]}
+    assert (list(cfg.MODEL.PIXEL_MEAN), list(cfg.MODEL.PIXEL_STD)) == ([0.0, 0.0, 0.0], [255.0, 255.0, 255.0])
+    assert "input normalisation of w.pkl" in caplog.text and "MODEL.PIXEL_STD [255.0, 255.0, 255.0]" in caplog.text
+    # a key given on the command line keeps its value; BGR input gets the channels in BGR order
+    over = ["MODEL.PIXEL_MEAN", "[1.0, 2.0, 3.0]"]
+    cfg = _cfg("tiny", *over, "INPUT.FORMAT", "BGR")
+    norm = {"mean": [0.1, 0.2, 0.3], "std": [0.5, 0.25, 1.0]}
+    assert dconfig.apply_input_normalisation(cfg, norm, over, "w.pkl") == {
+        "MODEL.PIXEL_STD": [255.0, 63.75, 127.5]}
+    assert list(cfg.MODEL.PIXEL_MEAN) == [1.0, 2.0, 3.0] and "MODEL.PIXEL_MEAN kept from the command line" in caplog.text
+    # weights that record none leave the config alone; a malformed record is one clear error
+    cfg = _cfg("tiny")
+    assert dconfig.apply_input_normalisation(cfg, None, [], "w.pkl") is None
+    assert list(cfg.MODEL.PIXEL_MEAN) == [123.675, 116.280, 103.530]
+    with pytest.raises(ConfigError, match=r"w.pkl: source normalisation std \[1.0, 0.0, 1.0\]: expected 3 numbers > 0"):
+        dconfig.apply_input_normalisation(cfg, {"mean": [0, 0, 0], "std": [1.0, 0.0, 1.0]}, [], "w.pkl")
+
+
+def test_normalisation_lands_in_the_run_config(bccd_root, tmp_path):
+    """End to end: a hand-written R18 .pkl recording pixels / 255 (mean 0, std 1) is fine-tuned with
+    MODEL.PIXEL_MEAN 0 and MODEL.PIXEL_STD 255; the trial's config, results.json and log say so."""
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
+    convert.to_detectron2(tmp_path / "r18.pth", tmp_path / "r18.pkl", arch="resnet18")
+    pkl = _with_normalisation(tmp_path / "r18.pkl", tmp_path / "r18_simclr.pkl", [0, 0, 0], [1, 1, 1])
+    out = tmp_path / "out"
+    assert detect.main(["--weights", str(pkl), "--config", "tiny_r18", "--output", str(out), "--cache-dir",
+                        str(tmp_path / "cache"), "--train-dataset", f"{bccd_root}:train", "--test-dataset",
+                        f"{bccd_root}:test", *FAST, "SOLVER.MAX_ITER", "1"]) == 0
+    doc = read_results(out / "trial_0")
+    assert doc["config"]["MODEL"]["PIXEL_MEAN"] == [0.0, 0.0, 0.0]
+    assert doc["config"]["MODEL"]["PIXEL_STD"] == [255.0, 255.0, 255.0]
+    import yaml
+
+    assert yaml.safe_load((out / "trial_0" / "config.yaml").read_text())["MODEL"]["PIXEL_STD"] == [255.0] * 3
+    assert "MODEL.PIXEL_STD [255.0, 255.0, 255.0]" in (out / "log.txt").read_text()
+    assert doc["source"]["normalisation"] == {"mean": [0, 0, 0], "std": [1, 1, 1]}
 
 
 # ------------------------------------------------------------------------------- two CPU processes

@@ -34,6 +34,10 @@ multi-GPU run, uses BN for one process (where a synchronised BN computes exactly
 naiveSyncBN instead of SyncBN for a multi-process CPU run (SyncBN needs CUDA). See
 transfer.evaluation.detection.config.resolve_norm.
 
+Input normalisation: weights whose pretraining recorded its own (the .pkl's source "normalisation", e.g. SimCLR's
+pixels / 255) set MODEL.PIXEL_MEAN / MODEL.PIXEL_STD to 255 x its mean / std, unless those keys are given as
+KEY VALUE overrides; the values used are logged and written into the run's config.
+
 This module is the stage's entry point (parse, set up, run the trials); the parts live in
 transfer.evaluation.detection. Importing it imports no detectron2.
 """
@@ -48,8 +52,8 @@ import torch
 from pretrain import distributed
 from pretrain.config import ConfigError
 from pretrain.frame import StageRun, guard
-from transfer.evaluation.detection.config import (DEFAULT_CACHE, NORMS, build_config, config_arch,
-                                                  resolve_norm)
+from transfer.evaluation.detection.config import (DEFAULT_CACHE, NORMS, apply_input_normalisation, build_config,
+                                                  config_arch, resolve_norm)
 from transfer.evaluation.detection.trials import TrialPlan, benchmark_name, run_or_read_trial, write_summary
 
 log = logging.getLogger("simsiam.detect")
@@ -145,6 +149,7 @@ def run(args) -> int:
         trainer.setup_process(sr.info.distributed)
         cfg, train, test = setup(args)
         path, source = weights.prepare_weights(args.weights, sr.dir, config_arch(cfg), cfg.SIMSIAM.ZERO_INIT_RESIDUAL)
+        apply_input_normalisation(cfg, source.get("normalisation"), args.opts, f"--weights {args.weights}")
         plan = TrialPlan(cfg, train, test, args.config, source)
         indices = range(args.trials) if args.trial_index is None else [args.trial_index]
         trials = [run_or_read_trial(plan, sr.dir / f"trial_{i}", i, args.seed + i, path) for i in indices]

@@ -1,8 +1,10 @@
 """The detectron2 config of a detection run: defaults, our SIMSIAM keys, the preset or YAML file, the
-torchvision overlay, KEY VALUE overrides; the norm policy (SIMSIAM.NORM). Importing this module imports no detectron2 (build_config does, when called).
+torchvision overlay, KEY VALUE overrides; the norm policy (SIMSIAM.NORM); the input normalisation that the
+weights' pretraining recorded. Importing this module imports no detectron2 (build_config does, when called).
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Sequence
 
@@ -10,11 +12,13 @@ import yaml
 
 from pretrain.config import ConfigError, find_preset
 
+log = logging.getLogger("simsiam.detect")
 OVERLAY = "torchvision.yaml"
 NORMS = ("auto", "BN", "SyncBN", "naiveSyncBN")
 SYNC_NORMS = ("SyncBN", "naiveSyncBN")
 DEPTH_ARCH = {18: "resnet18", 50: "resnet50"}  # MODEL.RESNETS.DEPTH -> the backbone our converters write
 DEFAULT_CACHE = "~/.cache/simsiam"  # embedded data and VOC evaluation copies
+PIXEL_KEYS = ("MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD")
 
 
 def add_simsiam_config(cfg):
@@ -111,3 +115,34 @@ def config_arch(cfg) -> str:
     """The backbone the config builds, in our converters' names (resnet50 for R50-C4, resnet18 for R18-C4)."""
     depth = cfg.MODEL.RESNETS.DEPTH
     return DEPTH_ARCH.get(depth, f"resnet{depth}")
+
+
+def apply_input_normalisation(cfg, normalisation, overrides: Sequence[str], where: str) -> dict | None:
+    """Weights whose pretraining recorded its input normalisation (source["normalisation"]: {"mean", "std"},
+    RGB, 0-1 scale) set MODEL.PIXEL_MEAN = 255*mean and MODEL.PIXEL_STD = 255*std, in the channel order of
+    INPUT.FORMAT; a key given as a KEY VALUE override keeps its value. Logs the values used; returns
+    {key: value} of what it set (None when the weights record nothing). `where` names the weights."""
+    if not normalisation:
+        return None
+    given = set(overrides[0::2])
+    pixel = {key: _pixel_values(normalisation, name, where)
+             for key, name in zip(PIXEL_KEYS, ("mean", "std"))}
+    if cfg.INPUT.FORMAT == "BGR":
+        pixel = {k: v[::-1] for k, v in pixel.items()}
+    applied = {k: v for k, v in pixel.items() if k not in given}
+    for key, value in applied.items():
+        setattr(cfg.MODEL, key.split(".")[1], value)
+    log.info("input normalisation of %s (its pretraining's mean/std x255, %s): MODEL.PIXEL_MEAN %s, "
+             "MODEL.PIXEL_STD %s%s", where, cfg.INPUT.FORMAT, list(cfg.MODEL.PIXEL_MEAN), list(cfg.MODEL.PIXEL_STD),
+             "".join(f"; {k} kept from the command line" for k in PIXEL_KEYS if k in given))
+    return applied
+
+
+def _pixel_values(normalisation, name: str, where: str) -> list[float]:
+    values = normalisation.get(name) if isinstance(normalisation, dict) else None
+    ok = isinstance(values, (list, tuple)) and len(values) == 3 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    if not ok or (name == "std" and min(values) <= 0):
+        raise ConfigError(f"{where}: source normalisation {name} {values!r}: expected 3 numbers"
+                          f"{' > 0' if name == 'std' else ''} (0-1 scale, RGB)")
+    return [255.0 * float(v) for v in values]
