@@ -472,7 +472,7 @@ def test_amp_needs_cuda(d2_weights, tmp_path, capsys):
 
 
 def test_two_cpu_processes(tmp_path):
-    """torchrun with two CPU processes (gloo): detectron2's trainer wraps the CPU model in DDP without
+    """torchrun with two CPU processes (gloo): the stage's trainer wraps the CPU model in DDP without
     device_ids, the norm resolves to naiveSyncBN, and the trial and its summary are written once."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     out = tmp_path / "two"

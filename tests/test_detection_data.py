@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from transfer.evaluation import detection_data as dd
-from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402 (imported after d2compat via dd)
+from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402 (imported after the shim, via dd)
 
 
 def _copy_voc(src: Path, dst: Path, ids: list[str], split: str = "test") -> Path:

@@ -21,6 +21,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 import torch
+from fvcore.nn.precise_bn import get_bn_modules
 
 from pretrain.frame import run_log
 from pretrain.logs import MetricsWriter
@@ -166,7 +167,7 @@ class Trainer(TrainerBase):
         cfg.defrost()
         cfg.DATALOADER.NUM_WORKERS = 0
         ret = [hooks.IterationTimer(), hooks.LRScheduler()]
-        if cfg.TEST.PRECISE_BN.ENABLED and hooks.get_bn_modules(self.model):
+        if cfg.TEST.PRECISE_BN.ENABLED and get_bn_modules(self.model):
             ret.append(hooks.PreciseBN(cfg.TEST.EVAL_PERIOD, self.model, self.build_train_loader(cfg),
                                        cfg.TEST.PRECISE_BN.NUM_ITER))
         if comm.is_main_process():
