@@ -554,9 +554,9 @@ def test_normalisation_lands_in_the_run_config(bccd_root, tmp_path):
 
 
 # ------------------------------------------------------------------------------- two CPU processes
-def _two_rank_trainer(rank: int, port: int, out_dir: str) -> None:
-    """One rank of a two-process gloo group (env://) training R18-C4 for 2 iterations with the stage's Trainer;
-    writes what it saw to <out_dir>/rank<rank>.json."""
+def _two_rank_trainer(rank: int, port: int, out_dir: str, voc_root: str) -> None:
+    """One rank of a two-process gloo group (env://) training R18-C4 for 2 iterations on a BCCD slice with the
+    stage's Trainer; writes what it saw to <out_dir>/rank<rank>.json."""
     import hashlib
     import traceback
 
@@ -570,7 +570,8 @@ def _two_rank_trainer(rank: int, port: int, out_dir: str) -> None:
         distributed.init_distributed("cpu")
         out = Path(out_dir)
         args = argparse.Namespace(config="tiny_r18", opts=FAST, caffe_weights=False, norm=None, amp=False,
-                                  data_root=None, cache_dir=str(out / "cache"), train_dataset=None, test_dataset=None)
+                                  data_root=None, cache_dir=str(out / "cache"), train_dataset=[f"{voc_root}:train"],
+                                  test_dataset=[f"{voc_root}:test"])
         cfg = detect.setup(args)[0]
         cfg.OUTPUT_DIR = str(out / "trial")
         torch.manual_seed(100 + rank)  # each rank draws its own init: DDP's broadcast must make them one
@@ -598,7 +599,7 @@ def _two_rank_trainer(rank: int, port: int, out_dir: str) -> None:
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
 
 
-def test_two_processes_train_as_one(tmp_path):
+def test_two_processes_train_as_one(bccd_root, tmp_path):
     """Two CPU processes (gloo, env://) through the Trainer: the CPU model is in DDP without device_ids, the norm
     is naiveSyncBN, both ranks start from and end at the same weights (which training changed), rank 0 alone
     evaluates to a result, and its model_final.pth holds exactly those weights."""
@@ -608,7 +609,7 @@ def test_two_processes_train_as_one(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     ctx = get_context("spawn")
-    procs = [ctx.Process(target=_two_rank_trainer, args=(r, port, str(tmp_path))) for r in range(2)]
+    procs = [ctx.Process(target=_two_rank_trainer, args=(r, port, str(tmp_path), str(bccd_root))) for r in range(2)]
     for p in procs:
         p.start()
     for p in procs:
@@ -625,5 +626,5 @@ def test_two_processes_train_as_one(tmp_path):
         assert (got["ddp"], got["device_ids"], got["norm"]) == ("DistributedDataParallel", None, "naiveSyncBN")
         assert got["bn"] == ["NaiveSyncBatchNorm"] and got["final_file_equal"] is True
     assert res[0]["start"] == res[1]["start"] and res[0]["end"] == res[1]["end"] != res[0]["start"]
-    assert res[0]["eval"] == {"embedded_voc_val@2": ["bbox"]} and res[1]["eval"] == {"embedded_voc_val@2": []}
+    assert res[0]["eval"] == {"bccd_test@2": ["bbox"]} and res[1]["eval"] == {"bccd_test@2": []}
     assert [p.exitcode for p in procs] == [0, 0]
