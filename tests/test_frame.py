@@ -1,13 +1,17 @@
 """pretrain.frame: the run frame every stage uses (run folder, per-run log, metrics, results, exit codes)."""
 import json
 import logging
+import os
+import socket
+import traceback
+from pathlib import Path
 
 import pytest
 
 from pretrain import config
 from pretrain.defaults import PretrainConfig
 from pretrain.errors import InputError
-from pretrain.frame import StageRun, guard, run_log
+from pretrain.frame import RUN_STATE, StageRun, guard, read_run_state, run_log
 from pretrain.logs import LOGGER_NAME, read_metrics
 from pretrain.train import run as pretrain_run
 from transfer.evaluation import knn
@@ -30,6 +34,9 @@ def test_two_stages_in_one_process_keep_their_own_logs(tmp_path, capsys):
     pre, ev = (tmp_path / "pre" / "log.txt").read_text(), (tmp_path / "knn" / "log.txt").read_text()
     assert "SimSiam resnet18" in pre and "epoch 1/1" in pre and "kNN (t=" not in pre
     assert "kNN (t=" in ev and "SimSiam" not in ev and "epoch 1/1" not in ev
+    pre_state, knn_state = read_run_state(tmp_path / "pre"), read_run_state(tmp_path / "knn")
+    assert pre_state["progress"] == {"epoch": 1, "epochs": 1, "step": 1, "steps": 1}   # the training loop's report
+    assert (pre_state["stage"], knn_state["stage"], knn_state["progress"]) == ("pretrain", "knn", None)
     out = capsys.readouterr().out
     assert out.count("kNN (t=0.1) of") == 1 and out.count("epoch 1/1: loss") == 1
     assert _file_handlers() == []
@@ -125,3 +132,63 @@ def test_every_stage_refuses_bad_input_with_exit_2(stage, tmp_path, capsys):
         what = "missing.pkl: no such file"
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith(f"simsiam {stage}: error: ") and what in err[0]
+
+
+def test_run_record_placement_progress_and_end(tmp_path):
+    """run_state.json: this process's placement on entry; progress written at most every progress_every_s
+    (here: far longer than the test) and always at an epoch's last step; how the run ended."""
+    run = tmp_path / "r"
+    with StageRun("pretrain", run, progress_every_s=3600) as sr:
+        doc = read_run_state(run)
+        assert doc["stage"] == "pretrain" and doc["world_size"] == 1 and doc["progress"] is None
+        assert doc["ranks"] == [{"rank": 0, "local_rank": 0, "host": socket.gethostname(), "device": "cpu",
+                                 "pid": os.getpid()}]
+        sr.progress(epoch=1, epochs=2, step=1, steps=3)      # the first report is written at once
+        assert read_run_state(run)["progress"] == {"epoch": 1, "epochs": 2, "step": 1, "steps": 3}
+        sr.progress(epoch=1, epochs=2, step=2, steps=3)      # within progress_every_s: not written
+        assert read_run_state(run)["progress"]["step"] == 1
+        sr.progress(epoch=1, epochs=2, step=3, steps=3)      # the epoch's last step: written
+        assert read_run_state(run)["progress"]["step"] == 3 and read_run_state(run)["ended"] is None
+    doc = read_run_state(run)
+    assert doc["ended"] and doc["error"] is None and doc["progress"]["step"] == 3
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []   # no temporary file left
+    # the next invocation keeps the last known position until it reports its own; an error is recorded
+    with pytest.raises(InputError):
+        with StageRun("pretrain", run, progress_every_s=3600):
+            assert read_run_state(run)["progress"]["step"] == 3 and read_run_state(run)["ended"] is None
+            raise InputError("data.root /x: cannot read image /x/a/0.jpg\n(more detail)")
+    doc = read_run_state(run)
+    assert doc["error"] == "InputError: data.root /x: cannot read image /x/a/0.jpg" and doc["ended"]
+    (run / RUN_STATE).write_text('{"version": 1, "sta')          # unreadable: no record rather than an error
+    assert read_run_state(run) is None
+
+
+def _record_rank(rank: int, port: int, out_dir: str) -> None:
+    """One rank of a two-process run: reports a rank-specific position; writes what went wrong, if anything."""
+    try:
+        os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+        with StageRun("pretrain", Path(out_dir) / "run", device="cpu", progress_every_s=0) as sr:
+            sr.progress(epoch=1, epochs=1, step=10 + rank, steps=20)
+            sr.results(task="pretrain", dataset="d", metrics={}, config={})  # a barrier: both have reported
+            if rank == 1:
+                sr.progress(epoch=1, epochs=1, step=20, steps=20)            # an epoch end on rank 1 only
+        error = ""
+    except BaseException:  # noqa: BLE001 - reported to the parent test
+        error = traceback.format_exc()
+    Path(out_dir, f"rank{rank}.txt").write_text(error)
+
+
+def test_run_record_written_by_rank_zero_only(tmp_path):
+    """Two processes: the record lists both ranks (gathered on entry) and holds rank 0's reports only."""
+    from test_distributed import spawn_ranks
+    procs = spawn_ranks(_record_rank, tmp_path)
+    for p in procs:
+        p.join(120)
+    assert [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)] == ["", ""]
+    doc = read_run_state(tmp_path / "run")
+    assert doc["world_size"] == 2
+    assert [(r["rank"], r["local_rank"], r["device"]) for r in doc["ranks"]] == [(0, 0, "cpu"), (1, 1, "cpu")]
+    assert doc["ranks"][0]["pid"] != doc["ranks"][1]["pid"]
+    assert doc["progress"] == {"epoch": 1, "epochs": 1, "step": 10, "steps": 20}
+    assert doc["ended"] and doc["error"] is None
