@@ -3,7 +3,6 @@ import json
 import logging
 import os
 import socket
-import traceback
 from pathlib import Path
 
 import pytest
@@ -163,32 +162,34 @@ def test_run_record_placement_progress_and_end(tmp_path):
     assert read_run_state(run) is None
 
 
-def _record_rank(rank: int, port: int, out_dir: str) -> None:
-    """One rank of a two-process run: reports a rank-specific position; writes what went wrong, if anything."""
-    try:
-        os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-        with StageRun("pretrain", Path(out_dir) / "run", device="cpu", progress_every_s=0) as sr:
-            sr.progress(epoch=1, epochs=1, step=10 + rank, steps=20)
-            sr.results(task="pretrain", dataset="d", metrics={}, config={})  # a barrier: both have reported
-            if rank == 1:
-                sr.progress(epoch=1, epochs=1, step=20, steps=20)            # an epoch end on rank 1 only
-        error = ""
-    except BaseException:  # noqa: BLE001 - reported to the parent test
-        error = traceback.format_exc()
-    Path(out_dir, f"rank{rank}.txt").write_text(error)
+RANK_REPORTS = """
+import os, sys
+from pathlib import Path
+from pretrain.frame import StageRun
+rank, out = int(sys.argv[1]), Path(sys.argv[2])
+with StageRun("pretrain", out / "run", device="cpu", progress_every_s=0) as sr:
+    sr.progress(epoch=1, epochs=1, step=10 + rank, steps=20)          # a rank-specific position
+    sr.results(task="pretrain", dataset="d", metrics={}, config={})   # a barrier: both ranks have reported
+    if rank == 1:
+        sr.progress(epoch=1, epochs=1, step=20, steps=20)             # an epoch end on rank 1 only
+"""
 
 
 def test_run_record_written_by_rank_zero_only(tmp_path):
     """Two processes: the record lists both ranks (gathered on entry) and holds rank 0's reports only."""
-    from test_distributed import spawn_ranks
-    procs = spawn_ranks(_record_rank, tmp_path)
-    for p in procs:
-        p.join(120)
-    assert [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)] == ["", ""]
+    import subprocess
+    import sys
+    from test_distributed import free_port
+    port, repo = free_port(), Path(__file__).resolve().parents[1]
+    procs = [subprocess.Popen([sys.executable, "-c", RANK_REPORTS, str(rank), str(tmp_path)], cwd=repo,
+                              env={**os.environ, "PYTHONPATH": str(repo), "RANK": str(rank), "WORLD_SIZE": "2",
+                                   "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                                   "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
     doc = read_run_state(tmp_path / "run")
     assert doc["world_size"] == 2
     assert [(r["rank"], r["local_rank"], r["device"]) for r in doc["ranks"]] == [(0, 0, "cpu"), (1, 1, "cpu")]
-    assert doc["ranks"][0]["pid"] != doc["ranks"][1]["pid"]
+    assert [r["pid"] for r in doc["ranks"]] == [p.pid for p in procs]
     assert doc["progress"] == {"epoch": 1, "epochs": 1, "step": 10, "steps": 20}
     assert doc["ended"] and doc["error"] is None
