@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pretrain.frame import read_run_state
 from slurm.jobs import PREEMPTION_MARK, read_events, slurm_states
 
 pytestmark = pytest.mark.slurm
@@ -382,6 +383,9 @@ def test_two_nodes_equal_one_node_and_survive_requeue_a_killed_task_and_preempti
     wait_until(lambda: any(e["event"] == "requeue" for e in read_events(run)), 120, "checkpoint() requeue record")
     mid = load_ckpt(run)
     assert (mid["epoch"], mid["epoch_step"], len(mid["positions"])) == (3, 1, 2)
+    state = read_run_state(run)        # the run record of the stopped attempt: its last position, both ranks
+    assert state["progress"] == {"epoch": 4, "epochs": 4, "step": 1, "steps": 2} and state["error"] is None
+    assert [(r["rank"], r["host"]) for r in state["ranks"]] == [(0, "node1"), (1, "node2")] and state["ended"]
     release(jid)
     assert wait_ended([jid, jtwo, jone]) == {jid: "COMPLETED", jtwo: "COMPLETED", jone: "COMPLETED"}
 
