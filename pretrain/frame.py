@@ -133,8 +133,9 @@ class RunRecord:
          "ended": ISO or null, "error": "DataError: ..." or null}
 
     `progress` is kept from the previous invocation until this one reports its own (a resumed run shows where
-    it stands from its start). Progress is written at most every `every_s` seconds, and always at an epoch's
-    last step, so a reader's view is at most that old while the run is alive."""
+    it stands from its start). Progress is written at most every `every_s` seconds, always at an epoch's last
+    step and when the invocation ends, so a reader's view is at most `every_s` old while the run is alive and
+    exact once it has stopped."""
 
     def __init__(self, folder: Path, stage: str, info: distributed.DistInfo, every_s: float = 5.0):
         self.path = Path(folder) / RUN_STATE
