@@ -24,14 +24,23 @@ What it owns:
   - the metrics writer (pretrain.logs.MetricsWriter: rank 0 only, a cut-off last line is dropped when the
     file is opened, atomic truncation on resume);
   - results.json (pretrain.logs.write_results, rank 0 only);
+  - the run record <output_dir>/run_state.json (RunRecord, rank 0 only): where each rank runs (host, local
+    rank, device, process id, gathered on entry), how far the run is (`sr.progress(...)`, written at most
+    every few seconds and at the end of each epoch) and how the invocation ended; whoever follows a run
+    (`simsiam submit status`) reads it with read_run_state, so the training code never knows who launched it;
   - the error convention (pretrain.errors): bad input -> one line naming the file, key or value, exit 2;
     anything else keeps its traceback and exits 1.
 """
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
+import json
 import logging
+import os
+import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -39,8 +48,12 @@ import torch.distributed as dist
 
 from . import config as config_mod
 from . import distributed
+from .checkpoint import atomic_write
 from .errors import EXIT_BAD_INPUT, InputError
 from .logs import LOGGER_NAME, MetricsWriter, write_results
+
+RUN_STATE = "run_state.json"
+RUN_STATE_VERSION = 1
 
 _CONSOLE_MARK = "_simsiam_console"
 _FORMAT = logging.Formatter("[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S")
@@ -98,20 +111,96 @@ def run_log(folder: str | Path, main: bool = True, loggers: Sequence[str] = (LOG
         handler.close()
 
 
+def _utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def read_run_state(folder: str | Path) -> dict[str, Any] | None:
+    """The run record of a run folder (see RunRecord), or None when there is none (yet) or it is unreadable."""
+    try:
+        doc = json.loads((Path(folder) / RUN_STATE).read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and doc.get("version") == RUN_STATE_VERSION else None
+
+
+class RunRecord:
+    """<folder>/run_state.json, written by rank 0 only, atomically (a reader sees one whole version):
+
+        {"version": 1, "stage": "pretrain", "started": ISO, "updated": ISO, "world_size": 2,
+         "ranks": [{"rank": 0, "local_rank": 0, "host": "node1", "device": "cuda:0", "pid": 4242}, ...],
+         "progress": {"epoch": 3, "epochs": 100, "step": 120, "steps": 1251} or null,
+         "ended": ISO or null, "error": "DataError: ..." or null}
+
+    `progress` is kept from the previous invocation until this one reports its own (a resumed run shows where
+    it stands from its start). Progress is written at most every `every_s` seconds, always at an epoch's last
+    step and when the invocation ends, so a reader's view is at most `every_s` old while the run is alive and
+    exact once it has stopped."""
+
+    def __init__(self, folder: Path, stage: str, info: distributed.DistInfo, every_s: float = 5.0):
+        self.path = Path(folder) / RUN_STATE
+        self.enabled = info.is_main
+        self.every_s = float(every_s)
+        self._last = float("-inf")
+        self.doc: dict[str, Any] = {}
+        here = {"rank": info.rank, "local_rank": info.local_rank, "host": socket.gethostname(),
+                "device": str(info.device), "pid": os.getpid()}
+        ranks = [here]
+        if info.distributed:
+            ranks = [None] * info.world_size
+            dist.all_gather_object(ranks, here)
+        if self.enabled:
+            before = read_run_state(folder) or {}
+            self.doc = {"version": RUN_STATE_VERSION, "stage": stage, "started": _utc_now(), "updated": None,
+                        "world_size": info.world_size, "ranks": ranks,
+                        "progress": before.get("progress") if before.get("stage") == stage else None,
+                        "ended": None, "error": None}
+            self._write()
+
+    def _write(self) -> None:
+        self.doc["updated"] = _utc_now()
+        text = json.dumps(self.doc, indent=1)
+        atomic_write(self.path, lambda f: f.write(text.encode()), durable=False)
+
+    def progress(self, *, epoch: int, epochs: int, step: int, steps: int) -> None:
+        """Where the run is: `step` of `steps` done in epoch `epoch` of `epochs` (1-based; step == steps: the
+        epoch is done). Cheap to call at every step: it writes at most every `every_s` seconds."""
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        self.doc["progress"] = {"epoch": int(epoch), "epochs": int(epochs), "step": int(step), "steps": int(steps)}
+        if step >= steps or now - self._last >= self.every_s:
+            self._last = now
+            self._write()
+
+    def end(self, error: BaseException | None) -> None:
+        """How this invocation ended: its error's first line ("Type: message"), or none."""
+        if not self.enabled:
+            return
+        lines = str(error).strip().splitlines() if error is not None else []
+        self.doc["ended"] = _utc_now()
+        self.doc["error"] = (f"{type(error).__name__}: {lines[0] if lines else ''}"[:500]
+                             if error is not None else None)
+        self._write()
+
+
 class StageRun:
     """One run of a stage in one run folder (a context manager; see the module docstring).
 
     Attributes after entry: `info` (pretrain.distributed.DistInfo), `dir` (the run folder), `log` (the
-    'simsiam' logger), `metrics` (MetricsWriter of <dir>/metrics.jsonl; TensorBoard when `tensorboard`).
+    'simsiam' logger), `metrics` (MetricsWriter of <dir>/metrics.jsonl; TensorBoard when `tensorboard`),
+    `record` (RunRecord of <dir>/run_state.json; `sr.progress(...)` reports the position in the run).
     """
 
     def __init__(self, stage: str, output_dir: str | Path, *, device: str | None = None,
-                 loggers: Sequence[str] = (LOGGER_NAME,), tensorboard: bool = False):
+                 loggers: Sequence[str] = (LOGGER_NAME,), tensorboard: bool = False,
+                 progress_every_s: float = 5.0):
         self.stage = stage
         self.dir = Path(output_dir)
         self._device = device
         self._loggers = tuple(loggers)
         self._tensorboard = tensorboard
+        self._progress_every_s = progress_every_s
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> "StageRun":
@@ -126,14 +215,22 @@ class StageRun:
             self.log = self._stack.enter_context(run_log(self.dir, self.info.is_main, self._loggers))
             self.metrics = MetricsWriter(self.dir, enabled=self.info.is_main, tensorboard=self._tensorboard)
             self._stack.callback(self.metrics.close)
+            self.record = RunRecord(self.dir, self.stage, self.info, self._progress_every_s)
         except BaseException:
             self._stack.close()
             raise
         return self
 
-    def __exit__(self, *exc) -> bool:
-        self._stack.close()
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            self.record.end(exc)
+        finally:
+            self._stack.close()
         return False
+
+    def progress(self, *, epoch: int, epochs: int, step: int, steps: int) -> None:
+        """Report the position in the run (see RunRecord.progress); a no-op on ranks other than 0."""
+        self.record.progress(epoch=epoch, epochs=epochs, step=step, steps=steps)
 
     @property
     def is_main(self) -> bool:

@@ -276,11 +276,12 @@ def epoch_stats(tally: EpochTally, cfg: PretrainConfig, info: distributed.DistIn
 
 def train_one_epoch(model, loader, optimizer, scaler, *, epoch: int, step: int, cfg: PretrainConfig,
                     info: distributed.DistInfo, dtype, last_good: str, tally: EpochTally | None = None,
-                    stop: "StopRequest | None" = None) -> tuple[dict | None, int, EpochTally]:
+                    stop: "StopRequest | None" = None, report=None) -> tuple[dict | None, int, EpochTally]:
     """Train on the rest of epoch `epoch` (the loader is set to it, after `tally.steps` batches when resumed).
 
     Returns (stats, global step, tally); stats is None when a stop request ended the epoch early: the tally
-    then holds the steps done so far, for a mid-epoch checkpoint."""
+    then holds the steps done so far, for a mid-epoch checkpoint. `report` (StageRun.progress) is told the
+    position after every step."""
     model.train()
     tally = tally or EpochTally()
     n_steps = steps_per_epoch(loader, cfg)
@@ -306,6 +307,8 @@ def train_one_epoch(model, loader, optimizer, scaler, *, epoch: int, step: int, 
         tally.loss_sum += loss_val
         if cfg.monitor.collapse:
             tally.collapse_sum += collapse_std(z1)
+        if report is not None:
+            report(epoch=epoch + 1, epochs=cfg.train.epochs, step=tally.steps, steps=n_steps)
         if info.is_main and hasattr(bar, "set_postfix") and (i % max(cfg.train.print_freq, 1) == 0):
             bar.set_postfix(loss=f"{loss_val:.4f}")
         if stopping and tally.steps < n_steps:
@@ -527,7 +530,8 @@ class Pretraining:
         good = str(self.latest) if self.latest.is_file() else "none (no epoch finished yet)"
         stats, self.step, tally = train_one_epoch(
             self.run_model, self.loader, self.optimizer, self.scaler, epoch=epoch, step=self.step, cfg=cfg,
-            info=self.info, dtype=self.dtype, last_good=good, tally=self.tally, stop=self.stop)
+            info=self.info, dtype=self.dtype, last_good=good, tally=self.tally, stop=self.stop,
+            report=self.sr.progress)
         self.tally = None
         if stats is None:
             self.save(epoch, tally)

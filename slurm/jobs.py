@@ -19,6 +19,13 @@ requeues the whole job (`scontrol requeue`, recorded as a `retry` event with the
 within the same --max-requeues budget; the job then resumes from its last checkpoint like after a preemption.
 A stage that ends with its own error code (bad input: exit 2) is not retried: it would fail the same way.
 
+Following jobs (`simsiam submit status`, and `simsiam submit` while it waits) reads records only: the state,
+nodes, time and failed steps of a job from SLURM's accounting (sacct; squeue for a job too new for it); the
+ranks and the position of a run from the run record its rank 0 writes (pretrain.frame.RunRecord,
+<output>/run_state.json); which tasks ended with an error or without any result from submitit's result file of
+each task. sacct keeps no per-task exit codes (a step's ExitCode is the largest of its tasks'), hence the
+result files. The end of a task's log is shown as it is, never parsed.
+
 Only this package reads SLURM variables (SLURM_RESTART_COUNT, SLURM_JOB_ID) or imports submitit.
 """
 from __future__ import annotations
@@ -331,31 +338,60 @@ def _expand_ids(field: str) -> list[str]:
     return ids
 
 
-def slurm_states(job_ids: Iterable[str]) -> dict[str, str]:
-    """State of each SLURM job id (also array elements '123_4'): sacct when accounting is enabled, else squeue
-    (which knows finished jobs for MinJobAge seconds). Ids neither knows are reported as 'GONE'."""
-    ids = [str(j) for j in job_ids]
-    if not ids:
+SACCT_FIELDS = ("JobID", "JobName", "State", "ExitCode", "NodeList", "NNodes", "NTasks", "Elapsed", "Timelimit",
+                "Start")
+
+
+def sacct_records(job_ids: Iterable[str]) -> Optional[dict[str, dict[str, Any]]]:
+    """SLURM's accounting of each job (also array elements '123_4') and of its steps, from one sacct call:
+    {job_id: {"state", "exit_code", "nodes", "node_count", "elapsed", "time_limit", "start",
+    "steps": [{"step", "name", "state", "exit_code", "nodes", "tasks"}]}}. None when the cluster keeps no accounting
+    (sacct missing, or it refuses: "Slurm accounting storage is disabled")."""
+    mains = sorted({str(j).split("_")[0] for j in job_ids})
+    if not mains:
         return {}
-    mains = sorted({j.split("_")[0] for j in ids})
-    found: dict[str, str] = {}
-    out = None
-    if shutil.which("sacct"):
-        r = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(mains)],
-                           capture_output=True, text=True)
-        if r.returncode == 0 and r.stdout.strip():
-            out = r.stdout
-    if out is None:
-        r = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i|%T", "-j", ",".join(mains)],
-                           capture_output=True, text=True)
-        out = r.stdout if r.returncode == 0 else ""
-    for line in out.splitlines():
-        if "|" not in line:
+    if not shutil.which("sacct"):
+        return None
+    r = subprocess.run(["sacct", "-n", "-P", "-o", ",".join(SACCT_FIELDS), "-j", ",".join(mains)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        return None
+    jobs: dict[str, dict[str, Any]] = {}
+    for line in r.stdout.splitlines():
+        row = dict(zip(SACCT_FIELDS, line.split("|")))
+        if len(row) != len(SACCT_FIELDS):
             continue
-        jid, state = line.split("|", 1)
-        state = state.split()[0].upper() if state.strip() else "UNKNOWN"
-        for one in _expand_ids(jid.strip()):
-            found[one] = state
+        jid, _, step = row["JobID"].partition(".")
+        state = (row["State"].split() or ["UNKNOWN"])[0].upper()  # "CANCELLED by 0" -> CANCELLED
+        if step:
+            for one in _expand_ids(jid):
+                jobs.setdefault(one, {"steps": []})["steps"].append(
+                    {"step": row["JobID"], "name": row["JobName"], "state": state,
+                     "exit_code": row["ExitCode"], "nodes": row["NodeList"],
+                     "tasks": int(row["NTasks"]) if row["NTasks"].isdigit() else None})
+            continue
+        for one in _expand_ids(jid):
+            jobs.setdefault(one, {"steps": []}).update(
+                state=state, exit_code=row["ExitCode"], nodes=row["NodeList"], node_count=row["NNodes"],
+                elapsed=row["Elapsed"], time_limit=row["Timelimit"], start=row["Start"])
+    return {j: d for j, d in jobs.items() if "state" in d}
+
+
+def slurm_states(job_ids: Iterable[str]) -> dict[str, str]:
+    """State of each SLURM job id (also array elements '123_4'): sacct; for the ids it does not know (no
+    accounting, or a job submitted a moment ago whose record has not reached the database yet) squeue, which
+    knows finished jobs for MinJobAge seconds. Ids neither knows are reported as 'GONE'."""
+    ids = [str(j) for j in job_ids]
+    records = sacct_records(ids) or {}
+    found = {j: records[j]["state"] for j in ids if j in records}
+    missing = sorted({j.split("_")[0] for j in ids if j not in found})
+    if missing and shutil.which("squeue"):
+        r = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i|%T", "-j", ",".join(missing)],
+                           capture_output=True, text=True)
+        for line in (r.stdout if r.returncode == 0 else "").splitlines():
+            jid, _, state = line.partition("|")
+            for one in _expand_ids(jid.strip()):
+                found.setdefault(one, (state.split() or ["UNKNOWN"])[0].upper())
     return {j: found.get(j, "GONE") for j in ids}
 
 
@@ -368,92 +404,74 @@ def job_state(job: submitit.Job) -> str:
     return "COMPLETED" if job.exception() is None else "FAILED"
 
 
-def log_paths(job: submitit.Job) -> JobPaths:
-    """Paths of the logs of the job's first task."""
-    return JobPaths(job.paths.folder, job_id=job.job_id, task_id=0)
-
-
-def failure_reason(text: str) -> str:
-    """The stage's own error line in a failed job's stderr (e.g. "simsiam pretrain: error: ..."), else the
-    exception line of the traceback; '' when none is found."""
-    lines = [re.sub(r"^\[rank\d+\]:\s*", "", x.strip()) for x in text.splitlines() if x.strip()]
-    own = [x for x in lines if re.search(r"\berror:", x, re.I)
-           and not x.startswith(("submitit ERROR", "srun: error", "slurmstepd"))]
-    if own:
-        return own[-1]
-    exc = [x for x in lines if re.match(r"^[\w.]+(Error|Exception|Failed)\b", x)]
-    return exc[-1] if exc else ""
-
-
 def tail_of(paths: JobPaths, lines: int = 30) -> str:
-    """'reason' line + the last lines of the first task's stderr (else stdout)."""
+    """The last lines of a task's stderr (else stdout), shown as they are."""
     for path in (paths.stderr, paths.stdout):
         if path.is_file():
-            text = path.read_text(errors="replace")
-            reason = failure_reason(text)
-            body = "\n".join(text.splitlines()[-lines:])
-            return (f"reason: {reason}\n" if reason else "") + f"{path} (last {lines} lines):\n{body}"
+            body = "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+            return f"{path} (last {lines} lines):\n{body}"
     return f"(no log yet under {paths.folder})"
-
-
-def log_tail(job: submitit.Job, lines: int = 30) -> str:
-    return tail_of(log_paths(job), lines)
 
 
 # ------------------------------------------------------------------------------------- multi-node job reports
 
-_TASK_START = re.compile(r"Starting with JobEnvironment\(job_id=[^,]*, hostname=([^,]+), local_rank=(\d+)\(\d+\), "
-                         r"node=(\d+)\(\d+\), global_rank=(\d+)\((\d+)\)\)")
-_SRUN_TASK_ERROR = re.compile(r"srun: error: (\S+): tasks? ([\d\-,]+): (.+)")
-_PROGRESS_BAR = re.compile(r"epoch (\d+)/(\d+):\s*\d+%\|[^|]*\|\s*(\d+)/(\d+)")
+def exit_code_words(code: str) -> str:
+    """sacct's ExitCode 'R:S' (return code : signal) in words: 'exit code 1', 'signal 9 (SIGKILL)'."""
+    ret, _, sig = code.partition(":")
+    if sig.isdigit() and int(sig):
+        try:
+            return f"signal {sig} ({signal.Signals(int(sig)).name})"
+        except ValueError:
+            return f"signal {sig}"
+    return f"exit code {ret}" if ret else "no exit code"
 
 
-def task_paths(folder: str | Path, job_id: str) -> list[JobPaths]:
-    """The paths of every task of a job that has written a log in `folder` (task 0 first)."""
-    folder = Path(folder)
-    tasks = sorted(int(m.group(1)) for p in folder.glob(f"{job_id}_*_log.out")
-                   if (m := re.fullmatch(rf"{re.escape(job_id)}_(\d+)_log\.out", p.name)))
-    return [JobPaths(folder, job_id=job_id, task_id=t) for t in tasks]
+def failed_steps(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The steps of a job (sacct_records) that did not complete: its task steps (srun: '<job>.0', ...), or its
+    batch script when no task step failed (it failed before or without srun); 'extern' steps are left out."""
+    bad = [s for s in record.get("steps", []) if s["state"] not in ("COMPLETED", "RUNNING", "PENDING")
+           and not s["step"].endswith((".extern", ".batch"))]
+    return bad or [s for s in record.get("steps", []) if s["step"].endswith(".batch")
+                   and s["state"] not in ("COMPLETED", "RUNNING", "PENDING")]
 
 
-def task_placement(folder: str | Path, job_id: str) -> list[dict[str, Any]]:
-    """[{rank, world_size, host, local_rank, node}] of a job's tasks, from submitit's start line in each task's
-    stdout (the latest attempt's when the job was requeued)."""
-    out = []
-    for paths in task_paths(folder, job_id):
-        found = _TASK_START.findall(paths.stdout.read_text(errors="replace"))
-        if found:
-            host, local, node, rank, world = found[-1]
-            out.append({"rank": int(rank), "world_size": int(world), "host": host, "local_rank": int(local),
-                        "node": int(node), "task": paths.task_id})
-    return sorted(out, key=lambda d: d["rank"])
-
-
-def failed_tasks(folder: str | Path, job_id: str) -> list[dict[str, Any]]:
-    """The tasks srun reported as failed, in the order it reported them (the first is usually the cause, the
-    others the ranks that stopped because it was gone): [{host, task, what}], from the batch step's stderr."""
-    err = JobPaths(Path(folder), job_id=job_id, task_id=0).stderr
-    if not err.is_file():
-        return []
-    out: list[dict[str, Any]] = []
-    text = err.read_text(errors="replace")
-    text = text[text.rfind(ATTEMPT_MARK) + 1:] if ATTEMPT_MARK in text else text  # the last attempt only
-    for host, tasks, what in _SRUN_TASK_ERROR.findall(text):
-        for task in _expand_ids(f"0_[{tasks}]"):
-            item = {"host": host, "task": int(task.split("_")[1]), "what": what.strip()}
-            if item not in out:
-                out.append(item)
-    return out
-
-
-def bar_position(folder: str | Path, job_id: str) -> Optional[tuple[int, int, int, int]]:
-    """(epoch, epochs, step, steps) of the last progress bar in task 0's stderr (tqdm), if any."""
-    err = JobPaths(Path(folder), job_id=job_id, task_id=0).stderr
-    if not err.is_file():
+def sacct_time(text: str) -> Optional[float]:
+    """sacct's Start ('2026-01-02T03:04:05', the cluster's local time) as a Unix time; None when unknown."""
+    try:
+        return _dt.datetime.fromisoformat(text).timestamp()
+    except ValueError:
         return None
-    text = err.read_text(errors="replace")[-20000:]
-    found = _PROGRESS_BAR.findall(text)
-    return tuple(int(x) for x in found[-1]) if found else None  # type: ignore[return-value]
+
+
+def sacct_seconds(text: str) -> Optional[int]:
+    """sacct's durations ('[D-]HH:MM:SS', 'MM:SS'; 'UNLIMITED') in seconds; None when not a duration."""
+    days, _, rest = text.rpartition("-")
+    parts = rest.split(":")
+    if not all(p.isdigit() for p in parts) or not 1 <= len(parts) <= 3 or (days and not days.isdigit()):
+        return None
+    seconds = 0
+    for p in parts:
+        seconds = seconds * 60 + int(p)
+    return seconds + 86400 * int(days or 0)
+
+
+def task_outcomes(folder: str | Path, job_id: str, tasks: int, since: Optional[float]) -> list[str]:
+    """What each task of a job left as its result (submitit's <job>_<task>_result.pkl, whose tag says
+    'success' or 'error'): 'success', 'error', or 'none' (the process ended without writing one: killed or
+    lost). Result files older than `since` (this attempt's start) belong to an earlier attempt: 'none'."""
+    import pickle
+    out = []
+    for task in range(tasks):
+        path = JobPaths(Path(folder), job_id=job_id, task_id=task).result_pickle
+        tag = "none"
+        try:
+            if since is None or path.stat().st_mtime >= since - 1:
+                with open(path, "rb") as f:
+                    tag = str(pickle.load(f)[0])
+        except (OSError, EOFError, pickle.UnpicklingError, IndexError, TypeError, AttributeError, ImportError):
+            pass
+        out.append(tag)
+    return out
 
 
 def run_progress(output: str | Path) -> dict[str, Any]:

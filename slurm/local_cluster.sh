@@ -2,7 +2,8 @@
 # A two-node SLURM cluster on one machine (real munged + slurmctld + one slurmd per node), for the test suite
 # and for trying `simsiam submit` (multi-node included) on a workstation.
 #
-#   bash slurm/local_cluster.sh up       # install slurm-wlm/munge if missing, create the nodes, start, wait for idle
+#   bash slurm/local_cluster.sh up       # install slurm-wlm/munge/slurmdbd/mariadb if missing, create the nodes,
+#                                        # start, wait for idle
 #   bash slurm/local_cluster.sh down     # stop the daemons and remove everything `up` created
 #   bash slurm/local_cluster.sh status   # sinfo + squeue
 #
@@ -11,6 +12,9 @@
 # its own host name (node1, node2, ...; a UTS namespace) and its own /etc/hosts (/etc/netns/<ns>/hosts, bind-mounted
 # in a private mount namespace). Namespaces have no default route: jobs reach each other, the controller and
 # loopback, nothing else. munged runs once on the host; its socket is a file path, so every node shares it.
+# Accounting (sacct: the state, nodes and exit code of every job and step, also after the job ended) goes
+# through slurmdbd on the host into a MariaDB server reached by its Unix socket only (--skip-networking;
+# slurmdbd logs in as root by socket authentication, so no password is stored anywhere).
 #
 # `up` is idempotent: when the daemons run with the same configuration it only checks that the nodes are usable.
 # Needs root and iproute2 (Debian/Ubuntu paths: /etc/slurm, /var/spool/slurm*, /var/log/slurm); non-interactive.
@@ -20,6 +24,11 @@ set -euo pipefail
 
 CONF_DIR=/etc/slurm
 CONF=$CONF_DIR/slurm.conf
+DBD_CONF=$CONF_DIR/slurmdbd.conf
+DB_DIR=/var/lib/mysql
+DB_SOCKET=/run/mysqld/mysqld.sock   # the client library's default: slurmdbd finds it with StorageHost=localhost
+DB_PID=/run/mysqld/mariadbd.pid      # mariadbd runs as the mysql user: its files live in folders it owns
+DB_LOG=/var/log/slurm/mariadb/mariadbd.log
 CTLD_STATE=/var/spool/slurmctld
 SLURMD_STATE=/var/spool/slurmd
 LOG_DIR=/var/log/slurm
@@ -41,6 +50,10 @@ need_root() {
 node_names() { local i; for i in $(seq 1 "$NODES"); do echo "node$i"; done; }
 node_addr() { echo "$NET.$((10 + ${1#node}))"; }
 
+# has PATTERN...: grep over the whole of stdin (never `cmd | grep -q` under pipefail: grep -q exits at the first
+# match, the writer may then die of SIGPIPE, and the pipeline reports a failure although the line was there)
+has() { grep "$@" >/dev/null; }
+
 alive() {  # alive PIDFILE -> true when the process in it runs
   local pid
   [ -s "$1" ] || return 1
@@ -55,18 +68,22 @@ install_packages() {
   command -v sbatch >/dev/null 2>&1 || missing+=(slurm-client)
   command -v munged >/dev/null 2>&1 || missing+=(munge)
   command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+  command -v slurmdbd >/dev/null 2>&1 || missing+=(slurmdbd)
+  command -v mariadbd >/dev/null 2>&1 || missing+=(mariadb-server)
   [ ${#missing[@]} -eq 0 ] && return 0
-  command -v apt-get >/dev/null 2>&1 || die "SLURM is not installed (${missing[*]} missing) and apt-get is not available: install slurm-wlm, munge and iproute2 by hand"
-  say "installing slurm-wlm, munge and iproute2 (missing: ${missing[*]})"
+  command -v apt-get >/dev/null 2>&1 || die "SLURM is not installed (${missing[*]} missing) and apt-get is not available: install slurm-wlm, slurmdbd, mariadb-server, munge and iproute2 by hand"
+  say "installing slurm-wlm, slurmdbd, mariadb-server, munge and iproute2 (missing: ${missing[*]})"
   export DEBIAN_FRONTEND=noninteractive
-  local pkgs=(slurm-wlm munge iproute2)
+  local pkgs=(slurm-wlm slurmdbd mariadb-server munge iproute2)
   if ! apt-get install -y -q --no-install-recommends "${pkgs[@]}" >/tmp/local_cluster.apt.log 2>&1; then
     apt-get update -q >>/tmp/local_cluster.apt.log 2>&1 || true
     apt-get install -y -q --no-install-recommends "${pkgs[@]}" >>/tmp/local_cluster.apt.log 2>&1 \
       || { tail -n 20 /tmp/local_cluster.apt.log >&2; die "apt-get install ${pkgs[*]} failed (log: /tmp/local_cluster.apt.log)"; }
   fi
-  command -v slurmctld >/dev/null 2>&1 && command -v slurmd >/dev/null 2>&1 && command -v munged >/dev/null 2>&1 \
-    || die "slurm-wlm/munge installed but slurmctld/slurmd/munged are still not on PATH"
+  local b
+  for b in slurmctld slurmd munged slurmdbd mariadbd; do
+    command -v "$b" >/dev/null 2>&1 || die "the packages are installed but $b is still not on PATH"
+  done
 }
 
 start_munge() {
@@ -95,6 +112,65 @@ start_munge() {
   die "munged did not start (munge -n | unmunge fails); see /var/log/munge/munged.log"
 }
 
+# ------------------------------------------------------------------------------------------------ accounting
+
+db_alive() { mariadb-admin --socket="$DB_SOCKET" --silent ping >/dev/null 2>&1; }
+
+start_db() {  # MariaDB for slurmdbd: Unix socket only, system tables created on first use
+  db_alive && return 0
+  mkdir -p "$DB_DIR" "$(dirname "$DB_SOCKET")" "$(dirname "$DB_LOG")"
+  chown mysql:mysql "$DB_DIR" "$(dirname "$DB_SOCKET")" "$(dirname "$DB_LOG")"
+  if [ ! -d "$DB_DIR/mysql" ]; then
+    say "initialising the accounting database in $DB_DIR"
+    mariadb-install-db --user=mysql --datadir="$DB_DIR" --auth-root-authentication-method=socket \
+      >"$LOG_DIR/mariadb-install.log" 2>&1 || { tail -n 15 "$LOG_DIR/mariadb-install.log" >&2; die "mariadb-install-db failed"; }
+  fi
+  say "starting mariadbd (socket $DB_SOCKET)"
+  setsid mariadbd --user=mysql --datadir="$DB_DIR" --socket="$DB_SOCKET" --pid-file="$DB_PID" \
+    --skip-networking --innodb-buffer-pool-size=32M --log-error="$DB_LOG" >/dev/null 2>&1 </dev/null &
+  touch "$RUN_DIR/mariadbd.started-here"
+  for _ in $(seq 1 60); do db_alive && return 0; sleep 0.5; done
+  tail -n 15 "$DB_LOG" >&2 2>/dev/null || true
+  die "mariadbd did not answer on $DB_SOCKET (log: $DB_LOG)"
+}
+
+write_dbd_config() {  # writes $DBD_CONF.new (slurmdbd refuses a config others can read)
+  cat >"$DBD_CONF.new" <<CONF
+# Written by slurm/local_cluster.sh: job accounting for sacct (test/dev only).
+AuthType=auth/munge
+DbdHost=localhost
+SlurmUser=root
+StorageType=accounting_storage/mysql
+StorageHost=localhost
+StorageUser=root
+StorageLoc=slurm_acct_db
+PidFile=$RUN_DIR/slurmdbd.pid
+LogFile=$LOG_DIR/slurmdbd.log
+CONF
+  chmod 0600 "$DBD_CONF.new"
+}
+
+start_slurmdbd() {
+  write_dbd_config
+  if ! cmp -s "$DBD_CONF.new" "$DBD_CONF"; then
+    stop_pidfile slurmdbd "$RUN_DIR/slurmdbd.pid"; mv "$DBD_CONF.new" "$DBD_CONF"; say "wrote $DBD_CONF"
+  else rm -f "$DBD_CONF.new"; fi
+  if ! alive "$RUN_DIR/slurmdbd.pid"; then
+    say "starting slurmdbd"
+    setsid slurmdbd -D >>"$LOG_DIR/slurmdbd.stdout" 2>&1 </dev/null &   # reads $DBD_CONF (its fixed place)
+    echo $! >"$RUN_DIR/slurmdbd.launcher.pid"
+  fi
+}
+
+register_cluster() {  # after slurm.conf names slurmdbd: wait for it, then make sure the cluster is known
+  for _ in $(seq 1 60); do sacctmgr -n -P show cluster format=cluster >/dev/null 2>&1 && break; sleep 0.5; done
+  sacctmgr -n -P show cluster format=cluster 2>/dev/null | has -x localcluster && return 0
+  sacctmgr -i add cluster localcluster >/dev/null 2>&1 \
+    || { tail -n 15 "$LOG_DIR/slurmdbd.log" "$LOG_DIR/slurmdbd.stdout" >&2 2>/dev/null || true
+         die "slurmdbd did not answer sacctmgr (log: $LOG_DIR/slurmdbd.log)"; }
+  say "registered cluster localcluster in the accounting database"
+}
+
 # ------------------------------------------------------------------------------------------------ network
 
 make_bridge() {
@@ -102,7 +178,7 @@ make_bridge() {
     say "creating bridge $BRIDGE ($NET.1/24)"
     ip link add "$BRIDGE" type bridge
   fi
-  ip addr show dev "$BRIDGE" | grep -q "inet $NET.1/24" || ip addr add "$NET.1/24" dev "$BRIDGE"
+  ip addr show dev "$BRIDGE" | has "inet $NET.1/24" || ip addr add "$NET.1/24" dev "$BRIDGE"
   ip link set "$BRIDGE" up
 }
 
@@ -120,7 +196,7 @@ write_hosts() {  # write_hosts NS -> /etc/netns/NS/hosts: what the node's proces
 make_node_net() {  # make_node_net NODE -> namespace with lo + eth0 (its address) on the bridge
   local node=$1 ns=$NS_PREFIX$1 veth=slv-$1 addr
   addr=$(node_addr "$node")
-  ip netns list | grep -qw "^$ns" || { say "creating namespace $ns ($node, $addr)"; ip netns add "$ns"; }
+  ip netns list | has -w "^$ns" || { say "creating namespace $ns ($node, $addr)"; ip netns add "$ns"; }
   if ! ip netns exec "$ns" ip link show eth0 >/dev/null 2>&1; then
     ip link del "$veth" >/dev/null 2>&1 || true
     ip link add "$veth" type veth peer name "$veth-in"
@@ -130,14 +206,14 @@ make_node_net() {  # make_node_net NODE -> namespace with lo + eth0 (its address
   ip link set "$veth" master "$BRIDGE"
   ip link set "$veth" up
   ip netns exec "$ns" ip link set lo up
-  ip netns exec "$ns" ip addr show dev eth0 | grep -q "inet $addr/24" || ip netns exec "$ns" ip addr add "$addr/24" dev eth0
+  ip netns exec "$ns" ip addr show dev eth0 | has "inet $addr/24" || ip netns exec "$ns" ip addr add "$addr/24" dev eth0
   ip netns exec "$ns" ip link set eth0 up
   write_hosts "$ns"
 }
 
 remove_node_net() {
   local node=$1 ns=$NS_PREFIX$1 pid
-  if ip netns list | grep -qw "^$ns"; then
+  if ip netns list | has -w "^$ns"; then
     for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done  # leftover job steps
     ip netns delete "$ns" && say "removed namespace $ns"
   fi
@@ -187,7 +263,8 @@ InactiveLimit=0
 Waittime=0
 MinJobAge=600
 UnkillableStepTimeout=60
-AccountingStorageType=accounting_storage/none
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=localhost
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 StateSaveLocation=$CTLD_STATE
@@ -281,13 +358,16 @@ up() {
   make_bridge
   local n
   for n in $(node_names); do make_node_net "$n"; done
+  start_db
+  start_slurmdbd
   write_config
   if ! cmp -s "$CONF.new" "$CONF"; then
     stop_slurmds; stop_slurmctld; mv "$CONF.new" "$CONF"; say "wrote $CONF"
   else rm -f "$CONF.new"; fi
+  register_cluster
   alive "$RUN_DIR/slurmctld.pid" || { start_slurmctld; sleep 1; }
   for _ in $(seq 1 40); do scontrol ping >/dev/null 2>&1 && break; sleep 0.5; done
-  scontrol ping 2>/dev/null | grep -q UP \
+  scontrol ping 2>/dev/null | has UP \
     || { tail -n 20 "$LOG_DIR/slurmctld.log" "$LOG_DIR/slurmctld.stdout" >&2 2>/dev/null || true; die "slurmctld did not answer 'scontrol ping'"; }
   for n in $(node_names); do alive "$RUN_DIR/slurmd-$n.pid" || start_slurmd "$n"; done
   wait_ready
@@ -297,6 +377,8 @@ down() {
   need_root down
   stop_slurmds
   stop_slurmctld
+  stop_pidfile slurmdbd "$RUN_DIR/slurmdbd.pid"; rm -f "$RUN_DIR/slurmdbd.launcher.pid"
+  if [ -e "$RUN_DIR/mariadbd.started-here" ]; then stop_pidfile mariadbd "$DB_PID"; fi
   local ns
   for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^${NS_PREFIX}node[0-9]*$" || true); do
     remove_node_net "${ns#"$NS_PREFIX"}"
@@ -307,12 +389,12 @@ down() {
   fi
   rm -rf "$RUN_DIR" "$SLURMD_STATE"/node[0-9]*
   rmdir /etc/netns 2>/dev/null || true  # only when empty (another tool may keep entries there)
-  say "down: daemons stopped, namespaces and bridge removed (config $CONF, state $CTLD_STATE and logs $LOG_DIR kept)"
+  say "down: daemons stopped, namespaces and bridge removed (config $CONF, state $CTLD_STATE, accounting $DB_DIR and logs $LOG_DIR kept)"
 }
 
 case "${1:-up}" in
   up) up ;;
   down) down ;;
-  status) sinfo -N -o '%N %T %c %m'; squeue ;;
+  status) sinfo -N -o '%N %T %c %m'; squeue; sacct -X -S now-1hour -o JobID,JobName,State,ExitCode,NodeList ;;
   *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
 esac

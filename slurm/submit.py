@@ -8,6 +8,7 @@
       --pretrain-args "--config imagenet_r50_200ep data.root=/data/in1k"   # pretrain -> convert -> knn, linear,
                                                                            # detection (voc07) -> table
   simsiam submit status runs/r50        # each stage (or one stage's run folder): nodes, ranks, progress, failures
+                                        # (from sacct and each run folder's run_state.json)
   simsiam submit check --nodes 2 --gpus-per-node 8 --log-dir /tmp/chk    # all_reduce across the allocation
 
 Everything that is not one of the options below is passed to the stage unchanged (put stage arguments
@@ -18,7 +19,9 @@ Nothing is queued until every stage's command line has passed its own parser (tr
 datasets it reads have been checked (transfer/preflight.py); otherwise one line names the stage and the
 argument, and the exit code is 2. In a pipeline, kNN and linear read the pretraining dataset unless
 --knn-args / --linear-args name one, and detection without --config runs voc07 on --data-root or
-$DETECTRON2_DATASETS. `--dry-run` checks and prints the command lines without submitting.
+$DETECTRON2_DATASETS. `--dry-run` checks and prints the command lines without submitting. Every refusal of
+`simsiam submit` (a bad option, a stage that cannot run, a status folder with nothing submitted) is one line
+`simsiam submit: error: ...` and exit code 2.
 """
 from __future__ import annotations
 
@@ -34,13 +37,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from pretrain.errors import InputError
+from pretrain.frame import guard
 from transfer import preflight, stages
 
 PIPELINE_STAGES = ("pretrain", "convert", "knn", "linear", "detect", "table")  # submission order
 
 
-class SubmitError(RuntimeError):
-    pass
+class SubmitError(InputError, RuntimeError):
+    """What the user gave `simsiam submit` cannot be submitted: one line, exit code 2 (pretrain.frame.guard)."""
 
 
 # ------------------------------------------------------------------------------------------ resources / options
@@ -437,30 +442,30 @@ def _job_states(jobs: list) -> dict[str, str]:
 
 
 def wait_all(subs: dict[str, Submitted], poll_s: float = 3.0, quiet: bool = False) -> bool:
-    """Follow the jobs until all finished; on the first failure report the stage, its log tail, and cancel the
-    jobs that can no longer run. True when everything completed."""
-    from .jobs import TERMINAL, log_tail
-    jobs = {j.job_id: (s.stage, j) for s in subs.values() for j in s.all_jobs}
+    """Follow the jobs until all finished; on the first failure report the stage, why it failed (see
+    failure_report) and cancel the jobs that can no longer run. True when everything completed."""
+    from .jobs import TERMINAL, sacct_records
+    jobs = {j.job_id: (s, j) for s in subs.values() for j in s.all_jobs}
     last: dict[str, str] = {}
     while True:
         states = _job_states([j for _, j in jobs.values()])
         for jid, st in states.items():
             if not quiet and last.get(jid) != st:
-                print(f"[submit] {jobs[jid][0]:<9} job {jid}: {st}", flush=True)
+                print(f"[submit] {jobs[jid][0].stage:<9} job {jid}: {st}", flush=True)
         last = states
         failed = [(jid, st) for jid, st in states.items() if st in TERMINAL and st != "COMPLETED"]
         # a job of the scheduler that vanished without a result counts as failed
         if failed:
             jid, st = failed[0]
-            stage, job = jobs[jid]
-            report = "\n".join(failure_report(jid, str(job.paths.folder), 30)) if executor_kind_of(job) == "slurm" \
-                else log_tail(job)
-            print(f"\n[submit] stage '{stage}' failed (job {jid}: {st}). Last lines of its log:\n"
-                  f"{report}\n", file=sys.stderr, flush=True)
+            sub, job = jobs[jid]
+            acct = (sacct_records([jid]) or {}).get(jid) if executor_kind_of(job) == "slurm" else None
+            report = "\n".join(failure_report(jid, str(job.paths.folder), str(sub.output), acct, 30))
+            print(f"\n[submit] stage '{sub.stage}' failed (job {jid}: {st}):\n{report}\n", file=sys.stderr,
+                  flush=True)
             pending = [j for j, s in states.items() if s not in TERMINAL]
             if pending:
                 cancel([jobs[j][1] for j in pending])
-                names = sorted({jobs[j][0] for j in pending})
+                names = sorted({jobs[j][0].stage for j in pending})
                 print(f"[submit] cancelled the stages that depend on it: {', '.join(names)}", file=sys.stderr)
             return False
         if all(st == "COMPLETED" for st in states.values()):
@@ -506,47 +511,92 @@ def _duration(seconds: float) -> str:
     return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
 
 
-def running_report(job_id: str, folder: str, output: str) -> list[str]:
-    """Lines about a running job: its nodes, its ranks, the epoch (and step) reached, the time left."""
-    from .jobs import bar_position, run_progress, task_placement
-    lines = []
-    r = subprocess.run(["squeue", "-h", "-j", job_id.split("_")[0], "-o", "%i|%N|%D|%M|%L"],
-                       capture_output=True, text=True) if shutil.which("squeue") else None
-    for row in (r.stdout.splitlines() if r is not None and r.returncode == 0 else []):
-        jid, nodes, count, elapsed, left = row.split("|")
-        if jid == job_id:
-            lines.append(f"nodes: {nodes} ({count} node(s)); running for {elapsed}, time limit in {left}")
-    tasks = task_placement(folder, job_id)
-    if tasks:
-        lines.append("ranks: " + ", ".join(f"{t['rank']} on {t['host']} (local {t['local_rank']})" for t in tasks)
-                     + f"; world size {tasks[0]['world_size']}")
-    prog, bar = run_progress(output), bar_position(folder, job_id)
-    if prog["epochs"]:
-        where = f"epoch {prog['epochs_done']}/{prog['epochs']} done"
-        fraction = 0.0
-        if bar and bar[0] == prog["epochs_done"] + 1 and bar[3]:
-            where += f", epoch {bar[0]} at step {bar[2]}/{bar[3]}"
-            fraction = bar[2] / bar[3]
-        if prog["seconds_per_epoch"]:
-            left = max(prog["epochs"] - prog["epochs_done"] - fraction, 0) * prog["seconds_per_epoch"]
-            where += f"; {prog['seconds_per_epoch']:.1f} s per epoch, about {_duration(left)} left"
-        lines.append(f"progress: {where}")
+def _since(iso: Optional[str]) -> str:
+    """'12 s ago' for an ISO time of the run record."""
+    import datetime as dt
+    try:
+        seconds = (dt.datetime.now(dt.timezone.utc) - dt.datetime.fromisoformat(iso or "")).total_seconds()
+    except (TypeError, ValueError):
+        return "at an unknown time"
+    return f"{_duration(max(seconds, 0))} ago" if seconds >= 60 else f"{max(int(seconds), 0)} s ago"
+
+
+def current_record(output: str, started: Optional[float]) -> Optional[dict[str, Any]]:
+    """The run record (pretrain.frame.read_run_state) of this attempt of the job: None when there is none or
+    it was written before the job started (by an earlier attempt, or an earlier job in the same folder)."""
+    import datetime as dt
+    from pretrain.frame import read_run_state
+    state = read_run_state(output)
+    if state is None or started is None:
+        return state
+    try:
+        written = dt.datetime.fromisoformat(state["started"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return None
+    return state if written >= started - 1 else None
+
+
+def record_lines(state: Optional[dict[str, Any]], output: str) -> list[str]:
+    """The ranks (placement) and the position of a run, from its run record and metrics.jsonl."""
+    from .jobs import run_progress
+    if state is None:
+        return []
+    ranks = state.get("ranks") or []
+    lines = ["ranks: " + ", ".join(f"{r['rank']} on {r['host']} (local {r['local_rank']}, {r['device']})"
+                                   for r in ranks) + f"; world size {state.get('world_size')}"] if ranks else []
+    prog = state.get("progress")
+    if prog:
+        e, total, step, steps = prog["epoch"], prog["epochs"], prog["step"], prog["steps"]
+        done = step >= steps
+        where = f"epoch {e}/{total} done" if done else f"epoch {e}/{total} at step {step}/{steps}"
+        per_epoch = run_progress(output)["seconds_per_epoch"]
+        if per_epoch:
+            left = (total - e + (0 if done else 1 - step / max(steps, 1))) * per_epoch
+            where += f"; {per_epoch:.1f} s per epoch, about {_duration(max(left, 0))} left"
+        lines.append(f"progress: {where} (recorded {_since(state.get('updated'))})")
     return lines
 
 
-def failure_report(job_id: str, folder: str, lines: int = 20) -> list[str]:
-    """Which node and task failed (srun's report; the first one is the cause) and the end of that task's log."""
+def running_report(job_id: str, acct: Optional[dict[str, Any]], output: str) -> list[str]:
+    """Lines about a running job: its nodes and time (sacct), its ranks and how far it is (the run record)."""
+    from .jobs import sacct_seconds, sacct_time
+    lines = []
+    if acct:
+        used, limit = sacct_seconds(acct["elapsed"]), sacct_seconds(acct["time_limit"])
+        left = f", time limit in {_duration(limit - used)}" if used is not None and limit is not None else ""
+        lines.append(f"nodes: {acct['nodes']} ({acct['node_count']} node(s)); running for "
+                     f"{_duration(used or 0)}{left}")
+    state = current_record(output, sacct_time(acct["start"]) if acct else None)
+    if state is None:
+        lines.append(f"(no run record of this attempt in {output} yet: the stage has not started)")
+    return lines + record_lines(state, output)
+
+
+def failure_report(job_id: str, folder: str, output: str, acct: Optional[dict[str, Any]],
+                   lines: int = 20) -> list[str]:
+    """Why a job failed: its failed steps (sacct), which of their tasks ended without a result (killed or
+    lost; listed first, usually the cause) or with an error (submitit's result file of each task), rank 0's
+    error (the run record), and the end of the log of the first of those tasks."""
     from submitit.core.utils import JobPaths
-    from .jobs import failed_tasks, tail_of
-    failed = failed_tasks(folder, job_id)
-    task = failed[0]["task"] if failed else 0
-    out = []
-    if failed:
-        first, rest = failed[0], failed[1:]
-        out.append(f"failed: task {first['task']} on {first['host']} ({first['what']})"
-                   + ("; then " + ", ".join(f"task {f['task']} on {f['host']} ({f['what']})" for f in rest)
-                      if rest else ""))
-    out.extend(tail_of(JobPaths(folder, job_id=job_id, task_id=task), lines).splitlines())
+    from .jobs import exit_code_words, failed_steps, sacct_time, tail_of, task_outcomes
+    out: list[str] = []
+    steps = failed_steps(acct) if acct else []
+    for st in steps:
+        out.append(f"failed step {st['step']} ({st['name']}) on {st['nodes']}: {st['state']}, "
+                   f"{exit_code_words(st['exit_code'])}")
+    started = sacct_time(acct["start"]) if acct else None
+    state = current_record(output, started)
+    hosts = {r["rank"]: r["host"] for r in (state or {}).get("ranks") or []}
+    n = next((st["tasks"] for st in steps if st["tasks"] and not st["step"].endswith(".batch")), None)
+    n = n or (state or {}).get("world_size") or 1
+    outcomes = task_outcomes(folder, job_id, n, started)
+    order = [t for t, o in enumerate(outcomes) if o == "none"] + [t for t, o in enumerate(outcomes) if o == "error"]
+    words = {"none": "ended without a result (its process was killed or lost)", "error": "raised an error"}
+    for t in order:
+        out.append(f"task {t} (rank {t}{' on ' + hosts[t] if t in hosts else ''}): {words[outcomes[t]]}")
+    if state and state.get("error"):
+        out.append(f"rank 0 ended with: {state['error']}")
+    out.extend(tail_of(JobPaths(folder, job_id=job_id, task_id=order[0] if order else 0), lines).splitlines())
     return out
 
 
@@ -567,16 +617,18 @@ def history_report(output: str) -> list[str]:
 
 def status(out: Path) -> int:
     """`simsiam submit status RUN`: state of each stage of a submitted pipeline (or of the single stage whose
-    run folder RUN is); for a running job its nodes, ranks, progress and time left; for a failed one which
-    node and task failed and the end of that task's log. Exit code 1 when a stage failed."""
-    from .jobs import TERMINAL, slurm_states
+    run folder RUN is), from SLURM's accounting (sacct); for a running job its nodes and time (sacct), its
+    ranks and how far it is (the run record, run_state.json, written by the stage's rank 0); for a failed
+    one its failed steps and tasks and the end of that task's log. Exit code 1 when a stage failed."""
+    from .jobs import TERMINAL, sacct_records, slurm_states
     doc = submitted_stages(out)
     if doc is None:
-        print(f"simsiam submit status: {out} holds neither pipeline.json nor slurm/*_submission.sh "
-              "(submit something there first)", file=sys.stderr)
-        return 2
+        raise SubmitError(f"status: {out} holds neither pipeline.json nor slurm/*_submission.sh "
+                          "(submit something there first)")
     ids = [j for s in doc["stages"].values() for j in s["jobs"]]
-    states = slurm_states(ids) if doc.get("executor") == "slurm" and shutil.which("squeue") else {}
+    slurm = doc.get("executor") == "slurm"
+    states = slurm_states(ids) if slurm else {}
+    acct = (sacct_records(ids) or {}) if slurm else {}
     failed = False
     for stage, s in doc["stages"].items():
         if s["skipped"]:
@@ -588,12 +640,12 @@ def status(out: Path) -> int:
         for j in s["jobs"]:
             state = states.get(j, "?")
             detail: list[str] = []
-            if state in ("RUNNING", "COMPLETING") and folder:
-                detail = running_report(j, folder, s["output"])
+            if state in ("RUNNING", "COMPLETING"):
+                detail = running_report(j, acct.get(j), s["output"])
             elif state in TERMINAL and state not in ("COMPLETED", "CANCELLED") and folder:
                 failed = True
                 print(f"  stage '{stage}' failed (job {j}: {state}).")
-                detail = failure_report(j, folder)
+                detail = failure_report(j, folder, s["output"], acct.get(j))
             elif state == "CANCELLED":
                 failed = True
             for line in detail:
@@ -607,15 +659,11 @@ def check(argv: list[str]) -> int:
     """`simsiam submit check [resources] --log-dir DIR`: a gloo all_reduce across the tasks of one job, to test
     an allocation (and the env:// set-up) before submitting real work."""
     from .jobs import CallFunction, distributed_check
-    ap = argparse.ArgumentParser(prog="simsiam submit check", allow_abbrev=False)
+    ap = one_line_errors(argparse.ArgumentParser(prog="simsiam submit check", allow_abbrev=False), "check")
     add_resource_args(ap)
-    try:
-        res = resources_from_args(ap.parse_args(argv))
-        folder = Path(res.log_dir or "slurm-check")
-        job = make_executor(res, folder, "simsiam-check").submit(CallFunction(distributed_check))
-    except SubmitError as e:
-        print(f"simsiam submit: error: {e}", file=sys.stderr)
-        return 2
+    res = resources_from_args(ap.parse_args(argv))
+    folder = Path(res.log_dir or "slurm-check")
+    job = make_executor(res, folder, "simsiam-check").submit(CallFunction(distributed_check))
     print(f"[submit] check: job {job.job_id}; logs {folder}")
     if not wait_all({"check": Submitted("check", folder, job=job)}):
         return 1
@@ -628,10 +676,20 @@ def check(argv: list[str]) -> int:
 
 # ---------------------------------------------------------------------------------------------------------- cli
 
+def one_line_errors(ap: argparse.ArgumentParser, what: str) -> argparse.ArgumentParser:
+    """`ap` reporting a bad option as a SubmitError ('<what>: <argparse's message>') instead of printing its
+    usage and exiting."""
+    def fail(message: str):
+        raise SubmitError(f"{what}: {message}")
+
+    ap.error = fail  # argparse reports every parse error through self.error
+    return ap
+
+
 def build_parser(stage: str) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=f"simsiam submit {stage}", allow_abbrev=False,
-                                 description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = one_line_errors(argparse.ArgumentParser(prog=f"simsiam submit {stage}", allow_abbrev=False,
+                                                 description=__doc__.split("\n\n")[0],
+                                                 formatter_class=argparse.RawDescriptionHelpFormatter), stage)
     add_resource_args(ap)
     ap.add_argument("--no-wait", action="store_true",
                     help="return after submitting (default: follow the jobs and report failures)")
@@ -698,28 +756,29 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0
-    stage, rest = argv[0], argv[1:]
+    return guard("simsiam submit", lambda: _main(argv[0], argv[1:]))
+
+
+def _main(stage: str, rest: list[str]) -> int:
     if stage == "status":
+        if len(rest) > 1:
+            raise SubmitError(f"status: expects one run folder, got {len(rest)}: {' '.join(rest)}")
         return status(Path(rest[0]) if rest else Path("."))
     if stage == "check":
         return check(rest)
     a, extra = split_args(stage, rest)
-    try:
-        res = resources_from_args(a)
-        out, argvs = plan(stage, a, extra, res)
-        if a.dry_run:
-            for s, line in argvs.items():
-                print(f"[submit] {s}: simsiam {s} {shlex.join(line)}")
-            print("[submit] dry run: every stage checked, nothing submitted")
-            return 0
-        if out is not None:
-            subs = submit_pipeline(out, argvs, res)
-            print(f"[submit] pipeline submitted; `simsiam submit status {out}` shows its state")
-        else:
-            subs = {stage: submit_stage(stage, argvs[stage], res)}
-    except SubmitError as e:
-        print(f"simsiam submit: error: {e}", file=sys.stderr)
-        return 2
+    res = resources_from_args(a)
+    out, argvs = plan(stage, a, extra, res)
+    if a.dry_run:
+        for s, line in argvs.items():
+            print(f"[submit] {s}: simsiam {s} {shlex.join(line)}")
+        print("[submit] dry run: every stage checked, nothing submitted")
+        return 0
+    if out is not None:
+        subs = submit_pipeline(out, argvs, res)
+        print(f"[submit] pipeline submitted; `simsiam submit status {out}` shows its state")
+    else:
+        subs = {stage: submit_stage(stage, argvs[stage], res)}
     if a.no_wait or all(s.skipped for s in subs.values()):
         return 0
     if not wait_all(subs):

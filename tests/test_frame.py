@@ -1,13 +1,16 @@
 """pretrain.frame: the run frame every stage uses (run folder, per-run log, metrics, results, exit codes)."""
 import json
 import logging
+import os
+import socket
+from pathlib import Path
 
 import pytest
 
 from pretrain import config
 from pretrain.defaults import PretrainConfig
 from pretrain.errors import InputError
-from pretrain.frame import StageRun, guard, run_log
+from pretrain.frame import RUN_STATE, StageRun, guard, read_run_state, run_log
 from pretrain.logs import LOGGER_NAME, read_metrics
 from pretrain.train import run as pretrain_run
 from transfer.evaluation import knn
@@ -30,6 +33,9 @@ def test_two_stages_in_one_process_keep_their_own_logs(tmp_path, capsys):
     pre, ev = (tmp_path / "pre" / "log.txt").read_text(), (tmp_path / "knn" / "log.txt").read_text()
     assert "SimSiam resnet18" in pre and "epoch 1/1" in pre and "kNN (t=" not in pre
     assert "kNN (t=" in ev and "SimSiam" not in ev and "epoch 1/1" not in ev
+    pre_state, knn_state = read_run_state(tmp_path / "pre"), read_run_state(tmp_path / "knn")
+    assert pre_state["progress"] == {"epoch": 1, "epochs": 1, "step": 1, "steps": 1}   # the training loop's report
+    assert (pre_state["stage"], knn_state["stage"], knn_state["progress"]) == ("pretrain", "knn", None)
     out = capsys.readouterr().out
     assert out.count("kNN (t=0.1) of") == 1 and out.count("epoch 1/1: loss") == 1
     assert _file_handlers() == []
@@ -125,3 +131,65 @@ def test_every_stage_refuses_bad_input_with_exit_2(stage, tmp_path, capsys):
         what = "missing.pkl: no such file"
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith(f"simsiam {stage}: error: ") and what in err[0]
+
+
+def test_run_record_placement_progress_and_end(tmp_path):
+    """run_state.json: this process's placement on entry; progress written at most every progress_every_s
+    (here: far longer than the test) and always at an epoch's last step; how the run ended."""
+    run = tmp_path / "r"
+    with StageRun("pretrain", run, progress_every_s=3600) as sr:
+        doc = read_run_state(run)
+        assert doc["stage"] == "pretrain" and doc["world_size"] == 1 and doc["progress"] is None
+        assert doc["ranks"] == [{"rank": 0, "local_rank": 0, "host": socket.gethostname(), "device": "cpu",
+                                 "pid": os.getpid()}]
+        sr.progress(epoch=1, epochs=2, step=1, steps=3)      # the first report is written at once
+        assert read_run_state(run)["progress"] == {"epoch": 1, "epochs": 2, "step": 1, "steps": 3}
+        sr.progress(epoch=1, epochs=2, step=2, steps=3)      # within progress_every_s: not written
+        assert read_run_state(run)["progress"]["step"] == 1
+        sr.progress(epoch=1, epochs=2, step=3, steps=3)      # the epoch's last step: written
+        assert read_run_state(run)["progress"]["step"] == 3 and read_run_state(run)["ended"] is None
+    doc = read_run_state(run)
+    assert doc["ended"] and doc["error"] is None and doc["progress"]["step"] == 3
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []   # no temporary file left
+    # the next invocation keeps the last known position until it reports its own; an error is recorded
+    with pytest.raises(InputError):
+        with StageRun("pretrain", run, progress_every_s=3600):
+            assert read_run_state(run)["progress"]["step"] == 3 and read_run_state(run)["ended"] is None
+            raise InputError("data.root /x: cannot read image /x/a/0.jpg\n(more detail)")
+    doc = read_run_state(run)
+    assert doc["error"] == "InputError: data.root /x: cannot read image /x/a/0.jpg" and doc["ended"]
+    (run / RUN_STATE).write_text('{"version": 1, "sta')          # unreadable: no record rather than an error
+    assert read_run_state(run) is None
+
+
+RANK_REPORTS = """
+import os, sys
+from pathlib import Path
+from pretrain.frame import StageRun
+rank, out = int(sys.argv[1]), Path(sys.argv[2])
+with StageRun("pretrain", out / "run", device="cpu", progress_every_s=0) as sr:
+    sr.progress(epoch=1, epochs=1, step=10 + rank, steps=20)          # a rank-specific position
+    sr.results(task="pretrain", dataset="d", metrics={}, config={})   # a barrier: both ranks have reported
+    if rank == 1:
+        sr.progress(epoch=1, epochs=1, step=20, steps=20)             # an epoch end on rank 1 only
+"""
+
+
+def test_run_record_written_by_rank_zero_only(tmp_path):
+    """Two processes: the record lists both ranks (gathered on entry) and holds rank 0's reports only."""
+    import subprocess
+    import sys
+    from test_distributed import free_port
+    port, repo = free_port(), Path(__file__).resolve().parents[1]
+    procs = [subprocess.Popen([sys.executable, "-c", RANK_REPORTS, str(rank), str(tmp_path)], cwd=repo,
+                              env={**os.environ, "PYTHONPATH": str(repo), "RANK": str(rank), "WORLD_SIZE": "2",
+                                   "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                                   "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    doc = read_run_state(tmp_path / "run")
+    assert doc["world_size"] == 2
+    assert [(r["rank"], r["local_rank"], r["device"]) for r in doc["ranks"]] == [(0, 0, "cpu"), (1, 1, "cpu")]
+    assert [r["pid"] for r in doc["ranks"]] == [p.pid for p in procs]
+    assert doc["progress"] == {"epoch": 1, "epochs": 1, "step": 10, "steps": 20}
+    assert doc["ended"] and doc["error"] is None

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pretrain.frame import read_run_state
 from slurm.jobs import PREEMPTION_MARK, read_events, slurm_states
 
 pytestmark = pytest.mark.slurm
@@ -313,13 +314,15 @@ def test_failing_stage_stops_dependants(tmp_path, cache):
         assert not (out / stage / "results.json").exists()
     assert not (out / "table.md").exists()
     st = simsiam("submit", "status", str(out))
-    assert st.returncode == 1 and "stage 'pretrain' failed" in st.stdout and "cannot read image" in st.stdout
+    assert st.returncode == 1 and "stage 'pretrain' failed" in st.stdout
+    assert re.search(rf"failed step {pre}\.0 \(\S+\) on node\d: FAILED, exit code 1", st.stdout), st.stdout
+    assert re.search(r"rank 0 ended with: \w+: .*cannot read image", st.stdout), st.stdout
 
     # the pipeline command itself (following its jobs) names the failed stage and why
     r = simsiam(*cmd, timeout=180)
     assert r.returncode == 1
     assert "stage 'pretrain' failed" in r.stderr
-    assert "reason: simsiam pretrain: error:" in r.stderr and "cannot read image" in r.stderr
+    assert re.search(r"rank 0 ended with: \w+: .*cannot read image", r.stderr), r.stderr[-3000:]
 
 
 # ------------------------------------------------------------------------------------------------ two nodes
@@ -364,8 +367,10 @@ def test_two_nodes_equal_one_node_and_survive_requeue_a_killed_task_and_preempti
     assert st.returncode == 0, st.stderr
     assert f"pretrain  {jid} RUNNING" in st.stdout
     assert "nodes: node[1-2] (2 node(s))" in st.stdout
-    assert "ranks: 0 on node1 (local 0), 1 on node2 (local 0); world size 2" in st.stdout
-    assert re.search(r"progress: epoch 2/4 done; [\d.]+ s per epoch, about \d+:\d\d left", st.stdout), st.stdout
+    # where it runs and how far it is, from accounting (sacct) and the run record its rank 0 writes
+    assert "ranks: 0 on node1 (local 0, cpu), 1 on node2 (local 0, cpu); world size 2" in st.stdout
+    assert re.search(r"progress: epoch 2/4 done; [\d.]+ s per epoch, about \d+:\d\d left \(recorded \d+ s ago\)",
+                     st.stdout), st.stdout
     kill_task(jid, "node2", 1)
     pause.unlink()
     wait_until(lambda: any(e["event"] == "retry" for e in read_events(run)), 120, "the survivor's retry")
@@ -378,6 +383,9 @@ def test_two_nodes_equal_one_node_and_survive_requeue_a_killed_task_and_preempti
     wait_until(lambda: any(e["event"] == "requeue" for e in read_events(run)), 120, "checkpoint() requeue record")
     mid = load_ckpt(run)
     assert (mid["epoch"], mid["epoch_step"], len(mid["positions"])) == (3, 1, 2)
+    state = read_run_state(run)        # the run record of the stopped attempt: its last position, both ranks
+    assert state["progress"] == {"epoch": 4, "epochs": 4, "step": 1, "steps": 2} and state["error"] is None
+    assert [(r["rank"], r["host"]) for r in state["ranks"]] == [(0, "node1"), (1, "node2")] and state["ended"]
     release(jid)
     assert wait_ended([jid, jtwo, jone]) == {jid: "COMPLETED", jtwo: "COMPLETED", jone: "COMPLETED"}
 
@@ -399,7 +407,8 @@ def test_two_nodes_equal_one_node_and_survive_requeue_a_killed_task_and_preempti
 
 def test_killed_task_beyond_the_requeue_budget_fails_and_status_names_it(tmp_path, cache):
     """With --max-requeues 0 a task that dies ends the job (no hang: the survivor's collective fails at once);
-    status names the node and task that failed first and shows the end of that task's log."""
+    status names the failed step (sacct), the task that ended without a result (the killed one, first) and
+    the one that raised, each on its node (the run record), and shows the end of the killed task's log."""
     run = tmp_path / "run"
     run.mkdir()
     (run / "PAUSE").touch()
@@ -413,7 +422,10 @@ def test_killed_task_beyond_the_requeue_budget_fails_and_status_names_it(tmp_pat
     st = simsiam("submit", "status", str(run))
     assert st.returncode == 1
     assert f"stage 'pretrain' failed (job {jid}: FAILED)" in st.stdout
-    assert "failed: task 1 on node2 (Killed); then task 0 on node1 (Exited with exit code 1)" in st.stdout
+    assert re.search(rf"failed step {jid}\.0 \(\S+\) on node\[1-2\]: FAILED, exit code 1\n", st.stdout), st.stdout
+    tasks = [x.strip() for x in st.stdout.splitlines() if x.strip().startswith("task ")]
+    assert tasks == ["task 1 (rank 1 on node2): ended without a result (its process was killed or lost)",
+                     "task 0 (rank 0 on node1): raised an error"], st.stdout
     assert f"{jid}_1_log.err (last 20 lines)" in st.stdout
     assert "[submit] start: rank 1/2 (local 0) on node2, attempt 1" in st.stdout
     assert _ckpt_epoch(run) == 1 and not (run / "results.json").exists()

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from submitit.slurm.slurm import _make_sbatch_string
 
+from pretrain.errors import InputError
 from slurm import jobs as J
 from slurm import submit as S
 from transfer import stages
@@ -89,16 +90,25 @@ def test_bad_flags_name_the_flag(flags, message):
         resources(*flags)
 
 
-def test_cli_errors(capsys):
-    assert S.main(["bogus"]) == 2
-    assert "unknown stage 'bogus'" in capsys.readouterr().err
-    assert S.main(["pretrain", "--executor", "local", "--config", "test_tiny"]) == 2
-    assert "error: pretrain: the following arguments are required: --output" in capsys.readouterr().err
-    assert S.main(["plot", "runs/x"]) == 2
-    assert "unknown stage 'plot'" in capsys.readouterr().err
-    assert S.main(["pipeline", "--output", "x", "--stages", "pretrain,nope"]) == 2
-    assert "unknown stage(s) ['nope']" in capsys.readouterr().err
-    assert S.main(["status", "/nonexistent/run"]) == 2
+@pytest.mark.parametrize("argv, message", [
+    (["bogus"], "unknown stage 'bogus'"),
+    (["plot", "runs/x"], "unknown stage 'plot'"),
+    (["pretrain", "--executor", "local", "--config", "test_tiny"],
+     "pretrain: the following arguments are required: --output"),
+    (["pretrain", "--nodes", "two", "--output", "x"], "pretrain: argument --nodes: invalid int value: 'two'"),
+    (["pipeline", "--output", "x", "--stages", "pretrain,nope"], "unknown stage(s) ['nope']"),
+    (["pipeline", "--trials", "2"], "pipeline: the following arguments are required: --output"),
+    (["check", "--time", "0"], "--time must be > 0"),
+    (["check", "--bogus"], "check: unrecognized arguments: --bogus"),
+    (["status", "/nonexistent/run"], "status: /nonexistent/run holds neither pipeline.json"),
+    (["status", "a", "b"], "status: expects one run folder, got 2"),
+])
+def test_one_error_convention(argv, message, capsys, no_submit):
+    """Every refusal of `simsiam submit` is one line `simsiam submit: error: ...` on stderr and exit code 2."""
+    assert S.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("simsiam submit: error: ") and message in err[0], err
+    assert issubclass(S.SubmitError, InputError)
 
 
 def test_stage_args_split():
@@ -308,52 +318,60 @@ def test_local_executor_failing_stage_reports(tmp_path, capsys):
     assert not (out / "results.json").exists()
 
 
-# ------------------------------------------------------------------------ multi-node reports from job logs
+# ------------------------------------------------------------------------ reports from records, not logs
 
-def _fake_job_logs(folder: Path, jid: str = "41") -> Path:
-    """The logs submitit + srun leave for a 2-node job whose task 1 (node2) was killed after a restart."""
-    folder.mkdir(parents=True)
-    start = ("submitit INFO (2026-01-01 00:00:00,000) - Starting with JobEnvironment(job_id={j}, hostname={h}, "
-             "local_rank=0(1), node={n}(2), global_rank={n}(2))\n")
-    for t, host in enumerate(("node1", "node2")):
-        (folder / f"{jid}_{t}_log.out").write_text(start.format(j=jid, h="old", n=t) + start.format(j=jid, h=host, n=t))
-        (folder / f"{jid}_{t}_log.err").write_text(f"{J.ATTEMPT_MARK} rank {t}/2 on {host}, attempt 2\n")
-    with open(folder / f"{jid}_0_log.err", "w") as f:
-        f.write("srun: error: node1: task 0: Killed\n")  # the first attempt: not this failure
-        f.write(f"{J.ATTEMPT_MARK} rank 0/2 (local 0) on node1, attempt 2\n")
-        f.write("epoch 3/3:  50%|#####     | 1/2 [00:01<00:01]\rsrun: error: node2: task 1: Killed\n")
-        f.write("srun: error: node1: task 0: Exited with exit code 1\n")
-    return folder
+def test_accounting_fields_in_words():
+    """sacct's ExitCode, durations and steps as status shows them."""
+    assert [J.exit_code_words(c) for c in ("1:0", "0:9", "0:15", "0:0")] == [
+        "exit code 1", "signal 9 (SIGKILL)", "signal 15 (SIGTERM)", "exit code 0"]
+    assert [J.sacct_seconds(t) for t in ("00:00:07", "1-02:03:04", "10:00", "UNLIMITED", "")] == [
+        7, 93784, 600, None, None]
+    record = {"steps": [{"step": "41.batch", "state": "FAILED"}, {"step": "41.extern", "state": "CANCELLED"},
+                        {"step": "41.0", "state": "FAILED"}, {"step": "41.1", "state": "COMPLETED"}]}
+    assert [s["step"] for s in J.failed_steps(record)] == ["41.0"]
+    record["steps"][2]["state"] = "COMPLETED"     # the script failed without its srun: the batch step
+    assert [s["step"] for s in J.failed_steps(record)] == ["41.batch"]
 
 
-def test_task_placement_and_failed_tasks_from_logs(tmp_path):
-    folder = _fake_job_logs(tmp_path / "slurm")
-    placed = J.task_placement(folder, "41")
-    assert [(t["rank"], t["host"], t["world_size"]) for t in placed] == [(0, "node1", 2), (1, "node2", 2)]
-    assert J.failed_tasks(folder, "41") == [{"host": "node2", "task": 1, "what": "Killed"},
-                                            {"host": "node1", "task": 0, "what": "Exited with exit code 1"}]
-    assert J.bar_position(folder, "41") == (3, 3, 1, 2)
-    report = S.failure_report("41", str(folder))
-    assert report[0] == "failed: task 1 on node2 (Killed); then task 0 on node1 (Exited with exit code 1)"
-    assert report[1] == f"{folder / '41_1_log.err'} (last 20 lines):"
+def test_task_outcomes_from_result_files(tmp_path):
+    """Each task's result file (submitit's ("success" | "error", payload)) or its absence; a file older than the
+    attempt belongs to an earlier one."""
+    import os
+    import pickle
+    from submitit.core.utils import JobPaths
+    for task, tag in ((0, "error"), (2, "success")):
+        with open(JobPaths(tmp_path, job_id="41", task_id=task).result_pickle, "wb") as f:
+            pickle.dump((tag, "payload"), f)
+    assert J.task_outcomes(tmp_path, "41", 3, since=None) == ["error", "none", "success"]
+    old = JobPaths(tmp_path, job_id="41", task_id=2).result_pickle
+    os.utime(old, (1000.0, 1000.0))
+    assert J.task_outcomes(tmp_path, "41", 3, since=2000.0) == ["error", "none", "none"]
 
 
-def test_run_progress_and_single_stage_status(tmp_path, capsys, monkeypatch):
+def test_status_lines_from_the_run_record(tmp_path, capsys):
+    """Placement and progress come from the run record a StageRun writes, the time per epoch from
+    metrics.jsonl; a record older than the job's start is an earlier attempt's."""
+    import re
+    import socket
+    from pretrain.frame import StageRun
     run = tmp_path / "run"
-    _fake_job_logs(run / "slurm")
+    with StageRun("pretrain", run, progress_every_s=0) as sr:
+        sr.metrics.write({"stage": "pretrain", "epoch": 1, "time": 4.0})
+        sr.metrics.write({"stage": "pretrain", "epoch": 2, "time": 4.0})
+        sr.progress(epoch=3, epochs=3, step=1, steps=2)
+    assert J.run_progress(run) == {"epochs_done": 2, "epochs": None, "seconds_per_epoch": 4.0}
+    state = S.current_record(str(run), started=None)
+    lines = S.record_lines(state, str(run))
+    assert lines[0] == f"ranks: 0 on {socket.gethostname()} (local 0, cpu); world size 1"
+    assert re.fullmatch(r"progress: epoch 3/3 at step 1/2; 4\.0 s per epoch, about 0:02 left \(recorded \d+ s ago\)",
+                        lines[1]), lines[1]
+    later = J.sacct_time("2999-01-01T00:00:00")
+    assert S.current_record(str(run), started=later) is None
+    assert S.running_report("41", None, str(tmp_path / "empty")) == [
+        f"(no run record of this attempt in {tmp_path / 'empty'} yet: the stage has not started)"]
+    (run / "slurm").mkdir()
     (run / "slurm" / "41_submission.sh").write_text("#SBATCH --job-name=simsiam-pretrain\n")
-    (run / "config.json").write_text(json.dumps({"train": {"epochs": 3}}))
-    (run / "metrics.jsonl").write_text("".join(json.dumps({"stage": "pretrain", "epoch": e, "time": 4.0}) + "\n"
-                                               for e in (1, 2)))
-    assert J.run_progress(run) == {"epochs_done": 2, "epochs": 3, "seconds_per_epoch": 4.0}
-    doc = S.submitted_stages(run)
-    assert doc["stages"]["pretrain"]["jobs"] == ["41"]
-    monkeypatch.setattr(shutil, "which", lambda name: None)  # no squeue: placement and progress from the files
-    lines = S.running_report("41", str(run / "slurm"), str(run))
-    assert lines == ["ranks: 0 on node1 (local 0), 1 on node2 (local 0); world size 2",
-                     "progress: epoch 2/3 done, epoch 3 at step 1/2; 4.0 s per epoch, about 0:02 left"]
-    assert S.status(tmp_path / "nothing") == 2
-    assert "holds neither pipeline.json" in capsys.readouterr().err
+    assert S.submitted_stages(run)["stages"]["pretrain"]["jobs"] == ["41"]
 
 
 def test_peer_failure_classification():
