@@ -3,37 +3,20 @@
     simsiam linear --weights CKPT --output DIR data.root=ROOT [--config PRESET] [key=value ...]
     python -m transfer.evaluation.linear ...
 
-The backbone (any checkpoint `transfer.evaluation.convert` reads, or `--weights random` for a random-init baseline
-of `model.arch`, with `model.zero_init_residual`) is frozen and kept in eval mode for the whole run, also under
-DDP (only the heads are wrapped). A linear classifier (fc init N(0, 0.01), bias 0) on the pooled features
-(2048-d for ResNet-50, 512-d for ResNet-18) is trained with LARS (transfer.evaluation.lars: LARC semantics,
-trust 0.001, no clipping), batch 4096, lr = 0.1 x batch / 256, weight decay 0, momentum 0.9, cosine decay over
-90 epochs; RandomResizedCrop + flip for training, Resize(256) + CenterCrop(224) for validation. data.root is
-required (an ImageFolder tree, or `embedded` for the built-in generated data); the input normalisation is
-data.mean / data.std when given, else the one the checkpoint records, else ImageNet's. Presets in
-eval_configs/linear/ change what differs (imagenet_sgd: SGD lr 30 at batch 256; cifar10; demo; grid).
+The backbone (a checkpoint `transfer.evaluation.convert` reads, or `--weights random` with `model.arch`) is
+frozen in eval mode; linear heads (N(0, 0.01), bias 0) on its pooled features are trained with LARS
+(transfer.evaluation.lars), batch 4096, lr 0.1 x batch / 256, weight decay 0, momentum 0.9, cosine over 90
+epochs, RandomResizedCrop + flip / Resize(256) + CenterCrop(224). data.root is required (a folder, or
+`embedded`); the normalisation is data.mean / data.std, else the checkpoint's, else ImageNet's. Presets:
+eval_configs/linear/. The protocol trains one head; grid mode (`grid.enabled=true`) one per (base lr, weight
+decay), the protocol's head being the grid of one, picked on a held-out slice of the training split ("best of
+grid", never a paper column); a pick at the grid's edge is logged and in results.json's grid.at_edge. A change
+of the backbone's state dict during the run is an error (BackboneChangedError). The run folder: config.yaml,
+metrics.jsonl, checkpoint.pth (rerunning the same command resumes) and results.json.
 
-Grid mode (`grid.enabled=true`, preset `grid`) trains one head per (base lr, weight decay) of `grid.base_lrs` x
-`grid.weight_decays` in the same pass (default: `heads.default_grid`); the protocol's single head is the grid of
-one. The heads train on the training split minus a held-out slice (`grid.holdout_fraction` of it, at most
-`grid.holdout_max_images`, drawn with `grid.holdout_seed`); the head with the best held-out top-1 after the last
-epoch is picked and its validation top-1/top-5 reported as "best of grid". A head whose weights become inf/NaN
-is never picked. A pick at the lowest or highest base lr, or at the largest weight decay, is logged and listed
-in results.json's grid.at_edge with the direction in which to extend the grid. A grid result never enters a
-paper column.
-
-After training, a checksum of the backbone's state dict (weights and BN statistics) is compared with the one
-taken before: any change is an error (`BackboneChangedError`). The run folder holds config.yaml, metrics.jsonl
-(stage "linear", one line per epoch: loss, lr, train top-1, val top-1/top-5, time, images/s; in grid mode those
-of the picked head plus a "grid" entry with every head's), checkpoint.pth (heads + optimizer, for resume:
-rerunning the same command continues) and results.json (task "linear", top-1/top-5 in percent, the protocol
-with the normalisation used; in grid mode a "grid" section: every head's lr, weight decay, held-out and
-validation accuracy, the pick, its edges and the held-out slice's size and seed).
-
-Where what is: `config` (keys, defaults, checks, data resolution), `heads` (the grid, its optimizer, losses,
-the pick, the edges), `backbone` (freezing, checksum), `sources` (the three data paths behind one interface),
-`evaluation` (`run` and the `LinearEvaluation` run state), `records` (metrics lines, results.json sections),
-`cli` (the command).
+Modules: `config` (keys, checks, data resolution), `heads` (grid, optimizer, losses, pick, edges), `backbone`
+(freezing, checksum), `sources` (the three data paths behind one interface), `evaluation` (`run` and the run
+state `LinearEvaluation`), `records` (metrics lines, results.json sections), `cli` (the command).
 """
 from __future__ import annotations
 

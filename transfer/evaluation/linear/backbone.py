@@ -26,13 +26,6 @@ def state_checksum(module: nn.Module) -> str:
     return h.hexdigest()
 
 
-def feature_dim_of(backbone: nn.Module) -> int:
-    """Pooled feature width: the in_features of the final block's last BN (2048 for R50, 512 for R18)."""
-    last = backbone.layer4[-1]
-    bn = getattr(last, "bn3", None) or last.bn2
-    return int(bn.num_features)
-
-
 class FrozenBackbone:
     """The backbone (fc = Identity) on its device, frozen, and how its forward runs (precision, memory format).
     `applied`: the amp / channels_last in effect; `checksum`: of its state dict as loaded."""
@@ -47,7 +40,8 @@ class FrozenBackbone:
         self.amp_dtype = torch.bfloat16 if use_bf16 else None
         self.applied = {"amp": "bf16" if use_bf16 else "none", "channels_last": weights_channels_last(self.net)}
         self.checksum = state_checksum(self.net)
-        self.dim = feature_dim_of(self.net)
+        last = self.net.layer4[-1]  # the pooled width: the last BN's (2048 for R50, 512 for R18)
+        self.dim = int((getattr(last, "bn3", None) or last.bn2).num_features)
 
     @torch.no_grad()
     def features(self, x: torch.Tensor) -> torch.Tensor:

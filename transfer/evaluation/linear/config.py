@@ -113,15 +113,20 @@ def _check_grid(g: LinearGridConfig) -> None:
         raise ConfigError("grid.base_lrs / grid.weight_decays: a value is repeated")
 
 
+def require_root(root: str) -> None:
+    """Linear evaluation has no default data: ConfigError naming data.root when it is not given."""
+    if not str(root).strip():
+        raise ConfigError(f"data.root: not given; set data.root=<folder> (an ImageFolder tree with train/ and val/ "
+                          f"or test/), or data.root={EMBEDDED} for the built-in generated data")
+
+
 def resolve_data(cfg: LinearConfig, stored: dict) -> tuple[LinearConfig, dict]:
     """(cfg with its data resolved, the normalisation used and where it came from). data.root is required;
     image size, crop and normalisation follow kNN's rule (transfer.evaluation.knn.resolve_data): data.mean /
     data.std when given, else the checkpoint's pretraining normalisation (`stored`: its info["pretrain_data"]),
     else ImageNet's."""
     d = cfg.data
-    if not str(d.root).strip():
-        raise ConfigError(f"data.root: not given; set data.root=<folder> (an ImageFolder tree with train/ and val/ "
-                          f"or test/), or data.root={EMBEDDED} for the built-in generated data")
+    require_root(d.root)
     resolved = resolve_eval_data(cfg, stored)
     origin = {key: f"data.{key}" if getattr(d, key) else "checkpoint" if stored.get(key) else "ImageNet"
               for key in ("mean", "std")}

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from pretrain import config as config_mod
 from pretrain import distributed
@@ -34,7 +33,7 @@ class Inputs:
     as loaded with its results.json `source`, the image folders, the grid's (training, held-out) indices (None
     for the protocol's one head) and the input normalisation used (values and where they came from)."""
     cfg: LinearConfig
-    net: nn.Module
+    net: torch.nn.Module
     source: dict
     data: ImageData
     split: tuple[list[int], list[int]] | None
@@ -78,15 +77,13 @@ class LinearEvaluation:
         torch.manual_seed(cfg.train.seed)
         self.backbone = FrozenBackbone(inputs.net, cfg, self.info.device)
         self.specs = grid_heads(cfg)
-        self.heads = HeadGrid(self.backbone.dim, self.data.num_classes, len(self.specs), cfg.train.seed)
-        self.heads.to(self.info.device)
+        self.heads = HeadGrid(self.backbone.dim, self.data.num_classes, len(self.specs), cfg.train.seed).to(
+            self.info.device)
         self.optimizer, self.lrs = build_grid_optimizer(self.heads, self.specs, cfg)
-        dev = self.info.device
-        self.ddp = nn.parallel.DistributedDataParallel(
-            self.heads, device_ids=[dev.index] if dev.type == "cuda" else None) if self.info.distributed else self.heads
+        self.ddp = distributed.prepare_model(self.heads, self.info, sync_bn=False)  # DDP with several processes
         self.epoch, self.ran, self.picked, self.last, self.edges = 0, 0, 0, {}, []
         self.best = {"top1": None, "top5": None, "epoch": None}
-        self.resume(self._load_checkpoint())
+        self.resume()
         sr.save_config(cfg)
         self.batches = build_source(cfg, self.info, self.backbone, self.data, self.split, self.log)
         self._describe()
@@ -99,20 +96,15 @@ class LinearEvaluation:
         return {"heads": [list(h) for h in self.specs], "holdout_seed": self.cfg.grid.holdout_seed,
                 "holdout": hashlib.sha256(repr(self.split[1]).encode()).hexdigest()}
 
-    def _load_checkpoint(self) -> dict | None:
+    def resume(self) -> None:
+        """Continue where the folder's checkpoint left off (the heads, their optimizer, the epochs done, the best
+        so far, the picked head); a checkpoint of another kind, other weights or other heads is refused."""
         if not self.ckpt_path.is_file():
-            return None
+            return
         state = load_torch(self.ckpt_path)
         if state.get("format") != FORMAT:
             raise CheckpointError(f"{self.ckpt_path}: not a linear-evaluation checkpoint (format "
                                   f"{state.get('format')!r}); use another --output")
-        return state
-
-    def resume(self, state: dict | None) -> None:
-        """Continue where the checkpoint left off (the heads, their optimizer, the epochs done, the best so far,
-        the picked head); a checkpoint of other weights or other heads is refused."""
-        if state is None:
-            return
         if state.get("backbone_checksum") != self.backbone.checksum:
             raise CheckpointError(f"{self.ckpt_path}: this output folder holds a linear evaluation of other weights "
                                   f"(backbone checksum differs from {self.cfg.weights}); use a new --output")
@@ -197,8 +189,7 @@ class LinearEvaluation:
         """A non-finite loss of every head stops the run (a grid goes on while one head's is finite)."""
         if bool(torch.isfinite(losses).any()):
             return
-        what = "grid.base_lrs (every head of the grid diverged)" if self.grid else \
-            f"optim.base_lr (now {self.cfg.optim.base_lr})"
+        what = "grid.base_lrs (every head of the grid diverged)" if self.grid else "optim.base_lr"
         raise NonFiniteLossError(f"linear evaluation: loss is {losses.min().item()} at epoch {epoch + 1}, step "
                                  f"{step}: lower {what}")
 

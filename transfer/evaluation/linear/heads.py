@@ -1,9 +1,6 @@
-"""The heads: a grid of (base lr, weight decay), the protocol's one head being a grid of one.
-
-Every head starts from the same N(0, 0.01) weights (bias 0) and sees the same features; each has its own weight
-and bias tensors in its own optimizer param group, so LARS's trust ratio, the lr and the weight decay are per
-head, and the loss is the sum of the heads' mean losses, so each head trains exactly as it would alone.
-"""
+"""The heads: a grid of (base lr, weight decay), the protocol's one head being the grid of one. Each head has
+its own tensors and param group (LARS's trust ratio, lr and weight decay per head) and the loss is the sum of
+the heads' mean losses, so each trains exactly as it would alone."""
 from __future__ import annotations
 
 import torch

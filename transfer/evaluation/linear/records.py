@@ -1,9 +1,6 @@
-"""What a run writes: the metrics line of an epoch, results.json's metrics, protocol and grid sections.
-
-The protocol's one head reports its validation top-1/top-5 and the best over epochs; a grid (grid.enabled)
-reports the head picked on the held-out slice (no best over epochs: that would pick on the validation split),
-every head's values and where the pick sits on an edge of the grid.
-"""
+"""What a run writes: the metrics line of an epoch, results.json's metrics, protocol and grid sections. A grid
+reports the head picked on the held-out slice, with no best over epochs (that would pick on the validation
+split)."""
 from __future__ import annotations
 
 import dataclasses

@@ -1,13 +1,6 @@
-"""What the heads read: one interface (`DataSource`) over the three data paths.
-
-* images: PIL transforms in DataLoader workers, each batch through the frozen backbone;
-* device: JPEG decode + RandomResizedCrop/flip on the device (train.gpu_augment, pretrain.fastdata), the
-  validation split and the held-out slice in device memory;
-* cached features: the backbone's features of both splits computed once (train.cache_features).
-
-A source yields training batches (x, labels) per epoch, evaluation batches of the validation split and of the
-grid's held-out slice, and turns a batch into features (the backbone, or nothing for cached features).
-"""
+"""What the heads read: one interface (`DataSource`) over the three data paths: images (PIL transforms in
+loader workers, each batch through the backbone), the device (train.gpu_augment: decode + crop/flip on the
+device, pretrain.fastdata) and cached features (train.cache_features: both splits through the backbone once)."""
 from __future__ import annotations
 
 import time
