@@ -20,8 +20,7 @@ from transfer.evaluation.convert import eval_backbone
 from . import records
 from .backbone import FrozenBackbone
 from .config import LinearConfig, check_config, resolve_data
-from .heads import HeadGrid, build_grid_optimizer, grid_edges, grid_heads, head_counts, head_losses, holdout_split, \
-    pick_head
+from .heads import HeadGrid, build_grid_optimizer, grid_edges, grid_heads, head_counts, head_losses, pick_head
 from .sources import ImageData, build_source
 
 FORMAT = "simsiam-suite/linear"
@@ -30,13 +29,12 @@ FORMAT = "simsiam-suite/linear"
 @dataclass
 class Inputs:
     """What a run reads, checked before its folder is made: the config with its data resolved, the backbone
-    as loaded with its results.json `source`, the image folders, the grid's (training, held-out) indices (None
-    for the protocol's one head) and the input normalisation used (values and where they came from)."""
+    as loaded with its results.json `source`, the image folders (with the grid's held-out split) and the input
+    normalisation used (values and where they came from)."""
     cfg: LinearConfig
     net: torch.nn.Module
     source: dict
     data: ImageData
-    split: tuple[list[int], list[int]] | None
     normalisation: dict
 
 
@@ -46,9 +44,7 @@ def prepare(cfg: LinearConfig) -> Inputs:
     check_config(cfg)
     net, source, info = eval_backbone(cfg.weights, cfg.model, cfg.train.seed)
     cfg, normalisation = resolve_data(cfg, info.get("pretrain_data") or {})
-    data = ImageData(cfg)
-    split = holdout_split(len(data.train), cfg.grid) if cfg.grid.enabled else None
-    return Inputs(cfg, net, source, data, split, normalisation)
+    return Inputs(cfg, net, source, ImageData(cfg), normalisation)
 
 
 def run(cfg: LinearConfig, output_dir: str | Path, *, presets: tuple[str, ...] = ()) -> dict:
@@ -70,7 +66,7 @@ class LinearEvaluation:
         """Build everything; resume from the folder's checkpoint.pth when it holds one of the same run."""
         cfg = self.cfg = inputs.cfg
         self.sr, self.log, self.info, self.presets = sr, sr.log, sr.info, presets
-        self.data, self.split, self.source = inputs.data, inputs.split, inputs.source
+        self.data, self.split, self.source = inputs.data, inputs.data.split, inputs.source
         self.normalisation, self.grid = inputs.normalisation, cfg.grid.enabled
         self.config_dict = config_mod.to_dict(cfg)
         self.ckpt_path = sr.dir / "checkpoint.pth"
@@ -85,7 +81,7 @@ class LinearEvaluation:
         self.best = {"top1": None, "top5": None, "epoch": None}
         self.resume()
         sr.save_config(cfg)
-        self.batches = build_source(cfg, self.info, self.backbone, self.data, self.split, self.log)
+        self.batches = build_source(self.data, self.backbone, self.info)
         self._describe()
 
     # ------------------------------------------------------------------------------------------ resume
