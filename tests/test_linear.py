@@ -21,6 +21,7 @@ from torch import nn
 
 from pretrain import config as config_mod
 from pretrain.defaults import PretrainConfig
+from pretrain.errors import InputError
 from pretrain.frame import StageRun
 from pretrain.logs import read_metrics
 from pretrain.model import SimSiam
@@ -467,6 +468,15 @@ def test_grid_edges_name_the_direction_to_extend():
     assert heads.grid_edges([(0.1, 0.0)], 0) == []  # the protocol's one head: no grid to extend
     assert heads.grid_edges([(0.1, 0.0), (1.0, 0.0), (10.0, 0.0)], 1) == []  # one weight decay: not an edge
     assert heads.grid_edges([(0.0, 0.0), (1.0, 0.0)], 0) == []  # base lr 0 cannot be extended below
+
+
+def test_the_pick_skips_diverged_heads_and_all_diverged_is_an_input_error():
+    held = {"top1": [50.0, 60.0, 60.0], "loss": [1.0, 0.9, 0.8]}
+    assert heads.pick_head(held, [True, True, True]) == 2  # best top-1, then the lower loss
+    assert heads.pick_head(held, [True, False, False]) == 0  # a diverged head is never picked
+    assert heads.pick_head(None, [True]) == 0  # the protocol's one head
+    with pytest.raises(InputError, match="every head diverged"):
+        heads.pick_head(held, [False, False, False])
 
 
 def test_a_pick_at_the_edge_of_the_grid_is_logged_and_recorded(cifar_root, tmp_path, capsys):

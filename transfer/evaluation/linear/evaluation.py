@@ -185,9 +185,8 @@ class LinearEvaluation:
         """A non-finite loss of every head stops the run (a grid goes on while one head's is finite)."""
         if bool(torch.isfinite(losses).any()):
             return
-        what = "grid.base_lrs (every head of the grid diverged)" if self.grid else "optim.base_lr"
-        raise NonFiniteLossError(f"linear evaluation: loss is {losses.min().item()} at epoch {epoch + 1}, step "
-                                 f"{step}: lower {what}")
+        raise NonFiniteLossError(f"linear evaluation: the loss of every head is {losses.min().item()} at epoch "
+                                 f"{epoch + 1}, step {step}: lower optim.base_lr (grid.base_lrs in grid mode)")
 
     def _sum(self, t: torch.Tensor) -> torch.Tensor:
         """t summed over processes (in place)."""
