@@ -17,13 +17,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from pretrain import config as config_mod
 from pretrain.defaults import PretrainConfig
+from pretrain.errors import InputError
+from pretrain.frame import StageRun
 from pretrain.logs import read_metrics
+from pretrain.model import SimSiam
+from pretrain.synthetic import embedded_dir
 from transfer.evaluation import linear
-from transfer.evaluation.convert import load_backbone
-from transfer.evaluation.linear import BackboneChangedError, LinearConfig, state_checksum
+from transfer.evaluation.convert import EvalModelConfig, load_backbone
+from transfer.evaluation.linear import BackboneChangedError, LinearConfig, heads, state_checksum
+from transfer.evaluation.linear.evaluation import LinearEvaluation, prepare
 from transfer.reporting.results import read_results, sha256_file
 
 
@@ -81,12 +87,17 @@ def test_pretrained_beats_random_init(pretrained, cifar_root, tmp_path):
 
 
 def test_a_training_backbone_is_caught(cifar_root, tmp_path):
-    # augmented images through the backbone (no feature cache); the test hook lets the backbone train
+    # augmented images through the backbone (no feature cache); a forward pre-hook puts the backbone in train
+    # mode at every forward, so its BN statistics move: the check after training must catch it
     cfg = _linear_cfg("random", cifar_root, "data.limit_per_class=2", "data.val_limit_per_class=1",
                       "train.epochs=1", "train.batch_size=20")
-    with pytest.raises(BackboneChangedError, match="backbone changed during linear evaluation") as e:
-        linear.run(cfg, tmp_path / "bad", _test_train_backbone=True)
-    assert "conv1.weight" in str(e.value) or "running_mean" in str(e.value)
+    with StageRun("linear", tmp_path / "bad") as sr:
+        evaluation = LinearEvaluation(prepare(cfg), sr)
+        evaluation.backbone.net.register_forward_pre_hook(lambda module, args: module.train() and None)
+        evaluation.fit()
+        with pytest.raises(BackboneChangedError, match="backbone changed during linear evaluation") as e:
+            evaluation.finish()
+    assert "running_mean" in str(e.value)
     assert not (tmp_path / "bad" / "results.json").exists()
     # the same run with the backbone frozen passes the check
     out = linear.run(cfg, tmp_path / "good")
@@ -108,9 +119,14 @@ def test_resume_and_cli(pretrained, cifar_root, tmp_path, capsys):
     assert [x["epoch"] for x in lines] == [1, 2, 3]
     assert read_results(tmp_path / "run")["epochs"] == 3
     assert (tmp_path / "run" / "config.yaml").is_file()
-    # another checkpoint in the same folder is refused
-    with pytest.raises(RuntimeError, match="other weights"):
-        linear.main(["--weights", "random", *args[2:], "model.arch=resnet18_cifar"])
+    # another checkpoint in the same folder is refused: one line, exit 2, the folder's run untouched
+    config = (tmp_path / "run" / "config.yaml").read_text()
+    capsys.readouterr()
+    assert linear.main(["--weights", "random", *args[2:], "model.arch=resnet18_cifar"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds a linear evaluation of other weights" in err[0], err
+    assert (tmp_path / "run" / "config.yaml").read_text() == config
+    assert torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)["epoch"] == 3
 
 
 @pytest.mark.parametrize("fmt", ["pickle", "torch"])
@@ -135,14 +151,71 @@ def test_config_presets_and_errors(tmp_path):
     assert linear.main(["--weights", "x.pth", "--output", str(tmp_path), "train.nope=1"]) == 2
     with pytest.raises(config_mod.ConfigError, match="cache_features=true needs data.augment=false"):
         linear.run(dataclasses.replace(LinearConfig(), weights="random",
-                                       model=linear.EvalModelConfig("resnet18"),
+                                       model=EvalModelConfig("resnet18"),
                                        train=linear.LinearTrainConfig(cache_features=True)), tmp_path / "x")
     with pytest.raises(config_mod.ConfigError, match="needs model.arch"):
         linear.run(dataclasses.replace(LinearConfig(), weights="random"), tmp_path / "y")
     # head: N(0, 0.01) weights, zero bias, 512-d input for ResNet-18
     torch.manual_seed(0)
-    head = linear.build_head(2048, 1000)
+    head = heads.build_head(2048, 1000)
     assert head.weight.std().item() == pytest.approx(0.01, rel=0.02) and head.bias.abs().sum() == 0
+
+
+def test_data_root_is_required_and_embedded_is_named(tmp_path, capsys):
+    """Linear evaluation has no default data: a run without data.root is refused (one line naming data.root,
+    exit 2, no output folder made); data.root=embedded selects the built-in generated data by name; the
+    presets carry no placeholder path (the demo's names the embedded data)."""
+    out = tmp_path / "run"
+    assert linear.main(["--weights", "random", "--output", str(out), "model.arch=resnet18"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data.root: not given" in err[0] and "data.root=embedded" in err[0], err
+    assert not out.exists()
+    for preset in ("imagenet_lars", "imagenet_sgd", "cifar10", "grid"):
+        assert config_mod.resolve(LinearConfig(), [preset], kind="linear").data.root == "", preset
+    demo = config_mod.resolve(LinearConfig(), ["demo"], ["model.arch=resnet18"], kind="linear")
+    assert demo.data.root == "embedded"
+    inputs = prepare(dataclasses.replace(demo, weights="random"))
+    assert inputs.data.name == "embedded" and inputs.data.train_dir == embedded_dir(demo.data.cache_dir) / "train"
+
+
+# pixels / 255 (no mean/std), as a converted SimCLR checkpoint records it
+PIXELS = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
+
+
+def test_the_checkpoint_normalisation_is_used_unless_given(cifar_root, tmp_path):
+    """A checkpoint whose info records another input normalisation is evaluated with it when data.mean /
+    data.std are not given, and results.json's protocol records what was used and where it came from; given
+    values win. With a head that does not train (lr 0) the validation loss of the run on the checkpoint's
+    normalisation equals that of the run given the same values, and differs from the run given ImageNet's.
+
+    Measured (random-init ResNet-18 CIFAR with data-like BN statistics, 20 validation images): the validation
+    losses on the two normalisations differ by 4e-5; equal runs are equal to the last bit. Bound: 1e-6."""
+    torch.manual_seed(0)
+    model = SimSiam("resnet18_cifar", dim=128, pred_dim=32, proj_layers=2)
+    for m in model.encoder.modules():  # data-like BN statistics, so the features are not degenerate
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_var.fill_(4.0)
+    ckpt = tmp_path / "checkpoint.pth"
+    torch.save({"format": "simsiam-suite/pretrain", "version": 1, "epoch": 5, "step": 50, "arch": "resnet18_cifar",
+                "model": model.state_dict(), "optimizer": None, "scaler": None, "rng": {},
+                "config": {"data": {"image_size": 32, **PIXELS}, "train": {"batch_size": 64}},
+                "dataset": "cifar10-jpg"}, ckpt)
+    base = ["model.arch=resnet18_cifar", f"data.root={cifar_root}", "data.image_size=32", "data.workers=0",
+            "data.limit_per_class=2", "data.val_limit_per_class=2", "data.augment=false", "train.cache_features=true",
+            "train.epochs=1", "train.batch_size=20", "optim.base_lr=0.0", "train.tensorboard=false"]
+    runs = {"stored": [], "given": ["data.mean=[0,0,0]", "data.std=[1,1,1]"],
+            "imagenet": ["data.mean=[0.485,0.456,0.406]", "data.std=[0.229,0.224,0.225]"]}
+    for name, extra in runs.items():
+        cfg = config_mod.resolve(LinearConfig(), [], base + extra, kind="linear")
+        linear.run(dataclasses.replace(cfg, weights=str(ckpt)), tmp_path / name)
+    doc = {name: read_results(tmp_path / name) for name in runs}
+    assert doc["stored"]["protocol"]["normalisation"] == {**PIXELS, "from": {"mean": "checkpoint", "std": "checkpoint"}}
+    assert doc["stored"]["config"]["data"]["mean"] == PIXELS["mean"]
+    assert doc["given"]["protocol"]["normalisation"] == {**PIXELS, "from": {"mean": "data.mean", "std": "data.std"}}
+    assert doc["imagenet"]["protocol"]["normalisation"]["mean"] == [0.485, 0.456, 0.406]
+    loss = {name: read_metrics(tmp_path / name / "metrics.jsonl")[-1]["val_loss"] for name in runs}
+    print("validation loss by normalisation", loss)
+    assert loss["stored"] == loss["given"] and abs(loss["stored"] - loss["imagenet"]) > 1e-6, loss
 
 
 def test_gpu_augment_path_gives_the_reference_evaluation(cifar_root, tmp_path):
@@ -217,25 +290,25 @@ def _grid_weights(out) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 def test_default_grid_holdout_split_and_config_errors(tmp_path, capsys):
     lars = LinearConfig()
-    lrs, wds = linear.default_grid(lars)
+    lrs, wds = heads.default_grid(lars)
     # LARS: base lr x 10^(k/4), k = -4..8: 13 values from /10 to x100 (4 per decade), the protocol's wd
     assert len(lrs) == 13 and lrs[0] == pytest.approx(0.01) and lrs[4] == 0.1 and lrs[-1] == pytest.approx(10.0)
     assert lrs[5] == pytest.approx(0.1778) and wds == (0.0,)
     sgd = config_mod.resolve(LinearConfig(), ["imagenet_sgd", "grid"], kind="linear")
-    lrs, wds = linear.default_grid(sgd)
+    lrs, wds = heads.default_grid(sgd)
     assert len(lrs) == 9 and (lrs[0], lrs[4], lrs[-1]) == (3.0, 30.0, 300.0) and wds == (0.0, 1e-5, 1e-4)
-    assert len(linear.grid_heads(sgd)) == 27 and linear.grid_heads(sgd)[:2] == [(3.0, 0.0), (3.0, 1e-5)]
-    assert linear.grid_heads(lars) == [(0.1, 0.0)]  # the protocol: one head
+    assert len(heads.grid_heads(sgd)) == 27 and heads.grid_heads(sgd)[:2] == [(3.0, 0.0), (3.0, 1e-5)]
+    assert heads.grid_heads(lars) == [(0.1, 0.0)]  # the protocol: one head
     own = config_mod.resolve(LinearConfig(), [], GRID + ["grid.base_lrs=[0.5,2]", "grid.weight_decays=[0,1e-4]"],
                              kind="linear")
-    assert linear.grid_heads(own) == [(0.5, 0.0), (0.5, 1e-4), (2.0, 0.0), (2.0, 1e-4)]
+    assert heads.grid_heads(own) == [(0.5, 0.0), (0.5, 1e-4), (2.0, 0.0), (2.0, 1e-4)]
     # the held-out slice: 10 % (at most holdout_max_images), disjoint from training, fixed by its seed
     g = own.grid
-    train, held = linear.holdout_split(500, g)
+    train, held = heads.holdout_split(500, g)
     assert len(held) == 50 and len(train) == 450 and not set(train) & set(held) and held == sorted(held)
-    other_seed = linear.holdout_split(500, dataclasses.replace(g, holdout_seed=1))
-    assert linear.holdout_split(500, g) == (train, held) != other_seed
-    assert len(linear.holdout_split(200_000, g)[1]) == 10_000
+    other_seed = heads.holdout_split(500, dataclasses.replace(g, holdout_seed=1))
+    assert heads.holdout_split(500, g) == (train, held) != other_seed
+    assert len(heads.holdout_split(200_000, g)[1]) == 10_000
     # bad input: one line, exit 2
     base = ["--weights", "random", "--output", str(tmp_path / "x"), "model.arch=resnet18"]
     for bad, msg in ((["grid.base_lrs=[1,2]"], "need grid.enabled=true"),
@@ -258,20 +331,20 @@ def test_head_grid_trains_like_separate_heads(optimizer):
     specs = [(lr, 0.0), (lr, wd), (10 * lr, 0.0), (10 * lr, wd)]
     gen = torch.Generator().manual_seed(0)
     batches = [(torch.randn(32, 24, generator=gen), torch.randint(0, 5, (32,), generator=gen)) for _ in range(6)]
-    grid = linear.HeadGrid(24, 5, len(specs), seed=3)
-    opt, lrs = linear.build_grid_optimizer(grid, specs, cfg)
+    grid = heads.HeadGrid(24, 5, len(specs), seed=3)
+    opt, lrs = heads.build_grid_optimizer(grid, specs, cfg)
     assert lrs == [lr for lr, _ in specs]  # batch 256: lr = base lr
     solo = []
     for i, (_, wd) in enumerate(specs):
         head = torch.nn.Linear(24, 5)
         head.load_state_dict({"weight": grid.weights[i].detach().clone(), "bias": grid.biases[i].detach().clone()})
-        solo.append((head, linear.build_optimizer(head.parameters(), dataclasses.replace(
+        solo.append((head, heads.build_optimizer(head.parameters(), dataclasses.replace(
             cfg, optim=dataclasses.replace(cfg.optim, weight_decay=wd)), lrs[i])))
     for f, y in batches:
         for g in opt.param_groups:
             g["lr"] *= 0.8  # a schedule, applied per group
         opt.zero_grad()
-        linear.head_losses(grid(f), y).sum().backward()
+        heads.head_losses(grid(f), y).sum().backward()
         opt.step()
         for head, o in solo:
             o.param_groups[0]["lr"] *= 0.8
@@ -331,7 +404,7 @@ def test_grid_heads_train_as_separate_runs_would(cifar_root, tmp_path):
     assert lines[-1]["top1"] == picked["top1"] and lines[-1]["grid"]["base_lr"] == [0.3, 0.3, 3.0, 3.0]
 
 
-def test_grid_resume_and_two_processes(cifar_root, tmp_path):
+def test_grid_resume_and_two_processes(cifar_root, tmp_path, capsys):
     """A grid run stopped after 2 of 4 epochs and resumed ends with exactly the heads of an uninterrupted run;
     resuming with other heads is refused; two processes (the heads' gradients all-reduced together by DDP,
     each process half of every batch) train the heads one process does, within float tolerance."""
@@ -342,8 +415,8 @@ def test_grid_resume_and_two_processes(cifar_root, tmp_path):
     assert linear.main(["--output", str(tmp_path / "full"), *args]) == 0
     assert linear.main(["--output", str(tmp_path / "part"), *args, "train.stop_after_epochs=2"]) == 0
     assert not (tmp_path / "part" / "results.json").exists()
-    with pytest.raises(RuntimeError, match="other heads"):
-        linear.main(["--output", str(tmp_path / "part"), *args, "grid.base_lrs=[2,20]"])
+    assert linear.main(["--output", str(tmp_path / "part"), *args, "grid.base_lrs=[2,20]"]) == 2
+    assert "holds a linear evaluation with other heads" in capsys.readouterr().err
     assert linear.main(["--output", str(tmp_path / "part"), *args]) == 0
     full, part = _grid_weights(tmp_path / "full"), _grid_weights(tmp_path / "part")
     assert all(torch.equal(a, b) for x, y in zip(full, part) for a, b in zip(x, y))
@@ -384,6 +457,49 @@ def test_grid_on_the_device_data_path_with_bf16(cifar_root, tmp_path):
             assert abs(x[k] - y[k]) <= 100.0 / n + 1e-6, (k, a, b)
 
 
+def test_grid_edges_name_the_direction_to_extend():
+    specs = [(lr, wd) for lr in (0.1, 1.0, 10.0) for wd in (0.0, 1e-4)]
+    at = {s: i for i, s in enumerate(specs)}
+    assert heads.grid_edges(specs, at[(1.0, 0.0)]) == []  # inside the grid
+    assert heads.grid_edges(specs, at[(10.0, 0.0)]) == [
+        {"key": "grid.base_lrs", "edge": "highest", "value": 10.0, "advice": "extend the grid above base lr 10.0"}]
+    assert [e["advice"] for e in heads.grid_edges(specs, at[(0.1, 1e-4)])] == [
+        "extend the grid below base lr 0.1", "extend the grid above weight decay 0.0001"]
+    assert heads.grid_edges([(0.1, 0.0)], 0) == []  # the protocol's one head: no grid to extend
+    assert heads.grid_edges([(0.1, 0.0), (1.0, 0.0), (10.0, 0.0)], 1) == []  # one weight decay: not an edge
+    assert heads.grid_edges([(0.0, 0.0), (1.0, 0.0)], 0) == []  # base lr 0 cannot be extended below
+
+
+def test_the_pick_skips_diverged_heads_and_all_diverged_is_an_input_error():
+    held = {"top1": [50.0, 60.0, 60.0], "loss": [1.0, 0.9, 0.8]}
+    assert heads.pick_head(held, [True, True, True]) == 2  # best top-1, then the lower loss
+    assert heads.pick_head(held, [True, False, False]) == 0  # a diverged head is never picked
+    assert heads.pick_head(None, [True]) == 0  # the protocol's one head
+    with pytest.raises(InputError, match="every head diverged"):
+        heads.pick_head(held, [False, False, False])
+
+
+def test_a_pick_at_the_edge_of_the_grid_is_logged_and_recorded(cifar_root, tmp_path, capsys):
+    """With two base lrs every pick sits at the lowest or the highest one, and with two weight decays a pick at
+    the larger is at that edge too: the log, results.json's grid.at_edge and the printed summary say in which
+    direction to extend the grid."""
+    out = tmp_path / "grid"
+    args = ["--weights", "random", "--output", str(out), "--config", "cifar10", "model.arch=resnet18_cifar",
+            f"data.root={cifar_root}", "data.workers=0", "train.tensorboard=false", "train.print_freq=0",
+            "data.limit_per_class=6", "data.val_limit_per_class=2", "data.augment=false", "train.cache_features=true",
+            "train.epochs=2", "train.batch_size=20", *GRID, "grid.base_lrs=[1,10]", "grid.weight_decays=[0,0.001]"]
+    assert linear.main(args) == 0
+    printed = capsys.readouterr().out
+    g = read_results(out)["grid"]
+    lr, wd = g["heads"][g["picked"]]["base_lr"], g["heads"][g["picked"]]["weight_decay"]
+    expect = ["extend the grid below base lr 1.0" if lr == 1.0 else "extend the grid above base lr 10.0"]
+    expect += ["extend the grid above weight decay 0.001"] if wd == 0.001 else []
+    assert [e["advice"] for e in g["at_edge"]] == expect, g
+    log = (out / "log.txt").read_text()
+    for advice in expect:
+        assert advice in log and advice in printed, (advice, printed)
+
+
 def test_best_of_grid_beats_the_worst_head_on_cifar(cifar_root, tmp_path, capsys):
     """The default LARS grid of the cifar10 preset (13 base lrs, 0.2 to 200) on cached features of a random-init
     ResNet-18 (500 CIFAR-10 training images, 50 of them held out, 200 validation images, 30 epochs): the head
@@ -406,6 +522,7 @@ def test_best_of_grid_beats_the_worst_head_on_cifar(cifar_root, tmp_path, capsys
     assert len(top1) == 13 and g["holdout"]["images"] == 50 and g["train_images"] == 450
     assert picked - min(top1) >= 5.0 and picked >= max(top1) - 8.0, top1
     assert "best of grid (held-out 50 images, seed 0): top-1" in printed
+    assert g["at_edge"] == heads.grid_edges([(h["base_lr"], h["weight_decay"]) for h in g["heads"]], g["picked"])
 
 
 def test_grid_benchmark_measures_one_head_and_the_grid_side_by_side(capsys):

@@ -163,7 +163,8 @@ def make_pretrain_step(arch: str, device: torch.device, sw: Switches, dim: int |
 
 def make_linear_step(arch: str, device: torch.device, sw: Switches, num_classes: int) -> Callable:
     """Frozen trunk (eval mode, no grad) + linear head (N(0, 0.01) init) with the LARS of transfer.evaluation.linear."""
-    from transfer.evaluation.linear import LinearConfig, build_head, build_optimizer
+    from transfer.evaluation.linear import LinearConfig
+    from transfer.evaluation.linear.heads import build_head, build_optimizer
     trunk = build_backbone(arch)
     dim = trunk.fc.in_features
     trunk.fc = nn.Identity()

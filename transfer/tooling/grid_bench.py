@@ -7,7 +7,7 @@
 Times the training step of transfer.evaluation.linear on tensors already on the device (the data path is the same for one
 head and for the grid, so it is left out): the frozen backbone's forward (eval mode, no gradients), the heads'
 logits, the summed loss, backward and the optimizer step, for the protocol's single nn.Linear head and for the
-default grid of the optimizer (transfer.evaluation.linear.default_grid: 13 heads for LARS, 27 for SGD), each as one
+default grid of the optimizer (transfer.evaluation.linear.heads.default_grid: 13 heads for LARS, 27 for SGD), each as one
 matmul over its heads. Two workloads: "images" (a batch of images through the backbone every step, as with
 augmentation) and "cached features" (train.cache_features: the heads alone). Rounds alternate between one
 head and the grid, so both see the same machine state; the table gives the median images/s of the rounds
@@ -29,24 +29,25 @@ from tabulate import tabulate
 
 from pretrain.model import build_backbone
 from transfer.evaluation import linear
+from transfer.evaluation.linear import heads as linear_heads
 
 
 def make_step(trunk, dim: int, classes: int, cfg: linear.LinearConfig, grid: bool, device) -> Callable:
     """One training step of transfer.evaluation.linear: trunk (None: cached features) + one head or the default grid."""
     if grid:
-        specs = linear.grid_heads(cfg)
-        heads = linear.HeadGrid(dim, classes, len(specs)).to(device)
-        optimizer, _ = linear.build_grid_optimizer(heads, specs, cfg)
+        specs = linear_heads.grid_heads(cfg)
+        heads = linear_heads.HeadGrid(dim, classes, len(specs)).to(device)
+        optimizer, _ = linear_heads.build_grid_optimizer(heads, specs, cfg)
     else:
-        heads = linear.build_head(dim, classes).to(device)
-        optimizer = linear.build_optimizer(heads.parameters(), cfg, linear.init_lr(cfg))
+        heads = linear_heads.build_head(dim, classes).to(device)
+        optimizer = linear_heads.build_optimizer(heads.parameters(), cfg, linear.init_lr(cfg))
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
         if trunk is not None:
             with torch.no_grad():
                 x = trunk(x)
         logits = heads(x)
-        loss = linear.head_losses(logits, y) if grid else F.cross_entropy(logits, y)
+        loss = linear_heads.head_losses(logits, y) if grid else F.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.sum().backward()
         optimizer.step()
@@ -83,7 +84,7 @@ def run_bench(args) -> list[dict]:
     cfg = linear.LinearConfig(optim=linear.LinearOptimConfig(optimizer=args.optimizer),
                               train=linear.LinearTrainConfig(batch_size=args.batch))
     grid_cfg = dataclasses.replace(cfg, grid=linear.LinearGridConfig(enabled=True))
-    n_grid = len(linear.grid_heads(grid_cfg))
+    n_grid = len(linear_heads.grid_heads(grid_cfg))
     y = torch.randint(0, args.classes, (args.batch,), device=device)
     images = torch.randn(args.batch, 3, args.size, args.size, device=device)
     with torch.no_grad():

@@ -1,0 +1,257 @@
+"""A linear evaluation run: `run` checks what it reads (`prepare`), then one `LinearEvaluation` inside the
+stage frame builds the heads, resumes, trains the epochs and writes the results."""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pretrain import config as config_mod
+from pretrain import distributed
+from pretrain.checkpoint import CheckpointError, atomic_save, load_torch
+from pretrain.frame import StageRun
+from pretrain.optim import scheduled_lr
+from pretrain.train import NonFiniteLossError
+from transfer.evaluation.convert import eval_backbone
+
+from . import records
+from .backbone import FrozenBackbone
+from .config import LinearConfig, check_config, resolve_data
+from .heads import HeadGrid, build_grid_optimizer, grid_edges, grid_heads, head_counts, head_losses, pick_head
+from .sources import ImageData, build_source
+
+FORMAT = "simsiam-suite/linear"
+
+
+@dataclass
+class Inputs:
+    """What a run reads, checked before its folder is made: the config with its data resolved, the backbone
+    as loaded with its results.json `source`, the image folders (with the grid's held-out split) and the input
+    normalisation used (values and where they came from)."""
+    cfg: LinearConfig
+    net: torch.nn.Module
+    source: dict
+    data: ImageData
+    normalisation: dict
+
+
+def prepare(cfg: LinearConfig) -> Inputs:
+    """Check the config, load the weights (train.seed: the same random backbone on every rank and call), resolve
+    the data (data.root required; the checkpoint's normalisation unless data.mean / data.std are given)."""
+    check_config(cfg)
+    net, source, info = eval_backbone(cfg.weights, cfg.model, cfg.train.seed)
+    cfg, normalisation = resolve_data(cfg, info.get("pretrain_data") or {})
+    return Inputs(cfg, net, source, ImageData(cfg), normalisation)
+
+
+def run(cfg: LinearConfig, output_dir: str | Path, *, presets: tuple[str, ...] = ()) -> dict:
+    """Linear evaluation (or its resume) into output_dir; returns {"metrics", "complete", ...}. `presets`: the
+    --config names the config came from (recorded in results.json's protocol)."""
+    inputs = prepare(cfg)
+    with StageRun("linear", output_dir, tensorboard=cfg.train.tensorboard) as sr:
+        evaluation = LinearEvaluation(inputs, sr, tuple(presets))
+        evaluation.fit()
+        return evaluation.finish()
+
+
+class LinearEvaluation:
+    """One invocation of a linear evaluation inside its StageRun: the frozen backbone, the heads (the protocol's
+    one head is a grid of one) and their optimizer, where the run stands (epochs done, the last evaluation of
+    each split, the picked head, the best validation top-1), the checkpoint and the results."""
+
+    def __init__(self, inputs: Inputs, sr: StageRun, presets: tuple[str, ...] = ()):
+        """Build everything; resume from the folder's checkpoint.pth when it holds one of the same run."""
+        cfg = self.cfg = inputs.cfg
+        self.sr, self.log, self.info, self.presets = sr, sr.log, sr.info, presets
+        self.data, self.split, self.source = inputs.data, inputs.data.split, inputs.source
+        self.normalisation, self.grid = inputs.normalisation, cfg.grid.enabled
+        self.config_dict = config_mod.to_dict(cfg)
+        self.ckpt_path = sr.dir / "checkpoint.pth"
+        torch.manual_seed(cfg.train.seed)
+        self.backbone = FrozenBackbone(inputs.net, cfg, self.info.device)
+        self.specs = grid_heads(cfg)
+        self.heads = HeadGrid(self.backbone.dim, self.data.num_classes, len(self.specs), cfg.train.seed).to(
+            self.info.device)
+        self.optimizer, self.lrs = build_grid_optimizer(self.heads, self.specs, cfg)
+        self.ddp = distributed.prepare_model(self.heads, self.info, sync_bn=False)  # DDP with several processes
+        self.epoch, self.ran, self.picked, self.last, self.edges = 0, 0, 0, {}, []
+        self.best = {"top1": None, "top5": None, "epoch": None}
+        self.resume()
+        sr.save_config(cfg)
+        self.batches = build_source(self.data, self.backbone, self.info)
+        self._describe()
+
+    # ------------------------------------------------------------------------------------------ resume
+    def identity(self) -> dict | None:
+        """What a grid checkpoint must match on resume: the heads and the held-out slice."""
+        if not self.grid:
+            return None
+        return {"heads": [list(h) for h in self.specs], "holdout_seed": self.cfg.grid.holdout_seed,
+                "holdout": hashlib.sha256(repr(self.split[1]).encode()).hexdigest()}
+
+    def resume(self) -> None:
+        """Continue where the folder's checkpoint left off (the heads, their optimizer, the epochs done, the best
+        so far, the picked head); a checkpoint of another kind, other weights or other heads is refused."""
+        if not self.ckpt_path.is_file():
+            return
+        state = load_torch(self.ckpt_path)
+        if state.get("format") != FORMAT:
+            raise CheckpointError(f"{self.ckpt_path}: not a linear-evaluation checkpoint (format "
+                                  f"{state.get('format')!r}); use another --output")
+        if state.get("backbone_checksum") != self.backbone.checksum:
+            raise CheckpointError(f"{self.ckpt_path}: this output folder holds a linear evaluation of other weights "
+                                  f"(backbone checksum differs from {self.cfg.weights}); use a new --output")
+        if state.get("grid") != self.identity():
+            raise CheckpointError(f"{self.ckpt_path}: this output folder holds a linear evaluation with other heads "
+                                  "(grid.enabled, grid.base_lrs, grid.weight_decays or the held-out slice differ); "
+                                  "use a new --output")
+        head = state["head"]
+        if set(head) == {"weight", "bias"}:  # the protocol's head saved as one nn.Linear
+            head = {"weights.0": head["weight"], "biases.0": head["bias"]}
+        self.heads.load_state_dict(head, strict=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.picked = int(state["epoch"]), int(state.get("picked", 0))
+        self.best = state.get("best", self.best)
+        self.log.info("resumed from %s after epoch %d", self.ckpt_path, self.epoch)
+
+    def _describe(self) -> None:
+        """What is evaluated, on what, how (log.txt)."""
+        cfg, bb, data, b = self.cfg, self.backbone, self.data, self.batches
+        self.log.info("linear evaluation of %s (%s, %d-d features) on %s: %d classes, %d train / %d held-out "
+                      "images, %s lr %.4g, global batch %d over %d processes, %d epochs%s", cfg.weights,
+                      self.source["pretrain"].get("arch"), bb.dim, data.name, data.num_classes, b.train_images,
+                      len(data.val), cfg.optim.optimizer.upper(), self.lrs[0], cfg.train.batch_size,
+                      self.info.world_size, cfg.train.epochs, ", cached features" if cfg.train.cache_features else "")
+        if self.grid:
+            self.log.info("grid of %d heads: base lrs %s x weight decays %s; the head is picked on %d training "
+                          "images held out (seed %d), not on the validation split", len(self.specs),
+                          sorted({h[0] for h in self.specs}), sorted({h[1] for h in self.specs}),
+                          b.holdout_images, cfg.grid.holdout_seed)
+        self.log.info("input normalisation: mean %s std %s (%s); precision and memory format of the backbone "
+                      "forward: amp %s, channels_last %s", self.normalisation["mean"], self.normalisation["std"],
+                      ", ".join(f"{k} from {v}" for k, v in self.normalisation["from"].items()),
+                      bb.applied["amp"], bb.applied["channels_last"])
+
+    # ------------------------------------------------------------------------------------------ epochs
+    def fit(self) -> None:
+        """The epochs from self.epoch on, each followed by its metrics line and checkpoint."""
+        t = self.cfg.train
+        for epoch in range(self.epoch, t.epochs):
+            tr = self.train_epoch(epoch)
+            evaluated = (epoch + 1) % max(t.eval_every, 1) == 0 or epoch + 1 == t.epochs
+            if evaluated:
+                self.evaluate(epoch)
+            self.epoch, self.ran = epoch + 1, self.ran + 1
+            self._save(records.epoch_record(self, tr, evaluated))
+            if t.stop_after_epochs and self.ran >= t.stop_after_epochs:
+                self.log.info("stopping after %d epoch(s) in this invocation (train.stop_after_epochs); run the "
+                              "same command again to resume", self.ran)
+                break
+
+    def train_epoch(self, epoch: int) -> dict:
+        """One epoch over the training batches: every head's step on the same features; per-head sums."""
+        cfg, dev = self.cfg, self.info.device
+        for g, lr0 in zip(self.optimizer.param_groups, self.lrs):
+            g["lr"] = scheduled_lr(lr0, epoch, cfg.train.epochs, cfg.optim.schedule)
+        self.ddp.train()
+        sums = torch.zeros(2, len(self.specs), dtype=torch.float64, device=dev)  # loss x images, correct
+        seen, t0, batches = 0, time.time(), self.batches.epoch(epoch)
+        for step, (x, y) in enumerate(batches):
+            if cfg.train.max_steps_per_epoch and step >= cfg.train.max_steps_per_epoch:
+                break
+            y = y.to(dev, non_blocking=True)
+            logits = self.ddp(self.batches.to_features(x))
+            losses = head_losses(logits, y)
+            self._check_finite(losses, epoch, step)
+            self.optimizer.zero_grad(set_to_none=True)
+            losses.sum().backward()
+            self.optimizer.step()
+            sums[0] += losses.detach().double() * y.shape[0]
+            sums[1] += (logits.detach().argmax(2) == y[:, None]).sum(0).double()
+            seen += y.shape[0]
+            if self.info.is_main and cfg.train.print_freq and (step + 1) % cfg.train.print_freq == 0:
+                self.log.info("epoch %d step %d/%d loss %.4f", epoch + 1, step + 1, len(batches), float(losses.min()))
+        elapsed = time.time() - t0
+        seen = max(float(self._sum(torch.tensor([float(seen)], dtype=torch.float64, device=dev)).item()), 1.0)
+        sums = self._sum(sums)
+        return {"lr": [g["lr"] for g in self.optimizer.param_groups], "loss": (sums[0] / seen).tolist(),
+                "train_top1": (100.0 * sums[1] / seen).tolist(), "time": elapsed,
+                "images_per_s": seen / max(elapsed, 1e-9)}
+
+    def _check_finite(self, losses: torch.Tensor, epoch: int, step: int) -> None:
+        """A non-finite loss of every head stops the run (a grid goes on while one head's is finite)."""
+        if bool(torch.isfinite(losses).any()):
+            return
+        raise NonFiniteLossError(f"linear evaluation: the loss of every head is {losses.min().item()} at epoch "
+                                 f"{epoch + 1}, step {step}: lower optim.base_lr (grid.base_lrs in grid mode)")
+
+    def _sum(self, t: torch.Tensor) -> torch.Tensor:
+        """t summed over processes (in place)."""
+        if self.info.distributed:
+            torch.distributed.all_reduce(t)
+        return t
+
+    @torch.no_grad()
+    def _evaluate_split(self, loader) -> dict:
+        """Per-head top-1 / top-5 (percent) and mean loss over a split, summed over processes."""
+        self.heads.eval()
+        dev = self.info.device
+        counts, n = torch.zeros(3, len(self.specs), dtype=torch.float64, device=dev), 0
+        for x, y in loader:
+            y = y.to(dev)
+            counts += head_counts(self.heads(self.batches.to_features(x)), y)
+            n += y.shape[0]
+        counts = self._sum(counts)
+        n = int(self._sum(torch.tensor([float(n)], dtype=torch.float64, device=dev)).item())
+        c = (counts / max(n, 1)).tolist()
+        return {"top1": [100.0 * v for v in c[0]], "top5": [100.0 * v for v in c[1]], "loss": c[2], "images": n}
+
+    def evaluate(self, epoch: int | None) -> None:
+        """Every split; the pick (on the held-out slice) and the best validation top-1 over epochs."""
+        self.last = {name: self._evaluate_split(loader) for name, loader in self.batches.splits().items()}
+        self.picked = pick_head(self.last.get("holdout"), self.heads.finite())
+        top1 = self.last["val"]["top1"][self.picked]
+        if epoch is not None and (self.best["top1"] is None or top1 > self.best["top1"]):
+            self.best = {"top1": top1, "top5": self.last["val"]["top5"][self.picked], "epoch": epoch + 1}
+
+    def _save(self, record: dict) -> None:
+        """The epoch's metrics line, checkpoint and log line (main process); then a barrier."""
+        if self.info.is_main:
+            self.sr.metrics.write(record)
+            atomic_save({"format": FORMAT, "version": 1, "epoch": self.epoch, "head": self.heads.state_dict(),
+                         "optimizer": self.optimizer.state_dict(), "best": self.best,
+                         "backbone_checksum": self.backbone.checksum, "weights": self.cfg.weights,
+                         "config": self.config_dict, "grid": self.identity(), "picked": self.picked},
+                        self.ckpt_path)
+            val = f" val top-1 {record['top1']:.2f} top-5 {record['top5']:.2f}" if "top1" in record else ""
+            pick = f" (head {self.picked} of {len(self.specs)}, picked on the held-out slice)" if self.grid else ""
+            self.log.info("epoch %d/%d: loss %.4f train top-1 %.2f%s lr %.4g %.0f img/s%s", self.epoch,
+                          self.cfg.train.epochs, record["loss"], record["train_top1"], val, record["lr"],
+                          record["images_per_s"], pick)
+        distributed.barrier()
+
+    # ------------------------------------------------------------------------------------------ finish
+    def finish(self) -> dict:
+        """Backbone check, a final evaluation when nothing ran, results.json when the schedule is complete."""
+        self.backbone.check_unchanged()
+        complete = self.epoch >= self.cfg.train.epochs
+        if not self.last:  # a finished run restarted: measure again
+            self.evaluate(None)
+        self.edges = grid_edges(self.specs, self.picked)
+        for edge in self.edges:
+            self.log.warning("the picked head (base lr %s, weight decay %s) sits at the %s value of %s: a better "
+                             "head may lie outside the grid; %s", *self.specs[self.picked], edge["edge"],
+                             edge["key"], edge["advice"])
+        if complete:
+            self.sr.results(task="linear", **records.results_fields(self, self.presets))
+        else:
+            distributed.barrier()
+        out = {"output_dir": str(self.sr.dir), "epoch": self.epoch, "complete": complete,
+               "metrics": records.metrics(self), "backbone_checksum": self.backbone.checksum,
+               "applied": self.backbone.applied}
+        if self.grid:
+            out["grid"] = records.grid_section(self)
+        return out

@@ -1,0 +1,154 @@
+"""The heads: a grid of (base lr, weight decay), the protocol's one head being the grid of one. Each head has
+its own tensors and param group (LARS's trust ratio, lr and weight decay per head) and the loss is the sum of
+the heads' mean losses, so each trains exactly as it would alone."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pretrain.train import NonFiniteLossError
+from transfer.evaluation.lars import LARS
+
+from .config import ConfigError, LinearConfig, LinearGridConfig
+
+LARS_LR_STEPS = tuple(range(-4, 9))   # default grid: base lr x 10^(k/4), k in these (LARS: /10 .. x100)
+SGD_LR_STEPS = tuple(range(-4, 5))    # SGD: /10 .. x10
+SGD_WEIGHT_DECAYS = (0.0, 1e-5, 1e-4)
+
+
+def _round(x: float) -> float:
+    """x to 4 significant digits (readable grid values)."""
+    return float(f"{x:.4g}")
+
+
+def default_grid(cfg: LinearConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(base lrs, weight decays) around the protocol's base lr: base_lr x 10^(k/4), for LARS k = -4..8 (its
+    relative step per iteration is lr x trust, so runs with fewer steps than ImageNet's need a larger lr) with
+    optim.weight_decay; for SGD k = -4..4 with weight decays 0, 1e-5, 1e-4 (and optim.weight_decay)."""
+    o = cfg.optim
+    steps = LARS_LR_STEPS if o.optimizer == "lars" else SGD_LR_STEPS
+    lrs = tuple(_round(o.base_lr * 10 ** (k / 4)) for k in steps)
+    wds = (o.weight_decay,) if o.optimizer == "lars" else tuple(sorted({o.weight_decay, *SGD_WEIGHT_DECAYS}))
+    return lrs, wds
+
+
+def grid_heads(cfg: LinearConfig) -> list[tuple[float, float]]:
+    """(base lr, weight decay) of every head: the protocol's one head, or the grid's (lr-major order)."""
+    if not cfg.grid.enabled:
+        return [(cfg.optim.base_lr, cfg.optim.weight_decay)]
+    lrs, wds = default_grid(cfg)
+    lrs = tuple(cfg.grid.base_lrs) or lrs
+    wds = tuple(cfg.grid.weight_decays) or wds
+    return [(float(lr), float(wd)) for lr in lrs for wd in wds]
+
+
+def holdout_split(n: int, grid: LinearGridConfig) -> tuple[list[int], list[int]]:
+    """(training indices, held-out indices) of a training split of n images, both sorted: a random slice of
+    round(holdout_fraction x n) images (at least 1, at most holdout_max_images) drawn with holdout_seed."""
+    k = min(max(1, round(grid.holdout_fraction * n)), grid.holdout_max_images)
+    if k >= n:
+        raise ConfigError(f"grid.holdout_fraction={grid.holdout_fraction}: holding out {k} of {n} training images "
+                          "leaves none to train on")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(grid.holdout_seed)).tolist()
+    return sorted(perm[k:]), sorted(perm[:k])
+
+
+class HeadGrid(nn.Module):
+    """H linear heads on the same features, all initialised alike (N(0, 0.01) from `seed`, bias 0). Each head
+    has its own weight and bias tensors (per-tensor LARS and per-head param groups see one head each); the
+    forward is one matmul over their concatenation and returns logits (B, H, C)."""
+
+    def __init__(self, in_dim: int, num_classes: int, num_heads: int, seed: int = 0):
+        super().__init__()
+        w = torch.empty(num_classes, in_dim).normal_(0.0, 0.01, generator=torch.Generator().manual_seed(seed))
+        self.weights = nn.ParameterList([nn.Parameter(w.clone()) for _ in range(num_heads)])
+        self.biases = nn.ParameterList([nn.Parameter(torch.zeros(num_classes)) for _ in range(num_heads)])
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        w = torch.cat(list(self.weights))
+        b = torch.cat(list(self.biases))
+        return F.linear(f, w, b).view(f.shape[0], len(self.weights), -1)
+
+    def head_params(self, i: int) -> list[nn.Parameter]:
+        return [self.weights[i], self.biases[i]]
+
+    @torch.no_grad()
+    def finite(self) -> list[bool]:
+        """Per head: are all its weights finite (False: it diverged)."""
+        flags = torch.stack([torch.isfinite(w).all() & torch.isfinite(b).all()
+                             for w, b in zip(self.weights, self.biases)])
+        return [bool(x) for x in flags.tolist()]
+
+
+def build_head(in_dim: int, num_classes: int) -> nn.Linear:
+    """The protocol's head as one nn.Linear (the benchmarks' training step): weights N(0, 0.01), bias 0."""
+    head = nn.Linear(in_dim, num_classes)
+    nn.init.normal_(head.weight, mean=0.0, std=0.01)
+    nn.init.zeros_(head.bias)
+    return head
+
+
+def build_optimizer(params, cfg: LinearConfig, lr: float) -> torch.optim.Optimizer:
+    """LARS or SGD of the config over `params` (tensors or param groups; a group's lr / weight_decay win)."""
+    o = cfg.optim
+    if o.optimizer == "lars":
+        return LARS(params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay,
+                    trust_coefficient=o.trust_coefficient, eps=o.eps)
+    if o.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    raise ConfigError(f"optim.optimizer: unknown optimizer '{o.optimizer}' (known: lars, sgd)")
+
+
+def build_grid_optimizer(grid: HeadGrid, heads: list[tuple[float, float]], cfg: LinearConfig):
+    """One param group per head (its weight and bias) with the head's lr (base lr x batch / 256) and weight
+    decay; returns (optimizer, initial lr per group)."""
+    lrs = [lr * cfg.train.batch_size / 256 for lr, _ in heads]
+    groups = [{"params": grid.head_params(i), "lr": lr, "weight_decay": wd}
+              for i, (lr, (_, wd)) in enumerate(zip(lrs, heads))]
+    return build_optimizer(groups, cfg, lrs[0]), lrs
+
+
+def head_losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-head mean cross-entropy (H,) of logits (B, H, C); the gradient of their sum with respect to a
+    head's weights is that head's gradient when trained alone."""
+    b, h, c = logits.shape
+    if h == 1:
+        return F.cross_entropy(logits[:, 0], y).reshape(1)
+    return F.cross_entropy(logits.reshape(b * h, c), y.repeat_interleave(h), reduction="none").view(b, h).mean(0)
+
+
+@torch.no_grad()
+def head_counts(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(3, H) float64: per head the top-1 and top-5 hits and the summed loss over a batch of logits (B, H, C)."""
+    b, h, c = logits.shape
+    hit = logits.topk(min(5, c), dim=2).indices == y[:, None, None]
+    loss = F.cross_entropy(logits.reshape(b * h, c), y.repeat_interleave(h), reduction="none").view(b, h)
+    return torch.stack([hit[..., 0].sum(0).double(), hit.any(2).sum(0).double(), loss.sum(0).double()])
+
+
+def pick_head(holdout: dict | None, finite: list[bool]) -> int:
+    """Index of the head with the best held-out top-1 (then the lower held-out loss, then the first) among those
+    that did not diverge; without a held-out slice (the protocol's one head) the first that did not."""
+    ok = [i for i, f in enumerate(finite) if f]
+    if not ok:
+        raise NonFiniteLossError("linear evaluation: every head diverged (weights inf/NaN): lower optim.base_lr "
+                                 "(grid.base_lrs in grid mode)")
+    if holdout is None:
+        return ok[0]
+    return min(ok, key=lambda i: (-holdout["top1"][i], holdout["loss"][i], i))
+
+
+def grid_edges(specs: list[tuple[float, float]], picked: int) -> list[dict]:
+    """Where the picked head sits on an edge of the grid, beyond which a better head may lie: at the lowest
+    or highest base lr, or at the largest weight decay (of an axis with more than one value)."""
+    lr, wd = specs[picked]
+    lrs, wds = sorted({s[0] for s in specs}), sorted({s[1] for s in specs})
+    found = []
+    if len(lrs) > 1 and lr == lrs[0] and lr > 0:
+        found.append(("grid.base_lrs", "lowest", lr, f"extend the grid below base lr {lr}"))
+    if len(lrs) > 1 and lr == lrs[-1]:
+        found.append(("grid.base_lrs", "highest", lr, f"extend the grid above base lr {lr}"))
+    if len(wds) > 1 and wd == wds[-1]:
+        found.append(("grid.weight_decays", "highest", wd, f"extend the grid above weight decay {wd}"))
+    return [dict(zip(("key", "edge", "value", "advice"), f)) for f in found]

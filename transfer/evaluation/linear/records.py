@@ -1,0 +1,103 @@
+"""What a run writes: the metrics line of an epoch, results.json's metrics, protocol and grid sections. A grid
+reports the head picked on the held-out slice, with no best over epochs (that would pick on the validation
+split)."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import TYPE_CHECKING
+
+from transfer.reporting.protocols import linear_fingerprint
+
+if TYPE_CHECKING:
+    from .evaluation import LinearEvaluation
+
+GRID_LABEL = "best of grid"
+
+
+def grid_label(holdout_images: int, seed: int) -> str:
+    """How tables name a grid result."""
+    return f"{GRID_LABEL} (held-out {holdout_images} images, seed {seed})"
+
+
+def finite_or_none(values: list) -> list:
+    """Non-finite numbers as None (JSON has no NaN)."""
+    return [v if isinstance(v, (int, float)) and math.isfinite(v) else None for v in values]
+
+
+def epoch_record(ev: LinearEvaluation, tr: dict, evaluated: bool) -> dict:
+    """The metrics line of an epoch: the protocol's keys for its head (in grid mode the picked head's) and,
+    in grid mode, a "grid" entry with every head's values."""
+    p, val, hold = ev.picked, ev.last.get("val"), ev.last.get("holdout")
+    record = {"stage": "linear", "epoch": ev.epoch, "lr": tr["lr"][p], "loss": tr["loss"][p],
+              "train_top1": tr["train_top1"][p], "time": tr["time"], "images_per_s": tr["images_per_s"]}
+    if evaluated:
+        record.update(top1=val["top1"][p], top5=val["top5"][p], val_loss=val["loss"][p], val_images=val["images"])
+    if not ev.grid:
+        return record
+    grid = {"base_lr": [h[0] for h in ev.specs], "weight_decay": [h[1] for h in ev.specs],
+            "loss": finite_or_none(tr["loss"]), "train_top1": tr["train_top1"]}
+    if evaluated:
+        finite = ev.heads.finite()
+        keep = lambda vals: [v if ok else None for v, ok in zip(vals, finite)]  # noqa: E731
+        grid.update(holdout_top1=keep(hold["top1"]), holdout_loss=finite_or_none(keep(hold["loss"])),
+                    top1=keep(val["top1"]), top5=keep(val["top5"]), diverged=[not f for f in finite])
+        record.update(holdout_top1=hold["top1"][p], holdout_images=hold["images"])
+    record.update(picked=p, grid=grid)
+    return record
+
+
+def metrics(ev: LinearEvaluation) -> dict:
+    """results.json "metrics": the protocol's head, or the picked head of the grid with its held-out top-1."""
+    p, val = ev.picked, ev.last["val"]
+    m = {"top1": val["top1"][p], "top5": val["top5"][p], "best_top1": ev.best["top1"],
+         "best_epoch": ev.best["epoch"], "val_images": val["images"]}
+    if ev.grid:
+        base_lr, wd = ev.specs[p]
+        del m["best_top1"], m["best_epoch"]
+        m.update(holdout_top1=ev.last["holdout"]["top1"][p], holdout_images=ev.last["holdout"]["images"],
+                 picked_base_lr=base_lr, picked_weight_decay=wd, heads=len(ev.specs))
+    return m
+
+
+def grid_section(ev: LinearEvaluation) -> dict:
+    """results.json "grid": every head's lr, weight decay, held-out and validation accuracy; the pick and the
+    edges of the grid it sits on ("at_edge", each with the direction in which to extend the grid)."""
+    val, hold, g, src = ev.last["val"], ev.last["holdout"], ev.cfg.grid, ev.batches
+    rows = []
+    for i, ((base_lr, wd), lr, ok) in enumerate(zip(ev.specs, ev.lrs, ev.heads.finite())):
+        acc = {"holdout_top1": hold["top1"][i], "holdout_top5": hold["top5"][i], "top1": val["top1"][i],
+               "top5": val["top5"][i]} if ok else dict.fromkeys(("holdout_top1", "holdout_top5", "top1", "top5"))
+        rows.append({"base_lr": base_lr, "lr": lr, "weight_decay": wd, **acc, "diverged": not ok})
+    return {"heads": rows, "picked": ev.picked, "selected_by": "held-out top-1 after the last epoch",
+            "holdout": {"images": src.holdout_images, "fraction": g.holdout_fraction,
+                        "max_images": g.holdout_max_images, "seed": g.holdout_seed},
+            "train_images": src.train_images, "label": grid_label(src.holdout_images, g.holdout_seed),
+            "at_edge": ev.edges}
+
+
+def protocol(ev: LinearEvaluation, presets) -> dict:
+    """results.json "protocol": the fingerprint of the head reported (in grid mode the picked head's lr and
+    weight decay, and how it was picked) and the input normalisation used."""
+    cfg, data = ev.cfg, ev.data
+    base_lr, wd = ev.specs[ev.picked]
+    picked = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, base_lr=base_lr, weight_decay=wd))
+    out = linear_fingerprint(picked, dataset=data.name, arch=ev.source["pretrain"].get("arch"),
+                             train_images=ev.batches.train_images, val_images=len(data.val),
+                             classes=data.num_classes, presets=presets)
+    out["normalisation"] = ev.normalisation
+    if ev.grid:
+        out["selection"] = {"method": GRID_LABEL, "heads": len(ev.specs), "holdout_images": ev.batches.holdout_images,
+                            "holdout_seed": cfg.grid.holdout_seed}
+    return out
+
+
+def results_fields(ev: LinearEvaluation, presets) -> dict:
+    """Everything results.json holds besides what pretrain.logs.write_results adds itself."""
+    cfg = ev.cfg
+    extra = {"backbone_checksum": ev.backbone.checksum, "backbone_unchanged": True, "optimizer": cfg.optim.optimizer,
+             "num_classes": ev.data.num_classes, "applied": ev.backbone.applied,
+             **({"grid": grid_section(ev)} if ev.grid else {}),
+             "train_images": ev.batches.train_images, "protocol": protocol(ev, presets)}
+    return {"dataset": ev.data.name, "metrics": metrics(ev), "config": ev.config_dict, "source": ev.source,
+            "epochs": ev.epoch, "batch_size": cfg.train.batch_size, "extra": extra}

@@ -1,0 +1,161 @@
+"""What the heads read: one interface (`DataSource`) over the three data paths: images (PIL transforms in
+loader workers, each batch through the backbone), the device (train.gpu_augment: decode + crop/flip on the
+device, pretrain.fastdata) and cached features (train.cache_features: both splits through the backbone once)."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDataset
+
+from pretrain import fastdata
+from pretrain.augment import eval_transform, linear_train_transform
+from pretrain.data import DataError, RobustImageFolder, dataset_name, resolve_roots, shard
+from pretrain.logs import LOGGER_NAME
+from pretrain.monitor import extract_features
+
+from .backbone import FrozenBackbone
+from .config import ConfigError, LinearConfig
+from .heads import holdout_split
+
+
+class ImageData:
+    """The training and validation image folders of the config (its data resolved), with their transforms, and
+    the grid's (training, held-out) indices of the training split (`split`; None for the protocol's one head)."""
+
+    def __init__(self, cfg: LinearConfig):
+        d, self.cfg = cfg.data, cfg
+        self.train_dir, self.val_dir = resolve_roots(d)
+        if self.val_dir is None:
+            raise DataError(f"data.root: '{d.root}' has no held-out split (looked for '{d.val_split}', val, test "
+                            "next to the training folder): linear evaluation needs one")
+        self.name = dataset_name(d)
+        self.eval_tf = eval_transform(d.image_size, d.mean, d.std, crop_fraction=d.crop_fraction)
+        self.train = self.train_folder(linear_train_transform(d.image_size, d.mean, d.std) if d.augment
+                                       else self.eval_tf)
+        self.val = RobustImageFolder(self.val_dir, self.eval_tf, d.on_corrupt, d.val_limit_per_class)
+        if self.train.classes != self.val.classes:
+            raise DataError(f"classes of {self.train_dir} ({len(self.train.classes)}) and {self.val_dir} "
+                            f"({len(self.val.classes)}) differ")
+        self.num_classes = len(self.train.classes)
+        self.split = holdout_split(len(self.train), cfg.grid) if cfg.grid.enabled else None
+
+    def train_folder(self, transform) -> RobustImageFolder:
+        """The training split with `transform` (None: file paths only), always in the same order."""
+        return RobustImageFolder(self.train_dir, transform, self.cfg.data.on_corrupt, self.cfg.data.limit_per_class)
+
+
+@dataclass
+class DataSource:
+    """Training batches (and the object to set_epoch on), the validation split, the grid's held-out slice
+    (None for the protocol's one head), how a batch becomes features, and the split sizes."""
+    train: Any
+    sampler: Any
+    val: Any
+    holdout: Any
+    to_features: Callable
+    train_images: int
+    holdout_images: int
+
+    def epoch(self, epoch: int):
+        """The training batches (x, labels) of an epoch."""
+        self.sampler.set_epoch(epoch)
+        return self.train
+
+    def splits(self) -> dict:
+        """The evaluation batches by name: "val", and "holdout" when there is a held-out slice."""
+        return {"val": self.val, **({"holdout": self.holdout} if self.holdout is not None else {})}
+
+
+def build_source(data: ImageData, bb: FrozenBackbone, info) -> DataSource:
+    """The source of the config's data path, for this process (`info`: pretrain.distributed.DistInfo)."""
+    t = data.cfg.train
+    if t.batch_size % info.world_size:
+        raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by the {info.world_size} processes")
+    build = _feature_source if t.cache_features else _device_source if t.gpu_augment else _image_source
+    return build(data, bb, info)
+
+
+def _eval_loader(data: ImageData, info, dataset, workers: int | None = None) -> DataLoader:
+    """In-order batches of this process's share of an evaluation split."""
+    return DataLoader(shard(dataset, info.rank, info.world_size), batch_size=data.cfg.train.eval_batch_size,
+                      shuffle=False, num_workers=data.cfg.data.workers if workers is None else workers,
+                      pin_memory=workers is None and info.device.type == "cuda")
+
+
+def _train_loader(data: ImageData, info, train_set, workers: int, pin: bool):
+    """(sampler, loader) of this process's shuffled share of the training set (seeded per epoch)."""
+    t = data.cfg.train
+    sampler = DistributedSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                 seed=t.seed, drop_last=False)
+    return sampler, DataLoader(train_set, batch_size=t.batch_size // info.world_size, sampler=sampler,
+                               num_workers=workers, pin_memory=pin, drop_last=False)
+
+
+def _image_source(data: ImageData, bb: FrozenBackbone, info) -> DataSource:
+    train_set, holdout, split = data.train, None, data.split
+    if split is not None:
+        train_set = Subset(data.train, split[0])
+        holdout = _eval_loader(data, info, Subset(data.train_folder(data.eval_tf), split[1]))
+    sampler, loader = _train_loader(data, info, train_set, data.cfg.data.workers, info.device.type == "cuda")
+    return DataSource(loader, sampler, _eval_loader(data, info, data.val), holdout, bb.features, len(train_set),
+                      len(split[1]) if split else 0)
+
+
+def _cached_features(data: ImageData, bb: FrozenBackbone, info, dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features, labels) of a split, once, in dataset order (on the CPU)."""
+    f, y = extract_features(bb.features, _eval_loader(data, info, dataset), info.device)
+    order = torch.tensor([i for r in range(info.world_size) for i in range(r, len(dataset), info.world_size)])
+    return f.cpu()[order.argsort()], y.cpu()[order.argsort()]  # the ranks' shards back into dataset order
+
+
+def _feature_source(data: ImageData, bb: FrozenBackbone, info) -> DataSource:
+    t0, split = time.time(), data.split
+    (ftr, ytr), (fva, yva) = (_cached_features(data, bb, info, ds) for ds in (data.train, data.val))
+    logging.getLogger(LOGGER_NAME).info("cached features: %d train, %d held-out (%d-d) in %.1f s", len(ftr),
+                                        len(fva), bb.dim, time.time() - t0)
+    holdout = None
+    if split is not None:
+        keep, hold = torch.tensor(split[0]), torch.tensor(split[1])
+        holdout = _eval_loader(data, info, TensorDataset(ftr[hold], ytr[hold]), workers=0)
+        ftr, ytr = ftr[keep], ytr[keep]
+    sampler, loader = _train_loader(data, info, TensorDataset(ftr, ytr), workers=0, pin=False)
+    return DataSource(loader, sampler, _eval_loader(data, info, TensorDataset(fva, yva), workers=0), holdout,
+                      lambda x: x.to(info.device), len(ftr), len(split[1]) if split else 0)
+
+
+def _device_source(data: ImageData, bb: FrozenBackbone, info) -> DataSource:
+    d, t, cl, split = data.cfg.data, data.cfg.train, data.cfg.train.channels_last, data.split
+    source = fastdata.build_gpu_batches(d, t.batch_size // info.world_size, info.rank, info.world_size, t.seed,
+                                        info.device, task="linear", channels_last=cl)
+    val = fastdata.build_gpu_eval_batches(data.val_dir, d, info.device, limit_per_class=d.val_limit_per_class,
+                                          batch_size=t.eval_batch_size, crop_fraction=d.crop_fraction,
+                                          rank=info.rank, world_size=info.world_size, channels_last=cl)
+    holdout = None
+    if split is not None:
+        if source.num_images != len(data.train):
+            raise DataError(f"{data.train_dir}: {source.num_images} of {len(data.train)} training images readable; "
+                            "the grid's held-out slice needs them all (or train.gpu_augment=false)")
+        source.subset(split[0])
+        folder = data.train_folder(None)
+        folder.samples = [folder.samples[i] for i in split[1]]
+        held = fastdata.load_eval_memory(folder, info.device, d.image_size, d.crop_fraction)
+        holdout = fastdata.DeviceEvalLoader(held, d.mean, d.std, t.eval_batch_size, info.rank, info.world_size, cl)
+    return DataSource(_OneView(source), source, val, holdout, bb.features, source.num_images,
+                      len(split[1]) if split else 0)
+
+
+class _OneView:
+    """The device source's batches ((x,), labels) as (x, labels), like the other training loaders."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __iter__(self):
+        return ((views[0], y) for views, y in self.source)
