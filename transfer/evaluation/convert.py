@@ -196,7 +196,8 @@ def _check_arch(sd: Mapping[str, torch.Tensor], arch: str | None, where: str) ->
         raise ConvertError(f"{where}: found {words}, which is not a supported backbone ({', '.join(ARCHS)})")
     if arch is not None and arch != found:
         raise ConvertError(f"{where}: found {words} but --arch {arch} was asked")
-    own = {k: v for k, v in build_backbone(found).state_dict().items() if not k.startswith("fc.")}
+    with torch.device("meta"):  # names and shapes only: nothing is allocated or initialised
+        own = {k: v for k, v in build_backbone(found).state_dict().items() if not k.startswith("fc.")}
     parts = state_mismatches(own, dict(sd), "weights")
     if parts:
         raise ConvertError(f"{where}: the {words} backbone does not match torchvision {found}: " + "; ".join(parts))
@@ -230,7 +231,9 @@ def load_any_checkpoint(path_or_obj: str | Path | Mapping, arch: str | None = No
                            f"{n_dropped} dropped")
     info = {"kind": kind, "path": where if isinstance(path_or_obj, (str, Path)) else None, **meta,
             "arch": found, "kept": kept, "dropped": dropped}
-    return kind, {k: v.detach().clone() for k, v in sd.items()}, info
+    if not isinstance(path_or_obj, (str, Path)):  # the caller's tensors are never shared with the result
+        sd = {k: v.detach().clone() for k, v in sd.items()}
+    return kind, sd, info
 
 
 def torchvision_to_detectron2_name(key: str) -> str | None:
