@@ -132,8 +132,7 @@ def mocov3(module: str) -> Layout:
 
 def swav(module: str) -> Layout:
     return Layout("swav", "SwAV", module, drops=((module + "projection_head.", "projection head"),
-                                                  (module + "prototypes.", "prototypes"),
-                                                  (module + "prototypes", "prototypes")))
+                                                  (module + "prototypes.", "prototypes")))
 
 
 def dino(branch: str, module: str) -> Layout:
@@ -180,7 +179,7 @@ def identify(obj: Mapping, where: str, branch: str | None = None) -> Found:
     found = _identify(obj, where, branch)
     if branch is not None and found.layout.kind != "dino":
         raise ConvertError(f"{where}: --branch {branch} applies to DINO training checkpoints (student / teacher); "
-                          f"this is a {found.layout.kind} checkpoint with one backbone")
+                           f"this is a {found.layout.kind} checkpoint with one backbone")
     return found
 
 
@@ -235,8 +234,8 @@ def _wrapped(obj: Mapping, where: str) -> Found:
     if "conv1.weight" in stripped and "layer1.0.conv1.weight" in stripped:
         return Found(torchvision_flat(), stripped)
     raise ConvertError(f"{where}: unrecognised 'state_dict' (keys like {', '.join(keys[:4])}); expected SimSiam "
-                      "(module.encoder.*), MoCo (module.encoder_q.*), MoCo v3 (module.base_encoder.*), solo-learn "
-                      "or mmpretrain (backbone.*), SwAV (projection_head.*, prototypes) or torchvision ResNet keys")
+                       "(module.encoder.*), MoCo (module.encoder_q.*), MoCo v3 (module.base_encoder.*), solo-learn "
+                       "or mmpretrain (backbone.*), SwAV (projection_head.*, prototypes) or torchvision ResNet keys")
 
 
 def _dino(obj: Mapping, where: str, branch: str) -> Found:
@@ -244,25 +243,29 @@ def _dino(obj: Mapping, where: str, branch: str) -> Found:
     args = obj.get("args")
     if args is not None and not isinstance(args, argparse.Namespace):
         raise ConvertError(f"{where}: 'args' is a {type(args).__name__}; DINO's main_dino.py saves its parsed "
-                          "arguments, an argparse.Namespace")
+                           "arguments, an argparse.Namespace")
     state = {f"{b}.{k}": v for b in BRANCHES for k, v in obj[b].items()}
     module = _either(state, f"{branch}.module.backbone.") and "module."
     if not _either(state, f"{branch}.{module}backbone."):
         raise ConvertError(f"{where}: a DINO checkpoint whose {branch} has no backbone.* / module.backbone.* keys "
-                          f"(keys like {', '.join(list(obj[branch])[:3])})")
+                           f"(keys like {', '.join(list(obj[branch])[:3])})")
     return Found(dino(branch, module), state, {"method": "DINO", "branch": branch, **_dino_args(obj, args)})
 
 
 def _dino_args(obj: Mapping, args: argparse.Namespace | None) -> dict:
     """What main_dino.py's arguments say of the run: arch, the scheduled epochs, the global batch, the crops."""
     a = vars(args) if args is not None else {}
-    num = lambda key: a.get(key) if isinstance(a.get(key), int) and not isinstance(a.get(key), bool) else None  # noqa: E731
-    epoch, scheduled = obj.get("epoch"), num("epochs")
-    per_gpu, world = num("batch_size_per_gpu"), num("world_size")
+    epoch, scheduled = obj.get("epoch"), _int(a, "epochs")
+    per_gpu, world = _int(a, "batch_size_per_gpu"), _int(a, "world_size")
     return {"arch": a.get("arch") if isinstance(a.get("arch"), str) else None, "epochs": epoch,
             "scheduled_epochs": scheduled,
             "completed": None if epoch is None or scheduled is None else int(epoch) == scheduled,
-            "batch_size": per_gpu * world if per_gpu and world else None, "local_crops": num("local_crops_number")}
+            "batch_size": per_gpu * world if per_gpu and world else None, "local_crops": _int(a, "local_crops_number")}
+
+
+def _int(values: Mapping, key: str) -> int | None:
+    value = values.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _vissl(obj: Mapping, where: str) -> Found:
@@ -271,7 +274,7 @@ def _vissl(obj: Mapping, where: str) -> Found:
         trunk = model["trunk"]
     except (KeyError, TypeError):
         raise ConvertError(f"{where}: a VISSL checkpoint without classy_state_dict -> base_model -> model -> "
-                          f"trunk (found {describe(obj['classy_state_dict'])})") from None
+                           f"trunk (found {describe(obj['classy_state_dict'])})") from None
     heads = model.get("heads") or {}
     state = {f"trunk.{k}": v for k, v in trunk.items()} | {f"heads.{k}": v for k, v in heads.items()}
     extra = [k for k in model if k not in ("trunk", "heads")]
