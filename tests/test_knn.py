@@ -31,10 +31,10 @@ def checkpoint(tmp_path_factory):
     return path, model
 
 
-def _manual_knn(features, root, k, t=0.1):
+def _manual_knn(features, root, k, t=0.1, mean=MEAN, std=STD):
     """Independent reference: plain loops, explicit cosine similarities and weighted votes over
     features(images), the pooled backbone features of the network under test."""
-    tf = eval_transform(32, MEAN, STD, crop_fraction=1.0)
+    tf = eval_transform(32, mean, std, crop_fraction=1.0)
     bank = RobustImageFolder(root / "train", tf, limit_per_class=20)
     test = RobustImageFolder(root / "test", tf, limit_per_class=8)
 
@@ -133,3 +133,25 @@ def test_knn_refuses_crafted_weights(crafted, cifar_root, tmp_path, capsys, fmt)
     path = crafted.write(f"crafted.{'pkl' if fmt == 'pickle' else 'pth'}", fmt)
     code = knn.main(["--weights", str(path), "--data", str(cifar_root), "--output", str(tmp_path / "o")])
     crafted.assert_refused(code, capsys.readouterr().err, path)
+
+
+def test_knn_applies_the_normalisation_a_layout_records(cifar_root, tmp_path):
+    """SimCLR v1 converted to PyTorch expects pixels / 255 without mean / std: kNN uses that when not told
+    otherwise, records it, and its accuracy is the reference computation's on raw pixels."""
+    import torchvision
+
+    torch.manual_seed(4)
+    net = torchvision.models.resnet50()
+    path = tmp_path / "resnet50-1x.pth"
+    torch.save({"state_dict": net.state_dict()}, path)  # simclr-converter's file: torchvision keys, its fc
+    argv = ["--weights", str(path), "--data", str(cifar_root), "--output", str(tmp_path / "knn"), "ks=[20]",
+            "data.image_size=32", "data.limit_per_class=20", "data.val_limit_per_class=8", "data.workers=0"]
+    assert knn.main(argv) == 0
+    doc = read_results(tmp_path / "knn")
+    raw = {"mean": [0.0] * 3, "std": [1.0] * 3}
+    assert (list(doc["config"]["data"]["mean"]), list(doc["config"]["data"]["std"])) == (raw["mean"], raw["std"])
+    assert doc["source"]["normalisation"] == raw and doc["source"]["pretrain"]["method"] == "SimCLR"
+    net.fc = nn.Identity()
+    net.eval()
+    assert doc["metrics"]["top1_k20"] == pytest.approx(_manual_knn(net, cifar_root, 20, mean=raw["mean"],
+                                                                    std=raw["std"]), abs=1e-6)

@@ -89,6 +89,16 @@ def test_official_checkpoints_without_schedule_records_are_not_assumed_finished(
                      "pretraining batch not recorded"]
 
 
+def test_evaluation_settings_alone_for_published_checkpoints():
+    """pretraining=False compares the evaluation only: a published file's unrecorded pretraining is no difference,
+    a changed evaluation setting still is."""
+    official = dict.fromkeys(PRETRAIN_KEYS) | {"method": "SimSiam", "arch": "resnet50", "epochs": 100}
+    doc = {**linear_doc(), "source": {"pretrain": official}}
+    assert P.table4_differences(doc, pretraining=False) == []
+    doc["protocol"] = {**doc["protocol"], "batch": 256}
+    assert P.table4_differences(doc, pretraining=False) == ["linear batch 256 != 4096"]
+
+
 def test_results_without_a_protocol_are_not_comparable():
     doc = {k: v for k, v in linear_doc().items() if k != "protocol"}
     assert P.table4_differences(doc) == ["protocol not recorded in results.json"]

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from transfer.reporting.results import SCHEMA, find_results, read_results, write_results
+from pretrain.errors import InputError
+from transfer.reporting.results import SCHEMA, ResultsError, find_results, read_results, write_results
 
 
 def _run(d, task="linear", **kw):
@@ -33,8 +34,13 @@ def test_find_results_walks_folders_in_order(tmp_path):
 
 
 def test_bad_files_are_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match=f"no results.json at {tmp_path / 'results.json'}"):
+    """Each is an input error (one line, exit 2 in every command) and keeps its builtin type."""
+    with pytest.raises(FileNotFoundError, match=f"no results.json at {tmp_path / 'results.json'}") as e:
         read_results(tmp_path)
+    assert isinstance(e.value, InputError)
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(ResultsError, match="list.json: schema is 'a JSON list'"):
+        read_results(tmp_path / "list.json")
     bad = tmp_path / "broken" / "results.json"
     bad.parent.mkdir()
     bad.write_text('{"schema": "simsiam-suite/results/v1", "task": ')

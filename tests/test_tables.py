@@ -192,11 +192,11 @@ def test_a_torchvision_checkpoint_is_not_labelled_simsiam(tmp_path):
     src = describe_source(weights)
     write_linear(tmp_path / "lin", 60.0, "model.arch=resnet18", src=src)
     (row,) = not_comparable(tables(tmp_path / "lin"))
-    assert row[0].startswith("torchvision (yours: resnet18") and row[1:3] == ["-", "-"]
+    assert row[0].startswith("torchvision (published, evaluated here: resnet18") and row[1:3] == ["-", "-"]
     # named on the command line, by sha256 prefix or for every unnamed checkpoint
     for names in ({src["sha256"][:10]: "ImageNet supervised"}, {None: "ImageNet supervised"}):
         (row,) = not_comparable(tables(tmp_path / "lin", names))
-        assert row[0].startswith("ImageNet supervised (yours") and row[1:3] == ["-", "-"]
+        assert row[0].startswith("ImageNet supervised (published, evaluated here") and row[1:3] == ["-", "-"]
     # a name never relabels a checkpoint that records its method, nor makes a row comparable
     write_linear(tmp_path / "ours", 68.0)
     t = tables(tmp_path, {None: "MoCo v2"})
@@ -210,7 +210,7 @@ def test_method_option_on_the_command_line(tmp_path, capsys):
     src = describe_source(weights)
     write_linear(tmp_path / "lin", 60.0, "model.arch=resnet18", src=src)
     assert main([str(tmp_path / "lin"), "--method", f"{src['sha256'][:8]}=supervised"]) == 0
-    assert "supervised (yours: resnet18" in capsys.readouterr().out
+    assert "supervised (published, evaluated here: resnet18" in capsys.readouterr().out
     assert main([str(tmp_path / "lin"), "--method", "0000=supervised"]) == 2
     assert "--method 0000" in capsys.readouterr().err
     assert main([str(tmp_path / "lin"), "--method", "abc="]) == 2
@@ -220,13 +220,16 @@ def test_moco_rows_have_negatives_and_a_momentum_encoder(tmp_path):
     # what describe_source records of a MoCo file (method, arch, epoch; no dataset, batch or schedule)
     moco = {**dict.fromkeys(PRETRAIN_KEYS), "method": "MoCo", "arch": "resnet50", "epochs": 200}
     write_linear(tmp_path / "real", 67.5, src={**source(sha="cd" * 32, kind="moco"), "pretrain": moco})
-    (row,) = not_comparable(tables(tmp_path / "real"))
-    assert row[0].startswith("MoCo (yours") and row[1:3] == ["yes", "yes"]
-    # a MoCo record with everything Table 4 needs enters its column with yes / yes
+    t = tables(tmp_path / "real")
+    assert not not_comparable(t)  # measured with Table 4's protocol: a row of its own, whatever its pretraining
+    (row,) = t.published_table4()[1]
+    assert row == ["MoCo (published, evaluated here: resnet50, 200 ep, cdcdcdcd)", "yes", "yes", "200", "67.5 (n=1)"]
+    # a MoCo file, even recording everything Table 4 needs, never enters the paper's columns
     write_linear(tmp_path / "full", 69.0, src=source(sha="ef" * 32, kind="moco", method="MoCo", batch_size=256,
                                                      epochs=200, scheduled_epochs=200))
-    (row,) = yours(tables(tmp_path / "full").table4()[1], "MoCo (yours")
-    assert row[1:4] == ["256", "yes", "yes"] and row[5] == "69.0 (n=1)"
+    t = tables(tmp_path / "full")
+    assert not [r for r in t.table4()[1] if "MoCo (" in r[0]]
+    assert [r[1:] for r in t.published_table4()[1]] == [["yes", "yes", "200", "69.0 (n=1)"]]
 
 
 def test_random_init_rows_stay_out_of_the_paper_columns(tmp_path):
@@ -250,6 +253,80 @@ def test_random_inits_are_separate_rows(tmp_path):
     write_linear(tmp_path / "bn1", 9.0, src={**base, "pretrain": {**info, "zero_init_residual": False}})
     rows = sorted(not_comparable(tables(tmp_path)))
     assert [r[0] for r in rows] == ["random init (yours: resnet18)", "random init (yours: resnet18, every BN weight 1)"]
+
+
+# ----------------------------------------------------------------------------- published checkpoints
+def published(sha: str, kind: str, method: str | None, **pretrain) -> dict:
+    """results.json `source` as describe_source writes it for a published file: what its layout records."""
+    pre = {**dict.fromkeys(PRETRAIN_KEYS), "method": method, "arch": "resnet50", **pretrain}
+    return {"checkpoint": f"/downloads/{kind}.pth", "sha256": sha, "kind": kind, "pretrain": pre}
+
+
+def test_published_checkpoints_get_rows_of_their_own(tmp_path, capsys):
+    """Measured with Table 4's (5's) evaluation protocol, a published checkpoint is a row below the paper's rows:
+    methods of the paper's rows first in their order, then those it lacks; never in the paper's columns."""
+    runs = [("1_dino_teacher", published("d1" * 32, "dino", "DINO", epochs=800, branch="teacher")),
+            ("2_dino_student", published("d1" * 32, "dino", "DINO", epochs=800, branch="student")),
+            ("3_mocov3", published("a3" * 32, "mocov3", "MoCo v3", epochs=300)),
+            ("4_barlow", published("b7" * 32, "torchvision", "torchvision")),
+            ("5_swav", published("5a" * 32, "swav", "SwAV")),
+            ("6_simclr", published("c1" * 32, "simclr-v1", "SimCLR")),
+            ("7_vicreg", published("7e" * 32, "torchvision", "torchvision"))]
+    for name, src in runs:
+        write_linear(tmp_path / name, 70.0 + len(name) / 10, src=src)
+    names = {"b7b7": "Barlow Twins", "7e7e": "VICReg"}
+    t = tables(tmp_path, names)
+    assert not [r for r in t.table4()[1] if "evaluated here" in r[0]] and not not_comparable(t)
+    headers, rows = t.published_table4()
+    assert headers == ["published checkpoint", "neg. pairs", "momentum enc.", "pretrain epochs", "top-1"]
+    assert [r[0] for r in rows] == [
+        "SimCLR (published, evaluated here: resnet50, c1c1c1c1)", "SwAV (published, evaluated here: resnet50, 5a5a5a5a)",
+        "DINO (published, evaluated here: resnet50, teacher, 800 ep, d1d1d1d1)",
+        "DINO (published, evaluated here: resnet50, student, 800 ep, d1d1d1d1)",
+        "MoCo v3 (published, evaluated here: resnet50, 300 ep, a3a3a3a3)",
+        "Barlow Twins (published, evaluated here: resnet50, b7b7b7b7)",
+        "VICReg (published, evaluated here: resnet50, 7e7e7e7e)"]
+    assert [r[1:3] for r in rows] == [["yes", "no"], ["no", "no"], ["no", "yes"], ["no", "yes"], ["yes", "yes"],
+                                      ["no", "no"], ["no", "no"]]
+    assert rows[2][3:] == ["800", "71.4 (n=1)"] and rows[0][3] == "-"  # 70 + len("1_dino_teacher") / 10
+
+    # detection: the Table 5 protocol gives a published row; another dataset is not comparable, labelled alike
+    dino = published("d1" * 32, "dino", "DINO", epochs=800, branch="teacher")
+    write_detection(tmp_path / "det" / "voc07", "voc07", VOC07, [{"AP50": 80.0, "AP": 52.0, "AP75": 56.0}], src=dino)
+    write_detection(tmp_path / "det" / "bccd", "tiny", (["bccd_train"], ["bccd_test"]),
+                    [{"AP50": 50.0, "AP": 25.0, "AP75": 20.0}], src=dino)
+    t = tables(tmp_path / "det")
+    assert not [r for r in t.table5()[1] if "evaluated here" in r[0]]
+    assert t.published_table5()[1] == [["DINO (published, evaluated here: resnet50, teacher, 800 ep, d1d1d1d1)",
+                                        "80.0 / 52.0 / 56.0 (n=1)", "-", "-", "-"]]
+    (other,) = t.other_detection()[1]
+    assert other[0].startswith("DINO (published, evaluated here") and other[-1].startswith("dataset bccd")
+
+    assert main([str(tmp_path), "--method", "b7b7=Barlow Twins", "--method", "7e7e=VICReg"]) == 0
+    out = capsys.readouterr().out
+    order = [out.index(title) for title in ("Table 4:", "Published checkpoints evaluated here with Table 4",
+                                            "Table 5:", "Published checkpoints evaluated here with Table 5")]
+    assert order == sorted(order)
+
+
+def test_table_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    """simsiam table follows the one error convention (pretrain.frame.guard): bad input is one line naming the
+    folder, file or option, exit code 2, and no table is printed."""
+    write_linear(tmp_path / "lin", 68.0)
+    broken = tmp_path / "broken" / "results.json"
+    broken.parent.mkdir()
+    broken.write_text('{"schema": ')
+    (tmp_path / "empty").mkdir()
+    for argv, says in (([str(tmp_path / "nowhere")], f"no such run folder or file: {tmp_path / 'nowhere'}"),
+                       ([str(tmp_path / "broken")], f"{broken}: not valid JSON"),
+                       ([str(tmp_path / "empty")], f"no results.json under {tmp_path / 'empty'}"),
+                       ([str(tmp_path / "lin"), "--method", "=x"], "--method '=x': expected NAME or SHA_PREFIX=NAME"),
+                       ([str(tmp_path / "lin"), "--output", str(tmp_path / "no" / "dir" / "t.md")],
+                        f"--output {tmp_path / 'no' / 'dir' / 't.md'}: cannot write it")):
+        assert main(argv) == 2, argv
+        out, err = capsys.readouterr()
+        assert out == "" and len(err.strip().splitlines()) == 1, err
+        assert err.startswith("simsiam table: error: ") and says in err, err
 
 
 # ------------------------------------------------------------------------------------- the paper's rows

@@ -3,17 +3,20 @@
     simsiam convert SRC --to torchvision|detectron2 --output FILE [--arch resnet50|resnet18|resnet18_cifar]
     python -m transfer.evaluation.convert ...
 
-Inputs, recognised from their content (never from the file name):
-  simsiam-suite     this project's pretraining checkpoint ({"format": "simsiam-suite/pretrain", "model":
-                    {encoder.*, predictor.*}}); encoder.fc.* is the projector
-  simsiam-official  the official SimSiam file ({"state_dict": {module.encoder.*, module.predictor.*}})
-  moco              MoCo v1/v2 ({"state_dict": {module.encoder_q.*, module.encoder_k.*, module.queue, ...}})
-  torchvision       a plain torchvision ResNet state dict (conv1.*, bn1.*, layer1.* ..., fc.* optional), e.g.
-                    the output of `--to torchvision`
+    simsiam convert DINO_CKPT --branch student ...   # DINO's student (default: the teacher, as DINO evaluates)
+
+Inputs, recognised from their content (never from the file name): this project's pretraining checkpoints,
+official SimSiam, MoCo v1/v2, MoCo v3, DINO training checkpoints, SwAV, solo-learn, mmpretrain / mmselfsup,
+VISSL, SimCLR v1 converted to PyTorch, and torchvision ResNet state dicts (which DINO's, Barlow Twins' and
+VICReg's hub files are); transfer/evaluation/layouts.py describes each layout and the code that writes it.
 Everything else (Detectron2 weights, truncated or non-checkpoint files, another architecture than the one
 asked) is an error that says what was found. Files are read without running code from them (torch.load
-weights_only, or an unpickler that builds only containers and numpy arrays): a file that asks for anything
-else is refused (exit code 2).
+weights_only, with argparse.Namespace allowed besides, for DINO's `args`; or an unpickler that builds only
+containers and numpy arrays): a file that asks for anything else is refused (exit code 2).
+
+A layout whose network expects another input normalisation than ImageNet's mean / std (SimCLR v1: pixels
+/ 255 only) records it: info["pretrain_data"] (kNN and linear evaluation use it when not told otherwise) and
+describe_source's "normalisation" (results.json and the Detectron2 file's `source`, read by detection).
 
 Every key of the source is either converted or dropped on purpose, and the returned report counts both
 (projector, predictor, momentum encoder, queue, classifier, BN batch counters). A key that fits none of
@@ -45,15 +48,18 @@ import torch
 from torch import nn
 
 from pretrain.config import ConfigError
-from pretrain.errors import InputError
 from pretrain.frame import guard
 from pretrain.checkpoint import (UnsafeFileError, atomic_save, atomic_write, load_pickle, load_torch,
                                  state_mismatches, strip_prefix)
 from pretrain.model import ARCHS, build_backbone
+from transfer.evaluation.layouts import (BRANCHES, SUITE_FORMAT, ConvertError, Layout, describe,  # noqa: F401
+                                        identify)
 
-SUITE_FORMAT = "simsiam-suite/pretrain"
 D2_AUTHOR = "simsiam-suite"
-KINDS = ("simsiam-suite", "simsiam-official", "moco", "torchvision")
+KINDS = ("simsiam-suite", "simsiam-official", "moco", "mocov3", "dino", "swav", "solo-learn", "mmpretrain",
+         "vissl", "simclr-v1", "torchvision")
+# Types a checkpoint may hold besides weights and containers: DINO's main_dino.py saves its argparse.Namespace.
+SAFE_TYPES = (argparse.Namespace,)
 TARGETS = ("torchvision", "detectron2")
 
 # Block counts per stage and block type of the ResNets we can recognise (to name what was found).
@@ -65,10 +71,6 @@ _RESNETS = {
     ("Bottleneck", (3, 8, 36, 3)): "ResNet-152",
 }
 _ARCH_NAMES = {"resnet50": "ResNet-50", "resnet18": "ResNet-18", "resnet18_cifar": "ResNet-18 (CIFAR 3x3 stem)"}
-
-
-class ConvertError(InputError, ValueError):
-    """A checkpoint that cannot be converted; the message says what was found and what was expected."""
 
 
 # --------------------------------------------------------------------------------------------- reading
@@ -83,7 +85,8 @@ def _read_file(path: Path) -> Any:
     try:
         with warnings.catch_warnings():  # plain pickles (.pkl) make torch.load warn before it fails
             warnings.simplefilter("ignore")
-            return load_torch(path)
+            with torch.serialization.safe_globals(list(SAFE_TYPES)):
+                return load_torch(path)
     except UnsafeFileError:
         raise
     except Exception as e:  # noqa: BLE001 - any failure: try the next reader, report all at the end
@@ -98,10 +101,6 @@ def _read_file(path: Path) -> Any:
                        f"truncated or not a checkpoint ({'; '.join(errors)})")
 
 
-def _tensor_keys(d: Mapping) -> list[str]:
-    return [k for k, v in d.items() if isinstance(k, str) and isinstance(v, (torch.Tensor, np.ndarray))]
-
-
 def _looks_detectron2(keys: list[str]) -> str | None:
     for pat in ("backbone.bottom_up.res", "backbone.res", "roi_heads.res5", "stem.conv1", "res2.", "res5."):
         hit = [k for k in keys if k.startswith(pat)]
@@ -111,37 +110,19 @@ def _looks_detectron2(keys: list[str]) -> str | None:
     return None
 
 
-def _describe(obj: Any) -> str:
-    if isinstance(obj, Mapping):
-        keys = [str(k) for k in obj.keys()]
-        more = f" (+{len(keys) - 8} more)" if len(keys) > 8 else ""
-        return f"a dict with keys {', '.join(keys[:8])}{more}"
-    return f"a {type(obj).__name__}"
-
-
-def _strip(prefix: str, sd: Mapping[str, Any]) -> dict[str, Any]:
-    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-
-
-def _suite_schedule(epoch: Any, cfg: Mapping) -> dict[str, Any]:
-    """What our checkpoint records of its pretraining schedule: the configured epochs, whether the checkpoint
-    is the end of that schedule (its epoch equals them), the crop size and the image / step limits."""
-    train, data = cfg.get("train") or {}, cfg.get("data") or {}
-    scheduled = train.get("epochs")
-    completed = None if epoch is None or scheduled is None else int(epoch) == int(scheduled)
-    return {"scheduled_epochs": scheduled, "completed": completed, "image_size": data.get("image_size"),
-            "limit_per_class": data.get("limit_per_class"), "max_steps_per_epoch": train.get("max_steps_per_epoch")}
-
-
-def _split_source(obj: Any, where: str) -> tuple[str, dict[str, torch.Tensor], dict[str, list[str]], dict]:
-    """(kind, backbone state dict in torchvision names incl. fc if present, dropped keys by reason, meta)."""
+def _split_source(obj: Any, where: str, branch: str | None
+                  ) -> tuple[Layout, dict[str, torch.Tensor], dict[str, list[str]], dict]:
+    """(layout, backbone state dict in torchvision names incl. fc if present, dropped keys by reason, meta)."""
     if not isinstance(obj, Mapping):
-        raise ConvertError(f"{where}: not a checkpoint: found {_describe(obj)}")
+        raise ConvertError(f"{where}: not a checkpoint: found {describe(obj)}")
     _refuse_detectron2(obj, where)
-    kind, sd, encoder, meta = _identify(obj, where)
-    backbone, dropped = _account(kind, sd, encoder, where)
-    meta["source_keys"] = len(sd)
-    return kind, backbone, dropped, meta
+    found = identify(obj, where, branch)
+    backbone, dropped = _account(found.layout, found.state, where)
+    meta = {"method": found.layout.method, **found.meta, "source_keys": len(found.state)}
+    if found.layout.normalisation is not None:
+        meta["normalisation"] = {k: list(v) for k, v in found.layout.normalisation.items()}
+        meta["pretrain_data"] = {**meta.get("pretrain_data", {}), **meta["normalisation"]}
+    return found.layout, backbone, dropped, meta
 
 
 def _refuse_detectron2(obj: Mapping, where: str) -> None:
@@ -153,74 +134,13 @@ def _refuse_detectron2(obj: Mapping, where: str) -> None:
                 raise ConvertError(f"{where}: {msg}")
 
 
-def _identify(obj: Mapping, where: str) -> tuple[str, dict, str, dict]:
-    """(kind, state dict, prefix of the backbone's keys in it, what the file says of its pretraining)."""
-    if obj.get("format") == SUITE_FORMAT:
-        sd = obj.get("model")
-        if not isinstance(sd, Mapping):
-            raise ConvertError(f"{where}: a '{SUITE_FORMAT}' checkpoint without a 'model' state dict")
-        return "simsiam-suite", strip_prefix(sd), "encoder.", _suite_meta(obj)
-    if isinstance(obj.get("state_dict"), Mapping):
-        return _identify_official(obj, where)
-    if "conv1.weight" in obj and any(str(k).startswith("layer1.") for k in obj):
-        return "torchvision", dict(obj), "", {"method": "torchvision"}  # the file does not say how it was trained
-    raise ConvertError(
-        f"{where}: not a checkpoint this tool knows: found {_describe(obj)}. Expected a simsiam-suite "
-        "pretraining checkpoint, an official SimSiam or MoCo checkpoint ({'state_dict': module.encoder.* / "
-        "module.encoder_q.*}) or a torchvision ResNet state dict (conv1.weight, layer1.* ...)")
-
-
-def _suite_meta(obj: Mapping) -> dict:
-    cfg = obj.get("config") or {}
-    return {"method": "SimSiam", "arch": obj.get("arch"), "epochs": obj.get("epoch"),
-            "batch_size": (cfg.get("train") or {}).get("batch_size"), "dataset": obj.get("dataset"),
-            **_suite_schedule(obj.get("epoch"), cfg), "config_changes": obj.get("config_changes"),
-            "pretrain_data": {k: v for k, v in (cfg.get("data") or {}).items() if k in ("image_size", "mean", "std")}}
-
-
-def _identify_official(obj: Mapping, where: str) -> tuple[str, dict, str, dict]:
-    """{"state_dict": ...} files: the official SimSiam and MoCo checkpoints, or a wrapped torchvision ResNet."""
-    sd = dict(obj["state_dict"])
-    keys = list(sd)
-    for kind, method, enc in (("moco", "MoCo", "encoder_q."), ("simsiam-official", "SimSiam", "encoder.")):
-        if any(k.startswith(("module." + enc, enc)) for k in keys):
-            encoder = "module." + enc if any(k.startswith("module." + enc) for k in keys) else enc
-            return kind, sd, encoder, {"method": method, "arch": obj.get("arch"), "epochs": obj.get("epoch")}
-    stripped = strip_prefix(sd)
-    if "conv1.weight" in stripped and "layer1.0.conv1.weight" in stripped:
-        return "torchvision", stripped, "", {"method": "torchvision"}
-    raise ConvertError(f"{where}: unrecognised 'state_dict' (keys like {', '.join(keys[:4])}); expected "
-                       "SimSiam (module.encoder.*), MoCo (module.encoder_q.*) or torchvision ResNet keys")
-
-
-def _key_role(kind: str, encoder: str, key: str) -> tuple[str | None, str | None]:
-    """(backbone name, None) for a key that is converted, (None, reason) for one dropped on purpose,
-    (None, None) for a key nobody expects."""
-    if encoder and key.startswith(encoder):
-        name = key[len(encoder):]
-        if name.startswith("fc."):
-            return None, "projector (encoder fc.*)" if kind != "moco" else "projection head (encoder_q fc.*)"
-        return name, None
-    if not encoder and key.startswith("fc."):
-        return None, "classifier (fc.*)"
-    if not encoder and re.match(r"^(conv1|bn1|layer[1-4])\.", key):
-        return key, None
-    if kind in ("simsiam-suite", "simsiam-official") and key.startswith(("predictor.", "module.predictor.")):
-        return None, "predictor"
-    if kind == "moco" and key.startswith(("module.encoder_k.", "encoder_k.")):
-        return None, "momentum encoder (encoder_k.*)"
-    if kind == "moco" and key in ("module.queue", "module.queue_ptr", "queue", "queue_ptr"):
-        return None, "queue"
-    return None, None
-
-
-def _account(kind: str, sd: Mapping, encoder: str, where: str) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
+def _account(layout: Layout, sd: Mapping, where: str) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
     """Every key of `sd` is converted, or dropped for a named reason; any other key is an error."""
     backbone: dict[str, torch.Tensor] = {}
     dropped: dict[str, list[str]] = {}
     unknown: list[str] = []
     for key, value in sd.items():
-        name, reason = _key_role(kind, encoder, key) if isinstance(key, str) else (None, None)
+        name, reason = layout.role(key) if isinstance(key, str) else (None, None)
         if name is not None:
             backbone[name] = value
         elif reason is not None:
@@ -228,8 +148,8 @@ def _account(kind: str, sd: Mapping, encoder: str, where: str) -> tuple[dict[str
         else:
             unknown.append(key if isinstance(key, str) else repr(key))
     if unknown:
-        raise ConvertError(f"{where}: {len(unknown)} unexpected key(s) in a {kind} checkpoint, neither converted "
-                           f"nor known to be droppable: {', '.join(unknown)}")
+        raise ConvertError(f"{where}: {len(unknown)} unexpected key(s) in a {layout.kind} checkpoint, neither "
+                           f"converted nor known to be droppable: {', '.join(unknown)}")
     backbone = {k: (torch.from_numpy(np.asarray(v)) if isinstance(v, np.ndarray) else v) for k, v in backbone.items()}
     bad = [k for k, v in backbone.items() if not isinstance(v, torch.Tensor)]
     if bad:
@@ -276,7 +196,8 @@ def _check_arch(sd: Mapping[str, torch.Tensor], arch: str | None, where: str) ->
         raise ConvertError(f"{where}: found {words}, which is not a supported backbone ({', '.join(ARCHS)})")
     if arch is not None and arch != found:
         raise ConvertError(f"{where}: found {words} but --arch {arch} was asked")
-    own = {k: v for k, v in build_backbone(found).state_dict().items() if not k.startswith("fc.")}
+    with torch.device("meta"):  # names and shapes only: nothing is allocated or initialised
+        own = {k: v for k, v in build_backbone(found).state_dict().items() if not k.startswith("fc.")}
     parts = state_mismatches(own, dict(sd), "weights")
     if parts:
         raise ConvertError(f"{where}: the {words} backbone does not match torchvision {found}: " + "; ".join(parts))
@@ -284,21 +205,24 @@ def _check_arch(sd: Mapping[str, torch.Tensor], arch: str | None, where: str) ->
 
 
 # ------------------------------------------------------------------------------------------ public API
-def load_any_checkpoint(path_or_obj: str | Path | Mapping, arch: str | None = None
+def load_any_checkpoint(path_or_obj: str | Path | Mapping, arch: str | None = None, branch: str | None = None
                         ) -> tuple[str, dict[str, torch.Tensor], dict]:
     """(kind, backbone state dict in torchvision names without fc, info).
 
-    info: {"kind", "arch", "path", "method", "epochs", "batch_size", "dataset", and for our checkpoints
-    "scheduled_epochs", "completed", "image_size", "limit_per_class", "max_steps_per_epoch", "config_changes"
-    (when the checkpoint says), "source_keys", "kept", "dropped": {reason: [keys]}}. `arch` None accepts any supported ResNet;
-    otherwise weights of another architecture are an error naming what was found.
+    info: {"kind", "arch", "path", "method" (None when the file does not say), "epochs", "batch_size",
+    "dataset", and where the file says "scheduled_epochs", "completed", "image_size", "limit_per_class",
+    "max_steps_per_epoch", "config_changes", "branch" (DINO), "pretrain_data" (image size / mean / std),
+    "normalisation" (a layout's own mean / std); "source_keys", "kept", "dropped": {reason: [keys]}}.
+    `arch` None accepts any supported ResNet; otherwise weights of another architecture are an error naming
+    what was found. `branch`: DINO's "teacher" (default) or "student"; an error for any other file.
     """
     if isinstance(path_or_obj, (str, Path)):
         where = str(path_or_obj)
         obj = _read_file(Path(path_or_obj))
     else:
         where, obj = "<state dict>", path_or_obj
-    kind, sd, dropped, meta = _split_source(obj, where)
+    layout, sd, dropped, meta = _split_source(obj, where, branch)
+    kind = layout.kind
     found = _check_arch(sd, arch, where)
     kept = len(sd)
     n_dropped = sum(len(v) for v in dropped.values())
@@ -307,7 +231,9 @@ def load_any_checkpoint(path_or_obj: str | Path | Mapping, arch: str | None = No
                            f"{n_dropped} dropped")
     info = {"kind": kind, "path": where if isinstance(path_or_obj, (str, Path)) else None, **meta,
             "arch": found, "kept": kept, "dropped": dropped}
-    return kind, {k: v.detach().clone() for k, v in sd.items()}, info
+    if not isinstance(path_or_obj, (str, Path)):  # the caller's tensors are never shared with the result
+        sd = {k: v.detach().clone() for k, v in sd.items()}
+    return kind, sd, info
 
 
 def torchvision_to_detectron2_name(key: str) -> str | None:
@@ -330,31 +256,35 @@ def _report(kind: str, info: dict, target: str, output: str | None, converted: i
     if total != info["source_keys"]:
         raise ConvertError(f"{info.get('path')}: key accounting failed for {target}: {info['source_keys']} source "
                            f"keys, {converted} converted, {sum(counts.values())} dropped")
-    return {"source": info.get("path"), "kind": kind, "arch": info["arch"], "target": target, "output": output,
-            "source_keys": info["source_keys"], "converted": converted, "dropped": counts,
+    extra = {k: info[k] for k in ("branch", "normalisation") if info.get(k)}
+    return {"source": info.get("path"), "kind": kind, "method": info.get("method"), **extra, "arch": info["arch"],
+            "target": target, "output": output, "source_keys": info["source_keys"], "converted": converted,
+            "dropped": counts,
             "dropped_keys": dropped,
             "note": "projector/predictor/momentum encoder/classifier are dropped on purpose: only the backbone "
                     "transfers"}
 
 
-def _load(src, arch):
+def _load(src, arch, branch=None):
     if isinstance(src, tuple) and len(src) == 3:  # already the output of load_any_checkpoint
         return src
-    return load_any_checkpoint(src, arch)
+    return load_any_checkpoint(src, arch, branch)
 
 
-def to_torchvision(src, output: str | Path | None = None, arch: str | None = None
+def to_torchvision(src, output: str | Path | None = None, arch: str | None = None, branch: str | None = None
                    ) -> tuple[dict[str, torch.Tensor], dict]:
     """(torchvision ResNet state dict without fc, report); written to `output` when given."""
-    kind, sd, info = _load(src, arch)
+    kind, sd, info = _load(src, arch, branch)
     if output is not None:
         atomic_save(OrderedDict(sd), output)
     return sd, _report(kind, info, "torchvision", str(output) if output else None, len(sd))
 
 
-def to_detectron2(src, output: str | Path | None = None, arch: str | None = None) -> tuple[dict, dict]:
-    """({"model": {d2 name: ndarray}, "__author__", "matching_heuristics": True}, report); pickled to output."""
-    kind, sd, info = _load(src, arch)
+def to_detectron2(src, output: str | Path | None = None, arch: str | None = None, branch: str | None = None
+                  ) -> tuple[dict, dict]:
+    """({"model": {d2 name: ndarray}, "__author__", "matching_heuristics": True, "source"}, report); pickled to
+    output. "source" (describe_source) carries the layout's input normalisation, which detection applies."""
+    kind, sd, info = _load(src, arch, branch)
     if info["arch"] == "resnet18_cifar":
         raise ConvertError(f"{info.get('path')}: a ResNet-18 with a 3x3 stem cannot become Detectron2 weights "
                            "(Detectron2's stem is a 7x7 conv + max-pool)")
@@ -385,10 +315,10 @@ def _atomic_pickle(obj: Any, path: Path) -> None:
     atomic_write(path, lambda f: pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL))
 
 
-def load_backbone(path_or_state, arch: str | None = None) -> nn.Module:
+def load_backbone(path_or_state, arch: str | None = None, branch: str | None = None) -> nn.Module:
     """A torchvision ResNet (fc = Identity, so forward gives pooled features) with the backbone weights of any
     supported checkpoint (path, loaded dict, or a torchvision state dict). Strict: missing keys are listed."""
-    _, sd, info = load_any_checkpoint(path_or_state, arch)
+    _, sd, info = load_any_checkpoint(path_or_state, arch, branch)
     net = build_backbone(info["arch"])
     net.fc = nn.Identity()
     own = net.state_dict()
@@ -408,16 +338,22 @@ PRETRAIN_KEYS = ("method", "arch", "epochs", "batch_size", "dataset", "scheduled
 
 def describe_source(path: str | Path, info: dict | None = None) -> dict:
     """results.json `source`: {"checkpoint", "sha256", "kind", "pretrain": {PRETRAIN_KEYS}} for a checkpoint
-    file (info from load_any_checkpoint, read here when not given). "method" is the recognised format's
-    (SimSiam, MoCo, torchvision); what the file does not record is null, e.g. "completed" (the checkpoint is
-    the end of its configured schedule) for anything but our own checkpoints."""
+    file (info from load_any_checkpoint, read here when not given). "method" is the recognised layout's
+    (SimSiam, MoCo, MoCo v3, DINO, SwAV, SimCLR, torchvision; null when the file does not say); what the file
+    does not record is null, e.g. "completed" (the checkpoint is the end of its configured schedule).
+    pretrain["branch"]: DINO's branch that was read. "normalisation" {"mean", "std"} (0-1 scale, RGB): the input
+    normalisation the layout's network expects, when it is not ImageNet's; absent otherwise."""
     from transfer.reporting.results import sha256_file
     path = Path(path)
     if info is None:
         _, _, info = load_any_checkpoint(path)
     pre = {k: info.get(k) for k in PRETRAIN_KEYS}
-    return {"checkpoint": str(path.resolve()), "sha256": sha256_file(path), "kind": info.get("kind"),
-            "pretrain": pre}
+    if info.get("branch"):
+        pre["branch"] = info["branch"]
+    out = {"checkpoint": str(path.resolve()), "sha256": sha256_file(path), "kind": info.get("kind"), "pretrain": pre}
+    if info.get("normalisation"):
+        out["normalisation"] = {k: list(info["normalisation"][k]) for k in ("mean", "std")}
+    return out
 
 
 # ------------------------------------------------------------------------------------ random-init baseline
@@ -449,6 +385,7 @@ class EvalModelConfig:
     """The `model:` section of kNN and linear evaluation."""
     arch: str = "auto"               # expected backbone (resnet50 | resnet18 | resnet18_cifar); auto: the checkpoint's
     zero_init_residual: bool = True  # --weights random only: false = torchvision's init (every BN weight 1)
+    branch: str = ""                 # DINO training checkpoints: teacher (""; as DINO evaluates) or student
 
 
 def check_eval_model(weights: str, model: EvalModelConfig) -> None:
@@ -459,6 +396,8 @@ def check_eval_model(weights: str, model: EvalModelConfig) -> None:
         raise ConfigError(f"model.arch: unknown arch '{model.arch}' (known: auto, {', '.join(ARCHS)})")
     if weights == RANDOM and model.arch == "auto":
         raise ConfigError("--weights random needs model.arch=<arch> (nothing to read it from)")
+    if model.branch and model.branch not in BRANCHES:
+        raise ConfigError(f"model.branch: unknown branch '{model.branch}' (known: {', '.join(BRANCHES)})")
 
 
 def eval_backbone(weights: str, model: EvalModelConfig, seed: int) -> tuple[nn.Module, dict, dict]:
@@ -470,18 +409,20 @@ def eval_backbone(weights: str, model: EvalModelConfig, seed: int) -> tuple[nn.M
         return (random_backbone(model.arch, seed, model.zero_init_residual),
                 random_source(model.arch, model.zero_init_residual), {})
     path = Path(weights).expanduser()
-    _, sd, info = load_any_checkpoint(path, None if model.arch == "auto" else model.arch)
+    _, sd, info = load_any_checkpoint(path, None if model.arch == "auto" else model.arch, model.branch or None)
     return load_backbone(sd, info["arch"]), describe_source(path, info), info
 
 
 # ------------------------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="simsiam convert", description=__doc__.split("\n\n")[0])
-    ap.add_argument("src", help="checkpoint to convert (simsiam-suite, official SimSiam, MoCo, torchvision)")
+    ap.add_argument("src", help="checkpoint to convert (any layout of transfer/evaluation/layouts.py)")
     ap.add_argument("--to", required=True, choices=TARGETS)
     ap.add_argument("--output", required=True, help="file to write (.pkl for detectron2)")
     ap.add_argument("--arch", default=None, choices=ARCHS,
                     help="expected backbone; default: whatever supported ResNet the weights are (printed)")
+    ap.add_argument("--branch", default=None, choices=BRANCHES,
+                    help="DINO training checkpoints: the network to convert (default: teacher, as DINO evaluates)")
     return ap
 
 
@@ -492,12 +433,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args) -> int:
     fn = to_torchvision if args.to == "torchvision" else to_detectron2
-    _, report = fn(args.src, args.output, args.arch)
+    _, report = fn(args.src, args.output, args.arch, args.branch)
     brief = {k: v for k, v in report.items() if k != "dropped_keys"}
     print(json.dumps(brief, indent=2))
     print(f"[convert] {report['kind']} {report['arch']} -> {args.to}: {report['converted']} tensors written to "
           f"{args.output}; dropped on purpose: "
           + (", ".join(f"{n} {r}" for r, n in report["dropped"].items()) or "nothing"), file=sys.stderr)
+    if report.get("normalisation"):
+        norm = report["normalisation"]
+        print(f"[convert] {report['kind']} expects inputs normalised with mean {norm['mean']} std {norm['std']} "
+              "(0-1 scale, RGB); recorded for kNN, linear evaluation and detection", file=sys.stderr)
     return 0
 
 

@@ -7,8 +7,10 @@
 Pooled backbone features of the training split form the memory bank; each held-out image is classified
 by the weighted vote (weight exp(cos / t), t = 0.1) of its k nearest bank features (pretrain.monitor).
 ROOT is an ImageFolder tree with train/ and val/ (or test/), or "embedded". Images are evaluated at the
-pretraining resolution and normalisation stored in the checkpoint (224 px and ImageNet statistics when the
-checkpoint does not say); small images (<= 64 px) are used whole. `--weights random` evaluates the
+pretraining resolution and normalisation stored in the checkpoint, or the one its layout implies (SimCLR v1
+converted: pixels / 255, no mean / std); 224 px and ImageNet statistics when neither says; small images
+(<= 64 px) are used whole. `model.branch=student` evaluates a DINO training checkpoint's student (default:
+its teacher). `--weights random` evaluates the
 randomly initialised backbone of `model.arch` (torch seed `seed`, the network pretraining starts from;
 `model.zero_init_residual=false`: torchvision's init, every BN weight 1) as the random-init baseline; give
 it the data settings of the run it is compared with. Writes config.yaml and results.json (task "knn",
@@ -91,10 +93,13 @@ def build_splits(d: KnnDataConfig) -> tuple[RobustImageFolder, RobustImageFolder
 def run(cfg: KnnConfig, output_dir: str | Path) -> dict:
     """Evaluate cfg.weights by kNN into output_dir (results.json); returns {"output_dir", "metrics"}."""
     backbone, source, stored = load_eval_backbone(cfg)      # bad weights: refused before anything is written
+    origin = "given" if cfg.data.mean else "the checkpoint's" if stored.get("mean") else "ImageNet's"
     cfg = dataclasses.replace(cfg, data=resolve_data(cfg, stored))
     bank, test = build_splits(cfg.data)
     with StageRun("knn", output_dir) as sr:
         sr.save_config(cfg)
+        sr.log.info("inputs: %d px, mean %s, std %s (%s normalisation)", cfg.data.image_size, list(cfg.data.mean),
+                    list(cfg.data.std), origin)
         metrics = evaluate(backbone.to(sr.info.device).eval(), bank, test, cfg, sr)
         name = dataset_name(cfg.data)
         sr.results(task="knn", dataset=name, metrics=metrics, config=config_mod.to_dict(cfg), source=source,

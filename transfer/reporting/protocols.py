@@ -150,13 +150,17 @@ def pretraining_differences(info: Mapping[str, Any], need: Pretraining) -> list[
     return out
 
 
-def differences(doc: Mapping[str, Any], protocol: Protocol) -> list[str]:
-    """Every way the results document departs from the protocol, as readable strings (empty: comparable)."""
+def differences(doc: Mapping[str, Any], protocol: Protocol, pretraining: bool = True) -> list[str]:
+    """Every way the results document departs from the protocol, as readable strings (empty: comparable).
+    pretraining=False: the evaluation's settings only (a published checkpoint's own pretraining is not the
+    column's in any case; its rows say so)."""
     found = doc.get("protocol")
     if isinstance(found, Mapping):
         out = [d for d in (s.difference(found) for s in protocol.settings) if d]
     else:
         out = ["protocol not recorded in results.json"]
+    if not pretraining:
+        return out
     pre = (doc.get("source") or {}).get("pretrain") or {}
     return out + pretraining_differences(pre, protocol.pretraining)
 
@@ -223,10 +227,10 @@ TABLE5 = {
 }
 
 
-def table4_differences(doc: Mapping[str, Any]) -> list[str]:
+def table4_differences(doc: Mapping[str, Any], pretraining: bool = True) -> list[str]:
     """Differences from the Table 4 column of the checkpoint's pretraining epochs (any column when none fits)."""
     epochs = ((doc.get("source") or {}).get("pretrain") or {}).get("epochs")
-    return differences(doc, TABLE4.get(epochs, TABLE4_ANY))
+    return differences(doc, TABLE4.get(epochs, TABLE4_ANY), pretraining)
 
 
 def table5_benchmark(dataset: str | None) -> str | None:
@@ -235,12 +239,12 @@ def table5_benchmark(dataset: str | None) -> str | None:
     return name if name in TABLE5 else None
 
 
-def table5_differences(doc: Mapping[str, Any]) -> tuple[str | None, list[str]]:
+def table5_differences(doc: Mapping[str, Any], pretraining: bool = True) -> tuple[str | None, list[str]]:
     """(benchmark or None, differences from that benchmark's Table 5 protocol)."""
     bench = table5_benchmark(doc.get("dataset"))
     if bench is None:
         return None, [f"dataset {doc.get('dataset')} != {_either(TABLE5_BENCHMARKS)}"]
-    return bench, differences(doc, TABLE5[bench])
+    return bench, differences(doc, TABLE5[bench], pretraining)
 
 
 def brief(diffs: Sequence[str], limit: int = 4) -> str:

@@ -12,10 +12,17 @@ protocol, an unfinished or unknown pretraining, a random-init backbone) goes int
 that says what differs. A linear result whose head was picked from a grid (`simsiam linear` grid mode) is
 always there, its evaluation labelled "best of grid (held-out N images, seed S)", beside the protocol's
 single-head result of the same checkpoint.
-Row labels name the method the checkpoint records (SimSiam, MoCo, torchvision,
+Row labels name the method the checkpoint records (SimSiam, MoCo, MoCo v3, DINO, SwAV, SimCLR, torchvision,
 random init, else "unknown method"; --method names the ones it leaves open), and the negative-pairs and
 momentum-encoder columns follow that method. Cells show mean +- std over trials with n; missing cells are
 marked "-", never filled in.
+
+Published checkpoints evaluated here (any file but this suite's own pretraining checkpoints: official SimSiam,
+MoCo, MoCo v3, DINO, SwAV, solo-learn, mmpretrain, VISSL, SimCLR, torchvision / hub files) are rows of their own,
+"METHOD (published, evaluated here: ...)", never in the paper's columns: most do not record their pretraining,
+several used multi-crop. A result measured with the column's evaluation protocol goes into the table below
+Table 4 (or 5) for published checkpoints, the methods of the paper's rows first, in its order, then the
+methods it lacks (MoCo v3, DINO, Barlow Twins, VICReg, ...); any other result into "not comparable".
 """
 from __future__ import annotations
 
@@ -31,7 +38,9 @@ from typing import Any, Iterable
 
 from tabulate import tabulate
 
+from pretrain.errors import InputError
 from transfer.reporting.protocols import TABLE4_EPOCHS, brief, table4_differences, table5_differences
+from pretrain.frame import guard
 from transfer.reporting.results import find_results, read_results
 
 MISSING = "-"
@@ -61,9 +70,18 @@ PAPER_TABLE5 = [
 # Negative pairs / momentum encoder of a method, by the first word of its name ("-" for anything else:
 # supervised, random init, unknown).
 METHOD_COLUMNS = {"simsiam": ("no", "no"), "moco": ("yes", "yes"), "simclr": ("yes", "no"),
-                  "byol": ("no", "yes"), "swav": ("no", "no")}
+                  "byol": ("no", "yes"), "swav": ("no", "no"), "dino": ("no", "yes"), "barlow": ("no", "no"),
+                  "vicreg": ("no", "no")}
 UNKNOWN_METHOD = "unknown method"
 UNNAMED = (None, "torchvision")  # methods a checkpoint leaves open: --method may name them
+OWN_KINDS = ("simsiam-suite", "random-init")  # checkpoints this suite made; every other kind is published
+# The methods of the paper's rows, in their order (first word of a method name); MoCo v3 is not MoCo v2's row.
+PAPER_METHODS = ("simclr", "moco", "byol", "swav", "simsiam")
+NOT_PAPER_METHODS = ("moco v3", "mocov3")
+
+
+class TableError(InputError, ValueError):
+    """Bad input to `simsiam table`: one line naming the option or folder, exit code 2."""
 
 
 # ----------------------------------------------------------------------------------------- statistics
@@ -109,6 +127,20 @@ def recorded_method(doc: dict) -> str | None:
     return _pretrain_info(doc).get("method")
 
 
+def is_published(doc: dict) -> bool:
+    """The evaluated checkpoint is someone else's published file (its kind is not one this suite writes)."""
+    src = doc.get("source") or {}
+    return src.get("kind") is not None and src.get("kind") not in OWN_KINDS and src.get("checkpoint") != "random"
+
+
+def paper_rank(method: str) -> int:
+    """Position of a method among the paper's rows; len(PAPER_METHODS) for the methods the paper lacks."""
+    name = method.lower()
+    if name.startswith(NOT_PAPER_METHODS):
+        return len(PAPER_METHODS)
+    return next((i for i, m in enumerate(PAPER_METHODS) if name.startswith(m)), len(PAPER_METHODS))
+
+
 def parse_method_names(specs: Iterable[str]) -> dict[str | None, str]:
     """--method values: 'NAME' (every checkpoint that does not name its method) or 'SHA_PREFIX=NAME' (the
     checkpoint whose sha256 starts with SHA_PREFIX) -> {prefix or None: name}."""
@@ -118,7 +150,7 @@ def parse_method_names(specs: Iterable[str]) -> dict[str | None, str]:
         if not sep:
             prefix, name = None, spec
         if not name.strip() or (prefix is not None and not prefix.strip()):
-            raise ValueError(f"--method {spec!r}: expected NAME or SHA_PREFIX=NAME")
+            raise TableError(f"--method {spec!r}: expected NAME or SHA_PREFIX=NAME")
         names[prefix.strip().lower() if prefix else None] = name.strip()
     return names
 
@@ -162,7 +194,7 @@ def row_key(doc: dict) -> tuple:
     info = _pretrain_info(doc)
     return (src.get("sha256") or src.get("checkpoint") or "unknown",
             info.get("arch"), info.get("epochs"), info.get("batch_size"), info.get("dataset"),
-            info.get("zero_init_residual"))
+            info.get("zero_init_residual"), info.get("branch"))
 
 
 def row_label(doc: dict, method: str) -> str:
@@ -171,6 +203,8 @@ def row_label(doc: dict, method: str) -> str:
     bits = []
     if info.get("arch"):
         bits.append(str(info["arch"]))
+    if info.get("branch"):
+        bits.append(str(info["branch"]))
     if method == "random init" and info.get("zero_init_residual") is False:
         bits.append("every BN weight 1")
     if info.get("dataset"):
@@ -181,7 +215,8 @@ def row_label(doc: dict, method: str) -> str:
         bits.append(f"bs {info['batch_size']}")
     if src.get("sha256"):
         bits.append(str(src["sha256"])[:8])
-    return f"{method} (yours" + (": " + ", ".join(bits) if bits else "") + ")"
+    whose = "published, evaluated here" if is_published(doc) else "yours"
+    return f"{method} ({whose}" + (": " + ", ".join(bits) if bits else "") + ")"
 
 
 def _detection_trials(doc: dict) -> list[dict]:
@@ -231,6 +266,10 @@ class Tables:
         self.det: dict[tuple, dict[str, tuple[list, list, list]]] = defaultdict(dict)
         # not comparable with Table 5: (key, dataset, differences) -> {"bbox": triple, "segm": triple}
         self.other_det: dict[tuple, dict[str, tuple[list, list, list]]] = defaultdict(dict)
+        # published checkpoints under Table 4's / 5's evaluation protocol: key -> [top1...], key -> benchmark -> triple
+        self.published_linear: dict[tuple, list[float]] = defaultdict(list)
+        self.published_det: dict[tuple, dict[str, tuple[list, list, list]]] = defaultdict(dict)
+        self.epochs: dict[tuple, Any] = {}
         for d in docs:
             self.add(d)
 
@@ -249,6 +288,7 @@ class Tables:
         method = method_name(doc, self.method_names)
         self.methods.setdefault(key, method)
         self.labels.setdefault(key, row_label(doc, method))
+        self.epochs.setdefault(key, _pretrain_info(doc).get("epochs"))
         if task == "detection":
             self._add_detection(doc, key)
         else:
@@ -257,11 +297,15 @@ class Tables:
     def _add_classification(self, doc: dict, key: tuple) -> None:
         m = doc.get("metrics") or {}
         info = _pretrain_info(doc)
-        diffs = table4_differences(doc)
+        published = is_published(doc)
+        diffs = table4_differences(doc, pretraining=not published)
         grid = grid_label(doc)
         if not diffs and "top1" in m and grid is None:
-            self.linear[key][info["epochs"]].append(float(m["top1"]))
-            self.linear_batch[key] = info.get("batch_size")
+            if published:
+                self.published_linear[key].append(float(m["top1"]))
+            else:
+                self.linear[key][info["epochs"]].append(float(m["top1"]))
+                self.linear_batch[key] = info.get("batch_size")
             return
         reason = brief(diffs) or ("lr picked from a grid on held-out training images" if grid else "no top-1 metric")
         task = doc.get("task") if grid is None else f"{doc.get('task')}, {grid}"
@@ -271,8 +315,12 @@ class Tables:
                 row[metric].append(float(value))
 
     def _add_detection(self, doc: dict, key: tuple) -> None:
-        bench, diffs = table5_differences(doc)
-        store = self.det[key] if not diffs else self.other_det[(key, doc.get("dataset"), brief(diffs))]
+        published = is_published(doc)
+        bench, diffs = table5_differences(doc, pretraining=not published)
+        if diffs:
+            store = self.other_det[(key, doc.get("dataset"), brief(diffs))]
+        else:
+            store = self.published_det[key] if published else self.det[key]
         for tm in _detection_trials(doc):
             box, segm = tm.get("bbox", tm), tm.get("segm")
             if diffs:
@@ -307,6 +355,22 @@ class Tables:
                          fmt_stat(metrics.get("top5"), with_n=True), reason])
         return headers, rows
 
+    def _published_order(self, keys: Iterable[tuple]) -> list[tuple]:
+        """The paper's methods first, in its rows' order, then the methods it lacks; stable otherwise."""
+        return sorted(keys, key=lambda k: paper_rank(self.methods[k]))
+
+    def published_table4(self) -> tuple[list[str], list[list[str]]]:
+        headers = ["published checkpoint", "neg. pairs", "momentum enc.", "pretrain epochs", "top-1"]
+        rows = [[self.labels[k], *method_columns(self.methods[k]), _show(self.epochs.get(k)),
+                 fmt_stat(self.published_linear[k], with_n=True)] for k in self._published_order(self.published_linear)]
+        return headers, rows
+
+    def published_table5(self) -> tuple[list[str], list[list[str]]]:
+        headers = ["published checkpoint", *[f"{BENCHMARK_TITLES[b]} AP50 / AP / AP75" for b in BENCHMARKS]]
+        rows = [[self.labels[k], *[fmt_triple(self.published_det[k].get(b)) for b in BENCHMARKS]]
+                for k in self._published_order(self.published_det)]
+        return headers, rows
+
     # -- Table 5
     def table5(self) -> tuple[list[str], list[list[str]]]:
         headers = ["pre-train", *[f"{BENCHMARK_TITLES[b]} AP50 / AP / AP75" for b in BENCHMARKS]]
@@ -325,14 +389,26 @@ class Tables:
 
     def sections(self) -> list[tuple[str, list[str], list[list[str]]]]:
         out = [("Table 4: ImageNet linear evaluation, top-1 (%) by pretraining epochs", *self.table4())]
+        h, r = self.published_table4()
+        if r:
+            out.append(("Published checkpoints evaluated here with Table 4's linear protocol, top-1 (%) (rows of "
+                        "their own: their pretraining is not the paper's)", h, r))
         h, r = self.other_classification()
         if r:
             out.append(("Your classification results not comparable with Table 4 (other dataset or protocol)", h, r))
         out.append(("Table 5: transfer to detection (C4 backbones), AP50 / AP / AP75 (%)", *self.table5()))
+        h, r = self.published_table5()
+        if r:
+            out.append(("Published checkpoints evaluated here with Table 5's detection protocol, AP50 / AP / AP75 "
+                        "(%) (rows of their own: their pretraining is not the paper's)", h, r))
         h, r = self.other_detection()
         if r:
             out.append(("Your detection results not comparable with Table 5 (other dataset or protocol)", h, r))
         return out
+
+
+def _show(value: Any) -> str:
+    return MISSING if value is None else str(value)
 
 
 def render(tables: Tables, fmt: str = "terminal") -> str:
@@ -365,6 +441,7 @@ def render(tables: Tables, fmt: str = "terminal") -> str:
 
 
 METHOD_HELP = ("label for checkpoints that do not name their pretraining method (torchvision state dicts, "
+               "among them DINO's, Barlow Twins' and VICReg's hub files; solo-learn, mmpretrain and VISSL files; "
                "results without a method): NAME for all of them, or SHA_PREFIX=NAME for the checkpoint whose "
                "sha256 starts with SHA_PREFIX (see the row label); repeatable. The name also sets the "
                "negative-pairs / momentum-encoder columns (SimSiam, MoCo, SimCLR, BYOL, SwAV; '-' otherwise). "
@@ -388,24 +465,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        names = parse_method_names(args.method)
-        docs = load_docs(args.runs)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"simsiam table: {e}", file=sys.stderr)
-        return 2
+    return guard("simsiam table", lambda: _main(args))
+
+
+def _main(args) -> int:
+    names = parse_method_names(args.method)
+    docs = load_docs(args.runs)
     if not docs:
-        print(f"simsiam table: no results.json under {', '.join(args.runs)}", file=sys.stderr)
-        return 2
+        raise TableError(f"no results.json under {', '.join(args.runs)}")
     unmatched = _unmatched_prefixes(docs, names)
     if unmatched:
-        print(f"simsiam table: --method {', '.join(unmatched)}: no checkpoint without a recorded method has a "
-              "sha256 starting so", file=sys.stderr)
-        return 2
+        raise TableError(f"--method {', '.join(unmatched)}: no checkpoint without a recorded method has a sha256 "
+                         "starting so")
     text = render(Tables(docs, names), args.format)
-    print(text)
     if args.output:
-        Path(args.output).write_text(text)
+        try:
+            Path(args.output).write_text(text)
+        except OSError as e:
+            raise TableError(f"--output {args.output}: cannot write it ({e.strerror or e})") from None
+    print(text)
     return 0
 
 
