@@ -657,7 +657,7 @@ class Runner:
             self.need_cluster()
         if "{cifar}" in p.text and not self.roots["cifar"]:
             self.roots["cifar"] = str(self.resolve_cifar())
-            text = p.render(self.roots)
+        text = p.render(self.roots)             # with the roots an earlier command may have resolved
         if prep:
             PREPARED[prep][1](self.work)
         try:
