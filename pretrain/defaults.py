@@ -13,7 +13,8 @@ class ImageFolderData:
     """The data description every ImageFolder consumer shares (pretraining, the kNN monitor, kNN and linear
     evaluation, the device loaders): the same key means the same thing in every stage's `data:` section."""
     # "embedded" generates the built-in synthetic ImageFolder under cache_dir; anything else is a path
-    # to an ImageFolder tree (ImageNet layout: <root>/<class>/<image>) or its parent holding train/ (+ val/).
+    # to an ImageFolder tree (ImageNet layout: <root>/<class>/<image>) or its parent holding train/ (+ val/);
+    # "" (pretraining's default): not given, the run refuses to start.
     root: str = "embedded"
     train_split: str = "train"      # sub-folder used for training when present
     val_split: str = "val"          # held-out split (kNN monitor, evaluation); "" disables it
@@ -28,7 +29,9 @@ class ImageFolderData:
 
 @dataclass(frozen=True)
 class DataConfig(ImageFolderData):
-    """Pretraining data: the shared description plus the MoCo v2 view's knobs."""
+    """Pretraining data: the shared description plus the MoCo v2 view's knobs. The recipe is ImageNet's, the
+    dataset is the user's: data.root has no default (a path, or "embedded" for the generated demo data)."""
+    root: str = ""
     min_scale: float = 0.2          # RandomResizedCrop scale lower bound (MoCo v2)
     blur: bool = True               # Gaussian blur p=0.5 (off for CIFAR, as in the paper's appendix)
 

@@ -1,11 +1,15 @@
 """`simsiam pretrain [--config PRESET_OR_YAML ...] --output DIR [key=value ...]` (= `python -m pretrain.main`).
 
 Defaults are the paper's ImageNet ResNet-50 recipe (pretrain/defaults.py); each --config applies a YAML
-delta (a preset name under eval_configs/pretrain/ or a path); key=value overrides win. Running the same
-command again with the same --output resumes from DIR/checkpoint.pth. The config stored in the checkpoint
-must agree on every key that changes the optimisation trajectory (model, optim, data and augmentation,
-epochs, batch, seed, ...; pretrain.train.RESUME_HARMLESS lists the keys that may change): otherwise the run
-stops before writing anything, with one line naming each differing key and exit code 2.
+delta (a preset name under eval_configs/pretrain/ or a path); key=value overrides win. The dataset is always
+named: data.root=DIR (an ImageFolder tree, or its parent holding train/ and val/), or data.root=embedded for
+the generated demo data (the demo and test_tiny presets set it); without it, or when DIR is not there, the
+run is refused before its folder is made.
+
+Running the same command again with the same --output resumes from DIR/checkpoint.pth. The config stored in
+the checkpoint must agree on every key that changes the optimisation trajectory (model, optim, data and
+augmentation, epochs, batch, seed, ...; pretrain.train.RESUME_HARMLESS lists the keys that may change):
+otherwise the run stops before writing anything, with one line naming each differing key and exit code 2.
 --allow-config-change resumes anyway; the change is then logged and listed in results.json
 ("config_changes").
 
@@ -23,8 +27,12 @@ import sys
 from pathlib import Path
 
 from . import config as config_mod
+from .data import EMBEDDED, DataError, resolve_roots
 from .defaults import PretrainConfig
 from .frame import guard
+
+NO_DATA_ROOT = ("data.root is not set: name the dataset, e.g. data.root=/path/to/imagenet (an ImageFolder with "
+                "train/ and val/), or data.root=embedded for the generated demo data")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +53,15 @@ def resolve_config(files, overrides) -> PretrainConfig:
     return config_mod.resolve(PretrainConfig(), files=files, overrides=overrides, kind="pretrain")
 
 
+def check_data(cfg: PretrainConfig) -> None:
+    """Refuse a pretraining whose dataset is not named or not there (a DataError naming data.root), before
+    anything is written."""
+    if not cfg.data.root:
+        raise DataError(NO_DATA_ROOT)
+    if cfg.data.root != EMBEDDED:
+        resolve_roots(cfg.data)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     return guard("simsiam pretrain", lambda: _main(args))
@@ -57,6 +74,7 @@ def _main(args) -> int:
         import yaml
         print(yaml.safe_dump(config_mod.to_dict(cfg), sort_keys=False))
         return 0
+    check_data(cfg)
     if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):  # a launcher's own handler is kept
         signal.signal(signal.SIGUSR1, request_stop)
     summary = run(cfg, Path(args.output), allow_config_change=args.allow_config_change)

@@ -19,7 +19,7 @@ def cfg_for(root, *overrides):
 
 
 def test_roots_embedded_cifar_and_plain_folder(cifar_root, tmp_path):
-    train, val = resolve_roots(PretrainConfig().data)  # the embedded default
+    train, val = resolve_roots(cfg_for("embedded").data)  # the embedded data, by name
     assert train.name == "train" and val.name == "val" and len(RobustImageFolder(train).classes) >= 4
     train, held = resolve_roots(cfg_for(cifar_root).data)  # val/ absent: test/ is the held-out split
     assert (train, held) == (cifar_root / "train", cifar_root / "test")

@@ -5,8 +5,13 @@ and of that baseline side by side, beside the paper's, never inside the paper's 
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
+from transfer.tooling import demo
 from transfer.tooling.demo import run_demo
+
+REPO = Path(__file__).resolve().parents[1]
 
 EVALUATIONS = ("knn", "linear", "detection")
 
@@ -82,8 +87,9 @@ def test_demo_runs_end_to_end(tmp_path):
     assert json.loads((again / "linear_random" / "results.json").read_text())["created"] == rand["linear"]["created"]
 
 
-def test_default_demo_is_resnet18_with_r18_c4_detection(tmp_path):
+def test_default_demo_is_resnet18_with_r18_c4_detection(tmp_path, capsys):
     out = run_demo(tmp_path / "demo", quick=True, cache_dir=str(tmp_path / "cache"))
+    printed = capsys.readouterr().out
     read = lambda stage: json.loads((out / stage / "results.json").read_text())  # noqa: E731
     for e in EVALUATIONS:
         pre, rand = read(e), read(f"{e}_random")
@@ -100,3 +106,22 @@ def test_default_demo_is_resnet18_with_r18_c4_detection(tmp_path):
     table = (out / "table.md").read_text()
     assert sum("SimSiam (yours" in line for line in table.splitlines()) == 3, table
     assert sum("random init" in line for line in table.splitlines()) == 3, table
+
+    # beside its table, each measurement of this run with the full demo's range (not expected inside it: --quick)
+    assert "not meant to fall inside these ranges" in printed and demo.RANGES_MEASURED in printed
+    for label, folder, key, rand, pre in demo.RANGES:
+        got = [read(f)["metrics"][key] for f in (f"{folder}_random", folder)]
+        line = re.search(rf"^  {re.escape(label)} +random init +(\S+) \(expected (\S+)\), SimSiam +(\S+) "
+                         rf"\(expected (\S+)\)$", printed, re.M)
+        assert line, (label, printed[-3000:])
+        assert line.groups() == (f"{got[0]:.1f}", demo.span(*rand), f"{got[1]:.1f}", demo.span(*pre)), line.group(0)
+
+
+def test_the_demo_page_shows_the_ranges_the_demo_prints():
+    """docs/demo.md holds the ranges table of transfer.tooling.demo.RANGES line for line, and names the runs."""
+    page = (REPO / "docs" / "demo.md").read_text()
+    for line in demo.ranges_markdown().splitlines():
+        assert line in page.splitlines(), line
+    assert " ".join(demo.RANGES_MEASURED.split()) in " ".join(page.split())
+    for label, _, _, rand, pre in demo.RANGES:
+        assert rand[0] <= rand[1] and pre[0] <= pre[1], label

@@ -1,6 +1,7 @@
-"""The docs are tested: every shell command in the fenced code blocks of README.md and slurm/README.md runs.
+"""The docs are tested: every shell command in the fenced code blocks of README.md, slurm/README.md and every
+page of docs/ runs.
 
-The commands are read from the two files when the tests are collected (never copied here). A command runs as
+The commands are read from those files when the tests are collected (never copied here). A command runs as
 written, in a shell (bash -c) whose working directory is a fresh work folder (so `runs/...`, `r50_d2.pkl`
 land there), after the rewrites of REWRITES (real datasets -> generated trees of the same layout, a GPU
 cluster's resources -> the two-node CPU test cluster, ...), each with its reason, and with the size overrides of
@@ -10,8 +11,9 @@ prefix wins). A command that cannot run here is in SKIP with its reason. test_ev
 for a command of the docs that none of these tables covers, naming the file and line, and for a rule that no
 longer matches any command.
 
-Commands run in the order of the docs; a command first runs the earlier commands of its file that write what
-it reads (its path arguments under the work folder), once per module, so `-k README.md:127` also works.
+Commands run in the order of the docs; a command first runs the earlier commands of its file (and, on another
+page, those of README.md) that write what it reads (its path arguments under the work folder), once per module,
+so `-k README.md:127` or `-k docs/evaluation.md` also works.
 The SLURM commands (`simsiam submit ...`) run on the local cluster of slurm/local_cluster.sh and are skipped
 only where SLURM is not installed and CI is unset.
 """
@@ -32,7 +34,7 @@ from typing import Callable, Optional
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-DOCS = ("README.md", "slurm/README.md")
+DOCS = ("README.md", "slurm/README.md", *sorted(p.relative_to(REPO).as_posix() for p in (REPO / "docs").glob("*.md")))
 BIN = Path(sys.executable).parent
 
 # A plain ``` block holds commands when its first line starts with one of these; ```bash blocks always do.
@@ -158,7 +160,7 @@ ABS = r"(?<![\w./$}])"   # an absolute path starts a word
 REWRITES: tuple[Rewrite, ...] = (
     Rewrite(r"^make demo$", "simsiam demo --quick --output runs/demo --cache-dir {work}/cache",
             "`make demo` is ./install.sh (done: this suite runs in its .venv) then `simsiam demo`; the full-size demo "
-            "is timed separately (README 'Measured'), --quick is its CI size, same stages and folders"),
+            "is timed separately (docs/measured.md), --quick is its CI size, same stages and folders"),
     Rewrite(ABS + r"/datasets/imagenet\b", "{imagenet}",
             "ImageNet is not here: the ImageNet-shaped rehearsal tree (python -m pretrain.rehearsal DIR --detection "
             f"{REHEARSAL_SMALL}: same layout and file quirks, 4 classes)"),
@@ -405,12 +407,12 @@ def _check_grid_bench(r: Ran) -> None:
 
 
 def demo_promises() -> tuple[list[str], list[str]]:
-    """(folders, files) that README.md says `make demo` writes into runs/demo/: the backticked names of its
+    """(folders, files) that docs/demo.md says `make demo` writes into runs/demo/: the backticked names of its
     paragraph "`make demo` writes everything into `runs/demo/`: ...", names in parentheses belonging to the
     folder before them (`pretrain/` (..., `metrics.jsonl`, ...) -> pretrain/metrics.jsonl)."""
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "docs" / "demo.md").read_text()
     m = re.search(r"^`make demo` writes everything into `runs/demo/`:(.*?)(?:\n\s*\n)", text, re.M | re.S)
-    assert m, "README.md: the paragraph saying what `make demo` writes is gone"
+    assert m, "docs/demo.md: the paragraph saying what `make demo` writes is gone"
     folders, files, depth, last = [], [], 0, ""
     for tok in re.findall(r"`([^`]+)`|(\()|(\))", m.group(1)):
         name, opening, closing = tok
@@ -432,7 +434,7 @@ def _check_demo(r: Ran) -> None:
     folders, files = demo_promises()
     assert {"pretrain", "knn", "linear"} <= set(folders), folders
     missing = [f + "/" for f in folders if not (out / f).is_dir()] + [f for f in files if not (out / f).is_file()]
-    assert not missing, (f"README.md says `make demo` writes these into runs/demo/, the demo did not: {missing}; "
+    assert not missing, (f"docs/demo.md says `make demo` writes these into runs/demo/, the demo did not: {missing}; "
                          f"it wrote {sorted(p.name for p in out.iterdir())}; its output ends: {r.stdout[-600:]}")
     for stage in folders:
         if stage != "convert":
@@ -615,8 +617,10 @@ class Runner:
             pytest.skip(self.cluster)
 
     def _earlier(self, where: str) -> list[Plan]:
+        """The commands before `where` in its file; on another page, README.md's first (the user flows)."""
         p = PLANS[where]
-        return [q for w, q in PLANS.items() if q.cmd.doc == p.cmd.doc and q.cmd.line < p.cmd.line]
+        return [q for w, q in PLANS.items() if (q.cmd.doc == p.cmd.doc and q.cmd.line < p.cmd.line)
+                or (q.cmd.doc == "README.md" != p.cmd.doc)]
 
     def run(self, where: str) -> Ran:
         if where in self.failed:
@@ -653,7 +657,7 @@ class Runner:
             self.need_cluster()
         if "{cifar}" in p.text and not self.roots["cifar"]:
             self.roots["cifar"] = str(self.resolve_cifar())
-            text = p.render(self.roots)
+        text = p.render(self.roots)             # with the roots an earlier command may have resolved
         if prep:
             PREPARED[prep][1](self.work)
         try:
@@ -784,3 +788,41 @@ def test_rewrite_table(capsys):
     if os.environ.get("SIMSIAM_README_TABLE"):
         with capsys.disabled():
             print("\n" + "\n".join(lines))
+
+
+# ------------------------------------------------------------------------------------------------ the pages
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a markdown heading: lower case, punctuation dropped, blanks -> '-'."""
+    return re.sub(r"\s", "-", re.sub(r"[^\w\s-]", "", heading.strip().lower()))
+
+
+def test_readme_is_a_short_guide():
+    """README.md: the two commands on its first screen (40 lines), about 200 lines in all, every page of docs/
+    linked from it."""
+    text = (REPO / "README.md").read_text()
+    lines = text.splitlines()
+    assert len(lines) <= 200, len(lines)
+    assert re.search(r"^make demo\b", "\n".join(lines[:40]), re.M), "`make demo` is not on the first screen"
+    assert re.search(r"^make test\b", "\n".join(lines[:40]), re.M), "`make test` is not on the first screen"
+    pages = [d for d in DOCS if d.startswith("docs/")]
+    assert pages and not [p for p in pages if f"]({p}" not in text], "pages of docs/ the README does not link"
+
+
+def test_links_resolve():
+    """Every relative link of the docs names a file of the repository and, with #anchor, one of its headings."""
+    problems = []
+    for doc in DOCS:
+        here = (REPO / doc).parent
+        for target in re.findall(r"\]\(([^)\s]+)\)", (REPO / doc).read_text()):
+            if re.match(r"^[a-z]+://", target):
+                continue
+            path, _, anchor = target.partition("#")
+            file = (here / path).resolve() if path else REPO / doc
+            if not file.exists():
+                problems.append(f"{doc}: link {target}: no such file")
+            elif anchor and file.suffix == ".md":
+                heads = {_anchor(h) for h in re.findall(r"^#+\s+(.*)$", file.read_text(), re.M)}
+                if anchor not in heads:
+                    problems.append(f"{doc}: link {target}: no heading '{anchor}' in {file.relative_to(REPO)}")
+    assert not problems, "\n".join(problems)

@@ -225,6 +225,20 @@ def test_pipeline_refused_before_queueing(tmp_path, imagenet, monkeypatch, no_su
     assert not (tmp_path / "r50").exists()
 
 
+@pytest.mark.parametrize("argv", [
+    ["pipeline", "--output", "{out}", "--pretrain-args", "--config imagenet_r50_200ep"],
+    ["pipeline", "--output", "{out}"],                                     # the defaults: no dataset either
+    ["pretrain", "--config", "cifar10_r18", "--output", "{out}"],
+])
+def test_no_data_root_refused_before_queueing(tmp_path, no_submit, capsys, argv):
+    """A pipeline or a stage whose pretraining names no dataset is refused before anything is queued."""
+    out = tmp_path / "run"
+    assert S.main([a.format(out=out) for a in argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("simsiam submit: error: pretrain: data.root: not set; "), err
+    assert not out.exists()
+
+
 def test_wrong_dataset_layouts_refused(tmp_path, imagenet, d2_root, monkeypatch, no_submit, capsys):
     import shutil
     bad = tmp_path / "bad"

@@ -193,6 +193,26 @@ def test_resume_refuses_a_changed_trajectory(tmp_path, capsys):
     assert json.loads((out / "results.json").read_text())["config_changes"] == changes
 
 
+@pytest.mark.parametrize("args, named", [
+    ([], "data.root is not set"),                                       # the defaults: the ImageNet recipe
+    (["--config", "imagenet_r50_100ep"], "data.root is not set"),
+    (["--config", "imagenet_r50_200ep"], "data.root is not set"),
+    (["--config", "cifar10_r18"], "data.root is not set"),
+    (["--config", "cifar10_r18_fast"], "data.root is not set"),
+    (["--config", "cifar10_r18", "data.root=/no/such/cifar"], "data.root: dataset folder '/no/such/cifar' does not"),
+])
+def test_refuses_to_start_without_its_dataset(tmp_path, capsys, args, named):
+    """The defaults and every preset of a real dataset need data.root: one line naming it, exit 2, and the
+    output folder is left as it was (not created; an existing empty one stays empty)."""
+    absent, empty = tmp_path / "absent", tmp_path / "empty"
+    empty.mkdir()
+    for out in (absent, empty):
+        assert main([*args, "--output", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"simsiam pretrain: error: {named}"), err
+    assert not absent.exists() and list(empty.iterdir()) == []
+
+
 def test_short_cifar_run_learns(cifar_root, tmp_path):
     """A short run on a CIFAR-10 slice (5000 images, 624 steps of 32, the CIFAR recipe with a higher lr) raises
     kNN top-1 (k=200, 5000-image bank, 2000 held-out test images) clearly above the same network at random

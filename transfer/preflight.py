@@ -5,7 +5,9 @@ the way the stage does, fills in defaults, refuses what cannot run and returns t
 In a pipeline, `reference` is the pretraining dataset (the data.root of the resolved pretrain config):
 
 * kNN (`--data`) and linear (`data.root`) read the pretraining dataset unless their arguments name one;
-* a stage that would read the embedded data while pretraining reads a real dataset is refused;
+* a stage whose dataset is not named (pretraining without data.root, a linear evaluation without data.root
+  outside a pipeline) is refused, so is a stage that would read the embedded data while pretraining reads a
+  real dataset;
 * detection without `--config` runs `voc07` when a datasets root is known (`--data-root` or
   $DETECTRON2_DATASETS, written into the command line as `--data-root`), and is refused otherwise.
 
@@ -125,8 +127,11 @@ def refuse_embedded(stage: str, arg: str, root: str, reference: Optional[str]) -
 
 
 def check_imagefolder(stage: str, arg: str, d, held_out: bool) -> None:
-    """Refuse an ImageFolder root (d.root, d.train_split, d.val_split) that the stage cannot read."""
+    """Refuse an ImageFolder root (d.root, d.train_split, d.val_split) that the stage cannot read, or none."""
     from pretrain.data import DataError, resolve_roots
+    if not d.root:
+        raise InputError(f"{stage}: {arg}: not set; name the dataset folder (an ImageFolder with train/ and val/), "
+                         f"or 'embedded' for the generated demo data")
     if d.root == EMBEDDED:
         return
     where = f"{stage}: {arg} {d.root}"

@@ -17,6 +17,8 @@ into knn_random/, linear_random/ and detection_random/: the tables show that bas
 pretrained rows. It is the network the pretraining started from, built the same way (the official init: the
 last BN of every residual block zeroed, `model.zero_init_residual` of kNN and linear, SIMSIAM.ZERO_INIT_RESIDUAL
 of detection), so each gain is what the pretraining added.
+After the tables it prints, for each measurement, this run's number beside the range the full demo gave
+over several pretraining seeds and machines (RANGES; docs/demo.md shows the same table).
 Every run is skipped when its results.json already exists, so an interrupted demo continues where it
 stopped. Every stage here calls the same entry point as the corresponding `simsiam <command>`.
 """
@@ -92,6 +94,15 @@ DETECTION_NAMES = {"resnet18": "Faster R-CNN R18-C4", "resnet50": "Faster R-CNN 
 DETECTION_TRIALS = 2  # per backbone: the table shows mean +- std, so the gain can be read against the spread
 TOTAL = 6                    # stages, for the progress headers
 
+# What the full demo (ResNet-18, the default sizes) gave over the runs of RANGES_MEASURED: (low, high) of each
+# measurement for the random-init baseline and for SimSiam. docs/demo.md shows the same table (ranges_markdown).
+RANGES_MEASURED = "pretraining seed 0 on an AMD EPYC and on an Intel Xeon, 2 cores each, 2026-12-03"
+RANGES = (  # label, results folder (the baseline's: <folder>_random), metric, random init, SimSiam
+    ("kNN top-1, k=20", "knn", "top1_k20", (13.3, 13.3), (33.3, 35.8)),
+    ("linear top-1", "linear", "top1", (14.2, 14.2), (35.8, 36.7)),
+    ("detection box AP50 (mean of the trials)", "detection", "AP50", (9.1, 9.2), (17.5, 26.8)),
+)
+
 
 def run_demo(out: Path, quick: bool = False, cache_dir: str | None = None, arch: str = "resnet18",
              seed: int = 0) -> Path:
@@ -108,6 +119,7 @@ def run_demo(out: Path, quick: bool = False, cache_dir: str | None = None, arch:
     _detection_stage(out, weights["detectron2"], arch, quick)
     t0 = _stage("plots and comparison tables", 6, TOTAL)
     report(out)
+    print(expectations(out, quick, arch))
     _done(t0, "report")
     print(f"\nsimsiam demo: finished in {time.time() - t_all:.0f} s; everything is in {out}")
     return out
@@ -192,6 +204,33 @@ def report(out: Path) -> None:
     text = tables.render(t, "terminal")
     (out / "table.txt").write_text(text)
     print(text)
+
+
+def span(low: float, high: float) -> str:
+    """A range as the page and the demo print it: '33.3-35.8', or one number when both ends agree."""
+    return f"{low:.1f}" if f"{low:.1f}" == f"{high:.1f}" else f"{low:.1f}-{high:.1f}"
+
+
+def ranges_markdown() -> str:
+    """The table of RANGES as docs/demo.md shows it."""
+    rows = [f"| {label} | {span(*rand)} | {span(*pre)} |" for label, _, _, rand, pre in RANGES]
+    return "\n".join(["| full demo, embedded data | random init | SimSiam |", "|---|---|---|", *rows])
+
+
+def expectations(out: Path, quick: bool, arch: str) -> str:
+    """This run's numbers beside the full demo's ranges (RANGES), one line per measurement."""
+    if arch != "resnet18":
+        return f"expected ranges: measured for the default ResNet-18 demo only (docs/demo.md), not for {arch}"
+    head = [f"this run beside the full demo's range (docs/demo.md: {RANGES_MEASURED}; exact numbers depend "
+            f"on the machine's floating-point kernels):"]
+    if quick:
+        head.append("  (--quick trains a few steps only: its numbers are not meant to fall inside these ranges)")
+    lines = []
+    for label, folder, key, rand, pre in RANGES:
+        got = [json.loads((out / f / "results.json").read_text())["metrics"][key] for f in (f"{folder}_random", folder)]
+        lines.append(f"  {label:<40} random init {got[0]:5.1f} (expected {span(*rand)}),"
+                     f" SimSiam {got[1]:5.1f} (expected {span(*pre)})")
+    return "\n".join(head + lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
