@@ -29,7 +29,7 @@ from .defaults import PretrainConfig, init_lr
 from .errors import InputError
 from .frame import StageRun
 from .logs import progress, write_results
-from .loss import Objective, check_switches, simsiam_loss
+from .loss import Objective, check_switches, simsiam_loss, views_per_image
 from .model import build_model
 from .monitor import collapse_floor, collapse_std, extract_features, knn_accuracy
 from .optim import adjust_learning_rate, build_optimizer, in_warmup
@@ -339,8 +339,10 @@ def build_data(cfg: PretrainConfig, train_dir: Path, val_dir, info: distributed.
     reference pipeline. Both yield ((x1, x2), labels) batches with the same augmentation distributions."""
     pin = info.device.type == "cuda"
     want_knn = cfg.monitor.knn and val_dir is not None
+    pairs = views_per_image(cfg.loss) // 2
     if not cfg.train.gpu_augment:
-        loader = data_mod.build_pretrain_loader(cfg, train_dir, info.rank, info.world_size, pin_memory=pin)
+        loader = data_mod.build_pretrain_loader(cfg, train_dir, info.rank, info.world_size, pin_memory=pin,
+                                                pairs=pairs)
         knn = data_mod.build_knn_loaders(cfg, train_dir, val_dir, info.rank, info.world_size,
                                          pin_memory=pin) if want_knn else None
         return loader, knn
@@ -349,7 +351,7 @@ def build_data(cfg: PretrainConfig, train_dir: Path, val_dir, info: distributed.
     per_rank = data_mod.per_rank_batch(cfg.train.batch_size, info.world_size)
     cl = cfg.train.channels_last
     loader = fastdata.build_gpu_batches(cfg.data, per_rank, info.rank, info.world_size, cfg.train.seed,
-                                        info.device, channels_last=cl)
+                                        info.device, channels_last=cl, pairs=pairs)
     if not want_knn:
         return loader, None
     d = cfg.data
