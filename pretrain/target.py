@@ -185,7 +185,8 @@ class MovingAverageTarget(OnlineTarget):
     def targets(self, views, zs, batch_indices=None, needed=None) -> list:
         if batch_indices is None:
             raise ValueError("the moving-average target needs the batch's image indices")
-        eta = self.update(batch_indices, zs[self.UPDATE_VIEW - 1]).to(zs[0].dtype)
+        z = zs[self.UPDATE_VIEW - 1]
+        eta = self.update(batch_indices, z).to(z.dtype)
         needed = range(len(views)) if needed is None else needed
         return [eta if i in needed else None for i in range(len(views))]
 
