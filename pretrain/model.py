@@ -5,6 +5,11 @@ encoder f = backbone + projection MLP, predictor h, and a stop-gradient on the t
     p1, p2, z1, z2 = model(x1, x2)              # two augmented views of the same images
     loss = simsiam_loss(p1, p2, z1, z2)          # pretrain.loss: D(p1, stopgrad(z2))/2 + D(p2, stopgrad(z1))/2
 
+The paper's ablations of the architecture are constructor arguments (config keys model.predictor,
+model.head_bn, model.proj_out_bn_affine): no predictor or a fixed random one (Section 4.2, Table 1) and BN in
+the heads (Section 4.4, Table 3). The target branch's ablations (Section 5.2) live in pretrain.target, those of
+the loss (Sections 4.5, 4.6) in pretrain.loss.
+
 The module layout follows the official code: `encoder` is a torchvision ResNet whose `fc` is the
 projector, `predictor` is the bottleneck MLP. So our state-dict keys are the official ones without the
 DistributedDataParallel `module.` prefix, and converters treat both alike.
