@@ -43,7 +43,7 @@ class ModelConfig:
     sync_bn: bool = True            # SyncBatchNorm across GPUs (plain BN on CPU / single process)
     zero_init_residual: bool = True  # last BN of each residual block starts at 0, as in the official code
     # The paper's ablations of the heads and of the target branch (pretrain.model, pretrain.target):
-    predictor: str = "trained"      # trained | none (Table 1a: collapses) | fixed (Table 1b: frozen at random init)
+    predictor: str = "trained"      # trained | none (Table 1a: collapses) | fixed (Table 1b: random init, frozen)
     head_bn: str = "hidden_proj_out"  # BN in the heads (Table 3): none | hidden | hidden_proj_out | all
     proj_out_bn_affine: bool = False  # learnable affine of the projector's output BN (Table 3c: 68.1 on, 68.2 off)
     target: str = "online"          # online | kstep (Sec. 5.2, k-step alternation) | moving_average (Sec. 5.2)

@@ -90,9 +90,9 @@ class Objective:
     """The loss of one training step under the `loss:` and `model.target` switches.
 
     objective(model, views, batch_indices) -> (loss, z1): z1 (the first view's projection, detached) feeds the
-    collapse monitor; the caller sets the autocast. The default (two views, cosine, symmetric, online target) is exactly
-    `simsiam_loss(*model(x1, x2))`; the other settings ask the model only for the predictions the pairs use
-    and take the targets from `target` (pretrain.target)."""
+    collapse monitor; the caller sets the autocast. The default (two views, cosine, symmetric, online target)
+    is exactly `simsiam_loss(*model(x1, x2))`; the other settings ask the model only for the predictions the
+    pairs use and take the targets from `target` (pretrain.target)."""
 
     def __init__(self, loss_cfg, target):
         self.symmetrisation, self.similarity = loss_cfg.symmetrisation, loss_cfg.similarity
