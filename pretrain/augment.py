@@ -83,14 +83,18 @@ def moco_v2_transform(image_size: int = 224, min_scale: float = 0.2, blur: bool 
 
 
 class TwoCropsTransform:
-    """Two views of one image: [base(x), base(x)] (or [base(x), second(x)] when `second` is given)."""
+    """Two views of one image: [base(x), base(x)] (or [base(x), second(x)] when `second` is given); `pairs`
+    > 1 draws that many independent pairs, [x1, x2, x3, x4, ...] (the asymmetric x2 loss uses two)."""
 
-    def __init__(self, base: Callable, second: Callable | None = None):
+    def __init__(self, base: Callable, second: Callable | None = None, pairs: int = 1):
         self.base = base
         self.second = base if second is None else second
+        self.pairs = int(pairs)
 
     def __call__(self, x):
-        return [self.base(x), self.second(x)]
+        if self.pairs == 1:
+            return [self.base(x), self.second(x)]
+        return [view for _ in range(self.pairs) for view in (self.base(x), self.second(x))]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base={self.base!r}, second={'same' if self.second is self.base else self.second!r})"

@@ -4,7 +4,9 @@ Our format (one dict, `torch.load(..., weights_only=True)`-safe):
     {"format": "simsiam-suite/pretrain", "version": 1, "epoch": <epochs completed>, "step": <optimizer
      steps so far>, "arch": str, "model": {encoder.*, predictor.*}, "optimizer": state_dict,
      "scaler": state_dict | None, "rng": {"torch", "cuda", "numpy", "python"},
-     "config": to_dict(PretrainConfig), "dataset": str}
+     "config": to_dict(PretrainConfig), "dataset": str, "target": the target branch's state}
+"target" (pretrain.target): None for the online encoder, the k-step copy's weights, or the whole per-image
+moving-average store in image order.
 pretrain.train adds "rng_ranks" (every rank's RNG states, multi-process runs) and "config_changes" (the
 config changes accepted on resume with --allow-config-change: [{"epoch", "key", "old", "new"}]).
 The official SimSiam file {"epoch", "arch", "state_dict", "optimizer"} with `module.encoder.*` and
@@ -136,7 +138,7 @@ def set_rng_state(state: dict) -> None:
 
 # ------------------------------------------------------------------------------------------ save/load
 def make_checkpoint(model: nn.Module, optimizer, scaler, *, epoch: int, step: int, config: dict,
-                    dataset: str, arch: str) -> dict:
+                    dataset: str, arch: str, target: dict | None = None) -> dict:
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -149,6 +151,7 @@ def make_checkpoint(model: nn.Module, optimizer, scaler, *, epoch: int, step: in
         "rng": rng_state(),
         "config": config,
         "dataset": dataset,
+        "target": target,
     }
 
 

@@ -224,11 +224,12 @@ def per_rank_batch(global_batch: int, world_size: int) -> int:
 
 
 def build_pretrain_loader(cfg, train_dir: Path, rank: int = 0, world_size: int = 1,
-                          pin_memory: bool = False) -> EpochLoader:
-    """Two MoCo v2 views per image; global batch split over ranks; drop_last; reshuffled per epoch."""
+                          pin_memory: bool = False, pairs: int = 1) -> EpochLoader:
+    """Two MoCo v2 views per image (`pairs` pairs of them); global batch split over ranks; drop_last; reshuffled
+    per epoch."""
     d = cfg.data
     base = moco_v2_transform(d.image_size, d.min_scale, d.blur, d.mean, d.std)
-    dataset = RobustImageFolder(train_dir, TwoCropsTransform(base), d.on_corrupt, d.limit_per_class)
+    dataset = RobustImageFolder(train_dir, TwoCropsTransform(base, pairs=pairs), d.on_corrupt, d.limit_per_class)
     batch = per_rank_batch(cfg.train.batch_size, world_size)
     sampler = ResumableSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
                                seed=cfg.train.seed, drop_last=True)

@@ -45,6 +45,13 @@ class ModelConfig:
     stop_gradient: bool = True      # the paper's central ablation: False collapses
     sync_bn: bool = True            # SyncBatchNorm across GPUs (plain BN on CPU / single process)
     zero_init_residual: bool = True  # last BN of each residual block starts at 0, as in the official code
+    # The paper's ablations of the heads and of the target branch (pretrain.model, pretrain.target):
+    predictor: str = "trained"      # trained | none (Table 1a: collapses) | fixed (Table 1b: random init, frozen)
+    head_bn: str = "hidden_proj_out"  # BN in the heads (Table 3): none | hidden | hidden_proj_out | all
+    proj_out_bn_affine: bool = False  # learnable affine of the projector's output BN (Table 3c: 68.1 on, 68.2 off)
+    target: str = "online"          # online | kstep (Sec. 5.2, k-step alternation) | moving_average (Sec. 5.2)
+    target_every: str = "1"         # kstep: refresh the target copy every N SGD steps, or "epoch"
+    target_momentum: float = 0.8    # moving_average: eta_x <- m eta_x + (1 - m) z
 
 
 @dataclass(frozen=True)
@@ -53,7 +60,14 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     fix_pred_lr: bool = True        # predictor keeps the initial lr (paper: 68.1 vs 67.7)
-    schedule: str = "cosine"        # cosine (per epoch, to 0, no warm-up) | constant
+    schedule: str = "cosine"        # cosine (per epoch, to 0) | constant
+    warmup_epochs: int = 0          # linear warm-up per step, then the schedule over the remaining epochs
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    similarity: str = "cosine"      # cosine | cross_entropy (Sec. 4.5: -softmax(z) . log softmax(p))
+    symmetrisation: str = "symmetric"  # symmetric | asymmetric (one pair per image) | asymmetric_x2 (two pairs)
 
 
 @dataclass(frozen=True)
@@ -93,6 +107,7 @@ class PretrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     init_from: Optional[str] = None  # start from weights of a checkpoint (not a resume)

@@ -272,10 +272,11 @@ class SourceSpec:
     classes: tuple[str, ...] = ()
     on_corrupt: str = "error"
     root: Path | None = None
+    pairs: int = 1                  # pretraining: pairs of views per image
 
     @property
     def n_views(self) -> int:
-        return 1 if self.task == "linear" else 2
+        return 1 if self.task == "linear" else 2 * self.pairs
 
 
 class BatchSource:
@@ -453,13 +454,13 @@ def choose_mode(folder: RobustImageFolder, image_size: int) -> str:
 
 def build_gpu_batches(data_cfg, batch_per_rank: int, rank: int = 0, world_size: int = 1, seed: int = 0,
                       device: Device = "cuda", *, mode: str = "auto", task: str = "pretrain",
-                      channels_last: bool = False, workers: int | None = None) -> BatchSource:
+                      channels_last: bool = False, workers: int | None = None, pairs: int = 1) -> BatchSource:
     """The GPU batch source of one rank for the training split of `data_cfg` (pretrain.defaults.ImageFolderData;
     for pretraining a DataConfig, whose min_scale and blur shape the views).
 
     mode: "auto" | "memory" | "stream". task: "pretrain" (two MoCo v2 views) | "linear" (one linear-training
     view); either way batches are (views, labels). workers: loader processes reading bytes in "stream" mode
-    (default data_cfg.workers)."""
+    (default data_cfg.workers). pairs: pairs of pretraining views per image (two for the asymmetric x2 loss)."""
     if mode not in MODES:
         raise ValueError(f"build_gpu_batches: mode '{mode}' is not one of {', '.join(MODES)}")
     if task not in TASKS:
@@ -480,7 +481,7 @@ def build_gpu_batches(data_cfg, batch_per_rank: int, rank: int = 0, world_size: 
     else:
         augment = GPULinearTrainAugment(data_cfg.image_size, data_cfg.mean, data_cfg.std)
     spec = SourceSpec(task, device, batch_per_rank, rank, world_size, seed, augment, channels_last,
-                      tuple(folder.classes), folder.on_corrupt, train_dir)
+                      tuple(folder.classes), folder.on_corrupt, train_dir, pairs)
     if mode == "memory":
         try:
             return MemoryBatches(spec, load_memory(folder, device))

@@ -29,10 +29,11 @@ from .defaults import PretrainConfig, init_lr
 from .errors import InputError
 from .frame import StageRun
 from .logs import progress, write_results
-from .loss import simsiam_loss
+from .loss import Objective, check_switches, simsiam_loss, views_per_image
 from .model import build_model
 from .monitor import collapse_floor, collapse_std, extract_features, knn_accuracy
-from .optim import adjust_learning_rate, build_optimizer
+from .optim import adjust_learning_rate, build_optimizer, in_warmup
+from .target import build_target
 
 
 class NonFiniteLossError(InputError, FloatingPointError):
@@ -224,6 +225,17 @@ def forward_loss(model, x1: torch.Tensor, x2: torch.Tensor, dtype) -> tuple[torc
     return loss, z1
 
 
+def step_loss(objective: Objective, model, views, loader, *, epoch: int, step_in_epoch: int, step: int,
+              dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The step's (loss, z1) under the loss and target switches (pretrain.loss.Objective), after the target's
+    work before a step (a k-step copy's refresh); the default is exactly forward_loss."""
+    target = objective.target
+    target.before_step(model, step, step_in_epoch)
+    indices = target.batch_indices(loader, epoch, step_in_epoch)
+    with autocast(views[0].device.type, dtype):
+        return objective(model, views, indices)
+
+
 def optimizer_step(loss: torch.Tensor, optimizer, scaler) -> None:
     """Backward and update (through the GradScaler for fp16)."""
     optimizer.zero_grad(set_to_none=True)
@@ -276,25 +288,31 @@ def epoch_stats(tally: EpochTally, cfg: PretrainConfig, info: distributed.DistIn
 
 def train_one_epoch(model, loader, optimizer, scaler, *, epoch: int, step: int, cfg: PretrainConfig,
                     info: distributed.DistInfo, dtype, last_good: str, tally: EpochTally | None = None,
-                    stop: "StopRequest | None" = None, report=None) -> tuple[dict | None, int, EpochTally]:
+                    stop: "StopRequest | None" = None, objective: Objective | None = None, report=None
+                    ) -> tuple[dict | None, int, EpochTally]:
     """Train on the rest of epoch `epoch` (the loader is set to it, after `tally.steps` batches when resumed).
 
     Returns (stats, global step, tally); stats is None when a stop request ended the epoch early: the tally
-    then holds the steps done so far, for a mid-epoch checkpoint. `report` (StageRun.progress) is told the
-    position after every step."""
+    then holds the steps done so far, for a mid-epoch checkpoint. `objective`: the step's loss (default: the
+    paper's, pretrain.loss.Objective with the online target); a warm-up epoch sets the lr at every step.
+    `report` (StageRun.progress) is told the position after every step."""
     model.train()
+    objective = objective or Objective(cfg.loss, build_target(cfg.model, model))
+    warm = in_warmup(epoch, cfg.optim.warmup_epochs)
     tally = tally or EpochTally()
     n_steps = steps_per_epoch(loader, cfg)
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     t0 = time.time()
     bar = progress(loader, total=n_steps - tally.steps, enabled=info.is_main,
                    desc=f"epoch {epoch + 1}/{cfg.train.epochs}")
-    for i, ((x1, x2), _) in enumerate(bar, start=tally.steps):
+    for i, (views, _) in enumerate(bar, start=tally.steps):
         if i >= n_steps:
             break
-        x1 = x1.to(info.device, non_blocking=True, memory_format=memory_format)
-        x2 = x2.to(info.device, non_blocking=True, memory_format=memory_format)
-        loss, z1 = forward_loss(model, x1, x2, dtype)
+        views = [x.to(info.device, non_blocking=True, memory_format=memory_format) for x in views]
+        if warm:
+            adjust_learning_rate(optimizer, init_lr(cfg), epoch, cfg.train.epochs, cfg.optim.schedule,
+                                 cfg.optim.warmup_epochs, i, n_steps)
+        loss, z1 = step_loss(objective, model, views, loader, epoch=epoch, step_in_epoch=i, step=step, dtype=dtype)
         loss_val, stopping = reduce_step(loss, stop is not None and stop.requested())
         if not math.isfinite(loss_val):  # every rank sees the same reduced value and stops together
             raise NonFiniteLossError(
@@ -303,7 +321,7 @@ def train_one_epoch(model, loader, optimizer, scaler, *, epoch: int, step: int, 
         optimizer_step(loss, optimizer, scaler)
         step += 1
         tally.steps += 1
-        tally.batch_per_rank = x1.shape[0]
+        tally.batch_per_rank = views[0].shape[0]
         tally.loss_sum += loss_val
         if cfg.monitor.collapse:
             tally.collapse_sum += collapse_std(z1)
@@ -321,11 +339,14 @@ def train_one_epoch(model, loader, optimizer, scaler, *, epoch: int, step: int, 
 def build_data(cfg: PretrainConfig, train_dir: Path, val_dir, info: distributed.DistInfo):
     """(training batches, kNN monitor loaders or None). train.gpu_augment: JPEG decode + MoCo v2 augmentation
     on the device (pretrain.fastdata; the whole split in device memory for small images), else the PIL
-    reference pipeline. Both yield ((x1, x2), labels) batches with the same augmentation distributions."""
+    reference pipeline. Both yield ((x1, x2), labels) batches with the same augmentation distributions
+    (((x1, x2, x3, x4), labels), two pairs of views, for loss.symmetrisation=asymmetric_x2)."""
     pin = info.device.type == "cuda"
     want_knn = cfg.monitor.knn and val_dir is not None
+    pairs = views_per_image(cfg.loss) // 2
     if not cfg.train.gpu_augment:
-        loader = data_mod.build_pretrain_loader(cfg, train_dir, info.rank, info.world_size, pin_memory=pin)
+        loader = data_mod.build_pretrain_loader(cfg, train_dir, info.rank, info.world_size, pin_memory=pin,
+                                                pairs=pairs)
         knn = data_mod.build_knn_loaders(cfg, train_dir, val_dir, info.rank, info.world_size,
                                          pin_memory=pin) if want_knn else None
         return loader, knn
@@ -334,7 +355,7 @@ def build_data(cfg: PretrainConfig, train_dir: Path, val_dir, info: distributed.
     per_rank = data_mod.per_rank_batch(cfg.train.batch_size, info.world_size)
     cl = cfg.train.channels_last
     loader = fastdata.build_gpu_batches(cfg.data, per_rank, info.rank, info.world_size, cfg.train.seed,
-                                        info.device, channels_last=cl)
+                                        info.device, channels_last=cl, pairs=pairs)
     if not want_knn:
         return loader, None
     d = cfg.data
@@ -420,6 +441,7 @@ def run(cfg: PretrainConfig, output_dir: str | Path, allow_config_change: bool =
     before anything is written, unless allow_config_change: the change is then logged and listed in
     results.json and in the checkpoints ("config_changes": {epoch, key, old, new})."""
     output_dir = Path(output_dir)
+    check_switches(cfg)
     state, changes = read_resume_state(output_dir / ckpt_io.LATEST, cfg, allow_config_change)
     with StageRun("pretrain", output_dir, tensorboard=cfg.monitor.tensorboard) as sr:
         trainer = Pretraining(cfg, sr, config_history(state, changes, sr.log))
@@ -454,6 +476,9 @@ class Pretraining:
         seed_everything(cfg.train.seed + self.info.rank)  # any other randomness differs per rank
         self.loader, self.knn_loaders = build_data(cfg, train_dir, val_dir, self.info)
         self.run_model = compile_model(self.model, self.info.device, self.log) if cfg.train.compile else self.model
+        self.objective = Objective(cfg.loss, build_target(
+            cfg.model, self.model, _train_set_size(self.loader)[0], self.info.device,
+            data_mod.per_rank_batch(cfg.train.batch_size, self.info.world_size)))
         self.applied = applied_switches(self.model, self.run_model, self.dtype)
         self.start_epoch, self.step, self.tally, self.resumed = 0, 0, None, False
         self.stop = StopRequest(sr.dir)
@@ -476,6 +501,8 @@ class Pretraining:
         position and the epoch's running sums). Metrics lines of epochs it does not hold are dropped."""
         if state is not None:
             ckpt_io.resume(self.sr.dir, distributed.unwrap(self.model), self.optimizer, self.scaler, state=state)
+            if self.objective.target.kind != "online":
+                self.objective.target.load_state_dict(state.get("target"))
             self.start_epoch, self.step, self.resumed = int(state["epoch"]), int(state["step"]), True
             per_rank = state.get("rng_ranks") or []
             if len(per_rank) == self.info.world_size and self.info.distributed:
@@ -524,14 +551,16 @@ class Pretraining:
         """One epoch (or its rest) and its checkpoint; (metrics record, kNN result), or (None, None) when a
         stop request ended it early (a mid-epoch checkpoint is then written)."""
         cfg = self.cfg
-        lr = adjust_learning_rate(self.optimizer, self.lr0, epoch, cfg.train.epochs, cfg.optim.schedule)
+        lr = adjust_learning_rate(self.optimizer, self.lr0, epoch, cfg.train.epochs, cfg.optim.schedule,
+                                  cfg.optim.warmup_epochs, self.tally.steps if self.tally else 0,
+                                  steps_per_epoch(self.loader, cfg))
         if self.tally is None:
             self.loader.set_epoch(epoch)
         good = str(self.latest) if self.latest.is_file() else "none (no epoch finished yet)"
         stats, self.step, tally = train_one_epoch(
             self.run_model, self.loader, self.optimizer, self.scaler, epoch=epoch, step=self.step, cfg=cfg,
             info=self.info, dtype=self.dtype, last_good=good, tally=self.tally, stop=self.stop,
-            report=self.sr.progress)
+            objective=self.objective, report=self.sr.progress)
         self.tally = None
         if stats is None:
             self.save(epoch, tally)
@@ -575,11 +604,12 @@ class Pretraining:
         if self.info.distributed:
             ranks = [None] * self.info.world_size
             dist.all_gather_object(ranks, mine)
+        target = self.objective.target.state_dict()  # the moving-average store: gathered from every rank
         if not self.info.is_main:
             return
         ck = ckpt_io.make_checkpoint(distributed.unwrap(self.model), self.optimizer, self.scaler,
                                      epoch=epochs_done, step=self.step, config=config_mod.to_dict(self.cfg),
-                                     dataset=self.dataset, arch=self.cfg.model.arch)
+                                     dataset=self.dataset, arch=self.cfg.model.arch, target=target)
         if self.info.distributed:
             ck["rng_ranks"] = [r["rng"] for r in ranks]
         ck["config_changes"] = self.config_changes

@@ -72,6 +72,17 @@ def test_two_crops_differ_and_are_reproducible():
     assert a.shape == (3, 32, 32) and b.shape == (3, 16, 16)
 
 
+def test_two_pairs_are_four_independent_views():
+    """pairs=2 (the asymmetric x2 loss): four views, the first pair exactly the one pairs=1 draws."""
+    img = textured()
+    torch.manual_seed(0)
+    one = TwoCropsTransform(moco_v2_transform(64))(img)
+    torch.manual_seed(0)
+    four = TwoCropsTransform(moco_v2_transform(64), pairs=2)(img)
+    assert len(four) == 4 and torch.equal(four[0], one[0]) and torch.equal(four[1], one[1])
+    assert min((four[i] - four[j]).abs().mean() for i in range(4) for j in range(i)) > 0.05
+
+
 def test_eval_transform_deterministic_and_sizes():
     assert eval_resize_size(224) == 256 and eval_resize_size(32) == 36 and eval_resize_size(64) == 73
     assert eval_resize_size(32, crop_fraction=1.0) == 32

@@ -94,3 +94,85 @@ def test_zero_init_residual_is_a_model_key(zero):
     assert len(last) == 8
     assert all(torch.equal(w, torch.zeros_like(w) if zero else torch.ones_like(w)) for w in last)
     assert torch.equal(net.encoder.layer1[0].bn1.weight, torch.ones(64))  # the other BNs: weight 1 either way
+
+
+def _bn_layout(head):
+    """[(Linear has bias, bias trained, followed by BN, that BN's affine)] of an MLP head."""
+    mods = list(head)
+    out = []
+    for i, m in enumerate(mods):
+        if isinstance(m, nn.Linear):
+            nxt = mods[i + 1] if i + 1 < len(mods) else None
+            bn = isinstance(nxt, nn.BatchNorm1d)
+            out.append((m.bias is not None, m.bias is not None and m.bias.requires_grad, bn, bn and nxt.affine))
+    return out
+
+
+@pytest.mark.parametrize("head_bn,affine,proj,pred", [
+    # (bias, bias trained, BN after, BN affine) per Linear: 3-layer projector, 2-layer predictor (Table 3)
+    ("none", False, [(True, True, False, False)] * 3, [(True, True, False, False)] * 2),
+    ("hidden", False, [(False, False, True, True)] * 2 + [(True, True, False, False)],
+     [(False, False, True, True), (True, True, False, False)]),
+    ("hidden_proj_out", False, [(False, False, True, True)] * 2 + [(True, False, True, False)],
+     [(False, False, True, True), (True, True, False, False)]),
+    ("hidden_proj_out", True, [(False, False, True, True)] * 2 + [(True, False, True, True)],
+     [(False, False, True, True), (True, True, False, False)]),
+    ("all", False, [(False, False, True, True)] * 2 + [(True, False, True, False)],
+     [(False, False, True, True), (True, False, True, True)]),
+])
+def test_head_bn_variants_have_the_right_modules_and_biases(head_bn, affine, proj, pred):
+    """model.head_bn / model.proj_out_bn_affine (Table 3): where a BN is removed the Linear before it trains a
+    bias; before a BN a hidden Linear has none and an output Linear's bias is kept but untrained."""
+    m = build_model(ModelConfig(arch="resnet18", dim=32, pred_dim=8, proj_layers=3, head_bn=head_bn,
+                                proj_out_bn_affine=affine))
+    assert _bn_layout(m.encoder.fc) == proj
+    assert _bn_layout(m.predictor) == pred
+    n_bn = sum(isinstance(x, nn.BatchNorm1d) for x in (*m.encoder.fc, *m.predictor))
+    assert n_bn == {"none": 0, "hidden": 3, "hidden_proj_out": 4, "all": 5}[head_bn]
+    with torch.no_grad():
+        assert m(torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32))[0].shape == (4, 32)
+
+
+def test_default_heads_are_the_official_ones():
+    """The defaults are the paper's heads: the same modules and, from one seed, the same initial weights as the
+    explicit default keys."""
+    torch.manual_seed(3)
+    a = build_model(ModelConfig(arch="resnet18", dim=32, pred_dim=8))
+    torch.manual_seed(3)
+    b = build_model(ModelConfig(arch="resnet18", dim=32, pred_dim=8, predictor="trained",
+                                head_bn="hidden_proj_out", proj_out_bn_affine=False))
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert "encoder.fc.6.weight" in sa and "encoder.fc.7.running_mean" in sa and "encoder.fc.7.weight" not in sa
+
+
+def test_predictor_none_and_fixed():
+    """model.predictor: "none" (Table 1a) makes p = z with no predictor weights; "fixed" (Table 1b) keeps h at
+    its random init, no parameter of it trainable."""
+    torch.manual_seed(0)
+    none = build_model(ModelConfig(arch="resnet18", dim=32, pred_dim=8, predictor="none"))
+    assert isinstance(none.predictor, nn.Identity)
+    assert not any(k.startswith("predictor.") for k in none.state_dict())
+    x1, x2 = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)
+    p1, p2, z1, z2 = none(x1, x2)
+    assert torch.equal(p1, z1) and p1.requires_grad and not z1.requires_grad
+    fixed = build_model(ModelConfig(arch="resnet18", dim=32, pred_dim=8, predictor="fixed"))
+    assert all(not p.requires_grad for p in fixed.predictor.parameters())
+    assert all(p.requires_grad for p in fixed.encoder.layer1.parameters())
+    with pytest.raises(ValueError, match="unknown predictor 'on'"):
+        SimSiam("resnet18", predictor="on")
+
+
+def test_forward_predicts_only_the_views_asked_for():
+    """`predict`: the views without a prediction are pure targets: p is None, z has no graph; more views give
+    more outputs. The default call equals the explicit all-views one."""
+    torch.manual_seed(0)
+    m = SimSiam("resnet18", dim=32, pred_dim=8, proj_layers=2).eval()
+    xs = [torch.randn(3, 3, 32, 32) for _ in range(4)]
+    p1, p2, z1, z2 = m(xs[0], xs[1])
+    q1, q2, y1, y2 = m(xs[0], xs[1], predict=(0, 1))
+    assert all(torch.equal(a, b) for a, b in ((p1, q1), (p2, q2), (z1, y1), (z2, y2)))
+    out = m(*xs, predict=(0, 2))
+    assert len(out) == 8 and out[1] is None and out[3] is None
+    assert out[0].requires_grad and out[2].requires_grad
+    assert out[5].grad_fn is None and torch.equal(out[4], z1)
