@@ -329,6 +329,25 @@ def _check_convert(r: Ran) -> None:
     assert report["dropped"]["projector (encoder fc.*)"] == 17 and report["dropped"]["predictor"] == 8, report
 
 
+def _check_simclr_file(r: Ran) -> None:
+    sd = __import__("torch").load(r.path("resnet50-1x.pth"), weights_only=True)["state_dict"]
+    assert len(sd) == 320 and "fc.weight" in sd, len(sd)   # a torchvision ResNet-50 with its fc
+
+
+def _check_convert_simclr(r: Ran) -> None:
+    said = r.stdout + r.stderr
+    out = r.opt("--output")
+    m = re.search(rf"\[convert\] simclr-v1 resnet50 -> detectron2: (\d+) tensors written to {re.escape(out)}", said)
+    assert m and int(m.group(1)) == 265, said
+    source = load_pickle_source(r.path(out))
+    assert source["normalisation"] == {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}, source
+
+
+def load_pickle_source(path: Path) -> dict:
+    from transfer.evaluation.convert import load_pickle
+    return load_pickle(path)["source"]
+
+
 def _check_classification(task: str, key: str) -> Callable[[Ran], None]:
     def check(r: Ran) -> None:
         res = r.results()
@@ -463,6 +482,8 @@ EXPECT: dict[str, Expect] = {
     "simsiam submit detect": Expect(_check_detect, timeout=600),
     "simsiam submit check": Expect(_check_cluster),
     "simsiam convert": Expect(_check_convert),
+    "python -c \"import torch, torchvision; torch.save({'state_dict'": Expect(_check_simclr_file),
+    "simsiam convert resnet50-1x.pth": Expect(_check_convert_simclr),
     "simsiam linear": Expect(_check_classification("linear", "top1")),
     "simsiam knn": Expect(_check_classification("knn", "top1_k200")),
     "simsiam detect": Expect(_check_detect, timeout=600),
