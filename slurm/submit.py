@@ -10,6 +10,7 @@
   simsiam submit status runs/r50        # each stage (or one stage's run folder): nodes, ranks, progress, failures
                                         # (from sacct and each run folder's run_state.json)
   simsiam submit check --nodes 2 --gpus-per-node 8 --log-dir /tmp/chk    # all_reduce across the allocation
+  simsiam submit ablation table1 --output runs/table1 --data /data/in1k --gpus-per-node 8   # a paper experiment
 
 Everything that is not one of the options below is passed to the stage unchanged (put stage arguments
 after `--` if one collides with an option name). One task per GPU; each task gets the env:// variables of
@@ -766,6 +767,9 @@ def _main(stage: str, rest: list[str]) -> int:
         return status(Path(rest[0]) if rest else Path("."))
     if stage == "check":
         return check(rest)
+    if stage == "ablation":  # one of the paper's experiments as a sweep (slurm/ablation.py)
+        from .ablation import main as ablation
+        return ablation(rest)
     a, extra = split_args(stage, rest)
     res = resources_from_args(a)
     out, argvs = plan(stage, a, extra, res)
