@@ -178,8 +178,11 @@ def pretrain_argv(exp: Experiment, v: Variant, trial: int, folder: Path, a: argp
     """The paper's settings of the variant, the trial's seed, then what shrinks the sweep (its last values win)."""
     shrink = [f"data.root={a.data}"] if a.data else []
     shrink += [f"train.epochs={a.epochs}"] if a.epochs else []
+    extra = _extra(a.pretrain_args)
+    settings = [x for x in extra if "=" in x and not x.startswith("-")]   # key=value, after the variant's
+    options = [x for x in extra if x not in settings]                       # --config ..., before them
     return ["--output", str(folder / "pretrain"), *[x for c in exp.pretrain_config for x in ("--config", c)],
-            *exp.overrides(v), f"train.seed={trial}", *shrink, *_extra(a.pretrain_args)]
+            *options, *exp.overrides(v), f"train.seed={trial}", *shrink, *settings]
 
 
 def _extra(values: list[str]) -> list[str]:
