@@ -43,7 +43,8 @@ KIND = "ablation"                     # presets under eval_configs/ablation/
 MANIFEST = "ablation.json"
 SCHEMA = "simsiam-suite/ablation/v1"
 PAPER_RECIPE = ("imagenet_r50_100ep",)
-EXPERIMENT_KEYS = ("title", "pretrain_config", "base", "trials", "variants")
+EXPERIMENT_KEYS = ("title", "pretrain_config", "base", "trials", "layout", "axis", "variants")
+LAYOUTS = ("rows", "columns")  # the paper's table: one row per variant, or one column (Tables 2, App. B)
 VARIANT_KEYS = ("name", "label", "set", "paper", "paper_std", "note", "trials", "nodes_factor")
 
 
@@ -67,6 +68,8 @@ class Experiment:
     pretrain_config: tuple[str, ...] = PAPER_RECIPE
     base: tuple[tuple[str, Any], ...] = ()
     trials: int = 1
+    layout: str = "rows"
+    axis: str = "variant"            # what the variants are (the header of their row or column)
     variants: tuple[Variant, ...] = ()
 
     def overrides(self, v: Variant) -> list[str]:
@@ -127,11 +130,15 @@ def load_experiment(name: str) -> Experiment:
     variants = raw.get("variants")
     if not isinstance(variants, list) or not variants:
         raise config_mod.ConfigError(f"{path}: key 'variants' must be a non-empty list")
+    layout = str(raw.get("layout", "rows"))
+    if layout not in LAYOUTS:
+        raise config_mod.ConfigError(f"{path}: key 'layout' must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     configs = raw.get("pretrain_config", list(PAPER_RECIPE))
     configs = [configs] if isinstance(configs, str) else configs
     exp = Experiment(name=path.stem, path=str(path), title=str(raw.get("title") or path.stem),
                      pretrain_config=tuple(str(c) for c in configs),
                      base=_settings(raw.get("base"), f"{path}: key 'base'"), trials=_count(raw, "trials", 1, 1, str(path)),
+                     layout=layout, axis=str(raw.get("axis") or "variant"),
                      variants=tuple(_variant(v, f"{path}: variants[{i}]") for i, v in enumerate(variants)))
     names = [v.name for v in exp.variants]
     if len(set(names)) != len(names):
@@ -232,9 +239,10 @@ def manifest(exp: Experiment, runs: list[Run], a: argparse.Namespace, out: Path)
         mine = [r for r in runs if r.variant is v]
         if mine:
             variants.append({"name": v.name, "label": v.label, "paper": v.paper, "paper_std": v.paper_std,
-                             "note": v.note, "settings": exp.overrides(v), "nodes_factor": v.nodes_factor,
+                             "note": v.note, "paper_trials": exp.trials_of(v), "settings": exp.overrides(v), "nodes_factor": v.nodes_factor,
                              "trials": [str(r.folder.relative_to(out)) for r in mine]})
     return {"schema": SCHEMA, "experiment": exp.name, "title": exp.title, "preset": exp.path,
+            "layout": exp.layout, "axis": exp.axis,
             "pretrain_config": list(exp.pretrain_config), "variants": variants,
             "left_out": [v.name for v in exp.variants if v.name not in {x["name"] for x in variants}],
             "shrunk": {"epochs": a.epochs, "data": a.data, "trials": a.trials,

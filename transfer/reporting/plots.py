@@ -7,6 +7,8 @@
                  evaluated epoch, held-out slice and validation split, one line per weight decay, the picked
                  head marked
   detection.png  detection losses per iteration and AP per trial
+  <experiment>.png  a sweep of the paper's experiments (`simsiam submit ablation`): loss, output std and kNN
+                 top-1 per epoch of each variant; fig2.png is the paper's Fig. 2 (with / without stop-gradient)
 """
 from __future__ import annotations
 
@@ -174,7 +176,8 @@ def plot_run(run_dir: str | Path, output: str | Path | None = None) -> list[Path
             out_dir = Path(output) if output else run_dir / _common_parent(list(by_folder))
             out_dir.mkdir(parents=True, exist_ok=True)
             written.append(plot_detection(dict(by_folder), out_dir / "detection.png"))
-    return written
+    from transfer.reporting.ablations import plot_sweeps
+    return written + plot_sweeps(run_dir, output)
 
 
 def _common_parent(folders: list[str]) -> str:

@@ -9,7 +9,8 @@ only when the protocol its results.json records, and the pretraining its checkpo
 column's (transfer.reporting.protocols: dataset and split sizes, schedule, batch, optimizer, image sizes, pretraining
 epochs run to the end of their schedule). Every other result (another dataset, a shortened or changed
 protocol, an unfinished or unknown pretraining, a random-init backbone) goes into a "not comparable" table
-that says what differs. A linear result whose head was picked from a grid (`simsiam linear` grid mode) is
+that says what differs. The runs of a sweep of the paper's experiments (`simsiam submit ablation`) are
+laid out as that experiment's table instead (transfer.reporting.ablations). A linear result whose head was picked from a grid (`simsiam linear` grid mode) is
 always there, its evaluation labelled "best of grid (held-out N images, seed S)", beside the protocol's
 single-head result of the same checkpoint.
 Row labels name the method the checkpoint records (SimSiam, MoCo, MoCo v3, DINO, SwAV, SimCLR, torchvision,
@@ -412,7 +413,11 @@ def _show(value: Any) -> str:
 
 
 def render(tables: Tables, fmt: str = "terminal") -> str:
-    sections = tables.sections()
+    return render_sections(tables.sections(), fmt, [NOTE])
+
+
+def render_sections(sections: list[tuple[str, list[str], list[list[str]]]], fmt: str, notes: list[str]) -> str:
+    """Titled tables in one format (terminal, markdown, latex, csv), each note below them."""
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf)
@@ -432,12 +437,14 @@ def render(tables: Tables, fmt: str = "terminal") -> str:
             parts.append(f"% {title}\n{body}\n")
         else:
             parts.append(f"{title}\n{body}\n")
-    note = ("Published rows: Chen & He, CVPR 2021 (Tables 4 and 5). Yours: mean±std over trials (n); "
-            f"'{MISSING}' = not measured. A result of yours is in a paper column only when its recorded protocol "
-            "and pretraining match the column's (transfer/reporting/protocols.py); the others are listed as not comparable "
-            "with what differs.")
-    parts.append(note if fmt != "latex" else f"% {note}")
+    parts += [note if fmt != "latex" else f"% {note}" for note in notes]
     return "\n".join(parts)
+
+
+NOTE = ("Published rows: Chen & He, CVPR 2021 (Tables 4 and 5). Yours: mean±std over trials (n); "
+        f"'{MISSING}' = not measured. A result of yours is in a paper column only when its recorded protocol "
+        "and pretraining match the column's (transfer/reporting/protocols.py); the others are listed as not comparable "
+        "with what differs.")
 
 
 METHOD_HELP = ("label for checkpoints that do not name their pretraining method (torchvision state dicts, "
@@ -452,6 +459,18 @@ def _unmatched_prefixes(docs: list[dict], names: dict[str | None, str]) -> list[
     shas = [str((d.get("source") or {}).get("sha256") or "").lower() for d in docs
             if recorded_method(d) in UNNAMED]
     return [p for p in names if p is not None and not any(s.startswith(p) for s in shas)]
+
+
+def render_with_sweeps(runs: list[str], docs: list[dict], names: dict, fmt: str) -> str:
+    """The paper's experiments of the sweeps among the runs (transfer.reporting.ablations), then Tables 4 and 5
+    of the other results (left out when every result belongs to a sweep)."""
+    from transfer.reporting import ablations
+    sweeps = ablations.find_sweeps(runs)
+    own = [d for d in docs if not ablations.in_sweep(d, sweeps)]
+    if not sweeps:
+        return render(Tables(docs, names), fmt)
+    parts = ablations.sections(sweeps) + (Tables(own, names).sections() if own else [])
+    return render_sections(parts, fmt, [ablations.NOTE] + ([NOTE] if own else []))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -477,7 +496,7 @@ def _main(args) -> int:
     if unmatched:
         raise TableError(f"--method {', '.join(unmatched)}: no checkpoint without a recorded method has a sha256 "
                          "starting so")
-    text = render(Tables(docs, names), args.format)
+    text = render_with_sweeps(args.runs, docs, names, args.format)
     if args.output:
         try:
             Path(args.output).write_text(text)
