@@ -128,6 +128,9 @@ DETECT_TINY = ("INPUT.MIN_SIZE_TRAIN '(128,)' INPUT.MAX_SIZE_TRAIN 256 INPUT.MIN
                "DATALOADER.NUM_WORKERS 0")
 REHEARSAL_SMALL = "--classes 4 --train-per-class 4 --val-per-class 2"
 STAGE_TINY = {"pretrain": PRETRAIN_TINY, "linear": LINEAR_TINY, "knn": KNN_TINY, "detect": DETECT_TINY}
+# A sweep's stages get the tiny sizes as extra arguments (repeatable options, after the documented ones).
+ABLATION_TINY = ('--pretrain-args "train.max_steps_per_epoch=2 data.limit_per_class=4 monitor.tensorboard=false" '
+                 f'--knn-args "{KNN_TINY}" --linear-args "{LINEAR_TINY}"')
 
 
 def _pipeline_sizes(text: str) -> str:
@@ -178,7 +181,7 @@ REWRITES: tuple[Rewrite, ...] = (
     Rewrite(r" --mem-gb \d+", "", "the test nodes have half this machine's memory: the partition default"),
     Rewrite(r"--partition [\w-]+", "--partition local", "the test cluster's partition"),
     Rewrite(r"--time \d+", "--time 10", "a bounded test job: 10 minutes"),
-    Rewrite(r"^simsiam submit (pretrain|linear|knn|detect|convert|table|pipeline|check)\b(?!.*--time )",
+    Rewrite(r"^simsiam submit (pretrain|linear|knn|detect|convert|table|pipeline|check|ablation)\b(?!.*--time )",
             r"simsiam submit \1 --time 10", "a bounded test job: 10 minutes"),
     Rewrite(r"--trials ([3-9]|\d\d+)\b", "--trials 2",
             "trials differ only in their seed: two give the per-trial folders (an array on SLURM), the mean and the "
@@ -200,6 +203,7 @@ SHRINK: dict[str, str] = {
     "simsiam knn": KNN_TINY,
     "simsiam detect": DETECT_TINY,
     "simsiam submit detect": DETECT_TINY,
+    "simsiam submit ablation": ABLATION_TINY,
     "python -m transfer.tooling.grid_bench": "--batch 16 --steps 1 --warmup 0 --rounds 1",
     # the rehearsal lines are CPU-sized already (on the small tree): as written
     "simsiam pretrain --config test_tiny": "",
@@ -397,6 +401,33 @@ def _check_table(r: Ran) -> None:
         assert r.opt("--method") in r.stdout
 
 
+def _check_ablation(r: Ran) -> None:
+    name, out = r.argv[3], r.output()
+    if "--dry-run" in r.argv:
+        assert re.search(rf"^\[submit\] dry run: \d+ run\(s\) of {name} checked, nothing submitted$", r.stdout, re.M), \
+            r.stdout[-2000:]
+        assert not (out / "ablation.json").exists()
+        return
+    assert "[submit] all jobs completed" in r.stdout, r.stdout[-3000:]
+    doc = json.loads((out / "ablation.json").read_text())
+    assert doc["experiment"] == name
+    for v in doc["variants"]:
+        for t in v["trials"]:
+            assert r.results(out / t / "linear")["task"] == "linear", t
+    table = (out / "table.md").read_text()
+    assert all(f"| {v['label']} " in table for v in doc["variants"]), table
+
+
+def _check_ablation_table(r: Ran) -> None:
+    assert "Fig. 2: stop-gradient" in r.stdout and "67.7±0.1" in r.stdout and "0.1 (collapse)" in r.stdout, r.stdout
+    assert "Table 4" not in r.stdout, r.stdout
+
+
+def _check_ablation_plot(r: Ran) -> None:
+    _check_plot(r)
+    assert "fig2.png" in {Path(p).name for p in r.stdout.split()}, r.stdout
+
+
 def _check_d2(r: Ran) -> None:
     assert "detectron2" in r.stdout, r.stdout
 
@@ -489,6 +520,9 @@ EXPECT: dict[str, Expect] = {
     "simsiam detect": Expect(_check_detect, timeout=600),
     "simsiam table": Expect(_check_table),
     "simsiam plot": Expect(_check_plot),
+    "simsiam submit ablation": Expect(_check_ablation, timeout=600),
+    "simsiam table runs/fig2": Expect(_check_ablation_table),
+    "simsiam plot runs/fig2": Expect(_check_ablation_plot),
     "python -m transfer.tooling.grid_bench": Expect(_check_grid_bench),
 }
 
@@ -536,7 +570,8 @@ class Plan:
 
     @property
     def slurm(self) -> bool:
-        return self.text.startswith("simsiam submit") and "--dry-run" not in self.text
+        return self.text.startswith("simsiam submit") and "--dry-run" not in self.text \
+            and "--executor local" not in self.text
 
     def render(self, roots: dict) -> str:
         return self.text.replace("{imagenet}", roots["imagenet"]).replace("{detection}", roots["detection"]) \

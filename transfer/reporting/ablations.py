@@ -125,7 +125,7 @@ def recipe_differences(expected: dict[str, Any], pretrain: dict) -> list[str]:
     if dataset.lower() not in IMAGENET_NAMES:
         out.append(f"pretraining dataset {dataset or 'not recorded'} != {PAPER_DATASET}")
     found = _flat(pretrain.get("config") or {})
-    for key, value in sorted(expected.items(), key=lambda kv: kv[0] not in FIRST):
+    for key, value in sorted(expected.items(), key=lambda kv: FIRST.index(kv[0]) if kv[0] in FIRST else len(FIRST)):
         if key in NOT_RECIPE or key.startswith(NOT_RECIPE_SECTIONS):
             continue
         got = found.get(key, "not recorded")
