@@ -402,7 +402,7 @@ def _check_table(r: Ran) -> None:
 
 
 def _check_ablation(r: Ran) -> None:
-    name, out = r.argv[3], r.output()
+    name, out = re.search(r"submit ablation (?:--time \d+ )?(\S+)", r.text).group(1), r.output()
     if "--dry-run" in r.argv:
         assert re.search(rf"^\[submit\] dry run: \d+ run\(s\) of {name} checked, nothing submitted$", r.stdout, re.M), \
             r.stdout[-2000:]
