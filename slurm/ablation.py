@@ -8,7 +8,8 @@ NAME is a preset of eval_configs/ablation/ (fig2, table1, table2, table3, simila
 moving-average, dimension) or a YAML file of the same form: a title, `base` (pretraining key=value settings of
 every variant), `pretrain_config` (pretraining presets, default imagenet_r50_100ep: the paper's recipe) and
 `variants`, each with its name, label, settings (`set`), the paper's number (`paper`, `paper_std`, `note`),
-`trials` and `nodes_factor` (it runs on that many times the nodes given). Unknown keys are errors.
+`trials` and `nodes_factor` (it runs on that many times the nodes given; with the local executor on this
+machine). Unknown keys are errors.
 
 Each variant and trial t (pretraining seed t) is a chain pretrain -> kNN and linear evaluation in
 OUTPUT/<variant>/trial_<t>/{pretrain,knn,linear}; the pretrainings of one resource shape are one job array,
@@ -303,7 +304,7 @@ def submit_sweep(exp: Experiment, runs: list[Run], res: S.Resources, out: Path) 
     folder = Path(res.log_dir) if res.log_dir else out / "slurm"
     subs: dict[str, S.Submitted] = {}
     for factor, group in shapes(runs).items():
-        shape = replace(res, nodes=res.nodes * factor)
+        shape = res if local else replace(res, nodes=res.nodes * factor)   # local: this machine, one node
         tag = f"-x{factor}" if factor > 1 else ""
         pre = submit_array("pretrain", group, shape, folder, None, f"simsiam-ablation-pretrain{tag}")
         dep = _after([pre], local)
