@@ -19,7 +19,7 @@ converter records it so). Table 5 has two SimSiam rows: "base" (the paper's reci
 lr = base lr x batch / 256); a detection result enters Table 5 under the one its recipe equals.
 
 Not compared on purpose: the number of GPUs or processes, mixed precision, channels-last, feature caching,
-device-side augmentation, the kind of BN synchronisation (it follows the number of GPUs), and preset names
+device-side augmentation, the kind of BN synchronisation (it follows the number of GPUs), the seed, and preset names
 (their values are compared instead; the name is recorded for the reader). Recorded but not compared, as the
 reference does not state them: detection max sizes, weight decay and input format, the COCO warm-up.
 Detection train / test sets are compared by catalog name, which carries an image limit as 'name@N'.

@@ -7,7 +7,8 @@ AP50 / AP / AP75) are printed with the published rows of Chen & He (2021) and on
 checkpoint found in the given run folders' results.json files. A user's number lands in a paper column
 only when the protocol its results.json records, and the pretraining its checkpoint records, equal that
 column's (transfer.reporting.protocols: dataset and split sizes, schedule, batch, optimizer, image sizes, pretraining
-epochs run to the end of their schedule). Every other result (another dataset, a shortened or changed
+epochs run to the end of their schedule with the paper's recipe). A Table 5 row of yours is named for the paper's
+SimSiam row whose recipe it ran: "SimSiam, base" or "SimSiam, optimal" (pretraining lr 0.5, weight decay 1e-5). Every other result (another dataset, a shortened or changed
 protocol, an unfinished or unknown pretraining, a random-init backbone) goes into a "not comparable" table
 that says what differs. A linear result whose head was picked from a grid (`simsiam linear` grid mode) is
 always there, its evaluation labelled "best of grid (held-out N images, seed S)", beside the protocol's
