@@ -58,10 +58,16 @@ def _map(value: Any) -> dict | None:
 
 
 def _json(obj: Any, always: tuple[str, ...]) -> dict:
-    """A dataclass as JSON: its fields (those in `always` even when None, the others when set), then `other`."""
+    """A dataclass as JSON: its fields (when set, named in `always` or present in the file it was read from,
+    so null stays null), then `other`."""
+    keep = set(always) | set(obj.given)
     out = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)
-           if f.name != "other" and (f.name in always or getattr(obj, f.name) is not None)}
+           if f.name not in ("other", "given") and (f.name in keep or getattr(obj, f.name) is not None)}
     return {**out, **obj.other}
+
+
+def _given(d: Mapping) -> tuple[str, ...]:
+    return tuple(k for k in d if isinstance(k, str))
 
 
 @dataclass(frozen=True)
@@ -83,20 +89,21 @@ class PretrainInfo:
     branch: str | None = None             # DINO: the branch read
     zero_init_residual: bool | None = None  # random init: which init
     other: dict = field(default_factory=dict)  # keys of later versions, kept as they are
+    given: tuple = field(default=(), compare=False, repr=False)  # the keys of the file it was read from
 
     ALWAYS = ("method", "arch", "epochs", "batch_size", "dataset")
 
     @classmethod
     def from_json(cls, d: Any) -> "PretrainInfo":
         d = dict(d) if isinstance(d, Mapping) else {}
-        known = {f.name for f in dataclasses.fields(cls)} - {"other"}
+        known = {f.name for f in dataclasses.fields(cls)} - {"other", "given"}
         ints = ("epochs", "batch_size", "scheduled_epochs", "image_size", "limit_per_class", "max_steps_per_epoch")
         return cls(method=_str(d.get("method")), arch=_str(d.get("arch")), dataset=_str(d.get("dataset")),
                    **{k: _int(d.get(k)) for k in ints}, completed=_bool(d.get("completed")),
                    config_changes=list(d["config_changes"]) if isinstance(d.get("config_changes"), list) else None,
                    recipe=_map(d.get("recipe")), recipe_from=_str(d.get("recipe_from")), branch=_str(d.get("branch")),
                    zero_init_residual=_bool(d.get("zero_init_residual")),
-                   other={k: v for k, v in d.items() if k not in known})
+                   other={k: v for k, v in d.items() if k not in known}, given=_given(d))
 
     def to_json(self) -> dict:
         return _json(self, self.ALWAYS)
@@ -111,6 +118,9 @@ class Source:
     pretrain: PretrainInfo = field(default_factory=PretrainInfo)
     normalisation: dict | None = None     # {"mean", "std"} the layout's network expects, when not ImageNet's
     other: dict = field(default_factory=dict)
+    given: tuple = field(default=(), compare=False, repr=False)
+
+    ALWAYS = ("checkpoint", "sha256", "kind")
 
     @classmethod
     def from_json(cls, d: Any) -> "Source":
@@ -118,12 +128,12 @@ class Source:
         known = ("checkpoint", "sha256", "kind", "pretrain", "normalisation")
         return cls(checkpoint=_str(d.get("checkpoint")), sha256=_str(d.get("sha256")), kind=_str(d.get("kind")),
                    pretrain=PretrainInfo.from_json(d.get("pretrain")), normalisation=_map(d.get("normalisation")),
-                   other={k: v for k, v in d.items() if k not in known})
+                   other={k: v for k, v in d.items() if k not in known}, given=_given(d))
 
     def to_json(self) -> dict:
         if self == Source():
             return {}
-        out = _json(self, ())
+        out = _json(self, self.ALWAYS)
         out["pretrain"] = self.pretrain.to_json()
         return out
 

@@ -203,7 +203,7 @@ def summary_results(output_dir: Path, cfg: PretrainConfig, dataset: str, metrics
                        image_size=d.image_size, limit_per_class=d.limit_per_class,
                        max_steps_per_epoch=t.max_steps_per_epoch, config_changes=config_changes or [],
                        recipe=recipe_of(config_mod.to_dict(cfg)))
-    source = Source(checkpoint=str(latest.resolve()),
+    source = Source(checkpoint=str(latest.resolve()), kind="simsiam-suite",
                     sha256=ckpt_io.sha256_file(latest) if latest.is_file() else None, pretrain=pre)
     images, classes = _train_set_size(loader)
     protocol = pretrain_fingerprint(cfg, dataset=dataset, train_images=images, classes=classes,

@@ -41,7 +41,8 @@ def test_version_1_files_read_with_typed_fields(tmp_path):
           "source": {"checkpoint": "/x/checkpoint.pth", "sha256": "ab" * 32, "kind": "simsiam-suite",
                      "weights": "/x/w.pkl",
                      "pretrain": {"method": "SimSiam", "arch": "resnet50", "epochs": 200, "batch_size": 512,
-                                  "dataset": "imagenet", "completed": True, "config_changes": []}},
+                                  "dataset": "imagenet", "completed": True, "scheduled_epochs": None,
+                                  "config_changes": []}},
           "protocol": {"stage": "detection"}, "n_trials": 2, "std": {"AP": 1.0},
           "trials": [{"trial": 0, "seed": 0, "metrics": {"AP": 49.0}, "path": "t0"}, {"trial": 1, "seed": 1,
                      "metrics": {"AP": 51.0}, "path": "t1"}]}
