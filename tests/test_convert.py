@@ -153,8 +153,9 @@ def test_source_carries_the_pretraining_recipe(tmp_path):
                        "loss.symmetrisation": "asymmetric"}
     torch.save({**_suite_ckpt(model), "config": {}}, tmp_path / "bare.pth")
     assert convert.describe_source(tmp_path / "bare.pth")["pretrain"]["recipe"] is None
-    torch.save(_moco_ckpt()[0], tmp_path / "moco.pth.tar")
-    assert convert.describe_source(tmp_path / "moco.pth.tar")["pretrain"]["recipe"] is None
+    flat = {k: v for k, v in model.encoder.state_dict().items() if not k.startswith("fc.")}  # a torchvision file
+    torch.save(flat, tmp_path / "resnet18.pth")
+    assert convert.describe_source(tmp_path / "resnet18.pth")["pretrain"]["recipe"] is None
 
 
 def test_eval_backbone_reads_a_checkpoint_or_builds_the_random_baseline(tmp_path):
