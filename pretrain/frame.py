@@ -23,7 +23,8 @@ What it owns:
     other's log; `loggers` adds other libraries' loggers (detectron2's) to the same file;
   - the metrics writer (pretrain.logs.MetricsWriter: rank 0 only, a cut-off last line is dropped when the
     file is opened, atomic truncation on resume);
-  - results.json (pretrain.logs.write_results, rank 0 only);
+  - results.json, the only way a stage writes one (pretrain.results: a typed, versioned document; rank 0
+    only, then a barrier), also for the sub-runs of a stage (detection trials in their own folders);
   - the run record <output_dir>/run_state.json (RunRecord, rank 0 only): where each rank runs (host, local
     rank, device, process id, gathered on entry), how far the run is (`sr.progress(...)`, written at most
     every few seconds and at the end of each epoch) and how the invocation ended; whoever follows a run
@@ -50,7 +51,8 @@ from . import config as config_mod
 from . import distributed
 from .checkpoint import atomic_write
 from .errors import EXIT_BAD_INPUT, InputError
-from .logs import LOGGER_NAME, MetricsWriter, write_results
+from . import results as results_mod
+from .logs import LOGGER_NAME, MetricsWriter, code_version
 
 RUN_STATE = "run_state.json"
 RUN_STATE_VERSION = 1
@@ -241,10 +243,15 @@ class StageRun:
         if self.is_main:
             config_mod.save(cfg, self.dir / name)
 
-    def results(self, **fields: Any) -> Path | None:
-        """results.json of this run (pretrain.logs.write_results' fields), written by rank 0; then a barrier
-        so that no rank returns before the run's outcome is on disk."""
-        path = write_results(self.dir, **fields) if self.is_main else None
+    def results(self, doc: results_mod.Results | None = None, *, folder: str | Path | None = None,
+                **fields: Any) -> Path | None:
+        """results.json of this run (or of a sub-run's `folder`), written by rank 0: `doc`, or a document of
+        `fields` (pretrain.results.Results.new's); other ranks may pass None. Then a barrier, so that no rank
+        returns before the outcome is on disk."""
+        path = None
+        if self.is_main:
+            doc = doc if doc is not None else results_mod.Results.new(**fields)
+            path = results_mod.write(self.dir if folder is None else folder, doc, code_version())
         distributed.barrier()
         return path
 

@@ -1,13 +1,10 @@
-"""Records of a run on rank 0: metrics.jsonl, TensorBoard, a tqdm progress bar, and results.json (the text log:
-pretrain.frame).
+"""Records of a run on rank 0: metrics.jsonl, TensorBoard, a tqdm progress bar, and the code version that
+results.json carries (the text log and results.json: pretrain.frame; the results schema: pretrain.results).
 
-Other ranks get no-op writers, so the training loop can call them unconditionally. results.json is the one
-contract between every stage (pretraining, kNN, linear, detection) and the comparison tables; it is written
-here so that pretraining and the evaluations in `transfer` share it (transfer.reporting.results reads it).
+Other ranks get no-op writers, so the training loop can call them unconditionally.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import math
 import subprocess
@@ -21,8 +18,6 @@ from tqdm import tqdm
 from .checkpoint import atomic_write
 
 LOGGER_NAME = "simsiam"
-RESULTS_SCHEMA = "simsiam-suite/results/v1"
-RESULTS_TASKS = ("pretrain", "knn", "linear", "detection")
 
 
 def _jsonable(v: Any) -> Any:
@@ -150,30 +145,3 @@ def read_metrics(path: str | Path, skip_bad: bool = False) -> list[dict]:
                 raise ValueError(f"{path}:{n}: not a JSON record ({e})") from None
             warnings.warn(f"{path}:{n}: skipping a line that is not a JSON record", stacklevel=2)
     return records
-
-
-def write_results(run_dir: str | Path, *, task: str, dataset: str, metrics: dict[str, Any],
-                  config: dict[str, Any], source: dict[str, Any] | None = None, epochs: int | None = None,
-                  batch_size: int | None = None, extra: dict[str, Any] | None = None) -> Path:
-    """Write <run_dir>/results.json atomically and return its path.
-
-    source: {"checkpoint": path, "sha256": ..., "pretrain": {"method", "arch", "epochs", "batch_size",
-    "dataset"}} describing the pretrained weights that were evaluated (see transfer.evaluation.convert.describe_source).
-    """
-    if task not in RESULTS_TASKS:
-        raise ValueError(f"unknown task '{task}' (known: {', '.join(RESULTS_TASKS)})")
-    doc = {
-        "schema": RESULTS_SCHEMA,
-        "task": task,
-        "dataset": dataset,
-        "metrics": metrics,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "source": source or {},
-        "config": config,
-        "code_version": code_version(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        **(extra or {}),
-    }
-    text = json.dumps(doc, indent=2, default=str)
-    return atomic_write(Path(run_dir) / "results.json", lambda f: f.write(text.encode()))

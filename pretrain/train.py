@@ -28,11 +28,13 @@ from .augment import eval_crop_fraction
 from .defaults import PretrainConfig, init_lr
 from .errors import InputError
 from .frame import StageRun
-from .logs import progress, write_results
+from .logs import progress
 from .loss import Objective, check_switches, simsiam_loss, views_per_image
 from .model import build_model
 from .monitor import collapse_floor, collapse_std, extract_features, knn_accuracy
 from .optim import adjust_learning_rate, build_optimizer, in_warmup
+from .protocol import pretrain_fingerprint, recipe_of
+from .results import PretrainInfo, Results, Source
 from .target import build_target
 
 
@@ -186,34 +188,30 @@ def _train_set_size(loader) -> tuple[int | None, int | None]:
     return len(loader.dataset), len(loader.dataset.classes)
 
 
-def write_summary(output_dir: Path, cfg: PretrainConfig, dataset: str, metrics: dict, epochs_done: int,
-                  complete: bool, loader=None, config_changes: list | None = None,
-                  applied: dict | None = None) -> Path:
-    """results.json of the pretraining run (same schema as every evaluation's results.json), with the
-    protocol it ran (transfer.reporting.protocols' vocabulary; `loader` gives the number of training images used),
-    the config changes accepted on resume (`config_changes`, see config_history) and the precision and speed
-    switches in effect in the last invocation (`applied`, see applied_switches)."""
+def summary_results(output_dir: Path, cfg: PretrainConfig, dataset: str, metrics: dict, epochs_done: int,
+                    complete: bool, loader=None, config_changes: list | None = None,
+                    applied: dict | None = None) -> Results:
+    """results.json of the pretraining run (the schema of every stage, pretrain.results), with its checkpoint
+    and recipe as an evaluation of it records them (source), the protocol it ran (pretrain.protocol; `loader`
+    gives the number of training images used), the config changes accepted on resume (`config_changes`, see
+    config_history) and the precision and speed switches in effect in the last invocation (`applied`, see
+    applied_switches)."""
     latest = output_dir / ckpt_io.LATEST
-    d, o, t = cfg.data, cfg.optim, cfg.train
-    source = {"checkpoint": str(latest.resolve()), "sha256": ckpt_io.sha256_file(latest) if latest.is_file() else None,
-              "pretrain": {"method": "SimSiam", "arch": cfg.model.arch, "epochs": epochs_done,
-                           "batch_size": t.batch_size, "dataset": dataset, "scheduled_epochs": t.epochs,
-                           "completed": epochs_done == t.epochs, "image_size": d.image_size,
-                           "limit_per_class": d.limit_per_class, "max_steps_per_epoch": t.max_steps_per_epoch,
-                           "config_changes": config_changes or []}}
+    d, t = cfg.data, cfg.train
+    pre = PretrainInfo(method="SimSiam", arch=cfg.model.arch, epochs=epochs_done, batch_size=t.batch_size,
+                       dataset=dataset, scheduled_epochs=t.epochs, completed=epochs_done == t.epochs,
+                       image_size=d.image_size, limit_per_class=d.limit_per_class,
+                       max_steps_per_epoch=t.max_steps_per_epoch, config_changes=config_changes or [],
+                       recipe=recipe_of(config_mod.to_dict(cfg)))
+    source = Source(checkpoint=str(latest.resolve()), kind="simsiam-suite",
+                    sha256=ckpt_io.sha256_file(latest) if latest.is_file() else None, pretrain=pre)
     images, classes = _train_set_size(loader)
-    protocol = {"stage": "pretrain", "dataset": dataset, "arch": cfg.model.arch, "train_images": images,
-                "classes": classes, "epochs": t.epochs, "epochs_done": epochs_done,
-                "completed": epochs_done == t.epochs,
-                "max_steps_per_epoch": t.max_steps_per_epoch, "limit_per_class": d.limit_per_class,
-                "batch": t.batch_size, "optimizer": "sgd", "lr": init_lr(cfg), "base_lr": o.base_lr,
-                "weight_decay": o.weight_decay, "momentum": o.momentum, "schedule": o.schedule,
-                "fix_pred_lr": o.fix_pred_lr, "train_crop": d.image_size, "min_scale": d.min_scale}
-    return write_results(output_dir, task="pretrain", dataset=dataset, metrics=metrics,
-                         config=config_mod.to_dict(cfg), source=source, epochs=epochs_done,
-                         batch_size=t.batch_size,
-                         extra={"complete": complete, "planned_epochs": t.epochs, "protocol": protocol,
-                                "config_changes": config_changes or [], "applied": applied})
+    protocol = pretrain_fingerprint(cfg, dataset=dataset, train_images=images, classes=classes,
+                                    epochs_done=epochs_done)
+    return Results.new(task="pretrain", dataset=dataset, metrics=metrics, config=config_mod.to_dict(cfg),
+                       source=source, epochs=epochs_done, batch_size=t.batch_size,
+                       extra={"complete": complete, "planned_epochs": t.epochs, "protocol": protocol,
+                              "config_changes": config_changes or [], "applied": applied})
 
 
 # ------------------------------------------------------------------------------------------- one step
@@ -636,10 +634,8 @@ class Pretraining:
             knn = knn_monitor(self.model, *self.knn_loaders, cfg, info, self.dtype)  # finished run restarted
         metrics = {"loss": last.get("loss"), "collapse_std": last.get("collapse_std"),
                    "knn_top1": knn["top1"] if knn else None, "knn_top5": knn["top5"] if knn else None}
-        if info.is_main:
-            write_summary(self.sr.dir, cfg, self.dataset, metrics, epochs_done, complete, self.loader,
-                          self.config_changes, self.applied)
-        distributed.barrier()
+        self.sr.results(summary_results(self.sr.dir, cfg, self.dataset, metrics, epochs_done, complete, self.loader,
+                                        self.config_changes, self.applied) if info.is_main else None)
         return {"output_dir": str(self.sr.dir), "checkpoint": str(self.latest), "epoch": epochs_done,
                 "step": self.step, "complete": complete, "stopped_on_request": stopped,
                 "resumed_from": self.start_epoch if self.resumed else None,

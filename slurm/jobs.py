@@ -103,14 +103,16 @@ def scheduler_restarts() -> int:
 def finished(done: str | Path) -> bool:
     """Is a stage finished? Its results.json (or the `done` file it names) exists and does not say
     `"complete": false` (pretraining writes results.json also when it stops early, to be resumed)."""
+    from pretrain.results import ResultsError, read as read_results
+
     path = Path(done)
     if not path.is_file():
         return False
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return True  # not JSON: a marker file whose presence is the whole message
-    return not (isinstance(doc, dict) and doc.get("complete") is False)
+        doc = read_results(path)
+    except (OSError, ResultsError):
+        return True  # not a results document: a marker file whose presence is the whole message
+    return doc.complete is not False
 
 
 def stage_done(output: str | Path) -> bool:

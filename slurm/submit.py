@@ -306,24 +306,27 @@ def trial_results(run_dir: Path, index: int) -> Path:
 def summarize_trials(run_dir: str, n: int) -> str:
     """DIR/results.json over the array's trials, in the layout of `simsiam detect --trials N`: "metrics" = mean,
     "std" = sample std, "trials" = per-trial list (transfer.evaluation.trials, shared with the detection stage; no
-    detectron2 import here)."""
-    from transfer.reporting.results import read_results, write_results
+    detectron2 import here); written through the detection stage's frame in DIR."""
+    from pretrain.frame import StageRun
+    from pretrain.results import Results, read
     from transfer.evaluation.trials import aggregate, summary_extra, trial_entry
     run = Path(run_dir)
-    trials = []
+    docs = []
     for i in range(n):
         path = trial_results(run, i)
         if not path.is_file():
             raise FileNotFoundError(f"detection trial {i} has no results: {path}")
-        doc = read_results(path)
-        trials.append(trial_entry(i, doc.get("seed"), doc["metrics"], str(path)))
-    first = read_results(trial_results(run, 0))
+        docs.append(read(path))
+    trials = [trial_entry(i, d.seed, d.metrics, str(d.path)) for i, d in enumerate(docs)]
+    first = docs[0]
     mean, std = aggregate([t["metrics"] for t in trials])
-    extra = {k: first[k] for k in ("iterations", "test_datasets", "train_datasets", "protocol") if k in first}
-    path = write_results(run, task="detection", dataset=first["dataset"], metrics=mean,
-                         config={k: v for k, v in (first.get("config") or {}).items() if k not in ("seed", "OUTPUT_DIR")},
-                         source=first.get("source"), batch_size=first.get("batch_size"),
-                         extra={**summary_extra(trials, std), "job_array": True, **extra})
+    shared = {k: first.extra[k] for k in ("iterations", "test_datasets", "train_datasets") if k in first.extra}
+    doc = Results.new(task="detection", dataset=first.dataset, metrics=mean,
+                      config={k: v for k, v in first.config.items() if k not in ("seed", "OUTPUT_DIR")},
+                      source=first.source, batch_size=first.batch_size,
+                      extra={**summary_extra(trials, std), "job_array": True, **shared, "protocol": first.protocol})
+    with StageRun("detect", run, device="cpu") as sr:
+        path = sr.results(doc)
     print(f"detection summary over {n} trial(s): mean {json.dumps(mean)}; std {json.dumps(std)}; {path}")
     return str(path)
 

@@ -14,6 +14,7 @@ import torchvision
 from torch import nn
 
 from pretrain.model import SimSiam
+from pretrain.protocol import paper_recipe, recipe_of
 from transfer.evaluation import convert
 from transfer.evaluation.convert import ConvertError, load_any_checkpoint, load_backbone, to_detectron2, to_torchvision
 
@@ -116,7 +117,8 @@ def test_simsiam_round_trip_and_accounting(tmp_path, kind):
         assert src_desc["pretrain"] == {"method": "SimSiam", "arch": "resnet18", "epochs": 3, "batch_size": 64,
                                         "dataset": "cifar10-jpg", "scheduled_epochs": None, "completed": None,
                                         "image_size": 32, "limit_per_class": None, "max_steps_per_epoch": None,
-                                        "config_changes": None}
+                                        "config_changes": None, "recipe": recipe_of(obj["config"])}
+        assert src_desc["pretrain"]["recipe"]["data.mean"] == [0.5] * 3  # the checkpoint's, not the default
         assert len(src_desc["sha256"]) == 64
 
 
@@ -133,6 +135,27 @@ def test_source_records_whether_pretraining_reached_its_schedule_end(tmp_path):
     torch.save(_official_ckpt(model), tmp_path / "official.pth.tar")  # the official file does not say
     pre = convert.describe_source(tmp_path / "official.pth.tar")["pretrain"]
     assert (pre["method"], pre["epochs"], pre["scheduled_epochs"], pre["completed"]) == ("SimSiam", 100, None, None)
+    assert pre["recipe"] == paper_recipe() and pre["recipe_from"] == convert.OFFICIAL_RECIPE
+
+
+def test_source_carries_the_pretraining_recipe(tmp_path):
+    """Every trajectory key of our checkpoint's config reaches source.pretrain.recipe; a checkpoint without a
+    config records none, and so does any other layout than the official SimSiam one."""
+    model = _simsiam()
+    cfg = {"model": {"stop_gradient": False, "dim": 256, "target": "kstep", "target_every": "10"},
+           "optim": {"base_lr": 0.1, "warmup_epochs": 10}, "loss": {"symmetrisation": "asymmetric"},
+           "train": {"batch_size": 512, "epochs": 100, "seed": 3}}
+    torch.save({**_suite_ckpt(model), "config": cfg}, tmp_path / "ablation.pth")
+    pre = convert.describe_source(tmp_path / "ablation.pth")["pretrain"]
+    changed = {k: v for k, v in pre["recipe"].items() if paper_recipe()[k] != v}
+    assert changed == {"model.stop_gradient": False, "model.dim": 256, "model.target": "kstep",
+                       "model.target_every": "10", "optim.base_lr": 0.1, "optim.warmup_epochs": 10,
+                       "loss.symmetrisation": "asymmetric"}
+    torch.save({**_suite_ckpt(model), "config": {}}, tmp_path / "bare.pth")
+    assert convert.describe_source(tmp_path / "bare.pth")["pretrain"]["recipe"] is None
+    flat = {k: v for k, v in model.encoder.state_dict().items() if not k.startswith("fc.")}  # a torchvision file
+    torch.save(flat, tmp_path / "resnet18.pth")
+    assert convert.describe_source(tmp_path / "resnet18.pth")["pretrain"]["recipe"] is None
 
 
 def test_eval_backbone_reads_a_checkpoint_or_builds_the_random_baseline(tmp_path):

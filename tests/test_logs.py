@@ -1,5 +1,5 @@
 """pretrain.logs: metrics.jsonl records (written, trimmed on resume, read back after a kill), TensorBoard
-scalars, the rank-0-only rule, the text log, and results.json (the schema every stage shares)."""
+scalars, the rank-0-only rule and the text log (results.json: tests/test_results.py)."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pretrain import logs
-from pretrain.logs import MetricsWriter, read_metrics, write_results
+from pretrain.logs import MetricsWriter, read_metrics
 
 
 def test_records_are_json_lines_with_plain_numbers(tmp_path):
@@ -86,17 +86,3 @@ def test_tensorboard_gets_the_numeric_scalars(tmp_path):
     assert sorted(acc.Tags()["scalars"]) == ["pretrain/loss", "pretrain/lr_step"]  # no text, no booleans
     assert [(e.step, e.value) for e in acc.Scalars("pretrain/loss")] == [(1, -0.25), (100, -0.5)]
     assert [(e.step, round(e.value, 6)) for e in acc.Scalars("pretrain/lr_step")] == [(7, 0.05)]
-
-
-def test_write_results_schema(tmp_path):
-    path = write_results(tmp_path / "run", task="knn", dataset="cifar10-jpg", metrics={"top1": 81.5},
-                         config={"k": 200}, epochs=None, batch_size=256, extra={"n_trials": 1})
-    doc = json.loads(path.read_text())
-    assert path == tmp_path / "run" / "results.json"
-    assert doc["schema"] == logs.RESULTS_SCHEMA == "simsiam-suite/results/v1"
-    assert (doc["task"], doc["dataset"], doc["metrics"], doc["config"], doc["batch_size"], doc["n_trials"]) == (
-        "knn", "cifar10-jpg", {"top1": 81.5}, {"k": 200}, 256, 1)
-    assert doc["source"] == {} and doc["code_version"] and doc["created"].endswith("+00:00")
-    with pytest.raises(ValueError, match="unknown task 'segmentation'"):
-        write_results(tmp_path / "bad", task="segmentation", dataset="x", metrics={}, config={})
-    assert not (tmp_path / "bad").exists()

@@ -403,10 +403,10 @@ def test_trial_array_summary_without_detectron2(tmp_path):
     layout of `simsiam detect --trials N`, without importing detectron2."""
     import subprocess
     import sys
-    from transfer.reporting.results import write_results
+    from pretrain import results as R
     for i, ap in enumerate((10.0, 14.0)):
-        write_results(tmp_path / f"trial_{i}", task="detection", dataset="voc07", metrics={"AP": ap},
-                      config={"seed": i, "OUTPUT_DIR": "x", "MODEL": {}}, extra={"seed": i, "iterations": 2})
+        R.write(tmp_path / f"trial_{i}", R.Results.new(task="detection", dataset="voc07", metrics={"AP": ap},
+                config={"seed": i, "OUTPUT_DIR": "x", "MODEL": {}}, extra={"seed": i, "iterations": 2}), "test")
     code = ("import sys, json; from slurm.submit import summarize_trials; summarize_trials(sys.argv[1], 2); "
             "assert 'detectron2' not in sys.modules")
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, cwd=Path(__file__).resolve().parents[1])

@@ -18,8 +18,8 @@ from pretrain import config as config_mod
 from transfer.evaluation import detect
 from transfer.evaluation.convert import PRETRAIN_KEYS, describe_source
 from transfer.evaluation.linear import LinearConfig
-from transfer.reporting.protocols import detection_fingerprint, linear_fingerprint
-from transfer.reporting.results import write_results
+from pretrain import results as R
+from pretrain.protocol import detection_fingerprint, linear_fingerprint, paper_recipe
 from transfer.reporting.tables import PAPER_TABLE4, PAPER_TABLE5, Tables, load_docs, main, mean_std, render
 
 SHA = "abcdef1234567890" * 4
@@ -29,12 +29,18 @@ VOC0712 = (["voc_2007_trainval", "voc_2012_trainval"], ["voc_2007_test"])
 COCO = (["coco_2017_train"], ["coco_2017_val"])
 
 
+def write_results(d, **fields) -> Path:
+    """results.json as a stage's frame writes it (pretrain.frame.StageRun.results)."""
+    return R.write(d, R.Results.new(**fields), "test")
+
+
 def source(sha=SHA, kind="simsiam-suite", **pretrain) -> dict:
     """results.json `source` as describe_source writes it for one of our checkpoints: by default a finished
-    100-epoch ImageNet ResNet-50 pretraining at batch 512."""
+    100-epoch ImageNet ResNet-50 pretraining at batch 512 with the paper's recipe."""
     pre = dict.fromkeys(PRETRAIN_KEYS)
     pre.update(method="SimSiam", arch="resnet50", epochs=100, batch_size=512, dataset="imagenet",
-               scheduled_epochs=100, completed=True, image_size=224, limit_per_class=0, max_steps_per_epoch=0)
+               scheduled_epochs=100, completed=True, image_size=224, limit_per_class=0, max_steps_per_epoch=0,
+               recipe=paper_recipe() if kind == "simsiam-suite" else None)
     pre.update(pretrain)
     return {"checkpoint": f"/runs/{sha[:6]}/checkpoint.pth", "sha256": sha, "kind": kind, "pretrain": pre}
 
@@ -107,10 +113,28 @@ def test_rows_measured_with_the_paper_protocol_enter_the_columns(tmp_path):
     assert ours[0][h4.index("200 ep")] == "-"  # missing, not invented
     assert ours[1][1] == "256" and ours[1][h4.index("100 ep")] == "67.9 (n=1)"
     _, r5 = t.table5()
-    (row,) = yours(r5)
+    (row,) = yours(r5, "SimSiam, base (yours")   # the paper's recipe: Table 5's "base" row
     assert row[1] == "75.0 / 47.0 / 50.0 (n=1)" and row[2] == "82.2±0.3 / 56.2±0.3 / 62.5±0.7 (n=2)"
     assert row[3] == "57.0 / 37.5 / 40.0 (n=1)" and row[4] == "54.0 / 33.0 / 35.0 (n=1)"
     assert not t.other_detection()[1]
+
+
+def test_table5_tells_the_base_recipe_from_the_optimal_one(tmp_path):
+    """Table 5's SimSiam rows differ in the pretraining lr and weight decay: each checkpoint lands in the row its
+    recipe equals; one with the optimal lr but the base weight decay is in neither."""
+    voc = [{"AP50": 77.0, "AP": 48.0, "AP75": 52.0}]
+    recipes = {"base": {}, "optimal": {"optim.base_lr": 0.5, "optim.weight_decay": 1e-5},
+               "mixed": {"optim.base_lr": 0.5}}
+    for i, (name, delta) in enumerate(recipes.items()):
+        src = source(sha=f"{i}" * 64, epochs=200, scheduled_epochs=200, recipe={**paper_recipe(), **delta})
+        write_detection(tmp_path / name, "voc07", VOC07, voc, src=src)
+    t = tables(tmp_path)
+    rows = [r for r in t.table5()[1] if "(yours" in r[0]]
+    assert [r[0].split(" (")[0] for r in rows] == ["SimSiam, base", "SimSiam, optimal"]
+    assert rows[1][0].endswith("bs 512, 11111111)") and rows[1][1] == "77.0 / 48.0 / 52.0 (n=1)"
+    (other,) = t.other_detection()[1]
+    assert other[0].startswith("SimSiam (yours") and other[0].endswith("22222222)")
+    assert other[4] == "pretraining optim.base_lr 0.5 != 0.05"
 
 
 def test_other_datasets_are_listed_with_their_dataset(tmp_path):
@@ -121,7 +145,7 @@ def test_other_datasets_are_listed_with_their_dataset(tmp_path):
                                                                                    "AP75": 20.0}],
                     "SIMSIAM.BENCHMARK", "bccd")
     t = tables(tmp_path)
-    assert not yours(t.table4()[1]) and not yours(t.table5()[1])
+    assert not yours(t.table4()[1]) and not [r for r in t.table5()[1] if "(yours" in r[0]]
     (row,) = not_comparable(t)
     assert row[4:8] == ["cifar10-jpg", "800", "90.1 (n=1)", "110.1 (n=1)"]
     assert re.fullmatch(r"dataset cifar10-jpg != imagenet \(and \d+ other settings\)", row[8])

@@ -23,6 +23,7 @@ from pretrain.defaults import PretrainConfig
 from pretrain.logs import read_metrics
 from pretrain.main import main
 from pretrain.model import build_model
+from pretrain.protocol import recipe_of
 from pretrain import train as train_mod
 from pretrain.train import (RESUME_HARMLESS, NonFiniteLossError, amp_dtype, build_data, compile_model, knn_monitor,
                             run, seed_everything, trajectory_changes)
@@ -97,7 +98,8 @@ def test_interrupt_and_resume_is_exact(tmp_path, capsys):
     first = _weights(tmp_path / "split" / "checkpoint.pth")
     assert first["epoch"] == 1 and first["step"] == 2
     assert not json.loads((tmp_path / "split" / "results.json").read_text())["complete"]
-    assert json.loads((tmp_path / "split" / "results.json").read_text())["source"]["pretrain"]["completed"] is False
+    pre = json.loads((tmp_path / "split" / "results.json").read_text())["source"]["pretrain"]
+    assert pre["completed"] is False and pre["recipe"] == recipe_of(first["config"])  # what an evaluation records
     assert main(argv) == 0
     assert "resumed" in (tmp_path / "split" / "log.txt").read_text()
 

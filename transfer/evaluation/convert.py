@@ -52,6 +52,7 @@ from pretrain.frame import guard
 from pretrain.checkpoint import (UnsafeFileError, atomic_save, atomic_write, load_pickle, load_torch,
                                  state_mismatches, strip_prefix)
 from pretrain.model import ARCHS, build_backbone
+from pretrain.protocol import paper_recipe
 from transfer.evaluation.layouts import (BRANCHES, SUITE_FORMAT, ConvertError, Layout, describe,  # noqa: F401
                                         identify)
 
@@ -333,7 +334,9 @@ def load_backbone(path_or_state, arch: str | None = None, branch: str | None = N
 
 
 PRETRAIN_KEYS = ("method", "arch", "epochs", "batch_size", "dataset", "scheduled_epochs", "completed", "image_size",
-                 "limit_per_class", "max_steps_per_epoch", "config_changes")
+                 "limit_per_class", "max_steps_per_epoch", "config_changes", "recipe")
+# The official SimSiam code writes no config into its checkpoints: its format is taken to be the paper's recipe.
+OFFICIAL_RECIPE = "simsiam-official format: taken to be the paper's recipe (the file records none)"
 
 
 def describe_source(path: str | Path, info: dict | None = None) -> dict:
@@ -341,6 +344,8 @@ def describe_source(path: str | Path, info: dict | None = None) -> dict:
     file (info from load_any_checkpoint, read here when not given). "method" is the recognised layout's
     (SimSiam, MoCo, MoCo v3, DINO, SwAV, SimCLR, torchvision; null when the file does not say); what the file
     does not record is null, e.g. "completed" (the checkpoint is the end of its configured schedule).
+    "recipe": the pretraining's trajectory keys (pretrain.protocol.recipe_of of the config our checkpoints hold;
+    the paper's for the official SimSiam format, with "recipe_from" saying so; null for other layouts).
     pretrain["branch"]: DINO's branch that was read. "normalisation" {"mean", "std"} (0-1 scale, RGB): the input
     normalisation the layout's network expects, when it is not ImageNet's; absent otherwise."""
     from transfer.reporting.results import sha256_file
@@ -348,6 +353,8 @@ def describe_source(path: str | Path, info: dict | None = None) -> dict:
     if info is None:
         _, _, info = load_any_checkpoint(path)
     pre = {k: info.get(k) for k in PRETRAIN_KEYS}
+    if info.get("kind") == "simsiam-official" and pre["recipe"] is None:
+        pre.update(recipe=paper_recipe(), recipe_from=OFFICIAL_RECIPE)
     if info.get("branch"):
         pre["branch"] = info["branch"]
     out = {"checkpoint": str(path.resolve()), "sha256": sha256_file(path), "kind": info.get("kind"), "pretrain": pre}

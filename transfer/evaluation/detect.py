@@ -152,9 +152,9 @@ def run(args) -> int:
         apply_input_normalisation(cfg, source.get("normalisation"), args.opts, f"--weights {args.weights}")
         plan = TrialPlan(cfg, train, test, args.config, source)
         indices = range(args.trials) if args.trial_index is None else [args.trial_index]
-        trials = [run_or_read_trial(plan, sr.dir / f"trial_{i}", i, args.seed + i, path) for i in indices]
-        if args.trial_index is None and sr.is_main:  # one array element: the summary comes once all exist
-            write_summary(plan, sr.dir, trials)
+        trials = [run_or_read_trial(sr, plan, sr.dir / f"trial_{i}", i, args.seed + i, path) for i in indices]
+        if args.trial_index is None:  # one array element: the summary comes once all exist
+            write_summary(sr, plan, trials)
     return 0
 
 

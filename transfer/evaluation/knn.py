@@ -36,7 +36,7 @@ from pretrain.defaults import ImageFolderData
 from pretrain.frame import StageRun, guard
 from pretrain.monitor import extract_features, knn_accuracy
 from transfer.evaluation.convert import EvalModelConfig, eval_backbone
-from transfer.reporting.protocols import knn_fingerprint
+from pretrain.protocol import knn_fingerprint
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ from typing import Any, Mapping
 
 from pretrain.checkpoint import strip_prefix
 from pretrain.errors import InputError
+from pretrain.protocol import recipe_of
 
 SUITE_FORMAT = "simsiam-suite/pretrain"
 RAW_PIXELS = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}  # pixels / 255 only, RGB
@@ -285,7 +286,8 @@ def _vissl(obj: Mapping, where: str) -> Found:
 
 def suite_meta(obj: Mapping) -> dict:
     """What our checkpoint records of its pretraining: the configured epochs, whether the checkpoint is the end
-    of that schedule (its epoch equals them), batch, dataset, crop size, image / step limits, data settings."""
+    of that schedule (its epoch equals them), batch, dataset, crop size, image / step limits, the recipe
+    (pretrain.protocol.recipe_of its config; None without one), data settings."""
     cfg = obj.get("config") or {}
     train, data = cfg.get("train") or {}, cfg.get("data") or {}
     epoch, scheduled = obj.get("epoch"), train.get("epochs")
@@ -294,6 +296,7 @@ def suite_meta(obj: Mapping) -> dict:
             "completed": None if epoch is None or scheduled is None else int(epoch) == int(scheduled),
             "image_size": data.get("image_size"), "limit_per_class": data.get("limit_per_class"),
             "max_steps_per_epoch": train.get("max_steps_per_epoch"), "config_changes": obj.get("config_changes"),
+            "recipe": recipe_of(cfg) if isinstance(cfg, Mapping) and cfg else None,
             "pretrain_data": {k: v for k, v in data.items() if k in ("image_size", "mean", "std")}}
 
 

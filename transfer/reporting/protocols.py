@@ -1,17 +1,25 @@
 """The paper's evaluation protocols (Tables 4 and 5) as data, and the comparison of a result with them.
 
-Every results.json records under "protocol" the settings it was measured with (the fingerprint: data actually
-used, schedule, batch, optimizer, image sizes; built by the functions at the end of this module for the
-evaluations, by pretrain.train for pretraining) and under "source.pretrain" what the evaluated checkpoint
-says about its pretraining (transfer.evaluation.convert.describe_source). `differences(doc, protocol)` lists, as readable
-strings, every setting where a result departs from one column of the paper; a result belongs in that column
-only when the list is empty. Unknown counts as different: a results.json without "protocol", or a checkpoint
-that does not record its pretraining epochs, dataset, batch (Table 4) or whether its schedule ended, is not
-comparable, and the list says what is missing. A pretraining whose config was changed on resume (our
-checkpoints list such changes) is not the column's either.
+Every results.json (pretrain.results) records under "protocol" the settings it was measured with (the
+fingerprint: data actually used, schedule, batch, optimizer, image sizes; built for every stage by
+pretrain.protocol) and under "source.pretrain" what the evaluated checkpoint says about its pretraining
+(transfer.evaluation.convert.describe_source), its recipe among it: every config key that changes the
+pretraining trajectory (model and heads, target branch, loss, optimiser and schedule, augmentation; see
+pretrain.protocol.recipe_of). `differences(doc, protocol)` lists, as readable strings, every setting where a
+result departs from one column of the paper; a result belongs in that column only when the list is empty.
+Unknown counts as different: a results.json without "protocol", or a checkpoint that does not record its
+pretraining epochs, dataset, batch (Table 4), recipe or whether its schedule ended, is not comparable, and the
+list says what is missing. A pretraining whose config was changed on resume (our checkpoints list such
+changes) is not the column's either.
+
+The column's recipe is the paper's (pretrain.protocol.paper_recipe: the defaults of pretrain.defaults), key by
+key. A checkpoint in the official SimSiam code's format records no recipe and counts as the paper's (the
+converter records it so). Table 5 has two SimSiam rows: "base" (the paper's recipe: base lr 0.05, weight decay
+1e-4) and "optimal" (pretraining lr 0.5 and weight decay 1e-5, read as the base lr of the same scaling rule
+lr = base lr x batch / 256); a detection result enters Table 5 under the one its recipe equals.
 
 Not compared on purpose: the number of GPUs or processes, mixed precision, channels-last, feature caching,
-device-side augmentation, the kind of BN synchronisation (it follows the number of GPUs), and preset names
+device-side augmentation, the kind of BN synchronisation (it follows the number of GPUs), the seed, and preset names
 (their values are compared instead; the name is recorded for the reader). Recorded but not compared, as the
 reference does not state them: detection max sizes, weight decay and input format, the COCO warm-up.
 Detection train / test sets are compared by catalog name, which carries an image limit as 'name@N'.
@@ -33,7 +41,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from pretrain.augment import eval_crop_fraction, eval_resize_size
+from pretrain.protocol import paper_recipe
+from pretrain.results import PretrainInfo, Results
 
 TABLE4_EPOCHS = (100, 200, 400, 800)
 IMAGENET_NAMES = ("imagenet", "imagenet-1k", "ilsvrc2012", "in1k")  # folder names taken as ImageNet-1k
@@ -91,11 +100,18 @@ class Setting:
 
 
 @dataclass(frozen=True)
-class Pretraining:
-    """What a column needs of the evaluated checkpoint's pretraining (results.json source.pretrain)."""
+class Recipe:
+    """What a column needs of the evaluated checkpoint's pretraining (results.json source.pretrain): its epochs,
+    batch (empty: any) and crop, and the trajectory keys of one of `variants` (name, the keys where the variant
+    departs from the paper's recipe)."""
     epochs: tuple[int, ...]
-    batches: tuple[int, ...] = ()   # empty: any batch
+    batches: tuple[int, ...] = ()
     image_size: int = 224
+    variants: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = (("paper", ()),)
+
+    def expected(self, variant: str) -> dict[str, Any]:
+        """The recipe {"section.key": value} of one variant."""
+        return {**paper_recipe(), **dict(dict(self.variants)[variant])}
 
 
 @dataclass(frozen=True)
@@ -103,7 +119,7 @@ class Protocol:
     """One column (or group of columns) of the paper's tables."""
     name: str
     settings: tuple[Setting, ...]
-    pretraining: Pretraining
+    recipe: Recipe
 
 
 def _either(values: Sequence[Any]) -> str:
@@ -111,58 +127,71 @@ def _either(values: Sequence[Any]) -> str:
     return vals[0] if len(vals) == 1 else ", ".join(vals[:-1]) + " or " + vals[-1]
 
 
-def _number(info: Mapping[str, Any], key: str) -> int:
-    value = info.get(key)
-    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
+def _recipe_diffs(found: Mapping[str, Any], want: Mapping[str, Any]) -> list[str]:
+    out = []
+    for key in sorted(set(found) | set(want)):
+        if key not in want:
+            out.append(f"pretraining {key} {show(found[key])} (not a key of this code's recipe)")
+        elif key not in found or not _same(found[key], want[key]):
+            out.append(f"pretraining {key} {show(found.get(key))} != {show(want[key])}")
+    return out
 
 
-def pretraining_differences(info: Mapping[str, Any], need: Pretraining) -> list[str]:
+def recipe_match(info: PretrainInfo, need: Recipe) -> tuple[str | None, list[str]]:
+    """(the variant of the column that the checkpoint's recipe equals, or None; the differences from the
+    nearest variant, the first on a tie)."""
+    if info.recipe is None:
+        return None, ["pretraining recipe not recorded (model, loss, optimiser, schedule, augmentation)"]
+    tried = [(name, _recipe_diffs(info.recipe, need.expected(name))) for name, _ in need.variants]
+    name, diffs = min(tried, key=lambda t: len(t[1]))
+    return (name if not diffs else None), diffs
+
+
+def pretraining_differences(info: PretrainInfo, need: Recipe) -> list[str]:
     """How the checkpoint's recorded pretraining departs from a column's (empty: it matches)."""
-    if str(info.get("method") or "").lower() == "random init":
+    if str(info.method or "").lower() == "random init":
         return ["random init: no pretraining"]
     out = []
-    dataset, epochs = info.get("dataset"), info.get("epochs")
-    if dataset is None:
+    if info.dataset is None:
         out.append("pretraining dataset not recorded")
-    elif str(dataset).lower() not in IMAGENET_NAMES:
-        out.append(f"pretraining dataset {dataset} != imagenet")
-    if epochs is None:
+    elif info.dataset.lower() not in IMAGENET_NAMES:
+        out.append(f"pretraining dataset {info.dataset} != imagenet")
+    if info.epochs is None:
         out.append("pretraining epochs not recorded")
-    elif epochs not in need.epochs:
-        out.append(f"pretraining epochs {epochs} != {_either(need.epochs)}")
-    if info.get("completed") is None:
+    elif info.epochs not in need.epochs:
+        out.append(f"pretraining epochs {info.epochs} != {_either(need.epochs)}")
+    if info.completed is None:
         out.append("pretraining schedule not recorded (cannot tell whether it reached its end)")
-    elif not info["completed"]:
-        out.append(f"pretraining stopped at epoch {epochs} of {info.get('scheduled_epochs')}")
-    if need.batches and info.get("batch_size") is None:
+    elif not info.completed:
+        out.append(f"pretraining stopped at epoch {info.epochs} of {info.scheduled_epochs}")
+    if need.batches and info.batch_size is None:
         out.append("pretraining batch not recorded")
-    elif need.batches and info["batch_size"] not in need.batches:
-        out.append(f"pretraining batch {info['batch_size']} != {_either(need.batches)}")
-    if info.get("image_size") not in (None, need.image_size):
-        out.append(f"pretraining crop {info['image_size']} != {need.image_size}")
-    if _number(info, "limit_per_class") > 0:
-        out.append(f"pretraining on {info['limit_per_class']} images per class")
-    if _number(info, "max_steps_per_epoch") > 0:
-        out.append(f"pretraining epochs cut to {info['max_steps_per_epoch']} steps")
-    for c in info.get("config_changes") or []:
+    elif need.batches and info.batch_size not in need.batches:
+        out.append(f"pretraining batch {info.batch_size} != {_either(need.batches)}")
+    if info.image_size not in (None, need.image_size):
+        out.append(f"pretraining crop {info.image_size} != {need.image_size}")
+    if (info.limit_per_class or 0) > 0:
+        out.append(f"pretraining on {info.limit_per_class} images per class")
+    if (info.max_steps_per_epoch or 0) > 0:
+        out.append(f"pretraining epochs cut to {info.max_steps_per_epoch} steps")
+    out += recipe_match(info, need)[1]
+    for c in info.config_changes or []:
         out.append(f"pretraining {c.get('key')} changed from {show(c.get('old'))} to {show(c.get('new'))} "
                    f"after epoch {c.get('epoch')}")
     return out
 
 
-def differences(doc: Mapping[str, Any], protocol: Protocol, pretraining: bool = True) -> list[str]:
+def differences(doc: Results, protocol: Protocol, pretraining: bool = True) -> list[str]:
     """Every way the results document departs from the protocol, as readable strings (empty: comparable).
     pretraining=False: the evaluation's settings only (a published checkpoint's own pretraining is not the
     column's in any case; its rows say so)."""
-    found = doc.get("protocol")
-    if isinstance(found, Mapping):
-        out = [d for d in (s.difference(found) for s in protocol.settings) if d]
+    if doc.protocol is not None:
+        out = [d for d in (s.difference(doc.protocol) for s in protocol.settings) if d]
     else:
         out = ["protocol not recorded in results.json"]
     if not pretraining:
         return out
-    pre = (doc.get("source") or {}).get("pretrain") or {}
-    return out + pretraining_differences(pre, protocol.pretraining)
+    return out + pretraining_differences(doc.source.pretrain, protocol.recipe)
 
 
 # ------------------------------------------------------------------------------------- the paper's columns
@@ -187,8 +216,8 @@ LINEAR_IMAGENET = (
     Setting("test_resize", "test resize", 256),
     Setting("test_crop", "test crop", 224),
 )
-TABLE4 = {e: Protocol(f"Table 4, {e} ep", LINEAR_IMAGENET, Pretraining((e,), (256, 512))) for e in TABLE4_EPOCHS}
-TABLE4_ANY = Protocol("Table 4", LINEAR_IMAGENET, Pretraining(TABLE4_EPOCHS, (256, 512)))
+TABLE4 = {e: Protocol(f"Table 4, {e} ep", LINEAR_IMAGENET, Recipe((e,), (256, 512))) for e in TABLE4_EPOCHS}
+TABLE4_ANY = Protocol("Table 4", LINEAR_IMAGENET, Recipe(TABLE4_EPOCHS, (256, 512)))
 
 
 def _detection(train: tuple[str, ...], test: tuple[str, ...], iterations: int,
@@ -214,23 +243,26 @@ def _detection(train: tuple[str, ...], test: tuple[str, ...], iterations: int,
 
 _VOC_TRAIN_SIZES = tuple(range(480, 801, 32))
 _VOC_WARMUP = (Setting("warmup_iters", "warm-up iterations", 100),)
+# Table 5's SimSiam rows: "base" is the paper's recipe, "optimal" its pretraining lr and weight decay tuned for
+# detection (lr 0.5, wd 1e-5).
+TABLE5_VARIANTS = (("base", ()), ("optimal", (("optim.base_lr", 0.5), ("optim.weight_decay", 1e-5))))
+TABLE5_RECIPE = Recipe((200,), variants=TABLE5_VARIANTS)
 TABLE5 = {
     "voc07": Protocol("Table 5, VOC 07", _detection(
         ("voc_2007_trainval",), ("voc_2007_test",), 24_000, (18_000, 22_000), _VOC_TRAIN_SIZES, False,
-        _VOC_WARMUP), Pretraining((200,))),
+        _VOC_WARMUP), TABLE5_RECIPE),
     "voc0712": Protocol("Table 5, VOC 07+12", _detection(
         ("voc_2007_trainval", "voc_2012_trainval"), ("voc_2007_test",), 24_000, (18_000, 22_000),
-        _VOC_TRAIN_SIZES, False, _VOC_WARMUP), Pretraining((200,))),
+        _VOC_TRAIN_SIZES, False, _VOC_WARMUP), TABLE5_RECIPE),
     "coco": Protocol("Table 5, COCO 1x", _detection(
         ("coco_2017_train",), ("coco_2017_val",), 90_000, (60_000, 80_000), tuple(range(640, 801, 32)),
-        True), Pretraining((200,))),
+        True), TABLE5_RECIPE),
 }
 
 
-def table4_differences(doc: Mapping[str, Any], pretraining: bool = True) -> list[str]:
+def table4_differences(doc: Results, pretraining: bool = True) -> list[str]:
     """Differences from the Table 4 column of the checkpoint's pretraining epochs (any column when none fits)."""
-    epochs = ((doc.get("source") or {}).get("pretrain") or {}).get("epochs")
-    return differences(doc, TABLE4.get(epochs, TABLE4_ANY), pretraining)
+    return differences(doc, TABLE4.get(doc.source.pretrain.epochs, TABLE4_ANY), pretraining)
 
 
 def table5_benchmark(dataset: str | None) -> str | None:
@@ -239,12 +271,17 @@ def table5_benchmark(dataset: str | None) -> str | None:
     return name if name in TABLE5 else None
 
 
-def table5_differences(doc: Mapping[str, Any], pretraining: bool = True) -> tuple[str | None, list[str]]:
+def table5_differences(doc: Results, pretraining: bool = True) -> tuple[str | None, list[str]]:
     """(benchmark or None, differences from that benchmark's Table 5 protocol)."""
-    bench = table5_benchmark(doc.get("dataset"))
+    bench = table5_benchmark(doc.dataset)
     if bench is None:
-        return None, [f"dataset {doc.get('dataset')} != {_either(TABLE5_BENCHMARKS)}"]
+        return None, [f"dataset {doc.dataset} != {_either(TABLE5_BENCHMARKS)}"]
     return bench, differences(doc, TABLE5[bench], pretraining)
+
+
+def table5_variant(doc: Results) -> str | None:
+    """The Table 5 SimSiam row ("base" or "optimal") whose pretraining recipe the checkpoint's equals, or None."""
+    return recipe_match(doc.source.pretrain, TABLE5_RECIPE)[0]
 
 
 def brief(diffs: Sequence[str], limit: int = 4) -> str:
@@ -254,45 +291,3 @@ def brief(diffs: Sequence[str], limit: int = 4) -> str:
     rest = len(diffs) - len(head)
     more = f" (and {rest} other setting{'s' if rest > 1 else ''})" if rest else ""
     return "; ".join(head) + more
-
-
-# ---------------------------------------------------------------------------------------- fingerprints
-def linear_fingerprint(cfg, *, dataset: str, arch: str | None, train_images: int, val_images: int,
-                       classes: int, presets: Sequence[str] = ()) -> dict[str, Any]:
-    """results.json "protocol" of a linear evaluation (cfg: transfer.evaluation.linear.LinearConfig)."""
-    d, o, t = cfg.data, cfg.optim, cfg.train
-    return {"stage": "linear", "dataset": dataset, "arch": arch, "train_images": train_images,
-            "val_images": val_images, "classes": classes, "epochs": t.epochs,
-            "max_steps_per_epoch": t.max_steps_per_epoch, "batch": t.batch_size, "optimizer": o.optimizer,
-            "lr": o.base_lr * t.batch_size / 256, "base_lr": o.base_lr, "weight_decay": o.weight_decay,
-            "momentum": o.momentum, "schedule": o.schedule, "lars_trust": o.trust_coefficient,
-            "train_augment": "RandomResizedCrop+flip" if d.augment else "none (test transform)",
-            "train_crop": d.image_size,
-            "test_resize": eval_resize_size(d.image_size, d.crop_fraction or eval_crop_fraction(d.image_size)),
-            "test_crop": d.image_size, "preset": "+".join(map(str, presets)) or None}
-
-
-def knn_fingerprint(cfg, *, dataset: str, arch: str | None, bank_images: int, test_images: int,
-                    classes: int) -> dict[str, Any]:
-    """results.json "protocol" of a kNN evaluation (cfg: transfer.evaluation.knn.KnnConfig with its data resolved)."""
-    d = cfg.data
-    return {"stage": "knn", "dataset": dataset, "arch": arch, "train_images": bank_images,
-            "val_images": test_images, "classes": classes, "k": list(cfg.ks), "t": cfg.t,
-            "test_resize": eval_resize_size(d.image_size, d.crop_fraction or eval_crop_fraction(d.image_size)),
-            "test_crop": d.image_size}
-
-
-def detection_fingerprint(cfg, train: Sequence[str], test: Sequence[str], preset: str | None) -> dict[str, Any]:
-    """results.json "protocol" of a detection run (cfg: the resolved detectron2 config; train / test: the
-    catalog names used, 'name@N' when limited to the first N images)."""
-    m, s, i = cfg.MODEL, cfg.SOLVER, cfg.INPUT
-    features = list(m.RESNETS.OUT_FEATURES)
-    arch = f"R{m.RESNETS.DEPTH}-C4" if features == ["res4"] else f"R{m.RESNETS.DEPTH}-{'+'.join(features)}"
-    return {"stage": "detection", "train_datasets": list(train), "test_datasets": list(test), "arch": arch,
-            "roi_heads": m.ROI_HEADS.NAME, "mask": bool(m.MASK_ON), "iterations": int(s.MAX_ITER),
-            "steps": [int(x) for x in s.STEPS], "batch": int(s.IMS_PER_BATCH), "optimizer": "sgd",
-            "base_lr": float(s.BASE_LR), "weight_decay": float(s.WEIGHT_DECAY), "warmup_iters": int(s.WARMUP_ITERS),
-            "min_size_train": [int(x) for x in i.MIN_SIZE_TRAIN], "max_size_train": int(i.MAX_SIZE_TRAIN),
-            "min_size_test": int(i.MIN_SIZE_TEST), "max_size_test": int(i.MAX_SIZE_TEST),
-            "freeze_at": int(m.BACKBONE.FREEZE_AT), "norm": m.RESNETS.NORM, "input_format": i.FORMAT,
-            "preset": preset}

@@ -1,48 +1,24 @@
-"""results.json: the one contract between evaluations and the comparison tables.
+"""results.json: the one contract between evaluations and the comparison tables (the schema: pretrain.results).
 
-Every stage (pretraining, kNN, linear, detection trial, detection summary) writes one `results.json` into its
-run folder with `write_results` (defined in pretrain.logs, which pretraining shares). `simsiam table` reads
-nothing else: `read_results` and `find_results` are its side. A missing, broken or foreign file is a
-ResultsError (pretrain.errors.InputError: one line naming the file, exit code 2).
+Every stage writes one `results.json` into its run folder through its frame (pretrain.frame.StageRun.results).
+`simsiam table` reads nothing else: `find_results` finds the files, pretrain.results.read reads each as a
+typed document (Results); `read_results` gives one as its JSON mapping (scripts and tests). A
+missing, broken or foreign file is a ResultsError (pretrain.errors.InputError: one line naming the file, exit
+code 2).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from pretrain.checkpoint import sha256_file  # noqa: F401 - part of this module's API
-from pretrain.errors import InputError
-from pretrain.logs import RESULTS_SCHEMA, RESULTS_TASKS, write_results  # noqa: F401 - part of this module's API
-
-SCHEMA, TASKS = RESULTS_SCHEMA, RESULTS_TASKS
-
-
-class ResultsError(InputError, ValueError):
-    """A results.json that cannot be read: not valid JSON, or another schema."""
-
-
-class MissingResults(ResultsError, FileNotFoundError):
-    """No results.json (or run folder) where one was named."""
+from pretrain.results import SCHEMA, TASKS, VERSION, MissingResults, Results, ResultsError, read  # noqa: F401
 
 
 def read_results(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if path.is_dir():
-        path = path / "results.json"
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise MissingResults(f"no results.json at {path}") from None
-    except json.JSONDecodeError as e:
-        raise ResultsError(f"{path}: not valid JSON ({e})") from None
-    except UnicodeDecodeError:
-        raise ResultsError(f"{path}: not a text file") from None
-    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
-        found = doc.get("schema") if isinstance(doc, dict) else f"a JSON {type(doc).__name__}"
-        raise ResultsError(f"{path}: schema is {found!r}, expected {SCHEMA!r}")
-    doc["_path"] = str(path)
-    return doc
+    """A results.json as its JSON mapping, with "_path" (the file read) added."""
+    doc = read(path)
+    return {**doc.to_json(), "_path": str(doc.path)}
 
 
 def find_results(paths: list[str | Path]) -> list[Path]:

@@ -7,7 +7,8 @@ AP50 / AP / AP75) are printed with the published rows of Chen & He (2021) and on
 checkpoint found in the given run folders' results.json files. A user's number lands in a paper column
 only when the protocol its results.json records, and the pretraining its checkpoint records, equal that
 column's (transfer.reporting.protocols: dataset and split sizes, schedule, batch, optimizer, image sizes, pretraining
-epochs run to the end of their schedule). Every other result (another dataset, a shortened or changed
+epochs run to the end of their schedule with the paper's recipe). A Table 5 row of yours is named for the paper's
+SimSiam row whose recipe it ran: "SimSiam, base" or "SimSiam, optimal" (pretraining lr 0.5, weight decay 1e-5). Every other result (another dataset, a shortened or changed
 protocol, an unfinished or unknown pretraining, a random-init backbone) goes into a "not comparable" table
 that says what differs. The runs of a sweep of the paper's experiments (`simsiam submit ablation`) are
 laid out as that experiment's table instead (transfer.reporting.ablations). A linear result whose head was picked from a grid (`simsiam linear` grid mode) is
@@ -40,9 +41,11 @@ from typing import Any, Iterable
 from tabulate import tabulate
 
 from pretrain.errors import InputError
-from transfer.reporting.protocols import TABLE4_EPOCHS, brief, table4_differences, table5_differences
 from pretrain.frame import guard
-from transfer.reporting.results import find_results, read_results
+from pretrain.results import Results, read
+from transfer.reporting.protocols import (TABLE4_EPOCHS, brief, table4_differences, table5_differences,
+                                          table5_variant)
+from transfer.reporting.results import find_results
 
 MISSING = "-"
 EPOCHS = TABLE4_EPOCHS
@@ -115,23 +118,16 @@ def fmt_triple(triple: tuple[list[float], list[float], list[float]] | None) -> s
 
 
 # ----------------------------------------------------------------------------------------- reading
-def _pretrain_info(doc: dict) -> dict:
-    return (doc.get("source") or {}).get("pretrain") or {}
-
-
-def recorded_method(doc: dict) -> str | None:
+def recorded_method(doc: Results) -> str | None:
     """The pretraining method the evaluated checkpoint records (SimSiam, MoCo, torchvision, random init), or
     None when the results do not say."""
-    src = doc.get("source") or {}
-    if src.get("checkpoint") == "random" or src.get("kind") == "random-init":
-        return "random init"
-    return _pretrain_info(doc).get("method")
+    return "random init" if doc.source.is_random else doc.source.pretrain.method
 
 
-def is_published(doc: dict) -> bool:
+def is_published(doc: Results) -> bool:
     """The evaluated checkpoint is someone else's published file (its kind is not one this suite writes)."""
-    src = doc.get("source") or {}
-    return src.get("kind") is not None and src.get("kind") not in OWN_KINDS and src.get("checkpoint") != "random"
+    src = doc.source
+    return src.kind is not None and src.kind not in OWN_KINDS and not src.is_random
 
 
 def paper_rank(method: str) -> int:
@@ -156,13 +152,13 @@ def parse_method_names(specs: Iterable[str]) -> dict[str | None, str]:
     return names
 
 
-def method_name(doc: dict, names: dict[str | None, str] | None = None) -> str:
+def method_name(doc: Results, names: dict[str | None, str] | None = None) -> str:
     """The row's method: the checkpoint's own, else a --method name for it, else 'torchvision' or
     'unknown method'."""
     method = recorded_method(doc)
     if method not in UNNAMED:
         return method
-    sha = str((doc.get("source") or {}).get("sha256") or "").lower()
+    sha = (doc.source.sha256 or "").lower()
     for prefix, name in (names or {}).items():
         if prefix is not None and sha.startswith(prefix):
             return name
@@ -179,71 +175,54 @@ def method_columns(method: str) -> tuple[str, str]:
     return MISSING, MISSING
 
 
-def grid_label(doc: dict) -> str | None:
+def grid_label(doc: Results) -> str | None:
     """'best of grid (held-out N images, seed S)' for a linear result picked from a grid of heads
     (transfer.evaluation.linear's grid mode), None for any other result. Such a result never enters a paper column."""
-    grid = doc.get("grid")
-    if not isinstance(grid, dict):
+    if doc.grid is None:
         return None
-    held = grid.get("holdout") or {}
+    held = doc.grid.get("holdout") or {}
     return f"best of grid (held-out {held.get('images', '?')} images, seed {held.get('seed', '?')})"
 
 
-def row_key(doc: dict) -> tuple:
+def row_key(doc: Results) -> tuple:
     """Results from the same pretrained checkpoint form one row."""
-    src = doc.get("source") or {}
-    info = _pretrain_info(doc)
-    return (src.get("sha256") or src.get("checkpoint") or "unknown",
-            info.get("arch"), info.get("epochs"), info.get("batch_size"), info.get("dataset"),
-            info.get("zero_init_residual"), info.get("branch"))
+    src, info = doc.source, doc.source.pretrain
+    return (src.sha256 or src.checkpoint or "unknown", info.arch, info.epochs, info.batch_size, info.dataset,
+            info.zero_init_residual, info.branch)
 
 
-def row_label(doc: dict, method: str) -> str:
-    info = _pretrain_info(doc)
-    src = doc.get("source") or {}
-    bits = []
-    if info.get("arch"):
-        bits.append(str(info["arch"]))
-    if info.get("branch"):
-        bits.append(str(info["branch"]))
-    if method == "random init" and info.get("zero_init_residual") is False:
+def row_label(doc: Results, method: str) -> str:
+    info, src = doc.source.pretrain, doc.source
+    bits = [str(b) for b in (info.arch, info.branch) if b]
+    if method == "random init" and info.zero_init_residual is False:
         bits.append("every BN weight 1")
-    if info.get("dataset"):
-        bits.append(f"pretrained on {info['dataset']}")
-    if info.get("epochs") is not None and method != "random init":
-        bits.append(f"{info['epochs']} ep")
-    if info.get("batch_size"):
-        bits.append(f"bs {info['batch_size']}")
-    if src.get("sha256"):
-        bits.append(str(src["sha256"])[:8])
+    if info.dataset:
+        bits.append(f"pretrained on {info.dataset}")
+    if info.epochs is not None and method != "random init":
+        bits.append(f"{info.epochs} ep")
+    if info.batch_size:
+        bits.append(f"bs {info.batch_size}")
+    if src.sha256:
+        bits.append(src.sha256[:8])
     whose = "published, evaluated here" if is_published(doc) else "yours"
     return f"{method} ({whose}" + (": " + ", ".join(bits) if bits else "") + ")"
 
 
-def _detection_trials(doc: dict) -> list[dict]:
+def _detection_trials(doc: Results) -> list[dict]:
     """Per-trial metric dicts of a detection results.json (a summary lists its trials)."""
-    trials = doc.get("trials")
-    if isinstance(trials, list) and trials:
-        return [t.get("metrics", t) if isinstance(t, dict) else {} for t in trials]
-    return [doc.get("metrics") or {}]
+    return [t.get("metrics", t) for t in doc.trials] or [doc.metrics]
 
 
 def _ap_triple(m: dict) -> tuple[float | None, float | None, float | None]:
     return m.get("AP50"), m.get("AP"), m.get("AP75")
 
 
-def load_docs(paths: list[str | Path]) -> list[dict]:
+def load_docs(paths: list[str | Path]) -> list[Results]:
     """results.json documents; a detection summary hides the trial files in its sub-folders."""
-    docs = [read_results(p) for p in find_results(paths)]
-    summaries = [Path(d["_path"]).parent for d in docs if d.get("task") == "detection" and d.get("trials")]
-    kept = []
-    for d in docs:
-        here = Path(d["_path"]).parent
-        if d.get("task") == "detection" and not d.get("trials") and any(
-                s != here and s in here.parents for s in summaries):
-            continue
-        kept.append(d)
-    return kept
+    docs = [read(p) for p in find_results(paths)]
+    summaries = [d.folder for d in docs if d.task == "detection" and d.trials]
+    return [d for d in docs if not (d.task == "detection" and not d.trials
+                                    and any(s != d.folder and s in d.folder.parents for s in summaries))]
 
 
 # ----------------------------------------------------------------------------------------- tables
@@ -254,7 +233,7 @@ class Tables:
     protocol and the column's; every other result is kept in a "not comparable" table with the differences.
     `method_names`: parse_method_names' output (labels for checkpoints that do not name their method)."""
 
-    def __init__(self, docs: list[dict], method_names: dict[str | None, str] | None = None):
+    def __init__(self, docs: list[Results], method_names: dict[str | None, str] | None = None):
         self.method_names = method_names or {}
         self.labels: dict[tuple, str] = {}
         self.methods: dict[tuple, str] = {}
@@ -270,6 +249,7 @@ class Tables:
         # published checkpoints under Table 4's / 5's evaluation protocol: key -> [top1...], key -> benchmark -> triple
         self.published_linear: dict[tuple, list[float]] = defaultdict(list)
         self.published_det: dict[tuple, dict[str, tuple[list, list, list]]] = defaultdict(dict)
+        self.det_labels: dict[tuple, str] = {}   # Table 5 rows name the paper's row they ran ("SimSiam, base")
         self.epochs: dict[tuple, Any] = {}
         for d in docs:
             self.add(d)
@@ -281,23 +261,21 @@ class Tables:
             if v is not None:
                 lst.append(float(v))
 
-    def add(self, doc: dict) -> None:
-        task = doc.get("task")
-        if task not in ("linear", "knn", "detection"):
+    def add(self, doc: Results) -> None:
+        if doc.task not in ("linear", "knn", "detection"):
             return
         key = row_key(doc)
         method = method_name(doc, self.method_names)
         self.methods.setdefault(key, method)
         self.labels.setdefault(key, row_label(doc, method))
-        self.epochs.setdefault(key, _pretrain_info(doc).get("epochs"))
-        if task == "detection":
+        self.epochs.setdefault(key, doc.source.pretrain.epochs)
+        if doc.task == "detection":
             self._add_detection(doc, key)
         else:
             self._add_classification(doc, key)
 
-    def _add_classification(self, doc: dict, key: tuple) -> None:
-        m = doc.get("metrics") or {}
-        info = _pretrain_info(doc)
+    def _add_classification(self, doc: Results, key: tuple) -> None:
+        m, info = doc.metrics, doc.source.pretrain
         published = is_published(doc)
         diffs = table4_differences(doc, pretraining=not published)
         grid = grid_label(doc)
@@ -305,23 +283,27 @@ class Tables:
             if published:
                 self.published_linear[key].append(float(m["top1"]))
             else:
-                self.linear[key][info["epochs"]].append(float(m["top1"]))
-                self.linear_batch[key] = info.get("batch_size")
+                self.linear[key][info.epochs].append(float(m["top1"]))
+                self.linear_batch[key] = info.batch_size
             return
         reason = brief(diffs) or ("lr picked from a grid on held-out training images" if grid else "no top-1 metric")
-        task = doc.get("task") if grid is None else f"{doc.get('task')}, {grid}"
-        row = self.other_cls[(key, task, doc.get("dataset"), info.get("epochs"), reason)]
+        task = doc.task if grid is None else f"{doc.task}, {grid}"
+        row = self.other_cls[(key, task, doc.dataset, info.epochs, reason)]
         for metric, value in m.items():
             if isinstance(value, (int, float)):
                 row[metric].append(float(value))
 
-    def _add_detection(self, doc: dict, key: tuple) -> None:
+    def _add_detection(self, doc: Results, key: tuple) -> None:
         published = is_published(doc)
         bench, diffs = table5_differences(doc, pretraining=not published)
         if diffs:
-            store = self.other_det[(key, doc.get("dataset"), brief(diffs))]
+            store = self.other_det[(key, doc.dataset, brief(diffs))]
+        elif published:
+            store = self.published_det[key]
         else:
-            store = self.published_det[key] if published else self.det[key]
+            store = self.det[key]
+            variant = table5_variant(doc)   # the SimSiam row of Table 5 whose recipe it ran: base or optimal
+            self.det_labels.setdefault(key, row_label(doc, f"{self.methods[key]}, {variant}"))
         for tm in _detection_trials(doc):
             box, segm = tm.get("bbox", tm), tm.get("segm")
             if diffs:
@@ -378,7 +360,7 @@ class Tables:
         rows = [[name, *[" / ".join(f"{v:.1f}" for v in t) for t in triples]]
                 for name, *triples in PAPER_TABLE5]
         for key, per in self.det.items():
-            rows.append([self.labels[key], *[fmt_triple(per.get(b)) for b in BENCHMARKS]])
+            rows.append([self.det_labels[key], *[fmt_triple(per.get(b)) for b in BENCHMARKS]])
         return headers, rows
 
     def other_detection(self) -> tuple[list[str], list[list[str]]]:
@@ -455,9 +437,8 @@ METHOD_HELP = ("label for checkpoints that do not name their pretraining method 
                "It never makes a row comparable: that takes the recorded protocol.")
 
 
-def _unmatched_prefixes(docs: list[dict], names: dict[str | None, str]) -> list[str]:
-    shas = [str((d.get("source") or {}).get("sha256") or "").lower() for d in docs
-            if recorded_method(d) in UNNAMED]
+def _unmatched_prefixes(docs: list[Results], names: dict[str | None, str]) -> list[str]:
+    shas = [(d.source.sha256 or "").lower() for d in docs if recorded_method(d) in UNNAMED]
     return [p for p in names if p is not None and not any(s.startswith(p) for s in shas)]
 
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import yaml
 
-from pretrain import distributed
+from pretrain.frame import StageRun
 from pretrain.logs import MetricsWriter
+from pretrain.protocol import detection_fingerprint
+from pretrain.results import Results, read
 from transfer.evaluation.trials import aggregate, summary_extra, trial_entry
-from transfer.reporting.protocols import detection_fingerprint
-from transfer.reporting.results import read_results, write_results
 
 log = logging.getLogger("simsiam.detect")
 
@@ -72,26 +72,24 @@ class TrialPlan:
                 "protocol": self.protocol}
 
 
-def run_or_read_trial(plan: TrialPlan, tdir: Path, i: int, seed: int, weights: str) -> dict | None:
-    """Trial i: its results.json when it already exists, else train + evaluate it and write that file.
-    Returns its summary entry on rank 0 (None elsewhere)."""
+def run_or_read_trial(sr: StageRun, plan: TrialPlan, tdir: Path, i: int, seed: int, weights: str) -> dict | None:
+    """Trial i: its results.json when it already exists, else train + evaluate it and write that file (through
+    the stage's frame `sr`). Returns its summary entry on rank 0 (None elsewhere)."""
     if (tdir / "results.json").is_file():
         log.info("trial %d already finished (%s): skipped", i, tdir / "results.json")
     else:
         from .trainer import train_trial
 
         results = train_trial(plan.cfg, tdir, seed, weights)
-        if distributed.is_main():
-            write_trial(plan, tdir, i, seed, results)
-        distributed.barrier()
-    if not distributed.is_main():
+        sr.results(trial_results(plan, tdir, i, seed, results) if sr.is_main else None, folder=tdir)
+    if not sr.is_main:
         return None
-    doc = read_results(tdir)
-    return trial_entry(i, doc.get("seed", seed), doc["metrics"], str(tdir / "results.json"))
+    doc = read(tdir)
+    return trial_entry(i, doc.seed if doc.seed is not None else seed, doc.metrics, str(doc.path))
 
 
-def write_trial(plan: TrialPlan, tdir: Path, i: int, seed: int, results: dict) -> None:
-    """The trial's metrics line (its evaluation) and results.json."""
+def trial_results(plan: TrialPlan, tdir: Path, i: int, seed: int, results: dict) -> Results:
+    """The trial's metrics line (its evaluation), and its results.json document."""
     if not results.get(plan.test[0]):
         raise RuntimeError(f"trial {i}: the evaluator returned no results ({results})")
     metrics = extract_metrics(results[plan.test[0]], plan.kind, plan.cfg.MODEL.MASK_ON)
@@ -99,17 +97,22 @@ def write_trial(plan: TrialPlan, tdir: Path, i: int, seed: int, results: dict) -
     flat = {f"{t}/{k}" if plan.kind == "coco" else k: v for t, d in pairs for k, v in d.items()}
     MetricsWriter(tdir, tensorboard=False).write({"stage": "detection", "iter": plan.cfg.SOLVER.MAX_ITER,
                                                   "trial": i, **flat})
-    write_results(tdir, task="detection", dataset=plan.bench, metrics=metrics,
-                  config={**plan.resolved, "seed": seed, "OUTPUT_DIR": str(tdir)}, source=plan.source,
-                  batch_size=plan.cfg.SOLVER.IMS_PER_BATCH, extra={"trial": i, "seed": seed, **plan.fields()})
+    return Results.new(task="detection", dataset=plan.bench, metrics=metrics,
+                       config={**plan.resolved, "seed": seed, "OUTPUT_DIR": str(tdir)}, source=plan.source,
+                       batch_size=plan.cfg.SOLVER.IMS_PER_BATCH, extra={"trial": i, "seed": seed, **plan.fields()})
 
 
-def write_summary(plan: TrialPlan, run_dir: Path, trials: list[dict]) -> None:
-    """DIR/results.json: the mean over trials, their sample std and the per-trial list."""
-    mean, std = aggregate([t["metrics"] for t in trials])
-    path = write_results(run_dir, task="detection", dataset=plan.bench, metrics=mean, config=plan.resolved,
-                         source=plan.source, batch_size=plan.cfg.SOLVER.IMS_PER_BATCH,
-                         extra={**summary_extra(trials, std), **plan.fields()})
-    print(f"simsiam detect: {len(trials)} trial(s) on {plan.bench}: mean {json.dumps(mean)}; "
-          f"std {json.dumps(std)}")
-    print(f"results: {path}")
+def write_summary(sr: StageRun, plan: TrialPlan, trials: list[dict | None]) -> None:
+    """DIR/results.json (through the stage's frame `sr`): the mean over trials, their sample std and the
+    per-trial list (`trials`: the entries on rank 0)."""
+    doc = None
+    if sr.is_main:
+        mean, std = aggregate([t["metrics"] for t in trials])
+        doc = Results.new(task="detection", dataset=plan.bench, metrics=mean, config=plan.resolved,
+                          source=plan.source, batch_size=plan.cfg.SOLVER.IMS_PER_BATCH,
+                          extra={**summary_extra(trials, std), **plan.fields()})
+    path = sr.results(doc)
+    if sr.is_main:
+        print(f"simsiam detect: {len(trials)} trial(s) on {plan.bench}: mean {json.dumps(doc.metrics)}; "
+              f"std {json.dumps(doc.extra['std'])}")
+        print(f"results: {path}")

@@ -7,7 +7,7 @@ import dataclasses
 import math
 from typing import TYPE_CHECKING
 
-from transfer.reporting.protocols import linear_fingerprint
+from pretrain.protocol import linear_fingerprint
 
 if TYPE_CHECKING:
     from .evaluation import LinearEvaluation
@@ -93,7 +93,7 @@ def protocol(ev: LinearEvaluation, presets) -> dict:
 
 
 def results_fields(ev: LinearEvaluation, presets) -> dict:
-    """Everything results.json holds besides what pretrain.logs.write_results adds itself."""
+    """Everything results.json holds besides what pretrain.results.write adds itself (its version, code version, time)."""
     cfg = ev.cfg
     extra = {"backbone_checksum": ev.backbone.checksum, "backbone_unchanged": True, "optimizer": cfg.optim.optimizer,
              "num_classes": ev.data.num_classes, "applied": ev.backbone.applied,
