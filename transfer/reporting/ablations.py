@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from pretrain.errors import InputError
-from transfer.reporting.results import MissingResults, ResultsError, read_results
+from transfer.reporting.results import MissingResults, Results, ResultsError, read_results
 
 MANIFEST = "ablation.json"
 SCHEMA = "simsiam-suite/ablation/v1"
@@ -69,9 +69,9 @@ def find_sweeps(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
     return [read_manifest(m) for m in found]
 
 
-def in_sweep(doc: dict, sweeps: list[dict]) -> bool:
+def in_sweep(doc: Results, sweeps: list[dict]) -> bool:
     """Does the results document lie inside one of the sweeps' folders?"""
-    where = Path(doc["_path"]).resolve()
+    where = Path(doc.path).resolve()
     return any(Path(s["_dir"]) in where.parents for s in sweeps)
 
 
@@ -140,7 +140,8 @@ def evaluation_differences(linear: dict) -> list[str]:
     """How a linear result departs from the paper's linear protocol (its settings only; the pretraining is
     compared with the variant's recipe instead)."""
     from transfer.reporting.protocols import TABLE4, differences
-    return [d for d in differences(linear, TABLE4[100], pretraining=False) if not d.startswith("dataset ")]
+    doc = Results.from_json(linear)
+    return [d for d in differences(doc, TABLE4[100], pretraining=False) if not d.startswith("dataset ")]
 
 
 def variant_differences(sweep: dict, variant: dict, trials: list[dict]) -> list[str]:
