@@ -630,7 +630,7 @@ def check(argv: list[str]) -> int:
     """`simsiam submit check [resources] --log-dir DIR`: a gloo all_reduce across the tasks of one job, to test
     an allocation (and the env:// set-up) before submitting real work."""
     from .jobs import CallFunction, distributed_check
-    ap = one_line_errors(argparse.ArgumentParser(prog="simsiam submit check", allow_abbrev=False), "check")
+    ap = stages.one_line_errors(argparse.ArgumentParser(prog="simsiam submit check", allow_abbrev=False), "check")
     add_resource_args(ap)
     res = resources_from_args(ap.parse_args(argv))
     folder = Path(res.log_dir or "slurm-check")
@@ -647,20 +647,10 @@ def check(argv: list[str]) -> int:
 
 # ---------------------------------------------------------------------------------------------------------- cli
 
-def one_line_errors(ap: argparse.ArgumentParser, what: str) -> argparse.ArgumentParser:
-    """`ap` reporting a bad option as a SubmitError ('<what>: <argparse's message>') instead of printing its
-    usage and exiting."""
-    def fail(message: str):
-        raise SubmitError(f"{what}: {message}")
-
-    ap.error = fail  # argparse reports every parse error through self.error
-    return ap
-
-
 def build_parser(stage: str) -> argparse.ArgumentParser:
-    ap = one_line_errors(argparse.ArgumentParser(prog=f"simsiam submit {stage}", allow_abbrev=False,
-                                                 description=__doc__.split("\n\n")[0],
-                                                 formatter_class=argparse.RawDescriptionHelpFormatter), stage)
+    ap = stages.one_line_errors(argparse.ArgumentParser(prog=f"simsiam submit {stage}", allow_abbrev=False,
+                                                        description=__doc__.split("\n\n")[0],
+                                                        formatter_class=argparse.RawDescriptionHelpFormatter), stage)
     add_resource_args(ap)
     ap.add_argument("--no-wait", action="store_true",
                     help="return after submitting (default: follow the jobs and report failures)")

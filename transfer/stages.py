@@ -83,8 +83,12 @@ def get(name: str) -> Stage:
 
 def parser(name: str) -> argparse.ArgumentParser:
     """The stage's own parser, raising StageArgError instead of printing usage and exiting."""
-    p = get(name).parser()
+    return one_line_errors(get(name).parser(), name)
 
+
+def one_line_errors(p: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """`p` reporting a parse error as a StageArgError ('<name>: <argparse's message>', one line, exit code 2
+    through pretrain.frame.guard) instead of printing its usage and exiting."""
     def fail(message: str):
         raise StageArgError(name, message)
 
