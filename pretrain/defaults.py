@@ -113,6 +113,11 @@ class PretrainConfig:
     init_from: Optional[str] = None  # start from weights of a checkpoint (not a resume)
 
 
-def init_lr(cfg: PretrainConfig) -> float:
-    """The paper's linear scaling rule: lr = base_lr x batch / 256."""
-    return cfg.optim.base_lr * cfg.train.batch_size / 256
+def scaled_lr(base_lr: float, batch_size: int) -> float:
+    """The paper's linear scaling rule, of pretraining and of linear evaluation: lr = base_lr x batch / 256."""
+    return base_lr * batch_size / 256
+
+
+def init_lr(cfg) -> float:
+    """The initial lr of a config with optim.base_lr and train.batch_size (pretraining's, linear evaluation's)."""
+    return scaled_lr(cfg.optim.base_lr, cfg.train.batch_size)

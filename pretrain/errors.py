@@ -10,8 +10,6 @@ InputError as well as from the builtin it always was, so `except ValueError` cal
 """
 from __future__ import annotations
 
-EXIT_OK = 0
-EXIT_INTERNAL = 1
 EXIT_BAD_INPUT = 2
 
 

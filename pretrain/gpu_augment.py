@@ -58,8 +58,6 @@ CROP_TRIES = 10
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
 Images = Union[Tensor, Sequence[Tensor]]
 
-BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
-
 
 # ---------------------------------------------------------------------------------------------------
 # Per-sample colour operations on float images in [0, 1], shape (n, 3, H, W); factors shape (n,)
@@ -320,10 +318,6 @@ class GPUMoCoV2Augment:
         """One augmented view of every image: (N, 3, image_size, image_size) float32 on the images' device."""
         n, sizes, _ = _describe(batch)
         return self.apply(batch, self.sample_params(n, generator, sizes))
-
-    def two_views(self, batch: Images, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """Two independent views (x1, x2) of the same images."""
-        return self(batch, generator), self(batch, generator)
 
     def crop(self, batch: Images, boxes: Tensor) -> Tensor:
         """Resample each box to image_size x image_size: float32 in [0, 1]."""

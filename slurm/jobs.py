@@ -115,12 +115,6 @@ def finished(done: str | Path) -> bool:
     return doc.complete is not False
 
 
-def stage_done(output: str | Path) -> bool:
-    """A stage is finished when its run folder holds a results.json of a complete run (every stage writes it
-    last)."""
-    return finished(Path(output) / "results.json")
-
-
 PREEMPTION_MARK = "[submit] preemption signal"
 STOPPABLE = ("pretrain.main",)   # stages that stop after their current step on request (a mid-epoch checkpoint)
 

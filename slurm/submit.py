@@ -42,8 +42,6 @@ from pretrain.errors import InputError
 from pretrain.frame import guard
 from transfer import preflight, stages
 
-PIPELINE_STAGES = ("pretrain", "convert", "knn", "linear", "detect", "table")  # submission order
-
 
 class SubmitError(InputError, RuntimeError):
     """What the user gave `simsiam submit` cannot be submitted: one line, exit code 2 (pretrain.frame.guard)."""
@@ -333,41 +331,18 @@ def summarize_trials(run_dir: str, n: int) -> str:
 
 # ------------------------------------------------------------------------------------------------- pipeline
 
-def pipeline_fixed(out: Path, a: argparse.Namespace) -> dict[str, dict[str, str]]:
-    """The arguments the pipeline sets for each stage (dest -> value); --STAGE-args may not change them."""
-    ckpt, d2 = out / "pretrain" / "checkpoint.pth", out / "convert" / "backbone_detectron2.pkl"
-    return {"pretrain": {"output": str(out / "pretrain")},
-            "convert": {"src": str(ckpt), "output": str(d2)},
-            "knn": {"weights": str(ckpt), "output": str(out / "knn")},
-            "linear": {"weights": str(ckpt), "output": str(out / "linear")},
-            "detect": {"weights": str(d2), "output": str(out / "detection"), "trials": str(a.trials),
-                       "seed": str(a.seed)},
-            "table": {"output": str(out / "table.md")}}
-
-
 def pipeline_argvs(out: Path, a: argparse.Namespace) -> dict[str, list[str]]:
-    """Each stage's command line as the pipeline writes it, before any check (see plan_pipeline)."""
-    pre, conv = out / "pretrain", out / "convert"
-    ckpt = pre / "checkpoint.pth"
-    d2 = conv / "backbone_detectron2.pkl"
-    return {
-        "pretrain": ["--output", str(pre), *shlex.split(a.pretrain_args)],
-        "convert": [str(ckpt), "--to", "detectron2", "--output", str(d2), *shlex.split(a.convert_args)],
-        "knn": ["--weights", str(ckpt), "--output", str(out / "knn"), *shlex.split(a.knn_args)],
-        "linear": ["--weights", str(ckpt), "--output", str(out / "linear"), *shlex.split(a.linear_args)],
-        "detect": ["--weights", str(d2), "--output", str(out / "detection"), "--trials", str(a.trials),
-                   "--seed", str(a.seed), *shlex.split(a.detect_args)],
-        # explicit inputs: only the stages of this pipeline become rows
-        "table": [*table_inputs(out, a.stages), "--format", "markdown", "--output", str(out / "table.md"),
-                  *shlex.split(a.table_args)],
-    }
+    """Each stage's command line as the pipeline writes it, before any check (see plan_pipeline): the chain's
+    arguments (transfer.stages.Chain), then --STAGE-args."""
+    chain = stages.Chain(out)
+    # explicit table inputs: only the stages of this pipeline become rows
+    return {s: [*chain.argv(s, rows=tuple(a.stages), **_chain_options(s, a)), *shlex.split(getattr(a, f"{s}_args"))]
+            for s in stages.CHAIN_STAGES}
 
 
-def table_inputs(out: Path, selected) -> list[str]:
-    selected = selected.split(",") if isinstance(selected, str) else list(selected)
-    where = {"pretrain": out / "pretrain", "knn": out / "knn", "linear": out / "linear",
-             "detect": out / "detection" / "results.json"}
-    return [str(where[s]) for s in PIPELINE_STAGES if s in where and s in selected]
+def _chain_options(stage: str, a: argparse.Namespace) -> dict[str, Any]:
+    """The pipeline's options that reach the chain's arguments of `stage` (its trials and seed)."""
+    return {"trials": a.trials, "seed": a.seed} if stage == "detect" else {}
 
 
 def plan_pipeline(out: Path, a: argparse.Namespace) -> dict[str, list[str]]:
@@ -376,14 +351,14 @@ def plan_pipeline(out: Path, a: argparse.Namespace) -> dict[str, list[str]]:
     (data.root of the resolved pretrain config) is the default dataset of kNN and linear. Raises
     SubmitError (one line: stage, argument, reason) on the first stage that cannot run."""
     raw = pipeline_argvs(out, a)
-    fixed = pipeline_fixed(out, a)
+    chain = stages.Chain(out)
     planned: dict[str, preflight.Planned] = {}
     try:
         pre = preflight.plan("pretrain", raw["pretrain"], pipeline=True)
         reference = pre.data_root
-        for stage in (s for s in PIPELINE_STAGES if s in a.stages):
+        for stage in (s for s in stages.CHAIN_STAGES if s in a.stages):
             planned[stage] = p = preflight.plan(stage, raw[stage], reference, pipeline=True)
-            for dest, value in fixed[stage].items():
+            for dest, value in chain.fixed(stage, **_chain_options(stage, a)).items():
                 if str(getattr(p.ns, dest)) != value:
                     what = "the checkpoint" if dest == "src" else f"--{dest.replace('_', '-')}"
                     raise SubmitError(f"{stage}: {what} is set by the pipeline ({value}); "
@@ -393,10 +368,6 @@ def plan_pipeline(out: Path, a: argparse.Namespace) -> dict[str, list[str]]:
     except preflight.InputError as e:
         raise SubmitError(str(e)) from None
     return {s: p.argv for s, p in planned.items()}
-
-
-PIPELINE_DEPS = {"pretrain": (), "convert": ("pretrain",), "knn": ("pretrain",), "linear": ("pretrain",),
-                 "detect": ("convert",), "table": ("knn", "linear", "detect")}
 
 
 def active_jobs(out: Path) -> list[str]:
@@ -417,18 +388,18 @@ def submit_pipeline(out: Path, argvs: dict[str, list[str]], res: Resources) -> d
     local = executor_kind(res) == "local"
     subs: dict[str, Submitted] = {}
     for stage in argvs:
-        parents = [subs[p] for p in PIPELINE_DEPS[stage] if p in subs]
+        parents = [subs[p] for p in stages.LINK[stage].after if p in subs]
         if local:  # no scheduler dependencies: run the parents to completion first
             for p in parents:
                 if not wait_all({p.stage: p}, quiet=True):
                     return subs
         dep = None if local else dependency_string([j for p in parents for j in p.all_jobs])
-        r = res if stage in ("pretrain", "linear", "detect") else res.light()
+        r = res if stages.LINK[stage].full else res.light()
         subs[stage] = submit_stage(stage, argvs[stage], r, dependency=dep, name=f"simsiam-{stage}")
     manifest = {s: {"output": str(v.output), "skipped": v.skipped,
                     "jobs": [j.job_id for j in v.all_jobs],
                     "logs": [str(j.paths.folder) for j in v.all_jobs][:1],
-                    "depends_on": [p for p in PIPELINE_DEPS[s] if p in subs]} for s, v in subs.items()}
+                    "depends_on": [p for p in stages.LINK[s].after if p in subs]} for s, v in subs.items()}
     out.mkdir(parents=True, exist_ok=True)
     (out / "pipeline.json").write_text(json.dumps({"executor": executor_kind(res), "stages": manifest}, indent=2))
     return subs
@@ -663,7 +634,7 @@ def check(argv: list[str]) -> int:
     """`simsiam submit check [resources] --log-dir DIR`: a gloo all_reduce across the tasks of one job, to test
     an allocation (and the env:// set-up) before submitting real work."""
     from .jobs import CallFunction, distributed_check
-    ap = one_line_errors(argparse.ArgumentParser(prog="simsiam submit check", allow_abbrev=False), "check")
+    ap = stages.one_line_errors(argparse.ArgumentParser(prog="simsiam submit check", allow_abbrev=False), "check")
     add_resource_args(ap)
     res = resources_from_args(ap.parse_args(argv))
     folder = Path(res.log_dir or "slurm-check")
@@ -680,20 +651,10 @@ def check(argv: list[str]) -> int:
 
 # ---------------------------------------------------------------------------------------------------------- cli
 
-def one_line_errors(ap: argparse.ArgumentParser, what: str) -> argparse.ArgumentParser:
-    """`ap` reporting a bad option as a SubmitError ('<what>: <argparse's message>') instead of printing its
-    usage and exiting."""
-    def fail(message: str):
-        raise SubmitError(f"{what}: {message}")
-
-    ap.error = fail  # argparse reports every parse error through self.error
-    return ap
-
-
 def build_parser(stage: str) -> argparse.ArgumentParser:
-    ap = one_line_errors(argparse.ArgumentParser(prog=f"simsiam submit {stage}", allow_abbrev=False,
-                                                 description=__doc__.split("\n\n")[0],
-                                                 formatter_class=argparse.RawDescriptionHelpFormatter), stage)
+    ap = stages.one_line_errors(argparse.ArgumentParser(prog=f"simsiam submit {stage}", allow_abbrev=False,
+                                                        description=__doc__.split("\n\n")[0],
+                                                        formatter_class=argparse.RawDescriptionHelpFormatter), stage)
     add_resource_args(ap)
     ap.add_argument("--no-wait", action="store_true",
                     help="return after submitting (default: follow the jobs and report failures)")
@@ -702,11 +663,12 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
     if stage == "pipeline":
         g = ap.add_argument_group("pipeline")
         g.add_argument("--output", required=True, help="run folder of the whole chain")
-        g.add_argument("--stages", default=",".join(PIPELINE_STAGES),
-                       help=f"comma-separated subset of {','.join(PIPELINE_STAGES)}")
-        g.add_argument("--trials", type=int, default=1, help="detection trials (a job array)")
-        g.add_argument("--seed", type=int, default=0, help="seed of detection trial 0 (trial i: seed+i)")
-        for s in PIPELINE_STAGES:
+        g.add_argument("--stages", default=",".join(stages.CHAIN_STAGES),
+                       help=f"comma-separated subset of {','.join(stages.CHAIN_STAGES)}")
+        g.add_argument("--trials", type=int, default=stages.DETECTION_TRIALS, help="detection trials (a job array)")
+        g.add_argument("--seed", type=int, default=stages.DETECTION_SEED,
+                       help="seed of detection trial 0 (trial i: seed+i)")
+        for s in stages.CHAIN_STAGES:
             g.add_argument(f"--{s}-args", default="", metavar="ARGS",
                            help=f"extra arguments of `simsiam {s}` (one quoted string)")
     return ap
@@ -745,9 +707,9 @@ def plan(stage: str, a: argparse.Namespace, extra: list[str],
         parse_stage(stage, argv)  # the run folder must be known
         return None, {stage: argv}
     a.stages = [s.strip() for s in a.stages.split(",") if s.strip()]
-    unknown = sorted(set(a.stages) - set(PIPELINE_STAGES))
+    unknown = sorted(set(a.stages) - set(stages.CHAIN_STAGES))
     if unknown:
-        raise SubmitError(f"--stages: unknown stage(s) {unknown} (known: {', '.join(PIPELINE_STAGES)})")
+        raise SubmitError(f"--stages: unknown stage(s) {unknown} (known: {', '.join(stages.CHAIN_STAGES)})")
     if a.trials < 1:
         raise SubmitError(f"--trials must be >= 1, got {a.trials}")
     out = Path(a.output).resolve()

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from pathlib import Path
 
+from slurm import submit
+from transfer import stages
 from transfer.tooling import demo
 from transfer.tooling.demo import run_demo
 
@@ -25,7 +28,7 @@ def test_demo_runs_end_to_end(tmp_path):
     out = run_demo(tmp_path / "demo", quick=True, cache_dir=str(tmp_path / "cache"), arch="resnet50")
     for stage in ("pretrain", *EVALUATIONS, *(f"{e}_random" for e in EVALUATIONS)):
         assert (out / stage / "results.json").is_file(), stage
-    assert (out / "convert" / "resnet50_detectron2.pkl").is_file()
+    assert (out / "convert" / "backbone_detectron2.pkl").is_file()
     for png in ("pretrain/pretrain.png", "linear/linear.png", "detection/trial_0/detection.png",
                 "linear_random/linear.png", "detection_random/trial_0/detection.png"):
         assert (out / png).stat().st_size > 10_000, png
@@ -87,6 +90,26 @@ def test_demo_runs_end_to_end(tmp_path):
     assert json.loads((again / "linear_random" / "results.json").read_text())["created"] == rand["linear"]["created"]
 
 
+def assert_the_pipelines_chain(out: Path, printed: str) -> None:
+    """The demo's stage calls (its `$ simsiam STAGE ...` lines) hold the arguments that `simsiam submit pipeline
+    --output OUT` gives the same stages: one chain (transfer.stages.Chain), the same folders and file names."""
+    calls: dict[str, list] = {}
+    for line in re.findall(r"^\$ simsiam (.*)$", printed, re.M):
+        stage, *argv = shlex.split(line)
+        calls.setdefault(stage, []).append(stages.parse(stage, argv))
+    a = submit.build_parser("pipeline").parse_args(["--output", str(out), "--pretrain-args", "--config demo",
+                                                    "--detect-args", "--config demo_r18"])
+    a.stages = list(stages.CHAIN_STAGES)
+    pipeline = {s: stages.parse(s, argv) for s, argv in submit.plan_pipeline(out, a).items()}
+    for stage in ("pretrain", "convert", "knn", "linear", "detect"):
+        ours = next(ns for ns in calls[stage] if getattr(ns, "to", "detectron2") == "detectron2" and
+                    getattr(ns, "weights", None) != stages.BASELINE)
+        fixed = stages.Chain(out).fixed(stage)
+        assert {d: str(getattr(ours, d)) for d in fixed} == {d: str(getattr(pipeline[stage], d)) for d in fixed} \
+            == fixed, stage
+    assert pipeline["table"].output == str(out / "table.md") and (out / "table.md").is_file()
+
+
 def test_default_demo_is_resnet18_with_r18_c4_detection(tmp_path, capsys):
     out = run_demo(tmp_path / "demo", quick=True, cache_dir=str(tmp_path / "cache"))
     printed = capsys.readouterr().out
@@ -101,8 +124,9 @@ def test_default_demo_is_resnet18_with_r18_c4_detection(tmp_path, capsys):
         "Res5ROIHeadsExtraNorm"
     assert without_init(read("detection_random")["config"]) == without_init(det["config"])
     assert det["source"]["sha256"] == read("knn")["source"]["sha256"]  # the same checkpoint, through the .pkl
-    assert (out / "convert" / "resnet18_torchvision.pth").is_file()
-    assert (out / "convert" / "resnet18_detectron2.pkl").is_file()
+    assert (out / "convert" / "backbone_torchvision.pth").is_file()
+    assert (out / "convert" / "backbone_detectron2.pkl").is_file()
+    assert_the_pipelines_chain(out, printed)
     table = (out / "table.md").read_text()
     assert sum("SimSiam (yours" in line for line in table.splitlines()) == 3, table
     assert sum("random init" in line for line in table.splitlines()) == 3, table

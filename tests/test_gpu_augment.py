@@ -269,7 +269,8 @@ def test_call_batches_lists_and_generators():
     c = aug(x, torch.Generator().manual_seed(2))
     assert a.shape == (8, 3, 32, 32) and a.dtype == torch.float32 and torch.isfinite(a).all()
     assert torch.equal(a, b) and not torch.equal(a, c)
-    v1, v2 = aug.two_views(x, torch.Generator().manual_seed(3))
+    views = torch.Generator().manual_seed(3)
+    v1, v2 = aug(x, views), aug(x, views)  # two independent views of the same images
     assert (v1 - v2).abs().mean() > 0.1
     listed = aug([x[i] for i in range(8)], torch.Generator().manual_seed(1))
     assert torch.allclose(listed, a, atol=1e-5)

@@ -33,6 +33,8 @@ from typing import Callable, Optional
 
 import pytest
 
+from transfer import stages
+
 REPO = Path(__file__).resolve().parents[1]
 DOCS = ("README.md", "slurm/README.md", *sorted(p.relative_to(REPO).as_posix() for p in (REPO / "docs").glob("*.md")))
 BIN = Path(sys.executable).parent
@@ -293,27 +295,28 @@ def _check_submit_pretrain(r: Ran) -> None:
 def _check_pipeline(r: Ran) -> None:
     run = r.output()
     assert "[submit] pipeline submitted" in r.stdout and "[submit] all jobs completed" in r.stdout, r.stdout[-3000:]
-    stages = json.loads((run / "pipeline.json").read_text())["stages"]
-    assert set(stages) == {"pretrain", "convert", "knn", "linear", "detect", "table"}, stages
-    for stage, folder in (("pretrain", "pretrain"), ("knn", "knn"), ("linear", "linear"), ("detect", "detection")):
-        assert r.results(run / folder)["task"] == {"detect": "detection"}.get(stage, stage), stage
+    submitted = json.loads((run / "pipeline.json").read_text())["stages"]
+    assert tuple(submitted) == stages.CHAIN_STAGES, submitted
+    files = stages.Chain(run)
+    for stage in ("pretrain", "knn", "linear", "detect"):
+        assert r.results(files.folder(stage))["task"] == {"detect": "detection"}.get(stage, stage), stage
     trials = int(r.opt("--trials") or 1)
-    assert r.results(run / "detection")["n_trials"] == trials
-    assert (run / "convert" / "backbone_detectron2.pkl").stat().st_size > 1_000_000
-    assert "SimSiam (yours" in (run / "table.md").read_text()
+    assert r.results(files.folder("detect"))["n_trials"] == trials
+    assert files.converted().stat().st_size > 1_000_000
+    assert "SimSiam (yours" in files.table.read_text()
 
 
 def _check_dry_run(r: Ran) -> None:
     assert "[submit] dry run: every stage checked, nothing submitted" in r.stdout, r.stdout[-3000:]
-    for stage in ("pretrain", "convert", "knn", "linear", "detect", "table"):
+    for stage in stages.CHAIN_STAGES:
         assert re.search(rf"^\[submit\] {stage}: simsiam {stage} ", r.stdout, re.M), (stage, r.stdout)
     assert not (r.output() / "pipeline.json").exists()
 
 
 def _check_status(r: Ran) -> None:
     run = r.path(r.argv[-1])
-    stages = json.loads((run / "pipeline.json").read_text())["stages"]
-    for stage, s in stages.items():           # e.g. "detect    202 COMPLETED, 201_0 COMPLETED, 201_1 COMPLETED"
+    submitted = json.loads((run / "pipeline.json").read_text())["stages"]
+    for stage, s in submitted.items():           # e.g. "detect    202 COMPLETED, 201_0 COMPLETED, 201_1 COMPLETED"
         line = re.search(rf"^{stage}\s+(.*)$", r.stdout, re.M)
         assert line, (stage, r.stdout)
         states = dict(re.findall(r"(\d+(?:_\d+)?) ([A-Z_]+)", line.group(1)))

@@ -71,3 +71,36 @@ def test_format_argv_round_trip():
         ns = stages.parse(name, argv)
         again = stages.format_argv(p, ns)
         assert stages.parse(name, again) == ns, (name, again)
+
+
+def test_the_chain_wires_each_stage_from_its_parents(tmp_path):
+    chain = stages.Chain(tmp_path)
+    order = stages.CHAIN_STAGES
+    assert order == ("pretrain", "convert", "knn", "linear", "detect", "table")
+    for link in stages.LINKS:  # every stage comes after the stages it reads
+        assert all(order.index(p) < order.index(link.stage) for p in link.after), link
+    data = {"knn": ["--data", "embedded"]}  # the pipeline gives kNN the pretraining dataset (transfer.preflight)
+    parsed = {s: stages.parse(s, chain.argv(s) + data.get(s, [])) for s in order if s != "detect"}  # detectron2
+    assert parsed["pretrain"].output == str(tmp_path / "pretrain")
+    assert parsed["convert"].src == parsed["knn"].weights == parsed["linear"].weights == \
+        str(tmp_path / "pretrain" / "checkpoint.pth")
+    assert (parsed["convert"].to, parsed["convert"].output) == \
+        ("detectron2", str(tmp_path / "convert" / "backbone_detectron2.pkl"))
+    assert chain.argv("detect", trials=3, seed=7) == ["--weights", parsed["convert"].output, "--output",
+                                                      str(tmp_path / "detection"), "--trials", "3", "--seed", "7"]
+    assert parsed["table"].runs == [str(tmp_path / f) for f in ("pretrain", "knn", "linear", "detection/results.json")]
+    assert (parsed["table"].format, parsed["table"].output) == ("markdown", str(tmp_path / "table.md"))
+    assert chain.argv("table", rows=("knn",))[:2] == [str(tmp_path / "knn"), "--format"]
+    baseline = stages.parse("knn", chain.argv("knn", baseline=True) + ["--data", "embedded"])
+    assert (baseline.weights, baseline.output) == ("random", str(tmp_path / "knn_random"))
+    assert chain.argv("convert", to="torchvision")[-1] == str(tmp_path / "convert" / "backbone_torchvision.pth")
+
+
+def test_the_cluster_guide_names_the_chains_files():
+    """slurm/README.md's list of a pipeline's folders is the chain's."""
+    from pathlib import Path
+    guide = " ".join((Path(__file__).resolve().parents[1] / "slurm" / "README.md").read_text().split())
+    chain = stages.Chain(Path("RUN"))
+    for path in (chain.folder("pretrain"), chain.converted(), chain.folder("knn"), chain.folder("linear"),
+                 chain.folder("detect") / "results.json", chain.table):
+        assert f"`{path.as_posix()}`" in guide, path

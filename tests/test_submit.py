@@ -136,7 +136,7 @@ def test_pipeline_argvs_and_order(tmp_path):
     ap = S.build_parser("pipeline")
     a = ap.parse_args(["--output", str(tmp_path), "--pretrain-args", "--config demo train.epochs=1",
                        "--trials", "3", "--seed", "7", "--detect-args", "--config tiny_r18"])
-    a.stages = list(S.PIPELINE_STAGES)
+    a.stages = list(stages.CHAIN_STAGES)
     argvs = S.plan_pipeline(tmp_path, a)
     assert argvs["pretrain"] == ["--output", str(tmp_path / "pretrain"), "--config", "demo", "train.epochs=1"]
     assert argvs["convert"][:3] == [str(tmp_path / "pretrain" / "checkpoint.pth"), "--to", "detectron2"]
@@ -147,9 +147,10 @@ def test_pipeline_argvs_and_order(tmp_path):
     table = argvs["table"]
     assert table[:4] == [str(tmp_path / "pretrain"), str(tmp_path / "knn"), str(tmp_path / "linear"),
                          str(tmp_path / "detection" / "results.json")]
-    # every dependency comes earlier in the submission order
-    for stage, parents in S.PIPELINE_DEPS.items():
-        assert all(S.PIPELINE_STAGES.index(p) < S.PIPELINE_STAGES.index(stage) for p in parents)
+    # the chain's arguments, then --STAGE-args
+    chain = stages.Chain(tmp_path)
+    assert S.pipeline_argvs(tmp_path, a)["detect"] == [*chain.argv("detect", trials=3, seed=7), "--config", "tiny_r18"]
+    assert parsed["convert"].output == str(tmp_path / "convert" / "backbone_detectron2.pkl")
 
 
 # ------------------------------------------------------------------ submit-time checks (nothing reaches submitit)
@@ -199,7 +200,7 @@ def test_pipeline_detection_must_build_the_pretrained_backbone(tmp_path):
     """A ResNet-18 pretraining with an R50-C4 detection config is refused before anything is queued."""
     ap = S.build_parser("pipeline")
     a = ap.parse_args(["--output", str(tmp_path), "--pretrain-args", "--config demo", "--detect-args", "--config tiny"])
-    a.stages = list(S.PIPELINE_STAGES)
+    a.stages = list(stages.CHAIN_STAGES)
     with pytest.raises(S.SubmitError, match=r"detect: --config tiny builds a resnet50 backbone .* but the pipeline "
                                             r"pretrains a resnet18"):
         S.plan_pipeline(tmp_path, a)

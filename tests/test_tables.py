@@ -20,7 +20,7 @@ from transfer.evaluation.convert import PRETRAIN_KEYS, describe_source
 from transfer.evaluation.linear import LinearConfig
 from pretrain import results as R
 from pretrain.protocol import detection_fingerprint, linear_fingerprint, paper_recipe
-from transfer.reporting.tables import PAPER_TABLE4, PAPER_TABLE5, Tables, load_docs, main, mean_std, render
+from transfer.reporting.tables import PAPER_TABLE4, PAPER_TABLE5, Tables, load_docs, main, render
 
 SHA = "abcdef1234567890" * 4
 IMAGENET = {"dataset": "imagenet", "train_images": 1_281_167, "val_images": 50_000, "classes": 1000}
@@ -83,14 +83,6 @@ def yours(rows, prefix="SimSiam (yours") -> list[list[str]]:
 
 def not_comparable(t: Tables) -> list[list[str]]:
     return t.other_classification()[1]
-
-
-# ------------------------------------------------------------------------------------------- statistics
-def test_mean_std_uses_sample_std():
-    m, s, n = mean_std([56.0, 56.4, 56.8])
-    assert m == pytest.approx(56.4) and s == pytest.approx(0.4) and n == 3
-    assert mean_std([3.0]) == (3.0, None, 1)
-    assert mean_std([])[2] == 0
 
 
 # ------------------------------------------------------------------------------------ rows that belong

@@ -5,7 +5,15 @@ import sys
 
 import pytest
 
-from transfer.evaluation.trials import STD_NOTE, aggregate, summary_extra, trial_entry
+from transfer.evaluation.trials import STD_NOTE, aggregate, finite_or_none, mean_std, summary_extra, trial_entry
+
+
+def test_mean_std_uses_sample_std_of_the_finite_values():
+    m, s, n = mean_std([56.0, 56.4, 56.8])
+    assert m == pytest.approx(56.4) and s == pytest.approx(0.4) and n == 3
+    assert mean_std([3.0, None, float("nan"), float("inf")]) == (3.0, None, 1)
+    assert mean_std([]) == (None, None, 0)
+    assert finite_or_none([1, 2.5, None, float("nan"), float("-inf"), "x"]) == [1.0, 2.5, None, None, None, None]
 
 
 def test_aggregate_mean_and_sample_std():

@@ -5,6 +5,10 @@ arguments that name its output and inputs.
 both read this table. A stage's parser is built by its module's `build_parser()`, the same parser its `main`
 uses, so a command line that `simsiam submit` accepts is one the stage accepts when the job starts.
 Modules are imported only when a parser is asked for: `simsiam --help` imports none of them.
+
+Below the registry, the chain pretrain -> convert -> kNN, linear, detection -> table (LINKS, Chain): which stage
+reads which stage's output, the folders and file names under one run folder, and the arguments that wire them.
+`simsiam demo` and `simsiam submit pipeline` build their stage calls from it.
 """
 from __future__ import annotations
 
@@ -79,8 +83,12 @@ def get(name: str) -> Stage:
 
 def parser(name: str) -> argparse.ArgumentParser:
     """The stage's own parser, raising StageArgError instead of printing usage and exiting."""
-    p = get(name).parser()
+    return one_line_errors(get(name).parser(), name)
 
+
+def one_line_errors(p: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """`p` reporting a parse error as a StageArgError ('<name>: <argparse's message>', one line, exit code 2
+    through pretrain.frame.guard) instead of printing its usage and exiting."""
     def fail(message: str):
         raise StageArgError(name, message)
 
@@ -122,3 +130,86 @@ def format_argv(p: argparse.ArgumentParser, ns: argparse.Namespace) -> list[str]
 def _option(flag: str, value) -> list[str]:
     text = str(value)
     return [f"{flag}={text}"] if text.startswith("-") else [flag, text]
+
+
+# ------------------------------------------------------------------------------------------------ the chain
+# pretrain -> convert -> detect, pretrain -> knn, linear; knn, linear, detect -> table. `simsiam demo`
+# (transfer/tooling/demo.py) and `simsiam submit pipeline` (slurm/submit.py) both wire their stages with Chain:
+# the same folders, the same file names, the same arguments.
+
+@dataclass(frozen=True)
+class Link:
+    stage: str                     # a registered stage
+    folder: str                    # its run folder under the chain's folder
+    after: tuple[str, ...] = ()    # the stages whose outputs it reads
+    full: bool = False             # on SLURM it gets the whole allocation (otherwise one task, at most one GPU)
+    row: bool = False              # its results.json is a row of the chain's table
+
+
+LINKS: tuple[Link, ...] = (  # in submission order: every stage after the stages it reads
+    Link("pretrain", "pretrain", full=True, row=True),
+    Link("convert", "convert", ("pretrain",)),
+    Link("knn", "knn", ("pretrain",), row=True),
+    Link("linear", "linear", ("pretrain",), full=True, row=True),
+    Link("detect", "detection", ("convert",), full=True, row=True),
+    Link("table", ".", ("knn", "linear", "detect")),
+)
+CHAIN_STAGES: tuple[str, ...] = tuple(link.stage for link in LINKS)
+LINK: dict[str, Link] = {link.stage: link for link in LINKS}
+CONVERTED = {"detectron2": "backbone_detectron2.pkl", "torchvision": "backbone_torchvision.pth"}
+CHECKPOINT = "checkpoint.pth"       # what pretraining writes into its run folder
+TABLE = "table.md"
+TABLE_FORMAT = "markdown"
+BASELINE = "random"                 # --weights of the random-init baseline; its folder is <folder>_random
+DETECTION_TRIALS = 1                # `simsiam submit pipeline --trials`
+DETECTION_SEED = 0                  # `simsiam submit pipeline --seed`: seed of trial 0 (trial i: seed + i)
+
+
+@dataclass(frozen=True)
+class Chain:
+    """The chain's stages under one run folder: where each writes and the arguments that feed it its inputs."""
+    out: Path
+
+    def folder(self, stage: str, baseline: bool = False) -> Path:
+        return self.out / (LINK[stage].folder + (f"_{BASELINE}" if baseline else ""))
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.folder("pretrain") / CHECKPOINT
+
+    def converted(self, to: str = "detectron2") -> Path:
+        return self.folder("convert") / CONVERTED[to]
+
+    @property
+    def table(self) -> Path:
+        return self.out / TABLE
+
+    def fixed(self, stage: str, *, baseline: bool = False, to: str = "detectron2", trials: int = DETECTION_TRIALS,
+              seed: int = DETECTION_SEED) -> dict[str, str]:
+        """The arguments the chain sets for `stage` (parser dest -> value); a `baseline` evaluates the
+        random-init network into <folder>_random."""
+        weights = {"knn": self.checkpoint, "linear": self.checkpoint, "detect": self.converted()}.get(stage)
+        fixed = {
+            "pretrain": {"output": self.folder("pretrain")},
+            "convert": {"src": self.checkpoint, "to": to, "output": self.converted(to)},
+            "knn": {"weights": BASELINE if baseline else weights, "output": self.folder("knn", baseline)},
+            "linear": {"weights": BASELINE if baseline else weights, "output": self.folder("linear", baseline)},
+            "detect": {"weights": BASELINE if baseline else weights, "output": self.folder("detect", baseline),
+                       "trials": trials, "seed": seed},
+            "table": {"format": TABLE_FORMAT, "output": self.table},
+        }[stage]
+        return {dest: str(value) for dest, value in fixed.items()}
+
+    def argv(self, stage: str, *, rows: tuple[str, ...] = CHAIN_STAGES, **fixed) -> list[str]:
+        """`stage`'s command line of the chain's arguments (fixed's keywords); a table reads the results of the
+        `rows` stages."""
+        args = self.fixed(stage, **fixed)
+        head = [args.pop("src")] if "src" in args else self.table_inputs(rows) if stage == "table" else []
+        return head + [part for dest, value in args.items() for part in (f"--{dest}", value)]
+
+    def table_inputs(self, rows: tuple[str, ...] = CHAIN_STAGES) -> list[str]:
+        """The results the chain's table reads: each row stage's run folder (detection's summary file, not its
+        trials)."""
+        where = {"detect": self.folder("detect") / "results.json"}
+        return [str(where.get(link.stage, self.folder(link.stage))) for link in LINKS
+                if link.row and link.stage in rows]

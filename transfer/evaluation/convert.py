@@ -57,8 +57,6 @@ from transfer.evaluation.layouts import (BRANCHES, SUITE_FORMAT, ConvertError, L
                                         identify)
 
 D2_AUTHOR = "simsiam-suite"
-KINDS = ("simsiam-suite", "simsiam-official", "moco", "mocov3", "dino", "swav", "solo-learn", "mmpretrain",
-         "vissl", "simclr-v1", "torchvision")
 # Types a checkpoint may hold besides weights and containers: DINO's main_dino.py saves its argparse.Namespace.
 SAFE_TYPES = (argparse.Namespace,)
 TARGETS = ("torchvision", "detectron2")

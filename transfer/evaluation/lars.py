@@ -45,20 +45,10 @@ class LARS(torch.optim.Optimizer):
         super().__init__(params, defaults)
 
     @staticmethod
-    def local_lr(w: torch.Tensor, g: torch.Tensor, trust: float, weight_decay: float,
-                 eps: float) -> torch.Tensor | None:
-        """LARC's adaptive rate for one tensor, or None when a norm is zero (no adaptation)."""
-        w_norm = torch.linalg.vector_norm(w)
-        g_norm = torch.linalg.vector_norm(g)
-        if w_norm.item() == 0.0 or g_norm.item() == 0.0:
-            return None
-        return trust * w_norm / (g_norm + weight_decay * w_norm + eps)
-
-    @staticmethod
     def adapted_grad(w: torch.Tensor, g: torch.Tensor, trust: float, weight_decay: float,
                      eps: float) -> torch.Tensor:
-        """(g + weight_decay * w) * local_lr, or g itself when a norm is zero: `local_lr`'s rule computed on
-        the device, without reading the norms back (no host synchronisation per parameter)."""
+        """(g + weight_decay * w) * local_lr, or g itself when a norm is zero: local_lr of the module doc computed
+        on the device, without reading the norms back (no host synchronisation per parameter)."""
         w_norm = torch.linalg.vector_norm(w)
         g_norm = torch.linalg.vector_norm(g)
         rate = trust * w_norm / (g_norm + weight_decay * w_norm + eps)

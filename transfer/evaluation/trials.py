@@ -7,17 +7,25 @@ Detection is reported as the mean over N fine-tuning trials (the paper: 5 on VOC
 from __future__ import annotations
 
 import math
+import numbers
 import statistics
-from typing import Any
+from typing import Any, Iterable
 
 STD_NOTE = "sample std (ddof=1); null for a single trial"
 
 
-def _values(items: list) -> tuple[float | None, float | None]:
-    vals = [float(v) for v in items if v is not None and math.isfinite(float(v))]
+def finite_or_none(values: Iterable) -> list[float | None]:
+    """Each value as a float, None where it is missing or not a finite number (JSON has no NaN)."""
+    return [float(v) if isinstance(v, numbers.Real) and math.isfinite(v) else None for v in values]
+
+
+def mean_std(values: Iterable) -> tuple[float | None, float | None, int]:
+    """(mean, sample standard deviation (ddof=1), count) of the finite values; the mean is None without any,
+    the std None with fewer than two."""
+    vals = [v for v in finite_or_none(values) if v is not None]
     mean = statistics.fmean(vals) if vals else None
     std = statistics.stdev(vals) if len(vals) > 1 else None
-    return mean, std
+    return mean, std, len(vals)
 
 
 def aggregate(trial_metrics: list[dict]) -> tuple[dict, dict]:
@@ -31,7 +39,7 @@ def aggregate(trial_metrics: list[dict]) -> tuple[dict, dict]:
         if isinstance(items[0], dict):
             pairs = {k: walk([it.get(k) if isinstance(it, dict) else None for it in items]) for k in items[0]}
             return {k: v[0] for k, v in pairs.items()}, {k: v[1] for k, v in pairs.items()}
-        return _values(items)
+        return mean_std(items)[:2]
 
     return walk(trial_metrics)
 

@@ -24,7 +24,13 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from pretrain.errors import InputError  # noqa: E402
+from pretrain.frame import guard  # noqa: E402
 from pretrain.logs import read_metrics  # noqa: E402
+
+
+class PlotError(InputError, FileNotFoundError):
+    """A run folder `simsiam plot` cannot plot: one line naming it, exit code 2."""
 
 
 def _series(rows: list[dict], x: str, y: str) -> tuple[list, list]:
@@ -154,7 +160,7 @@ def plot_run(run_dir: str | Path, output: str | Path | None = None) -> list[Path
     """Plot every stage found in the run folder's metrics.jsonl files; return the PNG paths."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"no such run folder: {run_dir}")
+        raise PlotError(f"no such run folder: {run_dir}")
     stages: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for path in sorted(run_dir.rglob("metrics.jsonl")):
         where = str(path.parent.relative_to(run_dir)) or "."
@@ -198,14 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        paths = plot_run(args.run_dir, args.output)
-    except FileNotFoundError as e:
-        print(f"simsiam plot: {e}", file=sys.stderr)
-        return 2
+    return guard("simsiam plot", lambda: _main(args))
+
+
+def _main(args) -> int:
+    paths = plot_run(args.run_dir, args.output)
     if not paths:
-        print(f"simsiam plot: no metrics.jsonl under {args.run_dir}", file=sys.stderr)
-        return 2
+        raise PlotError(f"no metrics.jsonl under {args.run_dir}")
     for p in paths:
         print(p)
     return 0

@@ -31,8 +31,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import math
-import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -42,6 +40,7 @@ from tabulate import tabulate
 
 from pretrain.errors import InputError
 from pretrain.frame import guard
+from transfer.evaluation.trials import mean_std
 from pretrain.results import Results, read
 from transfer.reporting.protocols import (TABLE4_EPOCHS, brief, table4_differences, table5_differences,
                                           table5_variant)
@@ -89,16 +88,6 @@ class TableError(InputError, ValueError):
 
 
 # ----------------------------------------------------------------------------------------- statistics
-def mean_std(values: Iterable[float]) -> tuple[float, float | None, int]:
-    """Mean, sample standard deviation (ddof=1; None for a single value) and count."""
-    vals = [float(v) for v in values if v is not None and not math.isnan(float(v))]
-    if not vals:
-        return math.nan, None, 0
-    if len(vals) == 1:
-        return vals[0], None, 1
-    return statistics.fmean(vals), statistics.stdev(vals), len(vals)
-
-
 def fmt_stat(values: list[float] | None, digits: int = 1, with_n: bool = False) -> str:
     if not values:
         return MISSING
@@ -175,13 +164,22 @@ def method_columns(method: str) -> tuple[str, str]:
     return MISSING, MISSING
 
 
-def grid_label(doc: Results) -> str | None:
-    """'best of grid (held-out N images, seed S)' for a linear result picked from a grid of heads
-    (transfer.evaluation.linear's grid mode), None for any other result. Such a result never enters a paper column."""
+GRID_LABEL = "best of grid"
+
+
+def grid_label(holdout_images: int | str, seed: int | str) -> str:
+    """How a linear result picked from a grid of heads on a held-out slice is named (its results.json's
+    grid.label and its row here)."""
+    return f"{GRID_LABEL} (held-out {holdout_images} images, seed {seed})"
+
+
+def picked_from_grid(doc: Results) -> str | None:
+    """The grid_label of a linear result picked from a grid of heads (transfer.evaluation.linear's grid mode),
+    None for any other result. Such a result never enters a paper column."""
     if doc.grid is None:
         return None
     held = doc.grid.get("holdout") or {}
-    return f"best of grid (held-out {held.get('images', '?')} images, seed {held.get('seed', '?')})"
+    return grid_label(held.get("images", "?"), held.get("seed", "?"))
 
 
 def row_key(doc: Results) -> tuple:
@@ -278,7 +276,7 @@ class Tables:
         m, info = doc.metrics, doc.source.pretrain
         published = is_published(doc)
         diffs = table4_differences(doc, pretraining=not published)
-        grid = grid_label(doc)
+        grid = picked_from_grid(doc)
         if not diffs and "top1" in m and grid is None:
             if published:
                 self.published_linear[key].append(float(m["top1"]))

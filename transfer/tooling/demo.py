@@ -30,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+from transfer import stages
+
 # Stage-size knobs for --quick (CI): same chain, fewer steps.
 QUICK_PRETRAIN = ["train.epochs=2", "data.limit_per_class=12", "train.batch_size=32", "monitor.knn_max_train=12",
                   "monitor.knn_max_val=8"]
@@ -91,6 +93,7 @@ def pretraining_init(pre_dir: Path) -> str:
 ARCH_OVERRIDES = {"resnet18": [], "resnet50": ["model.arch=resnet50", "model.dim=2048", "model.pred_dim=512"]}
 DETECTION_PRESETS = {"resnet18": "demo_r18", "resnet50": "demo_r50"}  # eval_configs/detection
 DETECTION_NAMES = {"resnet18": "Faster R-CNN R18-C4", "resnet50": "Faster R-CNN R50-C4"}
+CONVERSIONS = ("torchvision", "detectron2")  # the converted weights the demo writes (stages.CONVERTED)
 DETECTION_TRIALS = 2  # per backbone: the table shows mean +- std, so the gain can be read against the spread
 TOTAL = 6                    # stages, for the progress headers
 
@@ -113,11 +116,12 @@ def run_demo(out: Path, quick: bool = False, cache_dir: str | None = None, arch:
         raise ValueError(f"unknown --arch '{arch}' (known: {', '.join(ARCH_OVERRIDES)})")
     out.mkdir(parents=True, exist_ok=True)
     t_all = time.time()
+    chain = stages.Chain(out)
     extra = [f"data.cache_dir={cache_dir}"] if cache_dir else []
-    ckpt = _pretrain_stage(out, quick, [*extra, f"train.seed={seed}"], arch)
-    weights = _convert_stage(out, ckpt, arch)
-    _classification_stages(out, ckpt, quick, cache_dir, extra)
-    _detection_stage(out, weights["detectron2"], arch, quick)
+    _pretrain_stage(chain, quick, [*extra, f"train.seed={seed}"], arch)
+    _convert_stage(chain)
+    _classification_stages(chain, quick, cache_dir, extra)
+    _detection_stage(chain, arch, quick)
     t0 = _stage("plots and comparison tables", 6, TOTAL)
     report(out)
     print(expectations(out, quick, arch))
@@ -136,60 +140,58 @@ def _main(stage: str):
             "detect": detect.main}[stage]
 
 
-def _pretrain_stage(out: Path, quick: bool, extra: list[str], arch: str) -> Path:
-    """Pretrain (or resume) into out/pretrain; returns its checkpoint."""
+def _pretrain_stage(chain: stages.Chain, quick: bool, extra: list[str], arch: str) -> None:
+    """Pretrain (or resume) into the chain's pretrain folder."""
     t0 = _stage(f"pretrain SimSiam {arch} (embedded ImageFolder)", 1, TOTAL)
-    pre = out / "pretrain"
-    _once(pre, _main("pretrain"), ["--config", "demo", "--output", str(pre), *extra, *ARCH_OVERRIDES[arch],
-                                   *(QUICK_PRETRAIN if quick else [])], "pretrain")
+    _once(chain.folder("pretrain"), _main("pretrain"), [*chain.argv("pretrain"), "--config", "demo", *extra,
+                                                        *ARCH_OVERRIDES[arch], *(QUICK_PRETRAIN if quick else [])],
+          "pretrain")
     _done(t0, "pretraining")
-    return pre / "checkpoint.pth"
 
 
-def _convert_stage(out: Path, ckpt: Path, arch: str) -> dict[str, Path]:
-    """{"torchvision": path, "detectron2": path}, converted once."""
+def _convert_stage(chain: stages.Chain) -> None:
+    """The checkpoint as torchvision and Detectron2 weights, each converted once."""
     t0 = _stage("convert checkpoint", 2, TOTAL)
-    paths = {to: out / "convert" / f"{arch}_{to}.{'pkl' if to == 'detectron2' else 'pth'}"
-             for to in ("torchvision", "detectron2")}
-    for to, path in paths.items():
-        if not path.exists():
-            _call(_main("convert"), [str(ckpt), "--to", to, "--output", str(path)], "convert")
+    for to in CONVERSIONS:
+        if not chain.converted(to).exists():
+            _call(_main("convert"), chain.argv("convert", to=to), "convert")
     _done(t0, "conversion")
-    return paths
 
 
-def _detection_stage(out: Path, weights: Path, arch: str, quick: bool) -> None:
+def _detection_stage(chain: stages.Chain, arch: str, quick: bool) -> None:
     """Faster R-CNN C4 fine-tuning from the converted weights and from random init, DETECTION_TRIALS each."""
     preset = DETECTION_PRESETS[arch]
     t0 = _stage(f"detection fine-tuning ({preset}: {DETECTION_NAMES[arch]}, embedded VOC): pretrained, "
                 f"random init", 5, TOTAL)
-    det = ["--config", preset, "--trials", str(1 if quick else DETECTION_TRIALS),
-           *(QUICK_DETECT if quick else [])]  # KEY VALUE pairs last
-    init = ["SIMSIAM.ZERO_INIT_RESIDUAL", str(pretraining_zero_init(out / "pretrain"))]
-    for folder, w, keys in (("detection", str(weights), []), ("detection_random", "random", init)):
-        _once(out / folder, _main("detect"), ["--weights", w, "--output", str(out / folder), *det, *keys], "detect")
+    trials = 1 if quick else DETECTION_TRIALS
+    det = ["--config", preset, *(QUICK_DETECT if quick else [])]  # KEY VALUE pairs last
+    init = ["SIMSIAM.ZERO_INIT_RESIDUAL", str(pretraining_zero_init(chain.folder("pretrain")))]
+    for baseline, keys in ((False, []), (True, init)):
+        _once(chain.folder("detect", baseline), _main("detect"),
+              [*chain.argv("detect", baseline=baseline, trials=trials), *det, *keys], "detect")
     _done(t0, "detection")
 
 
-def _classification_stages(out: Path, ckpt: Path, quick: bool, cache_dir: str | None, extra: list[str]) -> None:
+def _classification_stages(chain: stages.Chain, quick: bool, cache_dir: str | None, extra: list[str]) -> None:
     """kNN and linear evaluation of the checkpoint and of the network its pretraining started from."""
     knn, linear = _main("knn"), _main("linear")
     t0 = _stage("kNN evaluation: pretrained, random init", 3, TOTAL)
     # a bank of 100 images per class: k=20 first (the reported top-1); k=200 would vote over a quarter of it
     data = ["--data", "embedded", *([f"--cache-dir={cache_dir}"] if cache_dir else []), "ks=[20,200]",
             *(QUICK_KNN if quick else [])]
-    _once(out / "knn", knn, ["--weights", str(ckpt), "--output", str(out / "knn"), *data], "knn")
-    arch, same_data = pretrained_protocol(out / "knn")
-    init, seed = pretraining_init(out / "pretrain"), pretraining_seed(out / "pretrain")
-    _once(out / "knn_random", knn, ["--weights", "random", "--output", str(out / "knn_random"), *data,
-                                    f"model.arch={arch}", init, f"seed={seed}", *same_data], "knn")
+    _once(chain.folder("knn"), knn, [*chain.argv("knn"), *data], "knn")
+    arch, same_data = pretrained_protocol(chain.folder("knn"))
+    pre = chain.folder("pretrain")
+    init, seed = pretraining_init(pre), pretraining_seed(pre)
+    _once(chain.folder("knn", True), knn, [*chain.argv("knn", baseline=True), *data, f"model.arch={arch}", init,
+                                           f"seed={seed}", *same_data], "knn")
     _done(t0, "kNN")
 
     t0 = _stage("linear evaluation (frozen backbone): pretrained, random init", 4, TOTAL)
     lin = ["--config", "demo", *extra, *(QUICK_LINEAR if quick else [])]
-    _once(out / "linear", linear, ["--weights", str(ckpt), "--output", str(out / "linear"), *lin], "linear")
-    _once(out / "linear_random", linear, ["--weights", "random", "--output", str(out / "linear_random"), *lin,
-                                          f"model.arch={arch}", init, f"train.seed={seed}"], "linear")
+    _once(chain.folder("linear"), linear, [*chain.argv("linear"), *lin], "linear")
+    _once(chain.folder("linear", True), linear, [*chain.argv("linear", baseline=True), *lin, f"model.arch={arch}",
+                                                 init, f"train.seed={seed}"], "linear")
     _done(t0, "linear evaluation")
 
 
@@ -201,7 +203,7 @@ def report(out: Path) -> None:
         for png in plots.plot_run(folder):
             print(f"plot: {png}")
     t = tables.Tables(tables.load_docs([out]))
-    (out / "table.md").write_text(tables.render(t, "markdown"))
+    stages.Chain(out).table.write_text(tables.render(t, stages.TABLE_FORMAT))
     text = tables.render(t, "terminal")
     (out / "table.txt").write_text(text)
     print(text)

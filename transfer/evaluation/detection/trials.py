@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 
 import yaml
@@ -14,19 +13,16 @@ from pretrain.frame import StageRun
 from pretrain.logs import MetricsWriter
 from pretrain.protocol import detection_fingerprint
 from pretrain.results import Results, read
-from transfer.evaluation.trials import aggregate, summary_extra, trial_entry
+from transfer.evaluation.trials import aggregate, finite_or_none, summary_extra, trial_entry
 
 log = logging.getLogger("simsiam.detect")
-
-
-def _finite(v):
-    return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else float(v)
 
 
 def extract_metrics(results: dict, kind: str, mask_on: bool) -> dict:
     """detectron2 evaluator output -> our metrics ({AP50, AP, AP75} for VOC; {"bbox": ..., "segm": ...})."""
     def triple(d):
-        return {k: _finite(d.get(k)) for k in ("AP50", "AP", "AP75")}
+        keys = ("AP50", "AP", "AP75")
+        return dict(zip(keys, finite_or_none(d.get(k) for k in keys)))
 
     if kind == "voc":
         return triple(results["bbox"])

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from pretrain import config as config_mod
 from pretrain.data import EMBEDDED
-from pretrain.defaults import ImageFolderData
+from pretrain.defaults import ImageFolderData, init_lr  # noqa: F401 (re-exported by the package)
 from transfer.evaluation.convert import EvalModelConfig, check_eval_model
 from transfer.evaluation.knn import resolve_data as resolve_eval_data
 
@@ -72,11 +72,6 @@ class LinearConfig:
     optim: LinearOptimConfig = field(default_factory=LinearOptimConfig)
     train: LinearTrainConfig = field(default_factory=LinearTrainConfig)
     grid: LinearGridConfig = field(default_factory=LinearGridConfig)
-
-
-def init_lr(cfg: LinearConfig) -> float:
-    """The protocol's initial lr: base_lr x batch / 256."""
-    return cfg.optim.base_lr * cfg.train.batch_size / 256
 
 
 def check_config(cfg: LinearConfig) -> None:

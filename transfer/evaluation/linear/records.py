@@ -4,26 +4,14 @@ split)."""
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import TYPE_CHECKING
 
 from pretrain.protocol import linear_fingerprint
+from transfer.evaluation.trials import finite_or_none
+from transfer.reporting.tables import GRID_LABEL, grid_label
 
 if TYPE_CHECKING:
     from .evaluation import LinearEvaluation
-
-GRID_LABEL = "best of grid"
-
-
-def grid_label(holdout_images: int, seed: int) -> str:
-    """How tables name a grid result."""
-    return f"{GRID_LABEL} (held-out {holdout_images} images, seed {seed})"
-
-
-def finite_or_none(values: list) -> list:
-    """Non-finite numbers as None (JSON has no NaN)."""
-    return [v if isinstance(v, (int, float)) and math.isfinite(v) else None for v in values]
-
 
 def epoch_record(ev: LinearEvaluation, tr: dict, evaluated: bool) -> dict:
     """The metrics line of an epoch: the protocol's keys for its head (in grid mode the picked head's) and,
