@@ -8,6 +8,7 @@ never silently fall back to a default. The resolved config is written into every
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 import json
 import typing
 from pathlib import Path
@@ -151,6 +152,17 @@ def resolve(defaults: Any, files: Iterable[str | Path] = (), overrides: Iterable
 def to_dict(cfg: Any) -> dict:
     """A config dataclass as a plain dict (a dict is returned as a copy)."""
     return dict(cfg) if isinstance(cfg, dict) else dataclasses.asdict(cfg)
+
+
+def flatten(tree: Mapping, prefix: str = "") -> dict:
+    """{"a.b": value} of a nested config dict (sequences as lists): the dotted keys of the overrides."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = list(value) if isinstance(value, (list, tuple)) else value
+    return out
 
 
 def from_dict(cls, data: dict, source: str = "dict") -> Any:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from .augment import eval_crop_fraction, eval_resize_size
-from .config import to_dict
+from .config import flatten, to_dict
 from .defaults import PretrainConfig, init_lr
 
 RECIPE_SECTIONS = ("model", "loss", "optim", "data")
@@ -25,20 +25,10 @@ NOT_RECIPE = ("model.sync_bn", "data.root", "data.train_split", "data.val_split"
               "data.on_corrupt", "data.limit_per_class", "data.cache_dir", "data.image_size")
 
 
-def _flat(tree: Mapping, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = list(value) if isinstance(value, (list, tuple)) else value
-    return out
-
-
 def recipe_of(config: Mapping[str, Any]) -> dict[str, Any]:
     """The recipe ({"section.key": value}) of a pretraining config dict (a checkpoint's "config", or
     pretrain.config.to_dict of a PretrainConfig); missing keys take their defaults."""
-    merged = {**_flat(to_dict(PretrainConfig())), **_flat(config)}
+    merged = {**flatten(to_dict(PretrainConfig())), **flatten(config)}
     return {k: v for k, v in merged.items() if k.split(".")[0] in RECIPE_SECTIONS and k not in NOT_RECIPE}
 
 

@@ -127,23 +127,12 @@ RESUME_HARMLESS = ("monitor", "init_from", "data.val_split", "data.workers", "da
                    "train.channels_last", "train.compile", "train.gpu_augment")
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    """{"a.b": value} of a nested config dict (tuples as lists)."""
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = list(value) if isinstance(value, (list, tuple)) else value
-    return out
-
-
 def trajectory_changes(stored: dict, cfg: PretrainConfig) -> list[dict]:
     """[{"key", "old", "new"}] for each config key outside RESUME_HARMLESS whose value in `stored` (the config
     a checkpoint holds) differs from cfg's. A key the stored config lacks counts with its default value."""
-    old = {**_flat(config_mod.to_dict(PretrainConfig())), **_flat(stored)}
+    old = {**config_mod.flatten(config_mod.to_dict(PretrainConfig())), **config_mod.flatten(stored)}
     harmless = lambda key: any(key == h or key.startswith(h + ".") for h in RESUME_HARMLESS)  # noqa: E731
-    return [{"key": k, "old": old.get(k), "new": v} for k, v in _flat(config_mod.to_dict(cfg)).items()
+    return [{"key": k, "old": old.get(k), "new": v} for k, v in config_mod.flatten(config_mod.to_dict(cfg)).items()
             if not harmless(k) and old.get(k) != v]
 
 

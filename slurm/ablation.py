@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from pretrain import config as config_mod
-from transfer import preflight
+from transfer import preflight, stages
 
 from . import submit as S
 
@@ -189,7 +189,7 @@ def pretrain_argv(exp: Experiment, v: Variant, trial: int, folder: Path, a: argp
     extra = _extra(a.pretrain_args)
     settings = [x for x in extra if "=" in x and not x.startswith("-")]   # key=value, after the variant's
     options = [x for x in extra if x not in settings]                       # --config ..., before them
-    return ["--output", str(folder / "pretrain"), *[x for c in exp.pretrain_config for x in ("--config", c)],
+    return [*stages.Chain(folder).argv("pretrain"), *[x for c in exp.pretrain_config for x in ("--config", c)],
             *options, *exp.overrides(v), f"train.seed={trial}", *shrink, *settings]
 
 
@@ -200,13 +200,11 @@ def _extra(values: list[str]) -> list[str]:
 def plan_run(exp: Experiment, run: Run, a: argparse.Namespace) -> Run:
     """Each stage's command line, parsed and checked as `simsiam submit pipeline` checks its own
     (transfer.preflight: config resolved, datasets readable); kNN and linear read the pretraining dataset."""
-    ckpt = run.folder / "pretrain" / "checkpoint.pth"
+    chain = stages.Chain(run.folder)
     raw = {"pretrain": pretrain_argv(exp, run.variant, run.trial, run.folder, a),
-           "knn": ["--weights", str(ckpt), "--output", str(run.folder / "knn"), *_extra(a.knn_args)],
-           "linear": ["--weights", str(ckpt), "--output", str(run.folder / "linear"), *_extra(a.linear_args)]}
-    fixed = {"pretrain": {"output": run.folder / "pretrain"},
-             "knn": {"weights": ckpt, "output": run.folder / "knn"},
-             "linear": {"weights": ckpt, "output": run.folder / "linear"}}
+           "knn": [*chain.argv("knn"), *_extra(a.knn_args)],
+           "linear": [*chain.argv("linear"), *_extra(a.linear_args)]}
+    fixed = {stage: chain.fixed(stage) for stage in raw}
     try:
         pre = preflight.plan("pretrain", raw["pretrain"], pipeline=True)
         for stage in ("pretrain", "knn", "linear"):
@@ -264,7 +262,6 @@ def shapes(runs: list[Run]) -> dict[int, list[Run]]:
 def submit_array(stage: str, runs: list[Run], res: S.Resources, folder: Path, dependency: Optional[str],
                  name: str) -> S.Submitted:
     """One job array of `stage` over the runs whose stage is not finished yet (a StageCall each)."""
-    from transfer import stages
     from .jobs import StageCall, finished
     calls = []
     for r in runs:
@@ -332,7 +329,7 @@ def job_manifest(subs: dict[str, S.Submitted], res: S.Resources) -> dict[str, An
 # ---------------------------------------------------------------------------------------------------------- cli
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = S.one_line_errors(argparse.ArgumentParser(prog="simsiam submit ablation", allow_abbrev=False,
+    ap = stages.one_line_errors(argparse.ArgumentParser(prog="simsiam submit ablation", allow_abbrev=False,
                                                    description=__doc__.split("\n\n")[0],
                                                    formatter_class=argparse.RawDescriptionHelpFormatter),
                            "ablation")

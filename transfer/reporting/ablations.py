@@ -18,11 +18,12 @@ experiment's table.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any, Iterable
 
 from pretrain.errors import InputError
+from pretrain.config import flatten, to_dict
+from transfer.evaluation.trials import mean_std
 from transfer.reporting.results import MissingResults, Results, ResultsError, read_results
 
 MANIFEST = "ablation.json"
@@ -91,28 +92,17 @@ def trial_results(sweep: dict, variant: dict) -> list[dict[str, dict | None]]:
 
 
 # ----------------------------------------------------------------------------------------- protocol check
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
-    return out
-
-
 def paper_recipe(sweep: dict, variant: dict) -> dict[str, Any]:
     """The variant's pretraining config at the paper's scale: its settings on the paper's recipe."""
-    from pretrain import config as config_mod
     from pretrain.main import resolve_config
     cfg = resolve_config(sweep.get("pretrain_config") or [], variant.get("settings") or [])
-    return _flat(config_mod.to_dict(cfg))
+    return flatten(to_dict(cfg))
 
 
 def _show(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
-    if isinstance(value, tuple):
+    if isinstance(value, (tuple, list)):
         return ", ".join(map(_show, value))
     return str(value).lower() if isinstance(value, bool) else str(value)
 
@@ -124,7 +114,7 @@ def recipe_differences(expected: dict[str, Any], pretrain: dict) -> list[str]:
     dataset = str(pretrain.get("dataset") or "")
     if dataset.lower() not in IMAGENET_NAMES:
         out.append(f"pretraining dataset {dataset or 'not recorded'} != {PAPER_DATASET}")
-    found = _flat(pretrain.get("config") or {})
+    found = flatten(pretrain.get("config") or {})
     for key, value in sorted(expected.items(), key=lambda kv: FIRST.index(kv[0]) if kv[0] in FIRST else len(FIRST)):
         if key in NOT_RECIPE or key.startswith(NOT_RECIPE_SECTIONS):
             continue
@@ -168,16 +158,12 @@ def brief(diffs: list[str], limit: int = 6) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- the table
-def mean_std(values: list[float]) -> str:
+def mean_std_cell(values: list[float]) -> str:
     """'mean±std (n=N)' (sample std; no std for one value); '-' for none."""
-    vals = [float(v) for v in values if isinstance(v, (int, float)) and not math.isnan(float(v))]
-    if not vals:
+    m, sd, n = mean_std(values)
+    if m is None:
         return MISSING
-    m = sum(vals) / len(vals)
-    if len(vals) == 1:
-        return f"{m:.1f} (n=1)"
-    s = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
-    return f"{m:.1f}±{s:.1f} (n={len(vals)})"
+    return f"{m:.1f} (n=1)" if sd is None else f"{m:.1f}±{sd:.1f} (n={n})"
 
 
 def paper_cell(variant: dict) -> str:
@@ -195,8 +181,8 @@ def _metric(trials: list[dict], stage: str, key: str) -> list[float]:
 
 def variant_row(sweep: dict, variant: dict) -> list[str]:
     trials = trial_results(sweep, variant)
-    return [variant.get("label") or variant["name"], paper_cell(variant), mean_std(_metric(trials, "linear", "top1")),
-            mean_std(_metric(trials, "knn", "top1")), brief(variant_differences(sweep, variant, trials))]
+    return [variant.get("label") or variant["name"], paper_cell(variant), mean_std_cell(_metric(trials, "linear", "top1")),
+            mean_std_cell(_metric(trials, "knn", "top1")), brief(variant_differences(sweep, variant, trials))]
 
 
 HEADERS = ("paper: linear top-1", "yours: linear top-1", "yours: kNN top-1", "differs from the paper's measurement")
