@@ -13,7 +13,7 @@ The pixels differ from PIL's only by rounding, op by op (tests/test_cpu_augment.
 - saturation: PIL's blend formula (float32, truncated) against its luma, exact as well;
 - hue: OpenCV's 0..255 HSV (the scale PIL's HSV uses) with the hue byte shifted as torchvision shifts it;
 - grayscale: PIL's integer luma (exact);
-- blur: PIL's three extended box filters per axis (`pretrain.gpu_augment.pil_box_radius`), composed into one
+- blur: PIL's three extended box filters per axis (`pil_box_radius`, as in pretrain.gpu_augment), composed into one
   separable kernel, the edge pixel repeated beyond the border (PIL rounds after each box, this once);
 - flip: exact.
 
@@ -117,9 +117,11 @@ def adjust_contrast(img: np.ndarray, factor: float) -> np.ndarray:
 
 def adjust_saturation(img: np.ndarray, factor: float) -> np.ndarray:
     """PIL's blend of the image with its grey version: trunc(clip(g + f (v - g))), in float32 as PIL does."""
-    g = luma_float(img)
-    g = cv2.merge([g, g, g])
-    out = cv2.scaleAdd(cv2.subtract(img.astype(np.float32), g), float(np.float32(factor)), g)
+    g = luma_float(img)[..., None]
+    out = img.astype(np.float32)
+    out -= g
+    out *= np.float32(factor)                     # float32 products and sums, in PIL's order
+    out += g
     return np.clip(out, 0, 255, out=out).astype(np.uint8)
 
 
@@ -170,17 +172,22 @@ def crop_resize(img: np.ndarray, crop: tuple[int, int, int, int], size: int, sca
     (f^2 - 1) / 4 (slightly more than (f^2 - 1) / 6, which measured closer to PIL) and then interpolates
     bilinearly (variance 1 / 6)."""
     i, j, h, w = crop
-    if scale > 1:
-        top, left = round(i / scale), round(j / scale)
-        bottom = min(max(round((i + h) / scale), top + 1), img.shape[0])
-        right = min(max(round((j + w) / scale), left + 1), img.shape[1])
-        i, j, h, w = top, left, bottom - top, right - left
-    patch = img[i:i + h, j:j + w]
-    sx, sy = (np.sqrt(max(f * f - 1.0, 0.0) / 4) for f in (w / size, h / size))
+    fx, fy = w / scale / size, h / scale / size                 # shrink factors in decoded pixels
+    if scale == 1:
+        patch, i0, j0 = img[i:i + h, j:j + w], i, j
+    else:                                                       # the box is fractional at 1/scale
+        i0, j0 = int(i / scale), int(j / scale)
+        patch = img[i0:int(np.ceil((i + h) / scale)) + 1, j0:int(np.ceil((j + w) / scale)) + 1]
+    sx, sy = (np.sqrt(max(f * f - 1.0, 0.0) / 4) for f in (fx, fy))
     if max(sx, sy) > 0.25:
         patch = cv2.GaussianBlur(patch, (0, 0), sigmaX=max(sx, 1e-3), sigmaY=max(sy, 1e-3),
                                  borderType=cv2.BORDER_REPLICATE)
-    return cv2.resize(patch, (size, size), interpolation=cv2.INTER_LINEAR)
+    if scale == 1:
+        return cv2.resize(patch, (size, size), interpolation=cv2.INTER_LINEAR)
+    # output pixel centre x + 0.5 samples the box at j / scale + (x + 0.5) fx, as cv2.resize maps pixel centres
+    m = np.array([[fx, 0, j / scale - j0 + 0.5 * fx - 0.5], [0, fy, i / scale - i0 + 0.5 * fy - 0.5]], np.float64)
+    return cv2.warpAffine(patch, m, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
 
 
 _JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
