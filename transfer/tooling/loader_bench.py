@@ -1,6 +1,7 @@
 """The pretraining loader's CPU cost: the reference (PIL) and fast (OpenCV) two-view pipelines side by side.
 
     python -m transfer.tooling.loader_bench [--images DIR] [--count 300] [--size 224] [--rounds 3] [--workers 2]
+                                            [--batch 32] [--no-reduce]
 
 1. One process, one thread: every image of the set read from disk, decoded and turned into two MoCo v2 views
    by each pipeline in turn (the same images, the same per-image seeds, so the same crops and jitter), in
@@ -9,8 +10,8 @@
    Reference: RobustImageFolder.read_image + TwoCropsTransform(moco_v2_transform) (float views, normalised);
    fast: pretrain.cpu_augment (uint8 views; the normalisation runs on the device in training, not here).
    `--no-reduce` decodes every JPEG at full size (what reduced-scale decoding gives is the difference).
-2. The DataLoader of training (pretrain.data.build_pretrain_loader's settings: `--workers` processes, batch
-   32, data.prefetch) over the same images for both pipelines: images/s with N workers on N cores.
+2. The DataLoader of training (pretrain.data.build_pretrain_loader's settings: `--workers` processes,
+   `--batch`, data.prefetch) over the same images for both pipelines: images/s with N workers on N cores.
 
 --images: a folder of images (searched recursively); default: the COCO images of the shared test data
 (coco-tiny.tgz in $SIMSIAM_SHARED_DATA or ../shared/data beside the repository), unpacked to a temp folder,
@@ -111,6 +112,7 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--no-reduce", action="store_true", help="decode every JPEG at full size")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -124,8 +126,8 @@ def main(argv=None) -> int:
         print(f"  {name:9s} {v:8.1f} images/s per core")
     print(f"  ratio     {one['fast'] / one['reference']:8.2f} x")
     if a.workers > 0:
-        many = with_workers(paths, a.size, a.workers, reduce)
-        print(f"DataLoader, {a.workers} workers, batch 32, prefetch {DataConfig.prefetch}:")
+        many = with_workers(paths, a.size, a.workers, reduce, a.batch)
+        print(f"DataLoader, {a.workers} workers, batch {a.batch}, prefetch {DataConfig.prefetch}:")
         for name, v in many.items():
             print(f"  {name:9s} {v:8.1f} images/s")
         print(f"  ratio     {many['fast'] / many['reference']:8.2f} x")
