@@ -222,12 +222,13 @@ class EncodedImage:
 
 
 def read_encoded(path: str) -> EncodedImage:
-    """A JPEG's bytes and header (decoded later, at the scale the views allow); any other file, and a JPEG
-    without its end marker (truncated), is decoded by PIL here, which names the fault (OSError)."""
+    """A JPEG's bytes and header (decoded later, at the scale the views allow); any other file, a CMYK JPEG
+    (PIL's own conversion to RGB) and a JPEG without its end marker (truncated) are decoded by PIL here, which
+    names the fault of a broken file (OSError)."""
     with open(path, "rb") as f:
         data = f.read()
     with Image.open(io.BytesIO(data)) as im:
-        if im.format == "JPEG" and data.rstrip(b"\0").endswith(b"\xff\xd9"):
+        if im.format == "JPEG" and im.mode in ("RGB", "L") and data.rstrip(b"\0").endswith(b"\xff\xd9"):
             return EncodedImage(path, data, im.size, True)
         pixels = np.asarray(im.convert("RGB"))    # raises for truncated or corrupt data
         return EncodedImage(path, data, im.size, False, pixels)

@@ -100,9 +100,14 @@ def test_decode_scale_keeps_every_crop_at_full_resolution():
 
 
 # ------------------------------------------------------------------------------------------ pixels, exact
-def test_decode_equals_pil(coco, cifar):
+def test_decode_equals_pil(coco, cifar, tmp_path):
     for p in coco[:5] + cifar[:10]:
         assert diff(ca.decode(ca.read_encoded(str(p))), rgb(p)).max() == 0, p
+    photo = rgb(coco[0])
+    for mode in ("L", "CMYK"):                      # grayscale via OpenCV, CMYK via PIL's own conversion
+        path = tmp_path / f"{mode}.jpg"
+        photo.convert(mode).save(path, "JPEG", quality=90)
+        assert diff(ca.decode(ca.read_encoded(str(path))), rgb(path)).max() == 0, mode
 
 
 @pytest.mark.parametrize("op,ref,lo,hi", [

@@ -235,7 +235,8 @@ def knn_before_and_after(out: Path, seed: int, overrides: tuple[str, ...] = ()) 
     from pretrain.model import build_model
     from pretrain.train import knn_monitor, run, seed_everything
 
-    cfg = config.resolve(PretrainConfig(), ["test_tiny"], [*LEARN_OVERRIDES, f"train.seed={seed}", *overrides], kind="pretrain")
+    cfg = config.resolve(PretrainConfig(), ["test_tiny"], [*LEARN_OVERRIDES, f"train.seed={seed}", *overrides],
+                         kind="pretrain")
     train_dir, val_dir = data_mod.resolve_roots(cfg.data)
     seed_everything(seed)
     model = build_model(cfg.model)  # the weights the pretraining starts from
