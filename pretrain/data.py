@@ -226,10 +226,18 @@ def per_rank_batch(global_batch: int, world_size: int) -> int:
 def build_pretrain_loader(cfg, train_dir: Path, rank: int = 0, world_size: int = 1,
                           pin_memory: bool = False, pairs: int = 1) -> EpochLoader:
     """Two MoCo v2 views per image (`pairs` pairs of them); global batch split over ranks; drop_last; reshuffled
-    per epoch."""
+    per epoch. data.pipeline: "fast" (pretrain.cpu_augment, uint8 views) or "reference" (PIL, float views)."""
     d = cfg.data
-    base = moco_v2_transform(d.image_size, d.min_scale, d.blur, d.mean, d.std)
-    dataset = RobustImageFolder(train_dir, TwoCropsTransform(base, pairs=pairs), d.on_corrupt, d.limit_per_class)
+    if d.pipeline == "fast":   # uint8 views, normalised on the device (pretrain.cpu_augment.device_views)
+        from .cpu_augment import EncodedImageFolder, FastTwoCrops
+        views = FastTwoCrops(d.image_size, d.min_scale, d.blur, pairs=pairs)
+        dataset = EncodedImageFolder(train_dir, views, d.on_corrupt, d.limit_per_class)
+    elif d.pipeline == "reference":
+        base = moco_v2_transform(d.image_size, d.min_scale, d.blur, d.mean, d.std)
+        dataset = RobustImageFolder(train_dir, TwoCropsTransform(base, pairs=pairs), d.on_corrupt,
+                                    d.limit_per_class)
+    else:
+        raise DataError(f"data.pipeline: '{d.pipeline}' is not one of fast, reference")
     batch = per_rank_batch(cfg.train.batch_size, world_size)
     sampler = ResumableSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
                                seed=cfg.train.seed, drop_last=True)
@@ -239,7 +247,7 @@ def build_pretrain_loader(cfg, train_dir: Path, rank: int = 0, world_size: int =
                         "processes): lower train.batch_size or use more data")
     loader = DataLoader(PerSampleSeed(dataset, cfg.train.seed), batch_size=batch, sampler=sampler,
                         num_workers=d.workers, pin_memory=pin_memory, drop_last=True, worker_init_fn=seed_worker,
-                        persistent_workers=False)
+                        persistent_workers=False, prefetch_factor=d.prefetch if d.workers > 0 else None)
     out = EpochLoader(loader, sampler, cfg.train.seed, rank)
     out.set_epoch(0)
     return out

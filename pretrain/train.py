@@ -25,6 +25,7 @@ from . import config as config_mod
 from . import data as data_mod
 from . import distributed
 from .augment import eval_crop_fraction
+from .cpu_augment import device_views
 from .defaults import PretrainConfig, init_lr
 from .errors import InputError
 from .frame import StageRun
@@ -122,7 +123,8 @@ def applied_switches(model, run_model, dtype) -> dict:
 # kernels, device augmentation with the same distributions) and init_from (read only when no checkpoint
 # exists). Every other key is compared on resume: model, optim, data content and augmentation, epochs, batch,
 # seed, steps per epoch, precision, and any key added later.
-RESUME_HARMLESS = ("monitor", "init_from", "data.val_split", "data.workers", "data.cache_dir", "data.on_corrupt",
+RESUME_HARMLESS = ("monitor", "init_from", "data.val_split", "data.workers", "data.prefetch", "data.cache_dir",
+                   "data.on_corrupt",
                    "train.print_freq", "train.save_freq", "train.stop_after_epochs", "train.deterministic",
                    "train.channels_last", "train.compile", "train.gpu_augment")
 
@@ -245,6 +247,7 @@ class EpochTally:
     collapse_sum: float = 0.0
     seconds: float = 0.0
     batch_per_rank: int = 0
+    data_wait: float = 0.0          # seconds of `seconds` spent waiting for the next batch
 
 
 def steps_per_epoch(loader, cfg: PretrainConfig) -> int:
@@ -266,7 +269,8 @@ def epoch_stats(tally: EpochTally, cfg: PretrainConfig, info: distributed.DistIn
     n = max(tally.steps, 1)
     stats = {"loss": tally.loss_sum / n, "steps": tally.steps, "time": tally.seconds,
              "world_size": info.world_size, "batch_per_rank": tally.batch_per_rank,
-             "images_per_s": tally.steps * cfg.train.batch_size / max(tally.seconds, 1e-9)}
+             "images_per_s": tally.steps * cfg.train.batch_size / max(tally.seconds, 1e-9),
+             "data_wait": tally.data_wait / max(tally.seconds, 1e-9)}   # share of the epoch spent waiting for data
     if cfg.monitor.collapse:
         stats["collapse_std"] = distributed.all_reduce_mean(
             torch.tensor(tally.collapse_sum / n, device=info.device)).item()
@@ -292,10 +296,12 @@ def train_one_epoch(model, loader, optimizer, scaler, *, epoch: int, step: int, 
     t0 = time.time()
     bar = progress(loader, total=n_steps - tally.steps, enabled=info.is_main,
                    desc=f"epoch {epoch + 1}/{cfg.train.epochs}")
+    ready = time.time()
     for i, (views, _) in enumerate(bar, start=tally.steps):
         if i >= n_steps:
             break
-        views = [x.to(info.device, non_blocking=True, memory_format=memory_format) for x in views]
+        tally.data_wait += time.time() - ready
+        views = device_views(views, info.device, memory_format, cfg.data.mean, cfg.data.std)
         if warm:
             adjust_learning_rate(optimizer, init_lr(cfg), epoch, cfg.train.epochs, cfg.optim.schedule,
                                  cfg.optim.warmup_epochs, i, n_steps)
@@ -319,6 +325,7 @@ def train_one_epoch(model, loader, optimizer, scaler, *, epoch: int, step: int, 
         if stopping and tally.steps < n_steps:
             tally.seconds += time.time() - t0
             return None, step, tally
+        ready = time.time()
     tally.seconds += time.time() - t0
     return epoch_stats(tally, cfg, info), step, tally
 
@@ -609,10 +616,11 @@ class Pretraining:
         ckpt_io.save_checkpoint(ck, self.sr.dir, 0 if tally else self.cfg.train.save_freq)
 
     def _log_epoch(self, r: dict) -> None:
-        self.log.info("epoch %d/%d: loss %.4f  collapse_std %s  kNN top-1 %s  lr %.4g  %.1f img/s", r["epoch"],
-                      self.cfg.train.epochs, r["loss"],
+        self.log.info("epoch %d/%d: loss %.4f  collapse_std %s  kNN top-1 %s  lr %.4g  %.1f img/s  data_wait %.0f%%",
+                      r["epoch"], self.cfg.train.epochs, r["loss"],
                       f"{r['collapse_std']:.4f}" if "collapse_std" in r else "-",
-                      f"{r['knn_top1']:.2f}" if "knn_top1" in r else "-", r["lr"], r["images_per_s"])
+                      f"{r['knn_top1']:.2f}" if "knn_top1" in r else "-", r["lr"], r["images_per_s"],
+                      100 * r["data_wait"])
 
     def finish(self, history: list[dict], last: dict, knn: dict | None, ran: int, stopped: bool) -> dict:
         """results.json of the run so far, and this invocation's summary."""

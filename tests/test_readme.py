@@ -207,6 +207,7 @@ SHRINK: dict[str, str] = {
     "simsiam submit detect": DETECT_TINY,
     "simsiam submit ablation": ABLATION_TINY,
     "python -m transfer.tooling.grid_bench": "--batch 16 --steps 1 --warmup 0 --rounds 1",
+    "python -m transfer.tooling.loader_bench": "--count 24 --size 32 --rounds 1 --workers 1 --batch 8",
     # the rehearsal lines are CPU-sized already (on the small tree): as written
     "simsiam pretrain --config test_tiny": "",
     "simsiam detect --weights random --config tiny": "",
@@ -459,6 +460,16 @@ def _check_grid_bench(r: Ran) -> None:
     assert f"{r.opt('--arch')} {r.opt('--size')} px" in r.stdout, r.stdout
 
 
+def _check_loader_bench(r: Ran) -> None:
+    """Both pipelines' images/s per core and their ratio, then the same with the DataLoader's workers."""
+    per_core = dict(re.findall(r"^  (reference|fast) +([\d.]+) images/s per core$", r.stdout, re.M))
+    workers = dict(re.findall(r"^  (reference|fast) +([\d.]+) images/s$", r.stdout, re.M))
+    ratios = [float(v) for v in re.findall(r"^  ratio +([\d.]+) x$", r.stdout, re.M)]
+    assert set(per_core) == set(workers) == {"reference", "fast"} and len(ratios) == 2, r.stdout
+    assert all(float(v) > 0 for v in [*per_core.values(), *workers.values(), *ratios]), r.stdout
+    assert f"DataLoader, {r.opt('--workers')} workers" in r.stdout, r.stdout
+
+
 def demo_promises() -> tuple[list[str], list[str]]:
     """(folders, files) that docs/demo.md says `make demo` writes into runs/demo/: the backticked names of its
     paragraph "`make demo` writes everything into `runs/demo/`: ...", names in parentheses belonging to the
@@ -527,6 +538,7 @@ EXPECT: dict[str, Expect] = {
     "simsiam table runs/fig2": Expect(_check_ablation_table),
     "simsiam plot runs/fig2": Expect(_check_ablation_plot),
     "python -m transfer.tooling.grid_bench": Expect(_check_grid_bench),
+    "python -m transfer.tooling.loader_bench": Expect(_check_loader_bench),
 }
 
 

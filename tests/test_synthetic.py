@@ -222,9 +222,10 @@ LEARN_OVERRIDES = ["data.limit_per_class=50", "train.batch_size=32", "train.epoc
                    "train.deterministic=false", "train.print_freq=0"]
 
 
-def knn_before_and_after(out: Path, seed: int) -> tuple[float, float]:
+def knn_before_and_after(out: Path, seed: int, overrides: tuple[str, ...] = ()) -> tuple[float, float]:
     """(kNN top-1 at random init, after the short pretraining) of the test_tiny ResNet-18 with seed `seed`,
-    both through the pretraining's kNN monitor on the embedded data (in the default cache folder)."""
+    both through the pretraining's kNN monitor on the embedded data (in the default cache folder);
+    `overrides` come after LEARN_OVERRIDES (a shorter run, another loader)."""
     import torch
 
     from pretrain import config
@@ -234,7 +235,8 @@ def knn_before_and_after(out: Path, seed: int) -> tuple[float, float]:
     from pretrain.model import build_model
     from pretrain.train import knn_monitor, run, seed_everything
 
-    cfg = config.resolve(PretrainConfig(), ["test_tiny"], [*LEARN_OVERRIDES, f"train.seed={seed}"], kind="pretrain")
+    cfg = config.resolve(PretrainConfig(), ["test_tiny"], [*LEARN_OVERRIDES, f"train.seed={seed}", *overrides],
+                         kind="pretrain")
     train_dir, val_dir = data_mod.resolve_roots(cfg.data)
     seed_everything(seed)
     model = build_model(cfg.model)  # the weights the pretraining starts from

@@ -141,7 +141,8 @@ def test_trajectory_keys():
     """Every config key blocks a resume when it changes, except those of RESUME_HARMLESS (all real keys)."""
     stored = config.to_dict(tiny())
     assert trajectory_changes(stored, tiny()) == []
-    harmless = tiny("monitor.knn=false", "monitor.knn_k=20", "data.workers=3", "data.cache_dir=/elsewhere",
+    harmless = tiny("monitor.knn=false", "monitor.knn_k=20", "data.workers=3", "data.prefetch=2",
+                    "data.cache_dir=/elsewhere",
                     "train.save_freq=0", "train.stop_after_epochs=1", "train.print_freq=5", "init_from=x.pth")
     assert trajectory_changes(stored, harmless) == []
     changed = tiny("train.epochs=200", "optim.base_lr=0.1", "optim.schedule=constant", "optim.momentum=0.8",
@@ -261,8 +262,9 @@ def test_two_process_gloo_run(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     (m,) = read_metrics(out)
     assert m["world_size"] == 2 and m["batch_per_rank"] == 8 == 16 // 2 and m["steps"] == 2
-    assert math.isfinite(m["loss"]) and "knn_top1" in m
-    assert "2 processes, global batch 16 (8 per process)" in (out / "log.txt").read_text()
+    assert math.isfinite(m["loss"]) and "knn_top1" in m and 0 <= m["data_wait"] <= 1
+    log = (out / "log.txt").read_text()
+    assert "2 processes, global batch 16 (8 per process)" in log and f"data_wait {100 * m['data_wait']:.0f}%" in log
     ckpt = _weights(out / "checkpoint.pth")
     assert ckpt["epoch"] == 1 and len(ckpt["rng_ranks"]) == 2
     assert not any(k.startswith("module.") for k in ckpt["model"])
