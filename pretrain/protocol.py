@@ -6,7 +6,8 @@ config (duck-typed: this package never imports the evaluations) and the sizes of
 
 The recipe is every pretraining config key that changes the trajectory, flattened ("optim.base_lr": 0.05):
 the model and its heads, the target branch, the loss, the optimiser and its schedule, the augmentation, and
-any key added to those sections later. Left out: where the data is and how it is read, the dataset, epochs,
+any key added to those sections later. Left out: where the data is and how it is read (the CPU views of
+data.pipeline make the same random draws as the PIL ones), the dataset, epochs,
 batch, crop size and image or step limits (recorded and compared on their own), the kind of BN
 synchronisation (it follows the number of GPUs), and the train / monitor sections (precision, speed switches,
 seed, logging, monitoring). A key a stored config lacks (a checkpoint older than the key) counts with its
@@ -22,7 +23,7 @@ from .defaults import PretrainConfig, init_lr
 
 RECIPE_SECTIONS = ("model", "loss", "optim", "data")
 NOT_RECIPE = ("model.sync_bn", "data.root", "data.train_split", "data.val_split", "data.workers",
-              "data.on_corrupt", "data.limit_per_class", "data.cache_dir", "data.image_size")
+              "data.pipeline", "data.prefetch", "data.on_corrupt", "data.limit_per_class", "data.cache_dir", "data.image_size")
 
 
 def recipe_of(config: Mapping[str, Any]) -> dict[str, Any]:
