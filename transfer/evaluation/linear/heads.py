@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pretrain.train import NonFiniteLossError
-from transfer.evaluation.lars import LARS
+from pretrain.lars import LARS
 
 from .config import ConfigError, LinearConfig, LinearGridConfig
 
