@@ -25,7 +25,7 @@ from pretrain.errors import InputError
 from pretrain.frame import StageRun
 from pretrain.logs import read_metrics
 from pretrain.model import SimSiam
-from pretrain.synthetic import embedded_dir
+from pretrain.generated.embedded import embedded_dir
 from transfer.evaluation import linear
 from transfer.evaluation.convert import EvalModelConfig, load_backbone
 from transfer.evaluation.linear import BackboneChangedError, LinearConfig, heads, state_checksum
