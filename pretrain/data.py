@@ -1,6 +1,6 @@
 """Pretraining data: where the images are, a loader that reports bad files by path, and the loaders.
 
-Roots: "embedded" (the built-in generated ImageFolder, see pretrain.synthetic), an ImageFolder tree
+Roots: "embedded" (the built-in generated ImageFolder, see pretrain.generated.embedded), an ImageFolder tree
 (<root>/<class>/<image>), or its parent holding train/ and a held-out val/ (or test/, as in the
 CIFAR-10 JPEG tree). The global batch is split evenly over the ranks; each epoch reshuffles with
 set_epoch; augmentation randomness is seeded per rank (and per worker).
@@ -57,7 +57,7 @@ def _has_class_folders(path: Path) -> bool:
 def resolve_roots(data_cfg) -> tuple[Path, Path | None]:
     """(train folder, held-out folder or None) for data.root."""
     if data_cfg.root == EMBEDDED:
-        from .synthetic import ensure_embedded
+        from .generated.embedded import ensure_embedded
         root = Path(ensure_embedded(Path(os.path.expanduser(data_cfg.cache_dir))))
     else:
         root = Path(os.path.expanduser(str(data_cfg.root)))

@@ -25,7 +25,7 @@ from pretrain import cpu_augment as ca
 from pretrain import data as data_mod
 from pretrain.augment import TwoCropsTransform, moco_v2_transform
 from pretrain.defaults import PretrainConfig
-from test_synthetic import knn_before_and_after
+from test_embedded import knn_before_and_after
 
 
 @pytest.fixture(scope="module")
@@ -257,7 +257,7 @@ def test_unreadable_images_are_named(tmp_path):
 
 
 def test_short_pretraining_with_fast_views_beats_random_init(tmp_path):
-    """The learnability check of tests/test_synthetic.py (same data, network, kNN monitor and margin), shorter:
+    """The learnability check of tests/test_embedded.py (same data, network, kNN monitor and margin), shorter:
     96 steps with the fast views. Measured (kNN top-1 %, random init -> after, one thread): seed 0 13.75 -> 25.42
     (+11.7), seed 1 13.33 -> 19.58 (+6.3), seed 2 12.92 -> 23.33 (+10.4); the reference views, seed 0:
     13.75 -> 19.17 (+5.4). Bounds as there:

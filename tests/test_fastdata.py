@@ -163,7 +163,7 @@ def test_eval_loader_matches_reference_transform(cifar_root):
 
 
 def test_load_memory_keeps_pixels_labels_and_names_a_wrong_size(tmp_path):
-    from pretrain.synthetic import SHAPES, write_imagefolder
+    from pretrain.generated.embedded import SHAPES, write_imagefolder
     root = write_imagefolder(tmp_path / "shapes", n_train_per_class=3, n_val_per_class=0, size=32, seed=0)
     ds = load_memory(RobustImageFolder(root / "train", None), "cpu")
     assert len(ds) == 3 * len(SHAPES) and ds.images.shape == (24, 3, 32, 32) and ds.images.dtype == torch.uint8

@@ -1,4 +1,4 @@
-"""transfer.evaluation.lars: LARS updates against apex LARC's rule (clip=False) around momentum SGD.
+"""pretrain.lars: LARS updates against apex LARC's rule (clip=False) around momentum SGD.
 
 LARC adapts every parameter, the bias included: a parameter takes the plain momentum step only while its
 norm or its gradient's norm is zero, and then without weight decay.
@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from transfer.evaluation.lars import LARS
+from pretrain.lars import LARS
 
 
 def larc_sgd_reference(params, grads_per_step, lrs, momentum, weight_decay, trust=0.001, eps=1e-8):

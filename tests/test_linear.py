@@ -25,7 +25,7 @@ from pretrain.errors import InputError
 from pretrain.frame import StageRun
 from pretrain.logs import read_metrics
 from pretrain.model import SimSiam
-from pretrain.synthetic import embedded_dir
+from pretrain.generated.embedded import embedded_dir
 from transfer.evaluation import linear
 from transfer.evaluation.convert import EvalModelConfig, load_backbone
 from transfer.evaluation.linear import BackboneChangedError, LinearConfig, heads, state_checksum
@@ -425,7 +425,7 @@ def test_grid_resume_and_two_processes(cifar_root, tmp_path, capsys):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    repo = str(Path(linear.__file__).resolve().parents[1])
+    repo = str(Path(linear.__file__).resolve().parents[3])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
            f"--master_port={port}", "-m", "transfer.evaluation.linear", "--output", str(tmp_path / "ddp"), *args]
     proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=repo), capture_output=True,

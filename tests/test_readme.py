@@ -167,8 +167,8 @@ REWRITES: tuple[Rewrite, ...] = (
             "`make demo` is ./install.sh (done: this suite runs in its .venv) then `simsiam demo`; the full-size demo "
             "is timed separately (docs/measured.md), --quick is its CI size, same stages and folders"),
     Rewrite(ABS + r"/datasets/imagenet\b", "{imagenet}",
-            "ImageNet is not here: the ImageNet-shaped rehearsal tree (python -m pretrain.rehearsal DIR --detection "
-            f"{REHEARSAL_SMALL}: same layout and file quirks, 4 classes)"),
+            "ImageNet is not here: the ImageNet-shaped rehearsal tree (python -m pretrain.generated.rehearsal DIR "
+            f"--detection {REHEARSAL_SMALL}: same layout and file quirks, 4 classes)"),
     Rewrite(ABS + r"/data/imagenet\b", "{imagenet}", "as /datasets/imagenet"),
     Rewrite(ABS + r"/datasets/cifar10-jpg\b", "{cifar}",
             "the real CIFAR-10 JPEG subset of ../shared/data/cifar10-jpg.tgz (train/ and test/, as documented)"),
@@ -198,7 +198,7 @@ REWRITES: tuple[Rewrite, ...] = (
 
 # Appended `key=value` / `KEY VALUE` overrides, by command prefix (longest prefix wins).
 SHRINK: dict[str, str] = {
-    "python -m pretrain.rehearsal": REHEARSAL_SMALL,
+    "python -m pretrain.generated.rehearsal": REHEARSAL_SMALL,
     "simsiam pretrain": PRETRAIN_TINY,
     "simsiam submit pretrain": PRETRAIN_TINY,
     "simsiam linear": LINEAR_TINY,
@@ -259,7 +259,7 @@ class Ran:
 
 
 def _check_rehearsal(r: Ran) -> None:
-    root = r.path(r.argv[r.argv.index("pretrain.rehearsal") + 1])
+    root = r.path(r.argv[r.argv.index("pretrain.generated.rehearsal") + 1])
     lines = r.stdout.splitlines()
     assert any(x.startswith("imagenet: 4 classes, 16 train, 8 val images") for x in lines), r.stdout
     assert json.loads((root / "imagenet" / "manifest.json").read_text())["classes"] == 4
@@ -516,7 +516,7 @@ class Expect:
 
 EXPECT: dict[str, Expect] = {
     "make demo": Expect(_check_demo, timeout=900),
-    "python -m pretrain.rehearsal": Expect(_check_rehearsal),
+    "python -m pretrain.generated.rehearsal": Expect(_check_rehearsal),
     "python -m transfer.tooling.d2compat check": Expect(_check_d2),
     "export DETECTRON2_DATASETS=": Expect(_check_export),
     "simsiam pretrain": Expect(_check_pretrain),
@@ -641,7 +641,7 @@ def _paths(text: str, env: dict, work: Path) -> tuple[set[Path], set[Path]]:
     for i, a in enumerate(argv):
         prev = argv[i - 1] if i else ""
         value = a.split("=", 1)[1] if re.match(r"^[\w.]+=", a) else a
-        if prev in ("--output", "--log-dir") or prev == "pretrain.rehearsal":
+        if prev in ("--output", "--log-dir") or prev == "pretrain.generated.rehearsal":
             writes.add((work / a).resolve())
         elif ("/" in value or re.search(r"\.(pth|pkl|tar|json)$", value)) and not value.startswith(("-", "(")) \
                 and " " not in value:
@@ -769,7 +769,7 @@ def runner(tmp_path_factory) -> Runner:
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", USER=_user(),
                PYTHONUNBUFFERED="1")
     env.pop("DETECTRON2_DATASETS", None)
-    proc = subprocess.run([sys.executable, "-m", "pretrain.rehearsal", str(rehearsal), "--detection",
+    proc = subprocess.run([sys.executable, "-m", "pretrain.generated.rehearsal", str(rehearsal), "--detection",
                            *REHEARSAL_SMALL.split()], capture_output=True, text=True, timeout=300, cwd=work, env=env)
     assert proc.returncode == 0, proc.stderr
     roots = {"work": str(work), "imagenet": str(rehearsal / "imagenet"), "detection": str(rehearsal / "detection"),

@@ -1,4 +1,4 @@
-"""pretrain.rehearsal: the generated ImageNet-shaped and detection-shaped rehearsal datasets.
+"""pretrain.generated.rehearsal: the generated ImageNet-shaped and detection-shaped rehearsal datasets.
 
 Layout as torchvision's ImageFolder and detectron2's builtin dataset names read it, image sizes, the real
 set's file quirks, determinism, the command line, and a real pretraining run reading the tree.
@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageOps
 
-from pretrain import config, rehearsal
+from pretrain import config
 from pretrain.data import RobustImageFolder
 from pretrain.defaults import PretrainConfig
+from pretrain.generated import rehearsal
 from pretrain.train import run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,6 +115,24 @@ def test_deterministic_bytes(tmp_path):
     assert len({ha[k] for k in images}) == len(images)
 
 
+def test_images_are_pinned():
+    """The class images and the detection scenes with their objects, pinned (measured runs used these)."""
+    import numpy as np
+
+    h = hashlib.sha256()
+    for img in (rehearsal.render_class_image(np.random.default_rng([0, s, c, 0]), c) for s in (0, 1)
+                for c in (0, 1, 9, 999)):
+        h.update(str(np.asarray(img).shape).encode() + np.asarray(img).tobytes())
+    assert h.hexdigest()[:16] == "7938351b46df63e6"
+    h = hashlib.sha256()
+    scenes = [rehearsal.render_scene(np.random.default_rng([0, 11, y, 0, i]), n) for y, n in ((2007, 20), (2017, 80))
+              for i in range(3)]
+    for img, _ in scenes:
+        h.update(str(np.asarray(img).shape).encode() + np.asarray(img).tobytes())
+    h.update(json.dumps([objects for _, objects in scenes], sort_keys=True).encode())
+    assert h.hexdigest()[:16] == "f335ccab5500396a"
+
+
 def test_reuse_replace_and_refuse(tmp_path):
     root = tmp_path / "in"
     assert not rehearsal.make_imagenet_like(root, classes=3, train_per_class=1, val_per_class=1)["reused"]
@@ -139,10 +158,10 @@ def test_command_line(tmp_path, capsys):
     assert lines[1].startswith("detection: coco_2017_train 8, coco_2017_val 6, ") and " s -> " in lines[1]
     assert (tmp_path / "out" / "imagenet" / "train").is_dir() and (tmp_path / "out" / "detection" / "coco").is_dir()
     for argv in (["--classes", "x", str(tmp_path)], [str(tmp_path / "o2"), "--classes", "0"], []):
-        proc = subprocess.run([sys.executable, "-m", "pretrain.rehearsal", *argv], capture_output=True, text=True,
-                              cwd=REPO, timeout=60)
+        proc = subprocess.run([sys.executable, "-m", "pretrain.generated.rehearsal", *argv], capture_output=True,
+                              text=True, cwd=REPO, timeout=60)
         assert proc.returncode == 2 and proc.stdout == "" and len(proc.stderr.strip().splitlines()) == 1, argv
-        assert proc.stderr.startswith("python -m pretrain.rehearsal: error: ")
+        assert proc.stderr.startswith("python -m pretrain.generated.rehearsal: error: ")
 
 
 def test_detection_voc_layout(det):
@@ -187,7 +206,7 @@ def test_detection_coco_json(det):
 
 D2_CHECK = """
 import json
-from transfer.tooling.d2compat import import_detectron2
+from transfer.evaluation.detection.shim import import_detectron2
 import_detectron2()
 from detectron2.data import DatasetCatalog
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES

@@ -51,7 +51,7 @@ def cluster():
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
     """Embedded datasets generated once for all jobs of this file."""
-    from pretrain.synthetic import ensure_embedded
+    from pretrain.generated.embedded import ensure_embedded
     root = tmp_path_factory.mktemp("slurm-cache")
     ensure_embedded(root)
     return root
@@ -280,7 +280,7 @@ def test_detection_trials_job_array(tmp_path, cache):
 def test_failing_stage_stops_dependants(tmp_path, cache):
     """A failure that only the job can see (unreadable images in a well-formed tree; every submit-time check
     passes) stops the pipeline: SLURM cancels the dependants, status and the command name the reason."""
-    from pretrain.rehearsal import make_detection_like
+    from pretrain.generated.rehearsal import make_detection_like
     data, det = tmp_path / "data", tmp_path / "detectron2"
     for split in ("train", "val"):
         for cls in ("a", "b"):
@@ -434,7 +434,7 @@ def test_killed_task_beyond_the_requeue_budget_fails_and_status_names_it(tmp_pat
 def test_pipeline_on_two_nodes(tmp_path, cache):
     """The whole pipeline with pretraining, linear evaluation and the detection trial spread over both nodes
     (convert, kNN and the table on one)."""
-    from pretrain.rehearsal import make_detection_like
+    from pretrain.generated.rehearsal import make_detection_like
     det = tmp_path / "detectron2"
     make_detection_like(det)
     out = tmp_path / "pipe"

@@ -166,7 +166,7 @@ def no_submit(monkeypatch):
 
 @pytest.fixture(scope="module")
 def imagenet(tmp_path_factory) -> Path:
-    from pretrain.rehearsal import make_imagenet_like
+    from pretrain.generated.rehearsal import make_imagenet_like
     root = tmp_path_factory.mktemp("data") / "imagenet"
     make_imagenet_like(root, classes=3, train_per_class=2, val_per_class=1)
     return root
@@ -174,7 +174,7 @@ def imagenet(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def d2_root(tmp_path_factory) -> Path:
-    from pretrain.rehearsal import make_detection_like
+    from pretrain.generated.rehearsal import make_detection_like
     root = tmp_path_factory.mktemp("data") / "detectron2"
     make_detection_like(root)
     return root

@@ -61,7 +61,7 @@ STAGES: tuple[Stage, ...] = (
           output="output", output_is_file=True, submit=True),
     Stage("plot", "transfer.reporting.plots", "PNG plots of a run folder's metrics", output="output"),
     Stage("demo", "transfer.tooling.demo", "the whole chain on the embedded data, in one run folder", output="output"),
-    Stage("make-data", "pretrain.synthetic", "write the embedded synthetic datasets to a folder", output="out"),
+    Stage("make-data", "pretrain.generated.embedded", "write the embedded synthetic datasets to a folder", output="out"),
 )
 BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
 SUBMITTABLE: tuple[str, ...] = tuple(s.name for s in STAGES if s.submit)

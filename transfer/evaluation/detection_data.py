@@ -10,7 +10,7 @@ A dataset is named on the command line (`--train-dataset`, `--test-dataset`) by 
   split "trainval"); classes are discovered from its XML files (sorted), or given with `classes=`;
 * `FILE.json[:IMAGE_DIR]` of a COCO instances file (image folder default: for .../annotations/instances_X.json
   the sibling folder X, else the JSON's folder);
-* `embedded_voc_{train,val}` / `embedded_coco_{train,val}`: the generated shapes data (transfer.tooling.synthetic_det,
+* `embedded_voc_{train,val}` / `embedded_coco_{train,val}`: the generated shapes data (pretrain.generated.embedded_detection,
   imported only when an embedded dataset is asked for);
 * a name already registered in detectron2's DatasetCatalog.
 
@@ -410,7 +410,7 @@ def display_name(name: str) -> str:
 
 
 def register_embedded(cache_dir=DEFAULT_CACHE) -> list[str]:
-    from transfer.tooling.synthetic_det import CLASSES, ensure_embedded_detection
+    from pretrain.generated.embedded_detection import CLASSES, ensure_embedded_detection
 
     paths = ensure_embedded_detection(cache_dir)
     names = []

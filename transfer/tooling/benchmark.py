@@ -4,7 +4,7 @@
                                  [--arch resnet50] [--size 224] [--out docs/benchmarks.md]
 
 Writes an ImageNet-like JPEG folder (N images of about 400x350 px, quality 90: shapes on textures from
-pretrain.synthetic, one class per shape) unless --data points at one, then measures images/s, in one run:
+pretrain.generated.embedded, one class per shape) unless --data points at one, then measures images/s, in one run:
 
 pretraining (a SimSiam step: two views, forward, loss, backward, SGD step)
   reference  PIL loader (moco_v2_transform + TwoCropsTransform, W workers), fp32
@@ -71,7 +71,7 @@ ROWS = (("pretrain", "reference"), ("pretrain", "fast"), ("pretrain", "ceiling")
 # --------------------------------------------------------------------------------------------- the data
 def _write_one(args) -> None:
     path, seed, shape, w, h = args
-    from pretrain.synthetic import draw_shape, random_background, random_colour
+    from pretrain.generated.shapes import draw_shape, random_background, random_colour
     rng = np.random.default_rng(seed)
     bright = bool(rng.random() < 0.5)
     img = random_background(rng, w, h, bright=bright)
@@ -86,7 +86,7 @@ def _write_one(args) -> None:
 def write_jpeg_folder(root: Path, n_images: int, classes: int = 10, seed: int = 0, workers: int = 0) -> Path:
     """An ImageFolder root/train/<class>/*.jpg of `n_images` JPEGs (q90) of about 400x350 px; kept and reused
     when root already holds the same set (a marker file records its parameters)."""
-    from pretrain.synthetic import SHAPES
+    from pretrain.generated.shapes import SHAPES
     root = Path(root)
     params = {"images": n_images, "classes": classes, "seed": seed, "version": 1}
     marker = root / DATA_MARKER

@@ -3,7 +3,7 @@
     python -m transfer.tooling.rehearsal_bench [--dir /tmp/rehearsal_bench] [--size 224] [--batch 8] [--json FILE]
 
 1. Runs the chain a user runs, each stage as its own `simsiam` process on the ImageNet-shaped rehearsal tree
-   (`python -m pretrain.rehearsal`, 1000 classes, images of varied sizes): generate, pretrain (reference
+   (`python -m pretrain.generated.rehearsal`, 1000 classes, images of varied sizes): generate, pretrain (reference
    loader and fast mode), convert, kNN, linear (fast mode), detection. Prints each stage's wall time and peak
    resident memory (the process's own maximum RSS, from wait4).
 2. Measures per-image costs of ResNet-50 at `--size` on this machine, one after the other in this process:
@@ -57,7 +57,7 @@ def chain(root: Path) -> list[tuple[str, list[str]]]:
              "model.dim=512", "model.pred_dim=128", "data.image_size=96", "data.workers=2", "monitor.tensorboard=false"]
     ckpt = root / "pretrain" / "checkpoint.pth"
     return [
-        ("generate", [sys.executable, "-m", "pretrain.rehearsal", str(root), "--detection"]),
+        ("generate", [sys.executable, "-m", "pretrain.generated.rehearsal", str(root), "--detection"]),
         ("pretrain (reference)", [*sim, "pretrain", "--output", str(root / "pretrain"), f"data.root={data}", *small]),
         ("pretrain (fast mode)", [*sim, "pretrain", "--output", str(root / "pretrain_fast"), f"data.root={data}",
                                   *small, "train.gpu_augment=true"]),

@@ -1,18 +1,11 @@
 """Linear evaluation on frozen features (the ImageNet protocol of the SimSiam paper / official code).
 
     simsiam linear --weights CKPT --output DIR data.root=ROOT [--config PRESET] [key=value ...]
-    python -m transfer.evaluation.linear ...
 
-The backbone (a checkpoint `transfer.evaluation.convert` reads, or `--weights random` with `model.arch`) is
-frozen in eval mode; linear heads (N(0, 0.01), bias 0) on its pooled features are trained with LARS
-(transfer.evaluation.lars), batch 4096, lr 0.1 x batch / 256, weight decay 0, momentum 0.9, cosine over 90
-epochs, RandomResizedCrop + flip / Resize(256) + CenterCrop(224). data.root is required (a folder, or
-`embedded`); the normalisation is data.mean / data.std, else the checkpoint's, else ImageNet's. Presets:
-eval_configs/linear/. The protocol trains one head; grid mode (`grid.enabled=true`) one per (base lr, weight
-decay), the protocol's head being the grid of one, picked on a held-out slice of the training split ("best of
-grid", never a paper column); a pick at the grid's edge is logged and in results.json's grid.at_edge. A change
-of the backbone's state dict during the run is an error (BackboneChangedError). The run folder: config.yaml,
-metrics.jsonl, checkpoint.pth (rerunning the same command resumes) and results.json.
+Linear heads (N(0, 0.01), bias 0) on the frozen backbone's pooled features, trained with LARS (pretrain.lars),
+batch 4096, lr 0.1 x batch / 256, cosine over 90 epochs. The protocol's one head is a grid of one; grid mode
+(`grid.enabled=true`) trains one head per (base lr, weight decay) and picks on a held-out slice of the training
+split; a pick at the grid's edge is logged and in results.json's grid.at_edge. Presets: eval_configs/linear/.
 
 Modules: `config` (keys, checks, data resolution), `heads` (grid, optimizer, losses, pick, edges), `backbone`
 (freezing, checksum), `sources` (the three data paths behind one interface), `evaluation` (`run` and the run

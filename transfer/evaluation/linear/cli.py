@@ -12,7 +12,6 @@ from .evaluation import run
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The `simsiam linear` command line."""
     ap = argparse.ArgumentParser(prog="simsiam linear", description="Linear evaluation on frozen features (the "
                                  "ImageNet protocol of the SimSiam paper / official code).")
     ap.add_argument("--weights", required=True, help="checkpoint to evaluate, or 'random' (needs model.arch=...)")
@@ -27,7 +26,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def summary(result: dict, output: str) -> str:
-    """The line printed at the end of a run."""
     m = result["metrics"]
     state = "" if result["complete"] else ", incomplete: run again to continue"
     tail = f"({result['epoch']} epochs{state}) -> {output}"
@@ -43,11 +41,10 @@ def summary(result: dict, output: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     """`simsiam linear`: 0 when done, 2 for bad input (one line on stderr), 1 for an internal error."""
     args = build_parser().parse_args(argv)
-    return guard("simsiam linear", lambda: _main(args))
 
-
-def _main(args) -> int:
-    cfg = config_mod.resolve(LinearConfig(), args.config, args.overrides, kind="linear")
-    result = run(dataclasses.replace(cfg, weights=args.weights), args.output, presets=args.config)
-    print(summary(result, args.output))
-    return 0
+    def _main() -> int:
+        cfg = config_mod.resolve(LinearConfig(), args.config, args.overrides, kind="linear")
+        print(summary(run(dataclasses.replace(cfg, weights=args.weights), args.output, presets=args.config),
+                      args.output))
+        return 0
+    return guard("simsiam linear", _main)

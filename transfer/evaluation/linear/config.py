@@ -20,8 +20,8 @@ class LinearDataConfig(ImageFolderData):
     root: str = ""                  # an ImageFolder tree (train/ + val/ or test/), or "embedded"; required
     mean: tuple[float, ...] = ()    # empty: the checkpoint's pretraining normalisation (else ImageNet's)
     std: tuple[float, ...] = ()
-    crop_fraction: float = 0.0      # validation: Resize(image_size / crop_fraction) + CenterCrop(image_size);
-    #                                 0: the shared rule (pretrain.augment.eval_crop_fraction: 1.0 up to 64 px, else 0.875)
+    crop_fraction: float = 0.0      # validation: Resize(size / crop_fraction) + CenterCrop(size); 0: the shared
+    #                                 rule (pretrain.augment.eval_crop_fraction: 1.0 up to 64 px, else 0.875)
     augment: bool = True            # training: RandomResizedCrop + flip; false: the validation transform
     val_limit_per_class: int = 0    # >0: first N held-out images of each class
 
@@ -75,7 +75,7 @@ class LinearConfig:
 
 
 def check_config(cfg: LinearConfig) -> None:
-    """ConfigError (one line, exit 2 from the CLI) for a config that cannot run."""
+    """ConfigError (one line, exit 2) for a config that cannot run."""
     check_eval_model(cfg.weights, cfg.model)
     o, t = cfg.optim, cfg.train
     if t.cache_features and cfg.data.augment:
@@ -93,7 +93,6 @@ def check_config(cfg: LinearConfig) -> None:
 
 
 def _check_grid(g: LinearGridConfig) -> None:
-    """Grid keys only with grid.enabled, a held-out fraction in (0, 1), no negative or repeated values."""
     if not g.enabled:
         if g.base_lrs or g.weight_decays:
             raise ConfigError("grid.base_lrs / grid.weight_decays need grid.enabled=true")
@@ -108,22 +107,15 @@ def _check_grid(g: LinearGridConfig) -> None:
         raise ConfigError("grid.base_lrs / grid.weight_decays: a value is repeated")
 
 
-def require_root(root: str) -> None:
-    """Linear evaluation has no default data: ConfigError naming data.root when it is not given."""
-    if not str(root).strip():
+def resolve_data(cfg: LinearConfig, stored: dict) -> tuple[LinearConfig, dict]:
+    """(cfg with its data resolved by kNN's rule, the normalisation used and where it came from: data.mean /
+    data.std, else the checkpoint's pretraining normalisation (`stored`), else ImageNet's)."""
+    d = cfg.data
+    if not str(d.root).strip():
         raise ConfigError(f"data.root: not given; set data.root=<folder> (an ImageFolder tree with train/ and val/ "
                           f"or test/), or data.root={EMBEDDED} for the built-in generated data")
-
-
-def resolve_data(cfg: LinearConfig, stored: dict) -> tuple[LinearConfig, dict]:
-    """(cfg with its data resolved, the normalisation used and where it came from). data.root is required;
-    image size, crop and normalisation follow kNN's rule (transfer.evaluation.knn.resolve_data): data.mean /
-    data.std when given, else the checkpoint's pretraining normalisation (`stored`: its info["pretrain_data"]),
-    else ImageNet's."""
-    d = cfg.data
-    require_root(d.root)
     resolved = resolve_eval_data(cfg, stored)
     origin = {key: f"data.{key}" if getattr(d, key) else "checkpoint" if stored.get(key) else "ImageNet"
               for key in ("mean", "std")}
-    used = {"mean": list(resolved.mean), "std": list(resolved.std), "from": origin}
-    return dataclasses.replace(cfg, data=resolved), used
+    return dataclasses.replace(cfg, data=resolved), {"mean": list(resolved.mean), "std": list(resolved.std),
+                                                     "from": origin}

@@ -1,5 +1,5 @@
-"""A linear evaluation run: `run` checks what it reads (`prepare`), then one `LinearEvaluation` inside the
-stage frame builds the heads, resumes, trains the epochs and writes the results."""
+"""A linear evaluation run: `prepare` checks what it reads, then one `LinearEvaluation` inside the stage frame
+builds the heads, resumes, trains the epochs and writes the results."""
 from __future__ import annotations
 
 import hashlib
@@ -28,9 +28,7 @@ FORMAT = "simsiam-suite/linear"
 
 @dataclass
 class Inputs:
-    """What a run reads, checked before its folder is made: the config with its data resolved, the backbone
-    as loaded with its results.json `source`, the image folders (with the grid's held-out split) and the input
-    normalisation used (values and where they came from)."""
+    """What a run reads, checked before its folder is made (cfg with its data resolved)."""
     cfg: LinearConfig
     net: torch.nn.Module
     source: dict
@@ -39,8 +37,7 @@ class Inputs:
 
 
 def prepare(cfg: LinearConfig) -> Inputs:
-    """Check the config, load the weights (train.seed: the same random backbone on every rank and call), resolve
-    the data (data.root required; the checkpoint's normalisation unless data.mean / data.std are given)."""
+    """Check the config, load the weights (train.seed: the same random backbone on every rank), resolve the data."""
     check_config(cfg)
     net, source, info = eval_backbone(cfg.weights, cfg.model, cfg.train.seed)
     cfg, normalisation = resolve_data(cfg, info.get("pretrain_data") or {})
@@ -48,8 +45,7 @@ def prepare(cfg: LinearConfig) -> Inputs:
 
 
 def run(cfg: LinearConfig, output_dir: str | Path, *, presets: tuple[str, ...] = ()) -> dict:
-    """Linear evaluation (or its resume) into output_dir; returns {"metrics", "complete", ...}. `presets`: the
-    --config names the config came from (recorded in results.json's protocol)."""
+    """Linear evaluation (or its resume) into output_dir; `presets`: the --config names (for the protocol)."""
     inputs = prepare(cfg)
     with StageRun("linear", output_dir, tensorboard=cfg.train.tensorboard) as sr:
         evaluation = LinearEvaluation(inputs, sr, tuple(presets))
@@ -58,12 +54,11 @@ def run(cfg: LinearConfig, output_dir: str | Path, *, presets: tuple[str, ...] =
 
 
 class LinearEvaluation:
-    """One invocation of a linear evaluation inside its StageRun: the frozen backbone, the heads (the protocol's
-    one head is a grid of one) and their optimizer, where the run stands (epochs done, the last evaluation of
-    each split, the picked head, the best validation top-1), the checkpoint and the results."""
+    """One invocation of a linear evaluation in its StageRun: the frozen backbone, the heads (the protocol's one
+    head is a grid of one) and their optimizer, and where the run stands (epochs done, the last evaluation of
+    each split, the picked head, the best validation top-1)."""
 
     def __init__(self, inputs: Inputs, sr: StageRun, presets: tuple[str, ...] = ()):
-        """Build everything; resume from the folder's checkpoint.pth when it holds one of the same run."""
         cfg = self.cfg = inputs.cfg
         self.sr, self.log, self.info, self.presets = sr, sr.log, sr.info, presets
         self.data, self.split, self.source = inputs.data, inputs.data.split, inputs.source
@@ -84,7 +79,6 @@ class LinearEvaluation:
         self.batches = build_source(self.data, self.backbone, self.info)
         self._describe()
 
-    # ------------------------------------------------------------------------------------------ resume
     def identity(self) -> dict | None:
         """What a grid checkpoint must match on resume: the heads and the held-out slice."""
         if not self.grid:
@@ -93,8 +87,7 @@ class LinearEvaluation:
                 "holdout": hashlib.sha256(repr(self.split[1]).encode()).hexdigest()}
 
     def resume(self) -> None:
-        """Continue where the folder's checkpoint left off (the heads, their optimizer, the epochs done, the best
-        so far, the picked head); a checkpoint of another kind, other weights or other heads is refused."""
+        """Continue from the folder's checkpoint; one of another kind, other weights or other heads is refused."""
         if not self.ckpt_path.is_file():
             return
         state = load_torch(self.ckpt_path)
@@ -118,7 +111,6 @@ class LinearEvaluation:
         self.log.info("resumed from %s after epoch %d", self.ckpt_path, self.epoch)
 
     def _describe(self) -> None:
-        """What is evaluated, on what, how (log.txt)."""
         cfg, bb, data, b = self.cfg, self.backbone, self.data, self.batches
         self.log.info("linear evaluation of %s (%s, %d-d features) on %s: %d classes, %d train / %d held-out "
                       "images, %s lr %.4g, global batch %d over %d processes, %d epochs%s", cfg.weights,
@@ -135,9 +127,7 @@ class LinearEvaluation:
                       ", ".join(f"{k} from {v}" for k, v in self.normalisation["from"].items()),
                       bb.applied["amp"], bb.applied["channels_last"])
 
-    # ------------------------------------------------------------------------------------------ epochs
     def fit(self) -> None:
-        """The epochs from self.epoch on, each followed by its metrics line and checkpoint."""
         t = self.cfg.train
         for epoch in range(self.epoch, t.epochs):
             tr = self.train_epoch(epoch)
@@ -152,7 +142,7 @@ class LinearEvaluation:
                 break
 
     def train_epoch(self, epoch: int) -> dict:
-        """One epoch over the training batches: every head's step on the same features; per-head sums."""
+        """One epoch: every head's step on the same features; per-head means."""
         cfg, dev = self.cfg, self.info.device
         for g, lr0 in zip(self.optimizer.param_groups, self.lrs):
             g["lr"] = scheduled_lr(lr0, epoch, cfg.train.epochs, cfg.optim.schedule)
@@ -175,7 +165,7 @@ class LinearEvaluation:
             if self.info.is_main and cfg.train.print_freq and (step + 1) % cfg.train.print_freq == 0:
                 self.log.info("epoch %d step %d/%d loss %.4f", epoch + 1, step + 1, len(batches), float(losses.min()))
         elapsed = time.time() - t0
-        seen = max(float(self._sum(torch.tensor([float(seen)], dtype=torch.float64, device=dev)).item()), 1.0)
+        seen = max(self._total(seen), 1.0)
         sums = self._sum(sums)
         return {"lr": [g["lr"] for g in self.optimizer.param_groups], "loss": (sums[0] / seen).tolist(),
                 "train_top1": (100.0 * sums[1] / seen).tolist(), "time": elapsed,
@@ -194,9 +184,13 @@ class LinearEvaluation:
             torch.distributed.all_reduce(t)
         return t
 
+    def _total(self, n: int) -> float:
+        """A count summed over processes."""
+        return float(self._sum(torch.tensor([float(n)], dtype=torch.float64, device=self.info.device)).item())
+
     @torch.no_grad()
     def _evaluate_split(self, loader) -> dict:
-        """Per-head top-1 / top-5 (percent) and mean loss over a split, summed over processes."""
+        """Per-head top-1 / top-5 (percent) and mean loss over a split, over all processes."""
         self.heads.eval()
         dev = self.info.device
         counts, n = torch.zeros(3, len(self.specs), dtype=torch.float64, device=dev), 0
@@ -204,13 +198,12 @@ class LinearEvaluation:
             y = y.to(dev)
             counts += head_counts(self.heads(self.batches.to_features(x)), y)
             n += y.shape[0]
-        counts = self._sum(counts)
-        n = int(self._sum(torch.tensor([float(n)], dtype=torch.float64, device=dev)).item())
-        c = (counts / max(n, 1)).tolist()
+        n = int(self._total(n))
+        c = (self._sum(counts) / max(n, 1)).tolist()
         return {"top1": [100.0 * v for v in c[0]], "top5": [100.0 * v for v in c[1]], "loss": c[2], "images": n}
 
     def evaluate(self, epoch: int | None) -> None:
-        """Every split; the pick (on the held-out slice) and the best validation top-1 over epochs."""
+        """Every split, the pick (on the held-out slice) and the best validation top-1 over epochs."""
         self.last = {name: self._evaluate_split(loader) for name, loader in self.batches.splits().items()}
         self.picked = pick_head(self.last.get("holdout"), self.heads.finite())
         top1 = self.last["val"]["top1"][self.picked]
@@ -218,7 +211,7 @@ class LinearEvaluation:
             self.best = {"top1": top1, "top5": self.last["val"]["top5"][self.picked], "epoch": epoch + 1}
 
     def _save(self, record: dict) -> None:
-        """The epoch's metrics line, checkpoint and log line (main process); then a barrier."""
+        """The epoch's metrics line, checkpoint and log line (main process), then a barrier."""
         if self.info.is_main:
             self.sr.metrics.write(record)
             atomic_save({"format": FORMAT, "version": 1, "epoch": self.epoch, "head": self.heads.state_dict(),
@@ -233,7 +226,6 @@ class LinearEvaluation:
                           record["images_per_s"], pick)
         distributed.barrier()
 
-    # ------------------------------------------------------------------------------------------ finish
     def finish(self) -> dict:
         """Backbone check, a final evaluation when nothing ran, results.json when the schedule is complete."""
         self.backbone.check_unchanged()

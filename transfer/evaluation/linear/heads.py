@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pretrain.train import NonFiniteLossError
-from transfer.evaluation.lars import LARS
+from pretrain.lars import LARS
 
 from .config import ConfigError, LinearConfig, LinearGridConfig
 
@@ -17,18 +17,13 @@ SGD_LR_STEPS = tuple(range(-4, 5))    # SGD: /10 .. x10
 SGD_WEIGHT_DECAYS = (0.0, 1e-5, 1e-4)
 
 
-def _round(x: float) -> float:
-    """x to 4 significant digits (readable grid values)."""
-    return float(f"{x:.4g}")
-
-
 def default_grid(cfg: LinearConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(base lrs, weight decays) around the protocol's base lr: base_lr x 10^(k/4), for LARS k = -4..8 (its
-    relative step per iteration is lr x trust, so runs with fewer steps than ImageNet's need a larger lr) with
-    optim.weight_decay; for SGD k = -4..4 with weight decays 0, 1e-5, 1e-4 (and optim.weight_decay)."""
+    """(base lrs, weight decays): base_lr x 10^(k/4) to 4 digits, for LARS k = -4..8 (its relative step is
+    lr x trust, so runs shorter than ImageNet's need a larger lr) with optim.weight_decay; for SGD k = -4..4 with
+    weight decays 0, 1e-5, 1e-4 (and optim.weight_decay)."""
     o = cfg.optim
     steps = LARS_LR_STEPS if o.optimizer == "lars" else SGD_LR_STEPS
-    lrs = tuple(_round(o.base_lr * 10 ** (k / 4)) for k in steps)
+    lrs = tuple(float(f"{o.base_lr * 10 ** (k / 4):.4g}") for k in steps)
     wds = (o.weight_decay,) if o.optimizer == "lars" else tuple(sorted({o.weight_decay, *SGD_WEIGHT_DECAYS}))
     return lrs, wds
 
@@ -55,9 +50,8 @@ def holdout_split(n: int, grid: LinearGridConfig) -> tuple[list[int], list[int]]
 
 
 class HeadGrid(nn.Module):
-    """H linear heads on the same features, all initialised alike (N(0, 0.01) from `seed`, bias 0). Each head
-    has its own weight and bias tensors (per-tensor LARS and per-head param groups see one head each); the
-    forward is one matmul over their concatenation and returns logits (B, H, C)."""
+    """H linear heads initialised alike (N(0, 0.01) from `seed`, bias 0), each with its own tensors (for LARS and
+    its param group); the forward is one matmul over their concatenation: logits (B, H, C)."""
 
     def __init__(self, in_dim: int, num_classes: int, num_heads: int, seed: int = 0):
         super().__init__()
@@ -90,19 +84,16 @@ def build_head(in_dim: int, num_classes: int) -> nn.Linear:
 
 
 def build_optimizer(params, cfg: LinearConfig, lr: float) -> torch.optim.Optimizer:
-    """LARS or SGD of the config over `params` (tensors or param groups; a group's lr / weight_decay win)."""
+    """LARS or SGD (optim.optimizer, checked by check_config) over `params` (tensors or param groups)."""
     o = cfg.optim
     if o.optimizer == "lars":
         return LARS(params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay,
                     trust_coefficient=o.trust_coefficient, eps=o.eps)
-    if o.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay)
-    raise ConfigError(f"optim.optimizer: unknown optimizer '{o.optimizer}' (known: lars, sgd)")
+    return torch.optim.SGD(params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay)
 
 
 def build_grid_optimizer(grid: HeadGrid, heads: list[tuple[float, float]], cfg: LinearConfig):
-    """One param group per head (its weight and bias) with the head's lr (base lr x batch / 256) and weight
-    decay; returns (optimizer, initial lr per group)."""
+    """(optimizer with one param group per head: its lr, base lr x batch / 256, and weight decay; initial lrs)."""
     lrs = [lr * cfg.train.batch_size / 256 for lr, _ in heads]
     groups = [{"params": grid.head_params(i), "lr": lr, "weight_decay": wd}
               for i, (lr, (_, wd)) in enumerate(zip(lrs, heads))]
@@ -110,8 +101,7 @@ def build_grid_optimizer(grid: HeadGrid, heads: list[tuple[float, float]], cfg: 
 
 
 def head_losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-head mean cross-entropy (H,) of logits (B, H, C); the gradient of their sum with respect to a
-    head's weights is that head's gradient when trained alone."""
+    """Per-head mean cross-entropy (H,) of logits (B, H, C): their sum's gradient is each head's own."""
     b, h, c = logits.shape
     if h == 1:
         return F.cross_entropy(logits[:, 0], y).reshape(1)
@@ -128,8 +118,8 @@ def head_counts(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def pick_head(holdout: dict | None, finite: list[bool]) -> int:
-    """Index of the head with the best held-out top-1 (then the lower held-out loss, then the first) among those
-    that did not diverge; without a held-out slice (the protocol's one head) the first that did not."""
+    """The head with the best held-out top-1 (then lower loss, then first) among those that did not diverge;
+    without a held-out slice the first that did not."""
     ok = [i for i, f in enumerate(finite) if f]
     if not ok:
         raise NonFiniteLossError("linear evaluation: every head diverged (weights inf/NaN): lower optim.base_lr "
@@ -140,8 +130,8 @@ def pick_head(holdout: dict | None, finite: list[bool]) -> int:
 
 
 def grid_edges(specs: list[tuple[float, float]], picked: int) -> list[dict]:
-    """Where the picked head sits on an edge of the grid, beyond which a better head may lie: at the lowest
-    or highest base lr, or at the largest weight decay (of an axis with more than one value)."""
+    """The grid edges (lowest / highest base lr, largest weight decay, of an axis of several values) the picked
+    head sits on: a better head may lie beyond them."""
     lr, wd = specs[picked]
     lrs, wds = sorted({s[0] for s in specs}), sorted({s[1] for s in specs})
     found = []

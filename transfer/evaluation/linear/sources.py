@@ -23,8 +23,8 @@ from .heads import holdout_split
 
 
 class ImageData:
-    """The training and validation image folders of the config (its data resolved), with their transforms, and
-    the grid's (training, held-out) indices of the training split (`split`; None for the protocol's one head)."""
+    """The training and validation image folders with their transforms, and the grid's (training, held-out)
+    indices of the training split (`split`; None for the protocol's one head)."""
 
     def __init__(self, cfg: LinearConfig):
         d, self.cfg = cfg.data, cfg
@@ -44,29 +44,27 @@ class ImageData:
         self.split = holdout_split(len(self.train), cfg.grid) if cfg.grid.enabled else None
 
     def train_folder(self, transform) -> RobustImageFolder:
-        """The training split with `transform` (None: file paths only), always in the same order."""
+        """The training split with `transform` (None: file paths only)."""
         return RobustImageFolder(self.train_dir, transform, self.cfg.data.on_corrupt, self.cfg.data.limit_per_class)
 
 
 @dataclass
 class DataSource:
-    """Training batches (and the object to set_epoch on), the validation split, the grid's held-out slice
-    (None for the protocol's one head), how a batch becomes features, and the split sizes."""
+    """Training batches (x, labels) and the object to set_epoch on, the validation batches, the held-out slice's
+    (None without a grid), how a batch becomes features, and the split sizes."""
     train: Any
     sampler: Any
     val: Any
     holdout: Any
     to_features: Callable
     train_images: int
-    holdout_images: int
+    holdout_images: int = 0
 
     def epoch(self, epoch: int):
-        """The training batches (x, labels) of an epoch."""
         self.sampler.set_epoch(epoch)
         return self.train
 
     def splits(self) -> dict:
-        """The evaluation batches by name: "val", and "holdout" when there is a held-out slice."""
         return {"val": self.val, **({"holdout": self.holdout} if self.holdout is not None else {})}
 
 
@@ -76,7 +74,9 @@ def build_source(data: ImageData, bb: FrozenBackbone, info) -> DataSource:
     if t.batch_size % info.world_size:
         raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by the {info.world_size} processes")
     build = _feature_source if t.cache_features else _device_source if t.gpu_augment else _image_source
-    return build(data, bb, info)
+    source = build(data, bb, info)
+    source.holdout_images = len(data.split[1]) if data.split else 0
+    return source
 
 
 def _eval_loader(data: ImageData, info, dataset, workers: int | None = None) -> DataLoader:
@@ -101,8 +101,7 @@ def _image_source(data: ImageData, bb: FrozenBackbone, info) -> DataSource:
         train_set = Subset(data.train, split[0])
         holdout = _eval_loader(data, info, Subset(data.train_folder(data.eval_tf), split[1]))
     sampler, loader = _train_loader(data, info, train_set, data.cfg.data.workers, info.device.type == "cuda")
-    return DataSource(loader, sampler, _eval_loader(data, info, data.val), holdout, bb.features, len(train_set),
-                      len(split[1]) if split else 0)
+    return DataSource(loader, sampler, _eval_loader(data, info, data.val), holdout, bb.features, len(train_set))
 
 
 def _cached_features(data: ImageData, bb: FrozenBackbone, info, dataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,7 +123,7 @@ def _feature_source(data: ImageData, bb: FrozenBackbone, info) -> DataSource:
         ftr, ytr = ftr[keep], ytr[keep]
     sampler, loader = _train_loader(data, info, TensorDataset(ftr, ytr), workers=0, pin=False)
     return DataSource(loader, sampler, _eval_loader(data, info, TensorDataset(fva, yva), workers=0), holdout,
-                      lambda x: x.to(info.device), len(ftr), len(split[1]) if split else 0)
+                      lambda x: x.to(info.device), len(ftr))
 
 
 def _device_source(data: ImageData, bb: FrozenBackbone, info) -> DataSource:
@@ -144,15 +143,13 @@ def _device_source(data: ImageData, bb: FrozenBackbone, info) -> DataSource:
         folder.samples = [folder.samples[i] for i in split[1]]
         held = fastdata.load_eval_memory(folder, info.device, d.image_size, d.crop_fraction)
         holdout = fastdata.DeviceEvalLoader(held, d.mean, d.std, t.eval_batch_size, info.rank, info.world_size, cl)
-    return DataSource(_OneView(source), source, val, holdout, bb.features, source.num_images,
-                      len(split[1]) if split else 0)
+    return DataSource(_OneView(source), source, val, holdout, bb.features, source.num_images)
 
 
+@dataclass
 class _OneView:
     """The device source's batches ((x,), labels) as (x, labels), like the other training loaders."""
-
-    def __init__(self, source):
-        self.source = source
+    source: Any
 
     def __len__(self) -> int:
         return len(self.source)

@@ -23,10 +23,11 @@ with the 20 VOC class names and the 80 COCO categories (COCO's own, non-contiguo
 (and polygons in COCO) on images of varied sizes.
 
 Everything is deterministic for a seed (image i of class c in a split comes from its own seeded generator)
-and published atomically (`pretrain.synthetic.publish_tree`). Command line:
+and published atomically (`pretrain.generated.publish`). Shapes come from `pretrain.generated.shapes`.
+Command line:
 
-    python -m pretrain.rehearsal DIR [--classes N] [--train-per-class N] [--val-per-class N] [--seed N]
-                                     [--detection]
+    python -m pretrain.generated.rehearsal DIR [--classes N] [--train-per-class N] [--val-per-class N]
+                                               [--seed N] [--detection]
 
 writes DIR/imagenet (and DIR/detection) and prints one line per dataset.
 """
@@ -44,7 +45,8 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .synthetic import SHAPES, draw_shape, polygon_outline, publish_tree, random_background
+from .publish import publish_tree, read_marker
+from .shapes import SHAPES, draw_shape, iou, polygon_area, random_background, shape_outline, voc_annotation
 
 VERSION = 1
 IMAGENET_FORMAT = "simsiam-suite/rehearsal-imagenet"
@@ -214,15 +216,8 @@ def _imagenet_readme(m: dict) -> str:
             f"manifest.json lists the class ids and every quirky file.\n")
 
 
-def _read_manifest(root: Path) -> dict | None:
-    try:
-        return json.loads((root / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _matches(root: Path, params: dict) -> bool:
-    m = _read_manifest(root)
+    m = read_marker(root / MANIFEST)
     return m is not None and {k: m.get(k) for k in params} == params
 
 
@@ -232,12 +227,12 @@ def _publish(root: PathLike, params: dict, write) -> dict:
     reused = _matches(target, params)
     if not reused:
         if target.exists() and (not target.is_dir() or any(target.iterdir())):
-            old = _read_manifest(target) if target.is_dir() else None
+            old = read_marker(target / MANIFEST) if target.is_dir() else None
             if old is None or old.get("format") != params["format"]:
                 raise FileExistsError(f"{target} exists and holds no {params['format']} dataset "
                                       f"({MANIFEST} missing); choose another folder")
         publish_tree(target, write, lambda: _matches(target, params))
-    return {"root": str(target), "reused": reused, **_read_manifest(target)}
+    return {"root": str(target), "reused": reused, **read_marker(target / MANIFEST)}
 
 
 def make_imagenet_like(root: PathLike, classes: int = 1000, train_per_class: int = 2, val_per_class: int = 1,
@@ -283,23 +278,6 @@ COCO_CATEGORIES: tuple[dict, ...] = tuple(
     for group, items in _COCO_GROUPS for item in items.split("|"))
 DET_SIZE = (160, 480)           # detection image width and height, each uniform in this range
 _DET_SHAPES = tuple(s for s in SHAPES if s != "ring")   # shapes whose outline is one simple polygon
-_ELLIPSE_POINTS = 32
-
-
-def _iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
-
-
-def _outline(shape: str, box, rotation: float) -> np.ndarray:
-    """The vertices (K, 2) of what `draw_shape(shape, box, rotation)` paints (an ellipse for circles)."""
-    if shape != "circle":
-        return polygon_outline(shape, box, rotation)
-    x0, y0, x1, y1 = box
-    t = np.linspace(0, 2 * math.pi, _ELLIPSE_POINTS, endpoint=False)
-    return np.stack([(x0 + x1) / 2 + (x1 - x0) / 2 * np.cos(t), (y0 + y1) / 2 + (y1 - y0) / 2 * np.sin(t)], 1)
 
 
 def render_scene(rng: np.random.Generator, n_classes: int, max_objects: int = 4) -> tuple[Image.Image, list[dict]]:
@@ -316,30 +294,19 @@ def render_scene(rng: np.random.Generator, n_classes: int, max_objects: int = 4)
         bw, bh = side * rng.uniform(0.7, 1.4), side * rng.uniform(0.7, 1.4)
         x0, y0 = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
         box = tuple(round(v, 2) for v in (x0, y0, x0 + bw, y0 + bh))
-        if any(_iou(box, o["box"]) > 0.05 for o in objects):
+        if any(iou(box, o["box"]) > 0.05 for o in objects):
             continue
         label = int(rng.integers(n_classes))
         shape, rotation = _DET_SHAPES[label % len(_DET_SHAPES)], float(rng.uniform(-15, 15))
         draw_shape(img, shape, box, class_colour(8 * label, rng), rotation=rotation)
-        poly = np.clip(_outline(shape, box, rotation), 0, [w, h])
+        poly = np.clip(shape_outline(shape, box, rotation), 0, [w, h])
         objects.append({"label": label, "box": box, "polygon": [round(float(v), 2) for v in poly.reshape(-1)]})
     return img, objects
 
 
 def _voc_xml(image_id: str, size: tuple[int, int], objects: list[dict], difficult: set[int]) -> str:
-    """Pascal VOC annotation: boxes as 1-based inclusive integer pixel coordinates."""
-    w, h = size
-    parts = [f"<annotation>\n\t<folder>JPEGImages</folder>\n\t<filename>{image_id}.jpg</filename>\n"
-             f"\t<source><database>{DETECTION_FORMAT} v{VERSION}</database></source>\n"
-             f"\t<size><width>{w}</width><height>{h}</height><depth>3</depth></size>\n\t<segmented>0</segmented>\n"]
-    for j, o in enumerate(objects):
-        x0, y0, x1, y1 = o["box"]
-        b = (max(1, math.floor(x0) + 1), max(1, math.floor(y0) + 1), min(w, math.ceil(x1)), min(h, math.ceil(y1)))
-        parts.append(f"\t<object>\n\t\t<name>{VOC_CLASSES[o['label']]}</name>\n\t\t<pose>Unspecified</pose>\n"
-                     f"\t\t<truncated>0</truncated>\n\t\t<difficult>{int(j in difficult)}</difficult>\n"
-                     f"\t\t<bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin><xmax>{b[2]}</xmax><ymax>{b[3]}</ymax>"
-                     f"</bndbox>\n\t</object>\n")
-    return "".join(parts) + "</annotation>\n"
+    return voc_annotation(image_id, size, [(VOC_CLASSES[o["label"]], o["box"], j in difficult)
+                                           for j, o in enumerate(objects)], f"{DETECTION_FORMAT} v{VERSION}")
 
 
 def _write_voc(folder: Path, year: int, counts: dict[str, int], seed: int) -> dict:
@@ -366,11 +333,6 @@ def _write_voc(folder: Path, year: int, counts: dict[str, int], seed: int) -> di
     return {"images": dict(counts), "difficult": flagged}
 
 
-def _polygon_area(poly: list[float]) -> float:
-    x, y = np.asarray(poly[0::2]), np.asarray(poly[1::2])
-    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
-
-
 def _coco_split(folder: Path, split: str, split_id: int, n: int, seed: int, first_ann: int) -> dict:
     """coco/<split>2017/*.jpg and the instances document; the last train image has no objects (as some real
     COCO train images). Image ids are non-contiguous (9 + 13 i, offset per split)."""
@@ -389,7 +351,7 @@ def _coco_split(folder: Path, split: str, split_id: int, n: int, seed: int, firs
             annotations.append({"id": first_ann + len(annotations), "image_id": image_id,
                                 "category_id": COCO_CATEGORIES[o["label"]]["id"],
                                 "bbox": [x0, y0, round(x1 - x0, 2), round(y1 - y0, 2)],
-                                "segmentation": [o["polygon"]], "area": round(_polygon_area(o["polygon"]), 2),
+                                "segmentation": [o["polygon"]], "area": round(polygon_area(o["polygon"]), 2),
                                 "iscrowd": 0})
     return {"info": {"description": f"{DETECTION_FORMAT} v{VERSION} ({split}2017)", "version": str(VERSION),
                      "year": 2017}, "licenses": [], "images": images, "annotations": annotations,
@@ -467,7 +429,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog="python -m pretrain.rehearsal",
+    parser = _Parser(prog="python -m pretrain.generated.rehearsal",
                      description="Write generated ImageNet-shaped (DIR/imagenet) and, with --detection, VOC/COCO-"
                                  "shaped (DIR/detection) rehearsal datasets.")
     parser.add_argument("dir", help="output folder")

@@ -9,10 +9,10 @@ into a cache folder, in both formats our detection loaders read:
     <root>/annotations/instances_{train,val}.json    COCO instances: boxes and polygons, image root JPEGImages/
     <root>/dataset.json                              the generation parameters (written last = complete)
 
-Each image has 1-4 objects, one of `pretrain.synthetic.SHAPES` each (the class), painted with
-`pretrain.synthetic.draw_shape` in a `contrast_colour` on a `plain_background`: the same look and nuisances as
-the classification images, so a backbone pretrained on those transfers to these. Rings are annotated as one "keyhole" polygon (outer
-ellipse, a zero-width cut, inner ellipse backwards), which rasterises to the ring.
+Each image has 1-4 objects, one of `shapes.SHAPES` each (the class), painted with `shapes.draw_shape` in a
+`contrast_colour` on a `plain_background`: the same look and nuisances as the classification images
+(`pretrain.generated.embedded`), so a backbone pretrained on those transfers to these. Polygons are
+`shapes.shape_outline` (a ring is one "keyhole" polygon).
 """
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ from typing import Union
 import numpy as np
 from PIL import Image
 
-from pretrain import synthetic as shapes
+from . import shapes
+from .publish import publish_tree, read_marker
 
 VERSION = 3
 WIDTH, HEIGHT = 160, 128
@@ -33,42 +34,15 @@ SEED = 0
 CLASSES = tuple(shapes.SHAPES)
 MARKER = "dataset.json"
 _SPLITS = {"train": 0, "val": 1}
-_ELLIPSE_POINTS = 32
 
 
-def shape_polygon(shape: str, box, rotation: float = 0.0, ring_width: float = 0.25) -> list[float]:
-    """The outline (flat [x0, y0, x1, y1, ...]) of what `draw_shape(img, shape, box, ..., rotation)` paints."""
-    x0, y0, x1, y1 = (float(v) for v in box)
-    if shape in ("circle", "ring"):
-        t = np.linspace(0, 2 * math.pi, _ELLIPSE_POINTS, endpoint=False)
-        cx, cy, rx, ry = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, (y1 - y0) / 2
-        outer = np.stack([cx + rx * np.cos(t), cy + ry * np.sin(t)], 1)
-        if shape == "circle":
-            pts = outer
-        else:
-            w = max(1, int(round(ring_width * min(x1 - x0, y1 - y0))))
-            inner = np.stack([cx + max(rx - w, 0.5) * np.cos(t), cy + max(ry - w, 0.5) * np.sin(t)], 1)
-            # outer loop, back to its start, the inner loop the other way round, back across the cut
-            pts = np.concatenate([outer, outer[:1], inner[:1], inner[::-1], inner[:1]], 0)
-    else:
-        # same construction as pretrain.synthetic.draw_shape: rotate the outline, then stretch it to the box
-        outline = shapes._OUTLINES[shape]  # noqa: SLF001 - the shared geometry of the drawing helper
-        a = math.radians(rotation)
-        rot = np.array([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]])
-        p = outline @ rot.T
-        lo, hi = p.min(0), p.max(0)
-        unit = (p - lo) / (hi - lo)
-        pts = np.stack([x0 + unit[:, 0] * (x1 - x0), y0 + unit[:, 1] * (y1 - y0)], 1)
+def shape_polygon(shape: str, box, rotation: float = 0.0) -> list[float]:
+    """The outline (flat [x0, y0, x1, y1, ...], inside the image) of what `draw_shape(img, shape, box, ...,
+    rotation)` paints."""
+    pts = shapes.shape_outline(shape, box, rotation)
     pts[:, 0] = np.clip(pts[:, 0], 0, WIDTH)
     pts[:, 1] = np.clip(pts[:, 1], 0, HEIGHT)
     return [round(float(v), 2) for v in pts.reshape(-1)]
-
-
-def _iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 def render_scene(rng: np.random.Generator) -> tuple[Image.Image, list[dict]]:
@@ -82,7 +56,7 @@ def render_scene(rng: np.random.Generator) -> tuple[Image.Image, list[dict]]:
             bw, bh = side * math.sqrt(aspect), side / math.sqrt(aspect)
             x0, y0 = rng.uniform(0, WIDTH - bw), rng.uniform(0, HEIGHT - bh)
             box = tuple(round(v, 2) for v in (x0, y0, x0 + bw, y0 + bh))  # exact in both VOC and COCO files
-            if all(_iou(box, o["box"]) < 0.05 for o in objects):
+            if all(shapes.iou(box, o["box"]) < 0.05 for o in objects):
                 break
         else:
             continue
@@ -93,26 +67,9 @@ def render_scene(rng: np.random.Generator) -> tuple[Image.Image, list[dict]]:
     return img, objects
 
 
-def _voc_box(box) -> tuple[int, int, int, int]:
-    """Float pixel box -> VOC 1-based inclusive integer coordinates inside the image."""
-    x0, y0, x1, y1 = box
-    return (max(1, int(math.floor(x0)) + 1), max(1, int(math.floor(y0)) + 1),
-            min(WIDTH, int(math.ceil(x1))), min(HEIGHT, int(math.ceil(y1))))
-
-
 def _voc_xml(image_id: str, objects: list[dict]) -> str:
-    parts = [f"<annotation>\n\t<folder>JPEGImages</folder>\n\t<filename>{image_id}.jpg</filename>\n"
-             f"\t<source><database>simsiam-suite embedded shapes v{VERSION}</database></source>\n"
-             f"\t<size><width>{WIDTH}</width><height>{HEIGHT}</height><depth>3</depth></size>\n"
-             f"\t<segmented>0</segmented>\n"]
-    for o in objects:
-        x0, y0, x1, y1 = _voc_box(o["box"])
-        parts.append(f"\t<object>\n\t\t<name>{o['class']}</name>\n\t\t<pose>Unspecified</pose>\n"
-                     f"\t\t<truncated>0</truncated>\n\t\t<difficult>0</difficult>\n"
-                     f"\t\t<bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox>\n"
-                     f"\t</object>\n")
-    parts.append("</annotation>\n")
-    return "".join(parts)
+    return shapes.voc_annotation(image_id, (WIDTH, HEIGHT), [(o["class"], o["box"], False) for o in objects],
+                                 f"simsiam-suite embedded shapes v{VERSION}")
 
 
 def _params(n_train: int, n_val: int, seed: int) -> dict:
@@ -141,7 +98,7 @@ def write_dataset(out: Union[str, Path], n_train: int = N_TRAIN, n_val: int = N_
             for o in objects:
                 x0, y0, x1, y1 = (min(max(v, 0.0), lim) for v, lim in zip(o["box"], (WIDTH, HEIGHT) * 2))
                 poly = o["polygon"]
-                area = abs(_shoelace(poly))
+                area = shapes.polygon_area(poly)
                 annotations.append({"id": len(annotations) + 1, "image_id": num,
                                     "category_id": CLASSES.index(o["class"]) + 1,
                                     "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
@@ -156,20 +113,12 @@ def write_dataset(out: Union[str, Path], n_train: int = N_TRAIN, n_val: int = N_
     return out
 
 
-def _shoelace(poly: list[float]) -> float:
-    x, y = np.asarray(poly[0::2]), np.asarray(poly[1::2])
-    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
-
-
 def embedded_detection_dir(cache_dir: Union[str, Path] = "~/.cache/simsiam") -> Path:
     return Path(cache_dir).expanduser().absolute() / f"embedded-detection-v{VERSION}"
 
 
 def _complete(root: Path, params: dict) -> bool:
-    try:
-        return json.loads((root / MARKER).read_text()) == params
-    except (OSError, ValueError):
-        return False
+    return read_marker(root / MARKER) == params
 
 
 def ensure_embedded_detection(cache_dir: Union[str, Path] = "~/.cache/simsiam", n_train: int = N_TRAIN,
@@ -184,7 +133,7 @@ def ensure_embedded_detection(cache_dir: Union[str, Path] = "~/.cache/simsiam", 
         if target.exists() and any(target.iterdir()) and not (target / MARKER).exists() and not any(
                 target.glob("Annotations")):
             raise FileExistsError(f"{target} exists, is not empty and is no embedded detection dataset")
-        shapes.publish_tree(target, lambda tmp: write_dataset(tmp, n_train, n_val, seed),
+        publish_tree(target, lambda tmp: write_dataset(tmp, n_train, n_val, seed),
                             lambda: _complete(target, params))
     return {"root": target, "image_root": target / "JPEGImages",
             "coco_train_json": target / "annotations" / "instances_train.json",
