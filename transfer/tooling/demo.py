@@ -30,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+from pretrain import results
 from transfer import stages
 
 # Stage-size knobs for --quick (CI): same chain, fewer steps.
@@ -68,9 +69,9 @@ def _once(folder: Path, main, argv: list[str], stage: str) -> None:
 def pretrained_protocol(knn_dir: Path) -> tuple[str, list[str]]:
     """(arch, kNN data overrides) of the pretrained kNN run in knn_dir: the backbone and the resolved image
     size, crop and normalisation, which a random-init run cannot read from a checkpoint."""
-    doc = json.loads((knn_dir / "results.json").read_text())
-    d = doc["config"]["data"]
-    return doc["source"]["pretrain"]["arch"], [f"data.{k}={json.dumps(d[k], separators=(',', ':'))}"
+    doc = results.read(knn_dir)
+    d = doc.config["data"]
+    return doc.source.pretrain.arch, [f"data.{k}={json.dumps(d[k], separators=(',', ':'))}"
                                                for k in ("image_size", "crop_fraction", "mean", "std")]
 
 
@@ -230,7 +231,7 @@ def expectations(out: Path, quick: bool, arch: str) -> str:
         head.append("  (--quick trains a few steps only: its numbers are not meant to fall inside these ranges)")
     lines = []
     for label, folder, key, rand, pre in RANGES:
-        got = [json.loads((out / f / "results.json").read_text())["metrics"][key] for f in (f"{folder}_random", folder)]
+        got = [results.read(out / f).metrics[key] for f in (f"{folder}_random", folder)]
         lines.append(f"  {label:<40} random init {got[0]:5.1f} (expected {span(*rand)}),"
                      f" SimSiam {got[1]:5.1f} (expected {span(*pre)})")
     return "\n".join(head + lines)
