@@ -93,3 +93,14 @@ class CraftedFiles:
 def crafted(tmp_path) -> CraftedFiles:
     """Crafted weights files in tmp_path (see CraftedFiles)."""
     return CraftedFiles(tmp_path)
+
+
+@pytest.fixture
+def no_submit(monkeypatch):
+    """Any attempt to create an executor (the first step of queueing a job) fails the test."""
+    from slurm import submit
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a job was about to be submitted")
+    monkeypatch.setattr(submit, "make_executor", refuse)
+    monkeypatch.setattr(submit, "active_jobs", lambda out: [])

@@ -120,14 +120,6 @@ def test_shrinking_the_sweep(tmp_path):
     assert doc["shrunk"]["epochs"] == 3 and doc["shrunk"]["pretrain_args"][-1] == "train.batch_size=8"
 
 
-@pytest.fixture
-def no_submit(monkeypatch):
-    def refuse(*a, **k):
-        raise AssertionError("a job was about to be submitted")
-    monkeypatch.setattr(S, "make_executor", refuse)
-    monkeypatch.setattr(S, "active_jobs", lambda out: [])
-
-
 @pytest.mark.parametrize("extra, message", [
     ([], "variant with_stop_gradient/trial_0: pretrain: data.root: not set"),
     (["--data", "/no/such/folder"], "pretrain: data.root /no/such/folder: dataset folder"),

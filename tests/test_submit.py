@@ -155,15 +155,6 @@ def test_pipeline_argvs_and_order(tmp_path):
 
 # ------------------------------------------------------------------ submit-time checks (nothing reaches submitit)
 
-@pytest.fixture
-def no_submit(monkeypatch):
-    """Any attempt to create an executor (the first step of queueing a job) fails the test."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("a job was about to be submitted")
-    monkeypatch.setattr(S, "make_executor", refuse)
-    monkeypatch.setattr(S, "active_jobs", lambda out: [])
-
-
 @pytest.fixture(scope="module")
 def imagenet(tmp_path_factory) -> Path:
     from pretrain.generated.rehearsal import make_imagenet_like
