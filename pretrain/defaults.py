@@ -54,9 +54,16 @@ class ModelConfig:
     predictor: str = "trained"      # trained | none (Table 1a: collapses) | fixed (Table 1b: random init, frozen)
     head_bn: str = "hidden_proj_out"  # BN in the heads (Table 3): none | hidden | hidden_proj_out | all
     proj_out_bn_affine: bool = False  # learnable affine of the projector's output BN (Table 3c: 68.1 on, 68.2 off)
-    target: str = "online"          # online | kstep (Sec. 5.2, k-step alternation) | moving_average (Sec. 5.2)
+    # online | kstep (Sec. 5.2, k-step alternation) | moving_average (Sec. 5.2) | momentum (an EMA copy of the
+    # encoder: BYOL's target, MoCo's key encoder)
+    target: str = "online"
     target_every: str = "1"         # kstep: refresh the target copy every N SGD steps, or "epoch"
-    target_momentum: float = 0.8    # moving_average: eta_x <- m eta_x + (1 - m) z
+    target_momentum: float = 0.8    # moving_average: eta_x <- m eta_x + (1 - m) z; momentum: the EMA's base m
+    target_momentum_schedule: str = "constant"  # momentum: constant | cosine (BYOL: m rises to 1 per step)
+    # Sizes the other methods' heads read (pretrain.methods; a non-default value under another method is refused):
+    proj_hidden_dim: int = 0        # projector hidden width; 0: model.dim (SimSiam's projector)
+    queue_size: int = 65536         # moco: negative keys in the queue
+    prototypes: int = 3000          # swav: prototype vectors
 
 
 @dataclass(frozen=True)
@@ -67,12 +74,19 @@ class OptimConfig:
     fix_pred_lr: bool = True        # predictor keeps the initial lr (paper: 68.1 vs 67.7)
     schedule: str = "cosine"        # cosine (per epoch, to 0) | constant
     warmup_epochs: int = 0          # linear warm-up per step, then the schedule over the remaining epochs
+    optimizer: str = "sgd"          # sgd | lars (SimCLR, BYOL, SwAV at batch 4096; pretrain.lars)
+    trust_coefficient: float = 0.001  # lars: the trust ratio's coefficient
+    exclude_bn_bias: bool = False   # BN and bias parameters without weight decay and LARS adaptation
+    freeze_prototypes_steps: int = 0  # swav: the prototypes stay fixed for the first N steps
 
 
 @dataclass(frozen=True)
 class LossConfig:
     similarity: str = "cosine"      # cosine | cross_entropy (Sec. 4.5: -softmax(z) . log softmax(p))
     symmetrisation: str = "symmetric"  # symmetric | asymmetric (one pair per image) | asymmetric_x2 (two pairs)
+    temperature: float = 0.1        # simclr, moco, swav: the softmax temperature
+    sinkhorn_iters: int = 3         # swav: Sinkhorn-Knopp iterations
+    sinkhorn_epsilon: float = 0.05  # swav: the entropy regularisation of the codes
 
 
 @dataclass(frozen=True)
@@ -109,6 +123,7 @@ class MonitorConfig:
 
 @dataclass(frozen=True)
 class PretrainConfig:
+    method: str = "simsiam"         # simsiam | byol | simclr | moco | swav (pretrain.methods)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

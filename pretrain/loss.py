@@ -102,6 +102,28 @@ class Objective:
         self.online = tuple(sorted({i for i, _ in self.pairs}))  # views whose prediction a term uses
         self.needed = tuple(sorted({j for _, j in self.pairs}))  # views whose target a term uses
 
+    # The objective protocol every method's objective follows (pretrain.methods): before and after each step,
+    # and what a checkpoint keeps of it (the target branch's state: a copy, a store, a queue; None: nothing).
+    def before_step(self, model, loader, *, epoch: int, step_in_epoch: int, step: int):
+        """Work before a step (a k-step copy's refresh); returns the batch's image indices when the target needs
+        them (the moving average), else None."""
+        self.target.before_step(model, step, step_in_epoch)
+        return self.target.batch_indices(loader, epoch, step_in_epoch)
+
+    def after_step(self, model, step: int) -> None:
+        """Work after the update that made global step `step` (a momentum encoder's EMA)."""
+        self.target.after_step(model, step)
+
+    @property
+    def stateful(self) -> bool:
+        return self.target.kind != "online"
+
+    def state_dict(self):
+        return self.target.state_dict()
+
+    def load_state_dict(self, state) -> None:
+        self.target.load_state_dict(state)
+
     def __call__(self, model, views, batch_indices=None) -> tuple[torch.Tensor, torch.Tensor]:
         if self.default:
             p1, p2, z1, z2 = model(*views)

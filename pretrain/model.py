@@ -61,15 +61,16 @@ def _linear_bn(d_in: int, d_out: int, bn: bool, affine: bool = True) -> list[nn.
 
 
 def projection_mlp(in_dim: int, dim: int, layers: int, hidden_bn: bool = True, out_bn: bool = True,
-                   out_affine: bool = False) -> nn.Sequential:
+                   out_affine: bool = False, hidden_dim: int = 0) -> nn.Sequential:
     """The projection MLP (Section 4.4): Linear-BN-ReLU blocks, then Linear-BN(affine=False); the last
     Linear's bias is not trained (the BN after it would cancel it). Table 3's variants drop BNs (hidden_bn,
-    out_bn: the Linear then trains a bias) or give the output BN its affine (out_affine)."""
+    out_bn: the Linear then trains a bias) or give the output BN its affine (out_affine). The hidden layers are
+    `dim` wide unless `hidden_dim` says otherwise (the other methods' projectors, pretrain.methods)."""
     mods: list[nn.Module] = []
-    d = in_dim
+    d, hidden = in_dim, hidden_dim or dim
     for _ in range(layers - 1):
-        mods += _linear_bn(d, dim, hidden_bn) + [nn.ReLU(inplace=True)]
-        d = dim
+        mods += _linear_bn(d, hidden, hidden_bn) + [nn.ReLU(inplace=True)]
+        d = hidden
     last = nn.Linear(d, dim)
     if out_bn:
         last.bias.requires_grad = False  # followed by BN: a bias would be a no-op
@@ -101,7 +102,8 @@ class SimSiam(nn.Module):
 
     def __init__(self, arch: str = "resnet50", dim: int = 2048, pred_dim: int = 512,
                  proj_layers: int = 3, stop_gradient: bool = True, zero_init_residual: bool = True,
-                 predictor: str = "trained", head_bn: str = "hidden_proj_out", proj_out_affine: bool = False):
+                 predictor: str = "trained", head_bn: str = "hidden_proj_out", proj_out_affine: bool = False,
+                 proj_hidden_dim: int = 0):
         super().__init__()
         if predictor not in PREDICTOR:
             raise ValueError(f"unknown predictor '{predictor}' (known: {', '.join(PREDICTOR)})")
@@ -112,7 +114,7 @@ class SimSiam(nn.Module):
         self.stop_gradient = stop_gradient
         self.encoder = build_backbone(arch, zero_init_residual)
         self.encoder.fc = projection_mlp(feature_dim(self.encoder), dim, proj_layers, proj_hidden, proj_out,
-                                         proj_out_affine)
+                                         proj_out_affine, proj_hidden_dim)
         if predictor == "none":
             self.predictor = nn.Identity()
         else:
@@ -162,4 +164,4 @@ def build_model(model_cfg) -> SimSiam:
     """The SimSiam of a `model:` config section (pretrain.defaults.ModelConfig)."""
     return SimSiam(model_cfg.arch, model_cfg.dim, model_cfg.pred_dim, model_cfg.proj_layers,
                    model_cfg.stop_gradient, model_cfg.zero_init_residual, model_cfg.predictor, model_cfg.head_bn,
-                   model_cfg.proj_out_bn_affine)
+                   model_cfg.proj_out_bn_affine, model_cfg.proj_hidden_dim)

@@ -22,9 +22,12 @@ from .distributed import unwrap
 
 
 def param_groups(model: nn.Module, lr: float, fix_pred_lr: bool) -> list[dict]:
+    """The "encoder" group (every trained parameter outside the predictor: backbone, projector and what a method
+    trains besides, such as SwAV's prototypes) and the "predictor" group."""
     m = unwrap(model)
+    predictor = {id(p) for p in m.predictor.parameters()}
     return [
-        {"name": "encoder", "params": [p for p in m.encoder.parameters() if p.requires_grad],
+        {"name": "encoder", "params": [p for p in m.parameters() if p.requires_grad and id(p) not in predictor],
          "lr": lr, "fix_lr": False},
         {"name": "predictor", "params": [p for p in m.predictor.parameters() if p.requires_grad],
          "lr": lr, "fix_lr": bool(fix_pred_lr)},

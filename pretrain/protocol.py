@@ -5,7 +5,7 @@ transfer.reporting.protocols compares both with the paper's columns. The fingerp
 config (duck-typed: this package never imports the evaluations) and the sizes of the data actually used.
 
 The recipe is every pretraining config key that changes the trajectory, flattened ("optim.base_lr": 0.05):
-the model and its heads, the target branch, the loss, the optimiser and its schedule, the augmentation, and
+the method, the model and its heads, the target branch, the loss, the optimiser and its schedule, the augmentation, and
 any key added to those sections later. Left out: where the data is and how it is read (the CPU views of
 data.pipeline make the same random draws as the PIL ones), the dataset, epochs,
 batch, crop size and image or step limits (recorded and compared on their own), the kind of BN
@@ -21,7 +21,7 @@ from .augment import eval_crop_fraction, eval_resize_size
 from .config import flatten, to_dict
 from .defaults import PretrainConfig, init_lr
 
-RECIPE_SECTIONS = ("model", "loss", "optim", "data")
+RECIPE_SECTIONS = ("method", "model", "loss", "optim", "data")  # "method": the top-level key (pretrain.methods)
 NOT_RECIPE = ("model.sync_bn", "data.root", "data.train_split", "data.val_split", "data.workers",
               "data.pipeline", "data.prefetch", "data.on_corrupt", "data.limit_per_class", "data.cache_dir", "data.image_size")
 

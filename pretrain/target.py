@@ -7,6 +7,12 @@
   first step of every epoch), before that step; in between its weights are fixed. Its BN normalises with the
   current batch (the copy runs in training mode; its running statistics are never read). The predictor and
   the symmetric loss are kept. k = 1 gives the online targets.
+- "momentum": targets from an exponential moving average of the encoder (backbone + projector), updated after
+  every SGD step, w_t <- m w_t + (1 - m) w (parameters only; the copy's BN buffers are its own, and like the
+  k-step copy it normalises with the current batch). m is `model.target_momentum` ("constant"), or rises from it
+  to 1 over the run by BYOL's per-step cosine, m_k = 1 - (1 - m0) (cos(pi k / K) + 1) / 2 ("cosine", K the
+  run's steps). BYOL's target network and MoCo's key encoder (pretrain.methods); m = 0 gives a copy of the
+  online encoder at every step (BYOL without momentum, Sec. 6.2).
 - "moving_average" (Sec. 5.2, without predictor): a stored per-image target eta_x, updated at every visit of
   image x by eta_x <- m eta_x + (1 - m) z_x (m = model.target_momentum, 0.8), where z_x is the online
   projection of the SECOND view (detached), computed at this step before the update; the loss then pulls the
@@ -22,7 +28,8 @@ holds the whole store in image order (gathered in chunks on rank 0), so a resume
 processes, continues bit-exactly.
 
 Every target has targets(views, zs, batch_indices, needed) -> list (the target of each view in `needed`),
-before_step(model, global_step, step_in_epoch), batch_indices(loader, epoch, step_in_epoch),
+before_step(model, global_step, step_in_epoch), after_step(model, global_step) (after the update that made
+global_step), batch_indices(loader, epoch, step_in_epoch),
 state_dict() (None: nothing to store) / load_state_dict(state) and `describe()` (what a checkpoint records).
 """
 from __future__ import annotations
@@ -37,7 +44,8 @@ from torch import nn
 from .config import ConfigError
 from .distributed import unwrap, world_size, rank as dist_rank
 
-TARGETS = ("online", "kstep", "moving_average")
+TARGETS = ("online", "kstep", "moving_average", "momentum")
+MOMENTUM_SCHEDULES = ("constant", "cosine")
 GATHER_CHUNK_BYTES = 64 << 20
 
 
@@ -64,6 +72,9 @@ class OnlineTarget:
         return list(zs)
 
     def before_step(self, model, global_step: int, step_in_epoch: int) -> None:
+        pass
+
+    def after_step(self, model, global_step: int) -> None:
         pass
 
     def batch_indices(self, loader, epoch: int, step_in_epoch: int):
@@ -121,6 +132,48 @@ class KStepTarget(OnlineTarget):
 
     def describe(self) -> dict:
         return {"kind": self.kind, "every": "epoch" if self.every is None else self.every}
+
+
+class MomentumTarget(KStepTarget):
+    """Targets from an EMA of the encoder, updated after every step (see the module docstring)."""
+
+    kind = "momentum"
+
+    def __init__(self, model: nn.Module, momentum: float, schedule: str = "constant", total_steps: int = 1):
+        super().__init__(model, every=None)
+        self.base, self.schedule, self.total = float(momentum), schedule, max(int(total_steps), 1)
+        self.updated_at = 0
+
+    def before_step(self, model, global_step: int, step_in_epoch: int) -> None:
+        pass  # the copy starts equal to the online encoder and moves only in after_step
+
+    def momentum(self, global_step: int) -> float:
+        """m for the update after `global_step` steps (constant, or BYOL's cosine from the base to 1)."""
+        if self.schedule == "constant":
+            return self.base
+        return 1.0 - (1.0 - self.base) * (math.cos(math.pi * global_step / self.total) + 1.0) / 2.0
+
+    @torch.no_grad()
+    def after_step(self, model, global_step: int) -> None:
+        m = self.momentum(global_step - 1)
+        online = dict(unwrap(model).encoder.named_parameters())
+        for name, w in self.copy.named_parameters():
+            w.mul_(m).add_(online[name].detach(), alpha=1.0 - m)
+        self.updated_at = global_step
+
+    def state_dict(self) -> dict:
+        return {**self.describe(), "updated_at": self.updated_at,
+                "weights": {k: v.detach().cpu().clone() for k, v in self.copy.state_dict().items()}}
+
+    def load_state_dict(self, state) -> None:
+        if not state or state.get("kind") != self.kind:
+            raise ConfigError(f"the checkpoint holds no momentum target encoder (found {describe_state(state)}); "
+                              "model.target must be the one it was trained with")
+        self.copy.load_state_dict(state["weights"])
+        self.updated_at = int(state["updated_at"])
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "momentum": self.base, "schedule": self.schedule, "total_steps": self.total}
 
 
 def describe_state(state) -> str:
@@ -228,13 +281,15 @@ class MovingAverageTarget(OnlineTarget):
 
 
 def build_target(model_cfg, model: nn.Module, num_images: int | None = None, device=None,
-                 batch_per_rank: int = 0):
+                 batch_per_rank: int = 0, total_steps: int = 1):
     """The target branch of `model_cfg.target` for `model` (the moving average needs the number of training
-    images and the per-rank batch)."""
+    images and the per-rank batch, the momentum encoder's cosine the run's number of steps)."""
     if model_cfg.target == "online":
         return OnlineTarget()
     if model_cfg.target == "kstep":
         return KStepTarget(model, parse_every(model_cfg.target_every))
     if model_cfg.target == "moving_average":
         return MovingAverageTarget(num_images, model_cfg.dim, model_cfg.target_momentum, device, batch_per_rank)
+    if model_cfg.target == "momentum":
+        return MomentumTarget(model, model_cfg.target_momentum, model_cfg.target_momentum_schedule, total_steps)
     raise ConfigError(f"model.target: '{model_cfg.target}' is not one of {', '.join(TARGETS)}")

@@ -24,19 +24,18 @@ from . import checkpoint as ckpt_io
 from . import config as config_mod
 from . import data as data_mod
 from . import distributed
+from . import methods
 from .augment import eval_crop_fraction
 from .cpu_augment import device_views
 from .defaults import PretrainConfig, init_lr
 from .errors import InputError
 from .frame import StageRun
 from .logs import progress
-from .loss import Objective, check_switches, simsiam_loss, views_per_image
-from .model import build_model
+from .loss import simsiam_loss, views_per_image
 from .monitor import collapse_floor, collapse_std, extract_features, knn_accuracy
 from .optim import adjust_learning_rate, build_optimizer, in_warmup
 from .protocol import pretrain_fingerprint, recipe_of
 from .results import PretrainInfo, Results, Source
-from .target import build_target
 
 
 class NonFiniteLossError(InputError, FloatingPointError):
@@ -189,7 +188,7 @@ def summary_results(output_dir: Path, cfg: PretrainConfig, dataset: str, metrics
     applied_switches)."""
     latest = output_dir / ckpt_io.LATEST
     d, t = cfg.data, cfg.train
-    pre = PretrainInfo(method="SimSiam", arch=cfg.model.arch, epochs=epochs_done, batch_size=t.batch_size,
+    pre = PretrainInfo(method=methods.display_name(cfg.method), arch=cfg.model.arch, epochs=epochs_done, batch_size=t.batch_size,
                        dataset=dataset, scheduled_epochs=t.epochs, completed=epochs_done == t.epochs,
                        image_size=d.image_size, limit_per_class=d.limit_per_class,
                        max_steps_per_epoch=t.max_steps_per_epoch, config_changes=config_changes or [],
@@ -214,13 +213,12 @@ def forward_loss(model, x1: torch.Tensor, x2: torch.Tensor, dtype) -> tuple[torc
     return loss, z1
 
 
-def step_loss(objective: Objective, model, views, loader, *, epoch: int, step_in_epoch: int, step: int,
+def step_loss(objective, model, views, loader, *, epoch: int, step_in_epoch: int, step: int,
               dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """The step's (loss, z1) under the loss and target switches (pretrain.loss.Objective), after the target's
-    work before a step (a k-step copy's refresh); the default is exactly forward_loss."""
-    target = objective.target
-    target.before_step(model, step, step_in_epoch)
-    indices = target.batch_indices(loader, epoch, step_in_epoch)
+    """The step's (loss, z1) of the method's objective (pretrain.methods; SimSiam's: pretrain.loss.Objective under
+    the loss and target switches), after its work before a step (a k-step copy's refresh); SimSiam's default is
+    exactly forward_loss."""
+    indices = objective.before_step(model, loader, epoch=epoch, step_in_epoch=step_in_epoch, step=step)
     with autocast(views[0].device.type, dtype):
         return objective(model, views, indices)
 
@@ -279,16 +277,16 @@ def epoch_stats(tally: EpochTally, cfg: PretrainConfig, info: distributed.DistIn
 
 def train_one_epoch(model, loader, optimizer, scaler, *, epoch: int, step: int, cfg: PretrainConfig,
                     info: distributed.DistInfo, dtype, last_good: str, tally: EpochTally | None = None,
-                    stop: "StopRequest | None" = None, objective: Objective | None = None, report=None
+                    stop: "StopRequest | None" = None, objective=None, report=None
                     ) -> tuple[dict | None, int, EpochTally]:
     """Train on the rest of epoch `epoch` (the loader is set to it, after `tally.steps` batches when resumed).
 
     Returns (stats, global step, tally); stats is None when a stop request ended the epoch early: the tally
     then holds the steps done so far, for a mid-epoch checkpoint. `objective`: the step's loss (default: the
-    paper's, pretrain.loss.Objective with the online target); a warm-up epoch sets the lr at every step.
+    method's with this model, pretrain.methods); a warm-up epoch sets the lr at every step.
     `report` (StageRun.progress) is told the position after every step."""
     model.train()
-    objective = objective or Objective(cfg.loss, build_target(cfg.model, model))
+    objective = objective or methods.build_objective(cfg, model)
     warm = in_warmup(epoch, cfg.optim.warmup_epochs)
     tally = tally or EpochTally()
     n_steps = steps_per_epoch(loader, cfg)
@@ -313,6 +311,7 @@ def train_one_epoch(model, loader, optimizer, scaler, *, epoch: int, step: int, 
                 f"training stopped before this update; the last good checkpoint is kept: {last_good}")
         optimizer_step(loss, optimizer, scaler)
         step += 1
+        objective.after_step(model, step)
         tally.steps += 1
         tally.batch_per_rank = views[0].shape[0]
         tally.loss_sum += loss_val
@@ -435,7 +434,7 @@ def run(cfg: PretrainConfig, output_dir: str | Path, allow_config_change: bool =
     before anything is written, unless allow_config_change: the change is then logged and listed in
     results.json and in the checkpoints ("config_changes": {epoch, key, old, new})."""
     output_dir = Path(output_dir)
-    check_switches(cfg)
+    methods.check(cfg)
     state, changes = read_resume_state(output_dir / ckpt_io.LATEST, cfg, allow_config_change)
     with StageRun("pretrain", output_dir, tensorboard=cfg.monitor.tensorboard) as sr:
         trainer = Pretraining(cfg, sr, config_history(state, changes, sr.log))
@@ -457,7 +456,7 @@ class Pretraining:
         train_dir, val_dir = data_mod.resolve_roots(cfg.data)
         self.dataset = data_mod.dataset_name(cfg.data)
         seed_everything(cfg.train.seed)            # same initial weights on every rank
-        model = build_model(cfg.model)
+        model = methods.build_model(cfg)
         if cfg.init_from and not self.latest.is_file():
             ckpt_io.load_weights(model, os.path.expanduser(cfg.init_from))
             self.log.info("initialised weights from %s", cfg.init_from)
@@ -470,9 +469,10 @@ class Pretraining:
         seed_everything(cfg.train.seed + self.info.rank)  # any other randomness differs per rank
         self.loader, self.knn_loaders = build_data(cfg, train_dir, val_dir, self.info)
         self.run_model = compile_model(self.model, self.info.device, self.log) if cfg.train.compile else self.model
-        self.objective = Objective(cfg.loss, build_target(
-            cfg.model, self.model, _train_set_size(self.loader)[0], self.info.device,
-            data_mod.per_rank_batch(cfg.train.batch_size, self.info.world_size)))
+        self.objective = methods.build_objective(cfg, self.model, methods.Context(
+            num_images=_train_set_size(self.loader)[0], device=self.info.device,
+            batch_per_rank=data_mod.per_rank_batch(cfg.train.batch_size, self.info.world_size),
+            total_steps=cfg.train.epochs * steps_per_epoch(self.loader, cfg)))
         self.applied = applied_switches(self.model, self.run_model, self.dtype)
         self.start_epoch, self.step, self.tally, self.resumed = 0, 0, None, False
         self.stop = StopRequest(sr.dir)
@@ -480,8 +480,8 @@ class Pretraining:
 
     def _describe(self, train_dir, val_dir) -> None:
         cfg, info, applied = self.cfg, self.info, self.applied
-        self.log.info("SimSiam %s on %s (%s): %d processes, global batch %d (%d per process), lr %.4g, "
-                      "%d epochs; train %s, held-out %s", cfg.model.arch, self.dataset, info.device,
+        self.log.info("%s %s on %s (%s): %d processes, global batch %d (%d per process), lr %.4g, "
+                      "%d epochs; train %s, held-out %s", methods.display_name(cfg.method), cfg.model.arch, self.dataset, info.device,
                       info.world_size, cfg.train.batch_size, cfg.train.batch_size // info.world_size, self.lr0,
                       cfg.train.epochs, train_dir, val_dir)
         self.log.info("precision and speed switches in effect: amp %s, channels_last %s, compiled %s",
@@ -495,8 +495,8 @@ class Pretraining:
         position and the epoch's running sums). Metrics lines of epochs it does not hold are dropped."""
         if state is not None:
             ckpt_io.resume(self.sr.dir, distributed.unwrap(self.model), self.optimizer, self.scaler, state=state)
-            if self.objective.target.kind != "online":
-                self.objective.target.load_state_dict(state.get("target"))
+            if self.objective.stateful:
+                self.objective.load_state_dict(state.get("target"))
             self.start_epoch, self.step, self.resumed = int(state["epoch"]), int(state["step"]), True
             per_rank = state.get("rng_ranks") or []
             if len(per_rank) == self.info.world_size and self.info.distributed:
@@ -598,7 +598,7 @@ class Pretraining:
         if self.info.distributed:
             ranks = [None] * self.info.world_size
             dist.all_gather_object(ranks, mine)
-        target = self.objective.target.state_dict()  # the moving-average store: gathered from every rank
+        target = self.objective.state_dict()  # e.g. the moving-average store: gathered from every rank
         if not self.info.is_main:
             return
         ck = ckpt_io.make_checkpoint(distributed.unwrap(self.model), self.optimizer, self.scaler,

@@ -159,8 +159,8 @@ def test_an_unrecorded_recipe_is_not_the_papers():
     old = {k: v for k, v in recipe().items() if k != "optim.warmup_epochs"}
     assert fp.recipe_of({"optim": {"base_lr": 0.05}}) == fp.paper_recipe()
     assert table4(linear_doc(pretrain={"recipe": {**old, "optim.warmup_epochs": 0}})) == []
-    assert table4(linear_doc(pretrain={"recipe": {**recipe(), "loss.temperature": 0.5}})) == [
-        "pretraining loss.temperature 0.5 (not a key of this code's recipe)"]
+    assert table4(linear_doc(pretrain={"recipe": {**recipe(), "loss.margin": 0.5}})) == [
+        "pretraining loss.margin 0.5 (not a key of this code's recipe)"]
 
 
 def test_table5_tells_base_from_optimal_by_pretraining_lr_and_weight_decay():

@@ -52,6 +52,7 @@ from typing import Any, Mapping
 
 from pretrain.checkpoint import strip_prefix
 from pretrain.errors import InputError
+from pretrain.methods import display_name
 from pretrain.protocol import recipe_of
 
 SUITE_FORMAT = "simsiam-suite/pretrain"
@@ -111,7 +112,8 @@ def _both(prefix: str, reason: str) -> tuple[tuple[str, str], ...]:
 
 # ---------------------------------------------------------------------------------------- the layouts
 def simsiam_suite() -> Layout:
-    return Layout("simsiam-suite", "SimSiam", "encoder.", "projector (encoder fc.*)", _both("predictor.", "predictor"))
+    return Layout("simsiam-suite", None, "encoder.", "projector (encoder fc.*)",
+                  _both("predictor.", "predictor") + _both("prototypes.", "prototypes"))
 
 
 def simsiam_official(module: str) -> Layout:
@@ -291,7 +293,7 @@ def suite_meta(obj: Mapping) -> dict:
     cfg = obj.get("config") or {}
     train, data = cfg.get("train") or {}, cfg.get("data") or {}
     epoch, scheduled = obj.get("epoch"), train.get("epochs")
-    return {"method": "SimSiam", "arch": obj.get("arch"), "epochs": epoch, "batch_size": train.get("batch_size"),
+    return {"method": display_name(cfg.get("method") or "simsiam"), "arch": obj.get("arch"), "epochs": epoch, "batch_size": train.get("batch_size"),
             "dataset": obj.get("dataset"), "scheduled_epochs": scheduled,
             "completed": None if epoch is None or scheduled is None else int(epoch) == int(scheduled),
             "image_size": data.get("image_size"), "limit_per_class": data.get("limit_per_class"),
