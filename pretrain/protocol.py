@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 
 from .augment import eval_crop_fraction, eval_resize_size
 from .config import flatten, to_dict
-from .defaults import PretrainConfig, init_lr
+from .defaults import PretrainConfig, init_lr, scaled_lr
 
 RECIPE_SECTIONS = ("method", "model", "loss", "optim", "data")  # "method": the top-level key (pretrain.methods)
 NOT_RECIPE = ("model.sync_bn", "data.root", "data.train_split", "data.val_split", "data.workers",
@@ -62,7 +62,7 @@ def linear_fingerprint(cfg, *, dataset: str, arch: str | None, train_images: int
     return {"stage": "linear", "dataset": dataset, "arch": arch, "train_images": train_images,
             "val_images": val_images, "classes": classes, "epochs": t.epochs,
             "max_steps_per_epoch": t.max_steps_per_epoch, "batch": t.batch_size, "optimizer": o.optimizer,
-            "lr": o.base_lr * t.batch_size / 256, "base_lr": o.base_lr, "weight_decay": o.weight_decay,
+            "lr": scaled_lr(o.base_lr, t.batch_size), "base_lr": o.base_lr, "weight_decay": o.weight_decay,
             "momentum": o.momentum, "schedule": o.schedule, "lars_trust": o.trust_coefficient,
             "train_augment": "RandomResizedCrop+flip" if d.augment else "none (test transform)",
             "train_crop": d.image_size, "test_resize": _test_resize(d), "test_crop": d.image_size,

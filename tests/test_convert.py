@@ -158,6 +158,25 @@ def test_source_carries_the_pretraining_recipe(tmp_path):
     assert convert.describe_source(tmp_path / "resnet18.pth")["pretrain"]["recipe"] is None
 
 
+def test_another_methods_checkpoint_records_its_method_and_drops_its_prototypes(tmp_path):
+    """A checkpoint of this code's pretrainer under another method (pretrain.methods) names that method in its
+    source and recipe; what the method trains besides the encoder (SwAV's prototypes) is dropped by name."""
+    model = _simsiam()
+    model.prototypes = nn.Linear(128, 10, bias=False)
+    torch.save({**_suite_ckpt(model), "config": {"method": "swav", "train": {"batch_size": 64}}}, tmp_path / "swav.pth")
+    source = convert.describe_source(tmp_path / "swav.pth")
+    assert source["pretrain"]["method"] == "SwAV" and source["pretrain"]["recipe"]["method"] == "swav"
+    _, _, info = load_any_checkpoint(str(tmp_path / "swav.pth"))
+    assert info["dropped"]["prototypes"] == ["prototypes.weight"]
+    assert convert.describe_source(_write_suite(tmp_path, model))["pretrain"]["method"] == "SimSiam"
+
+
+def _write_suite(tmp_path, model) -> str:
+    path = tmp_path / "simsiam.pth"
+    torch.save(_suite_ckpt(model), path)
+    return str(path)
+
+
 def test_eval_backbone_reads_a_checkpoint_or_builds_the_random_baseline(tmp_path):
     """The one loader of kNN and linear evaluation: a checkpoint strictly as model.arch, or the seeded random init."""
     from pretrain.config import ConfigError

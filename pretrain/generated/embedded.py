@@ -52,6 +52,8 @@ from PIL import Image
 
 from .publish import publish_tree, read_marker
 from .shapes import SHAPES, Box, contrast_colour, draw_shape, plain_background
+from . import GeneratedDataError, TargetExistsError
+from ..frame import guard
 
 VERSION = 2                      # bump when the generated content changes; part of the cache folder name
 DEFAULT_SIZE = 64
@@ -101,7 +103,7 @@ def write_imagefolder(out_dir: Union[str, Path], n_train_per_class: int = DEFAUL
     for name, v, lo in (("n_train_per_class", n_train_per_class, 1), ("n_val_per_class", n_val_per_class, 0),
                         ("size", size, 16)):
         if int(v) != v or v < lo:
-            raise ValueError(f"write_imagefolder: {name} must be an integer >= {lo}, got {v!r}")
+            raise GeneratedDataError(f"write_imagefolder: {name} must be an integer >= {lo}, got {v!r}")
     out = Path(out_dir).expanduser()
     for split, n in (("train", n_train_per_class), ("val", n_val_per_class)):
         for c, shape in enumerate(SHAPES):
@@ -141,15 +143,15 @@ def build_atomically(target: Union[str, Path], n_train_per_class: int = DEFAULT_
         return target
     if target.exists():
         if not target.is_dir():
-            raise FileExistsError(f"{target} exists and is not a folder")
+            raise TargetExistsError(f"{target} exists and is not a folder")
         if any(target.iterdir()):
             old = read_marker(target / MARKER)
             if old is None or old.get("format") != params["format"]:
-                raise FileExistsError(f"{target} is not empty and holds no embedded dataset ({MARKER} missing); "
+                raise TargetExistsError(f"{target} is not empty and holds no embedded dataset ({MARKER} missing); "
                                       "choose another folder")
             damaged = old == params  # our marker and parameters, but files missing: rebuild it
             if not (replace or damaged):
-                raise FileExistsError(f"{target} holds an embedded dataset written with other parameters "
+                raise TargetExistsError(f"{target} holds an embedded dataset written with other parameters "
                                       f"({old}); pass --force to replace it")
     publish_tree(target, lambda tmp: write_imagefolder(tmp, n_train_per_class, n_val_per_class, size, seed),
                  lambda: _is_complete(target, params))
@@ -187,12 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        root = build_atomically(args.out, args.train_per_class, args.val_per_class, args.size, args.seed,
-                                replace=args.force)
-    except (ValueError, FileExistsError) as e:
-        print(f"simsiam make-data: error: {e}", file=sys.stderr)
-        return 2
+    return guard("simsiam make-data", lambda: _make_data(args))
+
+
+def _make_data(args) -> int:
+    root = build_atomically(args.out, args.train_per_class, args.val_per_class, args.size, args.seed,
+                            replace=args.force)
     n = len(SHAPES) * (args.train_per_class + args.val_per_class)
     print(f"wrote {n} images of {len(SHAPES)} classes ({args.size}x{args.size}) to {root}")
     return 0

@@ -26,6 +26,7 @@ from PIL import Image
 
 from . import shapes
 from .publish import publish_tree, read_marker
+from . import TargetExistsError
 
 VERSION = 3
 WIDTH, HEIGHT = 160, 128
@@ -132,7 +133,7 @@ def ensure_embedded_detection(cache_dir: Union[str, Path] = "~/.cache/simsiam", 
     if not _complete(target, params):
         if target.exists() and any(target.iterdir()) and not (target / MARKER).exists() and not any(
                 target.glob("Annotations")):
-            raise FileExistsError(f"{target} exists, is not empty and is no embedded detection dataset")
+            raise TargetExistsError(f"{target} exists, is not empty and is no embedded detection dataset")
         publish_tree(target, lambda tmp: write_dataset(tmp, n_train, n_val, seed),
                             lambda: _complete(target, params))
     return {"root": target, "image_root": target / "JPEGImages",

@@ -47,6 +47,8 @@ from PIL import Image, ImageDraw
 
 from .publish import publish_tree, read_marker
 from .shapes import SHAPES, draw_shape, iou, polygon_area, random_background, shape_outline, voc_annotation
+from . import GeneratedDataError, TargetExistsError
+from ..frame import guard
 
 VERSION = 1
 IMAGENET_FORMAT = "simsiam-suite/rehearsal-imagenet"
@@ -138,7 +140,7 @@ def save_with_quirk(img: Image.Image, path: Path, quirk: str | None) -> None:
         exif[0x0112] = EXIF_ORIENTATION
         img.transpose(Image.Transpose.ROTATE_90).save(path, format="JPEG", quality=85, exif=exif.tobytes())
     else:
-        raise ValueError(f"unknown quirk '{quirk}' (known: {', '.join(QUIRKS)})")
+        raise GeneratedDataError(f"unknown quirk '{quirk}' (known: {', '.join(QUIRKS)})")
 
 
 def _val_numbers(total: int, seed: int) -> list[int]:
@@ -174,7 +176,7 @@ def _check_counts(classes: int, train_per_class: int, val_per_class: int) -> Non
                             ("val_per_class", val_per_class, 0, None)):
         if isinstance(v, bool) or int(v) != v or v < lo or (hi is not None and v > hi):
             bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
-            raise ValueError(f"{name} must be an integer {bound}, got {v!r}")
+            raise GeneratedDataError(f"{name} must be an integer {bound}, got {v!r}")
 
 
 def write_imagenet_like(root: PathLike, classes: int = 1000, train_per_class: int = 2, val_per_class: int = 1,
@@ -229,7 +231,7 @@ def _publish(root: PathLike, params: dict, write) -> dict:
         if target.exists() and (not target.is_dir() or any(target.iterdir())):
             old = read_marker(target / MANIFEST) if target.is_dir() else None
             if old is None or old.get("format") != params["format"]:
-                raise FileExistsError(f"{target} exists and holds no {params['format']} dataset "
+                raise TargetExistsError(f"{target} exists and holds no {params['format']} dataset "
                                       f"({MANIFEST} missing); choose another folder")
         publish_tree(target, write, lambda: _matches(target, params))
     return {"root": str(target), "reused": reused, **read_marker(target / MANIFEST)}
@@ -381,7 +383,7 @@ def write_detection_like(root: PathLike, seed: int = 0, voc2007_trainval: int = 
               "voc2012_trainval": voc2012_trainval, "coco_train": coco_train, "coco_val": coco_val}
     for name, v in counts.items():
         if isinstance(v, bool) or int(v) != v or v < 2:
-            raise ValueError(f"{name} must be an integer >= 2, got {v!r}")
+            raise GeneratedDataError(f"{name} must be an integer >= 2, got {v!r}")
     root = Path(root)
     voc07 = _write_voc(root / "VOC2007", 2007, {"trainval": voc2007_trainval, "test": voc2007_test}, seed)
     voc12 = _write_voc(root / "VOC2012", 2012, {"trainval": voc2012_trainval}, seed)
@@ -439,24 +441,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--detection", action="store_true", help="also write DIR/detection")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    return guard(parser.prog, lambda: _write(args))
+
+
+def _write(args) -> int:
     out = Path(args.dir)
-    try:
+    t = time.perf_counter()
+    s = make_imagenet_like(out / "imagenet", args.classes, args.train_per_class, args.val_per_class, args.seed)
+    quirks = ", ".join(f"{len(v)} {k}" for k, v in s["quirks"].items())
+    splits = ", ".join(f"{n} {k}" for k, n in s["splits"].items())
+    how = "reused" if s["reused"] else "written"
+    print(f"imagenet: {s['classes']} classes, {splits} images ({quirks}) {how} in "
+          f"{time.perf_counter() - t:.1f} s -> {s['root']}")
+    if args.detection:
         t = time.perf_counter()
-        s = make_imagenet_like(out / "imagenet", args.classes, args.train_per_class, args.val_per_class, args.seed)
-        quirks = ", ".join(f"{len(v)} {k}" for k, v in s["quirks"].items())
-        splits = ", ".join(f"{n} {k}" for k, n in s["splits"].items())
-        how = "reused" if s["reused"] else "written"
-        print(f"imagenet: {s['classes']} classes, {splits} images ({quirks}) {how} in "
-              f"{time.perf_counter() - t:.1f} s -> {s['root']}")
-        if args.detection:
-            t = time.perf_counter()
-            d = make_detection_like(out / "detection", args.seed)
-            sets = ", ".join(f"{k} {n}" for k, n in d["datasets"].items())
-            how = "reused" if d["reused"] else "written"
-            print(f"detection: {sets} images {how} in {time.perf_counter() - t:.1f} s -> {d['root']}")
-    except (ValueError, FileExistsError) as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        return 2
+        d = make_detection_like(out / "detection", args.seed)
+        sets = ", ".join(f"{k} {n}" for k, n in d["datasets"].items())
+        how = "reused" if d["reused"] else "written"
+        print(f"detection: {sets} images {how} in {time.perf_counter() - t:.1f} s -> {d['root']}")
     return 0
 
 

@@ -12,6 +12,7 @@ from typing import Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageDraw
+from . import GeneratedDataError
 
 # The classes of the embedded sets, in label order (ImageFolder sorts class folders by name).
 SHAPES: tuple[str, ...] = ("circle", "cross", "diamond", "hexagon", "ring", "square", "star", "triangle")
@@ -63,10 +64,10 @@ def draw_shape(target: Union[Image.Image, ImageDraw.ImageDraw], shape: str, box:
         the box as floats (x0, y0, x1, y1): the object's ground-truth box (before clipping to the image).
     """
     if shape not in SHAPES:
-        raise ValueError(f"unknown shape '{shape}' (known: {', '.join(SHAPES)})")
+        raise GeneratedDataError(f"unknown shape '{shape}' (known: {', '.join(SHAPES)})")
     x0, y0, x1, y1 = (float(v) for v in box)
     if not (x1 > x0 and y1 > y0):
-        raise ValueError(f"draw_shape: box {tuple(box)} must have x1 > x0 and y1 > y0")
+        raise GeneratedDataError(f"draw_shape: box {tuple(box)} must have x1 > x0 and y1 > y0")
     draw = ImageDraw.Draw(target) if isinstance(target, Image.Image) else target
     fill = tuple(int(c) for c in colour)
     if shape == "circle":
@@ -85,7 +86,7 @@ def polygon_outline(shape: str, box: Sequence[float], rotation: float = 0.0) -> 
     """The vertices (K, 2) of the polygon `draw_shape` paints for a polygon shape (every shape but "circle"
     and "ring"): the shape's outline rotated by `rotation` degrees, then stretched to fill `box` exactly."""
     if shape not in _OUTLINES:
-        raise ValueError(f"'{shape}' is not a polygon shape (polygon shapes: {', '.join(sorted(_OUTLINES))})")
+        raise GeneratedDataError(f"'{shape}' is not a polygon shape (polygon shapes: {', '.join(sorted(_OUTLINES))})")
     x0, y0, x1, y1 = (float(v) for v in box)
     a = math.radians(rotation)
     rot = np.array([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]])  # image y axis points down

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pretrain.train import NonFiniteLossError
+from pretrain.defaults import scaled_lr
 from pretrain.lars import LARS
 
 from .config import ConfigError, LinearConfig, LinearGridConfig
@@ -94,7 +95,7 @@ def build_optimizer(params, cfg: LinearConfig, lr: float) -> torch.optim.Optimiz
 
 def build_grid_optimizer(grid: HeadGrid, heads: list[tuple[float, float]], cfg: LinearConfig):
     """(optimizer with one param group per head: its lr, base lr x batch / 256, and weight decay; initial lrs)."""
-    lrs = [lr * cfg.train.batch_size / 256 for lr, _ in heads]
+    lrs = [scaled_lr(lr, cfg.train.batch_size) for lr, _ in heads]
     groups = [{"params": grid.head_params(i), "lr": lr, "weight_decay": wd}
               for i, (lr, (_, wd)) in enumerate(zip(lrs, heads))]
     return build_optimizer(groups, cfg, lrs[0]), lrs
