@@ -133,21 +133,26 @@ def test_momentum_encoder_ema_and_cosine_schedule():
     assert not t1.requires_grad and not t2.requires_grad and not torch.allclose(t1, z1)
 
 
-# LEARN_OVERRIDES (tests/test_embedded.py) with BYOL's heads for 72 steps: SGD at a quarter of SimSiam's base lr
-# there (BYOL's loss has four times SimSiam's gradient), BYOL's base momentum 0.99 raised to 1 by its cosine
-LEARN = [*HEADS, "train.epochs=6", "optim.base_lr=0.4", "model.target_momentum=0.99",
-         "model.target_momentum_schedule=cosine"]
+# LEARN_OVERRIDES (tests/test_embedded.py: 240 steps) with BYOL's heads: SGD at a quarter of SimSiam's base lr
+# there (BYOL's loss has four times SimSiam's gradient) and BYOL's cosine from a base momentum of 0.9: at BYOL's
+# 0.99 the target hardly leaves its random init in a run this short.
+LEARN = [*HEADS, "optim.base_lr=0.4", "model.target_momentum=0.9", "model.target_momentum_schedule=cosine"]
 
 
 def test_short_pretraining_beats_random_init(tmp_path):
-    """A short BYOL run (test_tiny ResNet-18 at 32 px with BYOL's heads, 72 steps on the embedded data through
-    pretrain.train.run) beats the same network at random init in kNN top-1 (k=20, 240 held-out images; chance
-    12.5 %).
+    """A short BYOL run (the test_tiny ResNet-18 at 32 px with BYOL's heads, 240 steps on the embedded data
+    through pretrain.train.run) beats the same network at random init in kNN top-1 (k=20, 240 held-out images;
+    chance 12.5 %).
 
-    MEASURED"""
+    Measured (kNN top-1 %, random init -> after 240 steps; embedded data v2, 2026-12-03, AMD EPYC):
+      one thread:  seed 0 13.75 -> 23.33 (+9.6), seed 1 13.33 -> 19.58 (+6.2), seed 2 12.92 -> 20.42 (+7.5);
+      two threads: seed 0 13.75 -> 19.58 (+5.8).
+    With BYOL's base momentum 0.99 and 72 steps the same run gained -2.1 and +2.1 (seeds 0, 1): the slow target
+    needs the longer run. Bounds well inside the smallest gain: random init below 20 %, a gain of more than 3
+    points."""
     before, after = knn_before_and_after(tmp_path / "run", 0, tuple(LEARN))
     assert before < 20.0, (before, after)
-    assert after - before > 4.0, (before, after)
+    assert after - before > 3.0, (before, after)
 
 
 def test_stop_mid_run_and_resume_is_exact(tmp_path):
