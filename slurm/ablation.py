@@ -5,11 +5,12 @@
       --pretrain-args "--config test_tiny"                       # a trial run of the sweep on this machine
 
 NAME is a preset of eval_configs/ablation/ (fig2, table1, table2, table3, similarity, symmetrisation, kstep,
-moving-average, dimension) or a YAML file of the same form: a title, `base` (pretraining key=value settings of
-every variant), `pretrain_config` (pretraining presets, default imagenet_r50_100ep: the paper's recipe) and
+moving-average, dimension, fig3) or a YAML file of the same form: a title, `base` (pretraining key=value settings
+of every variant), `pretrain_config` (pretraining presets, default imagenet_r50_100ep: the paper's recipe) and
 `variants`, each with its name, label, settings (`set`), the paper's number (`paper`, `paper_std`, `note`),
-`trials` and `nodes_factor` (it runs on that many times the nodes given; with the local executor on this
-machine). Unknown keys are errors.
+`trials`, `nodes_factor` (it runs on that many times the nodes given; with the local executor on this
+machine) and `pretrain_config` (the presets the variant starts from instead of the experiment's: fig3's
+variants start from their method's, eval_configs/pretrain/simclr.yaml, ...). Unknown keys are errors.
 
 Each variant and trial t (pretraining seed t) is a chain pretrain -> kNN and linear evaluation in
 OUTPUT/<variant>/trial_<t>/{pretrain,knn,linear}; the pretrainings of one resource shape are one job array,
@@ -46,7 +47,7 @@ SCHEMA = "simsiam-suite/ablation/v1"
 PAPER_RECIPE = ("imagenet_r50_100ep",)
 EXPERIMENT_KEYS = ("title", "pretrain_config", "base", "trials", "layout", "axis", "variants")
 LAYOUTS = ("rows", "columns")  # the paper's table: one row per variant, or one column (Tables 2, App. B)
-VARIANT_KEYS = ("name", "label", "set", "paper", "paper_std", "note", "trials", "nodes_factor")
+VARIANT_KEYS = ("name", "label", "set", "paper", "paper_std", "note", "trials", "nodes_factor", "pretrain_config")
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class Variant:
     note: str = ""                           # the paper's comment (collapse, does not converge)
     trials: int = 0                          # 0: the experiment's
     nodes_factor: int = 1                    # nodes = --nodes x nodes_factor
+    pretrain_config: tuple[str, ...] = ()    # pretraining presets instead of the experiment's (empty: its)
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,10 @@ class Experiment:
 
     def trials_of(self, v: Variant) -> int:
         return v.trials or self.trials
+
+    def configs(self, v: Variant) -> tuple[str, ...]:
+        """The pretraining presets variant v starts from: its own, else the experiment's."""
+        return v.pretrain_config or self.pretrain_config
 
 
 def _text(value: Any) -> str:
@@ -109,6 +115,14 @@ def _count(raw: dict, key: str, default: int, minimum: int, where: str) -> int:
     return value
 
 
+def _presets(raw: Any, where: str) -> tuple[str, ...]:
+    """A preset name or a list of them."""
+    raw = [raw] if isinstance(raw, str) else raw
+    if not isinstance(raw, (list, tuple)) or not all(isinstance(c, str) and c for c in raw):
+        raise config_mod.ConfigError(f"{where}: expected a preset name or a list of them, got {raw!r}")
+    return tuple(raw)
+
+
 def _variant(raw: Any, where: str) -> Variant:
     raw = _known(raw, VARIANT_KEYS, where)
     if not raw.get("name") or not str(raw["name"]).replace("_", "").replace("-", "").isalnum():
@@ -119,7 +133,8 @@ def _variant(raw: Any, where: str) -> Variant:
                    set=_settings(raw.get("set"), f"{where}: key 'set'"), paper=raw.get("paper"),
                    paper_std=None if std is None else config_mod._coerce(std, float, f"{where}: key 'paper_std'"),
                    note=str(raw.get("note") or ""), trials=_count(raw, "trials", 0, 0, where),
-                   nodes_factor=_count(raw, "nodes_factor", 1, 1, where))
+                   nodes_factor=_count(raw, "nodes_factor", 1, 1, where),
+                   pretrain_config=_presets(raw.get("pretrain_config", ()), f"{where}: key 'pretrain_config'"))
 
 
 def load_experiment(name: str) -> Experiment:
@@ -134,10 +149,9 @@ def load_experiment(name: str) -> Experiment:
     layout = str(raw.get("layout", "rows"))
     if layout not in LAYOUTS:
         raise config_mod.ConfigError(f"{path}: key 'layout' must be one of {', '.join(LAYOUTS)}, got {layout!r}")
-    configs = raw.get("pretrain_config", list(PAPER_RECIPE))
-    configs = [configs] if isinstance(configs, str) else configs
     exp = Experiment(name=path.stem, path=str(path), title=str(raw.get("title") or path.stem),
-                     pretrain_config=tuple(str(c) for c in configs),
+                     pretrain_config=_presets(raw.get("pretrain_config", PAPER_RECIPE),
+                                              f"{path}: key 'pretrain_config'"),
                      base=_settings(raw.get("base"), f"{path}: key 'base'"), trials=_count(raw, "trials", 1, 1, str(path)),
                      layout=layout, axis=str(raw.get("axis") or "variant"),
                      variants=tuple(_variant(v, f"{path}: variants[{i}]") for i, v in enumerate(variants)))
@@ -147,7 +161,7 @@ def load_experiment(name: str) -> Experiment:
     from pretrain.main import resolve_config
     for v in exp.variants:
         try:
-            resolve_config(exp.pretrain_config, exp.overrides(v))
+            resolve_config(exp.configs(v), exp.overrides(v))
         except config_mod.ConfigError as e:
             raise config_mod.ConfigError(f"{path}: variant '{v.name}': {e}") from None
     return exp
@@ -189,7 +203,7 @@ def pretrain_argv(exp: Experiment, v: Variant, trial: int, folder: Path, a: argp
     extra = _extra(a.pretrain_args)
     settings = [x for x in extra if "=" in x and not x.startswith("-")]   # key=value, after the variant's
     options = [x for x in extra if x not in settings]                       # --config ..., before them
-    return [*stages.Chain(folder).argv("pretrain"), *[x for c in exp.pretrain_config for x in ("--config", c)],
+    return [*stages.Chain(folder).argv("pretrain"), *[x for c in exp.configs(v) for x in ("--config", c)],
             *options, *exp.overrides(v), f"train.seed={trial}", *shrink, *settings]
 
 
@@ -239,6 +253,7 @@ def manifest(exp: Experiment, runs: list[Run], a: argparse.Namespace, out: Path)
         if mine:
             variants.append({"name": v.name, "label": v.label, "paper": v.paper, "paper_std": v.paper_std,
                              "note": v.note, "paper_trials": exp.trials_of(v), "settings": exp.overrides(v), "nodes_factor": v.nodes_factor,
+                             "pretrain_config": list(exp.configs(v)),
                              "trials": [str(r.folder.relative_to(out)) for r in mine]})
     return {"schema": SCHEMA, "experiment": exp.name, "title": exp.title, "preset": exp.path,
             "layout": exp.layout, "axis": exp.axis,

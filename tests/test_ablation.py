@@ -4,23 +4,27 @@ executor (real submitit subprocesses) into its table."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+from pretrain import config as config_mod
 from pretrain.config import ConfigError
 from pretrain.main import resolve_config
 from slurm import ablation as A
 from slurm import submit as S
 
 PRESETS = ("fig2", "table1", "table2", "table3", "similarity", "symmetrisation", "kstep", "moving-average",
-           "dimension")
+           "dimension", "fig3")
+FIG3 = ["simclr", "simclr_predictor", "simclr_predictor_stop_gradient", "byol", "byol_no_momentum", "swav",
+        "swav_predictor", "swav_no_stop_gradient"]
 
 
 def resolved(exp: A.Experiment, name: str):
     v = next(v for v in exp.variants if v.name == name)
-    return resolve_config(exp.pretrain_config, exp.overrides(v))
+    return resolve_config(exp.configs(v), exp.overrides(v))
 
 
 def test_every_preset_is_there():
@@ -37,6 +41,7 @@ def test_every_preset_is_there():
     ("kstep", ["k1", "k10", "k100", "k_epoch"], [68.1, 68.7, 68.9, 67.0]),
     ("moving-average", ["moving_average", "online"], [55.0, 0.1]),
     ("dimension", ["d256", "d512", "d1024", "d2048"], [65.3, 67.2, 67.5, 68.1]),
+    ("fig3", FIG3, [66.5, 66.4, 66.0, 66.5, 0.3, 66.5, 65.2, "diverges"]),
 ])
 def test_preset_variants_and_paper_numbers(name, variants, papers):
     exp = A.load_experiment(name)
@@ -45,6 +50,8 @@ def test_preset_variants_and_paper_numbers(name, variants, papers):
     for v in exp.variants:                        # the paper's recipe: ResNet-50, 100 epochs, ImageNet-sized crops
         cfg = resolved(exp, v.name)
         assert (cfg.model.arch, cfg.train.epochs, cfg.data.image_size) == ("resnet50", 100, 224)
+        if name == "fig3":                        # the other methods' own recipes (their presets)
+            continue
         # fig2 and table1 keep the paper's decayed predictor lr for their baseline, later experiments the constant
         assert cfg.optim.fix_pred_lr is (name not in ("fig2", "table1") or v.name == "constant_predictor_lr")
 
@@ -71,6 +78,63 @@ def test_variant_settings_resolve_to_the_papers_switches():
     assert [(resolved(d, v.name).model.dim, resolved(d, v.name).model.pred_dim) for v in d.variants] == \
         [(256, 64), (512, 128), (1024, 256), (2048, 512)]
     assert A.load_experiment("fig2").trials_of(A.load_experiment("fig2").variants[0]) == 5
+
+
+def test_fig3_variants_are_their_methods_presets_and_one_switch():
+    """Sec. 6.2: each variant is its method's preset (the Table 4 recipe) with the switches the paper names and
+    nothing else changed; BYOL's figures without momentum are labelled as BYOL's own."""
+    exp = A.load_experiment("fig3")
+    want = {"simclr": ("simclr", {}), "simclr_predictor": ("simclr", {"model.predictor": "trained"}),
+            "simclr_predictor_stop_gradient": ("simclr", {"model.predictor": "trained", "model.stop_gradient": True}),
+            "byol": ("byol", {}),
+            "byol_no_momentum": ("byol", {"model.target_momentum": 0.0, "model.target_momentum_schedule": "constant"}),
+            "swav": ("swav", {}), "swav_predictor": ("swav", {"model.predictor": "trained"}),
+            "swav_no_stop_gradient": ("swav", {"model.stop_gradient": False})}
+    for v in exp.variants:
+        preset, changed = want[v.name]
+        assert exp.configs(v) == (preset,) and v.nodes_factor == 2
+        cfg = resolved(exp, v.name)
+        assert (cfg.method, cfg.train.batch_size) == ({"simclr": "simclr", "byol": "byol", "swav": "swav"}[preset], 4096)
+        mine = config_mod.flatten(config_mod.to_dict(cfg))
+        base = config_mod.flatten(config_mod.to_dict(resolve_config([preset], [])))
+        assert {k: x for k, x in mine.items() if base[k] != x} == {k: x for k, x in changed.items() if base[k] != x}
+        assert all(mine[k] == x for k, x in changed.items())
+    plain = resolved(exp, "simclr").model        # both SimCLR branches get gradients; + stop-gradient changes that
+    assert not plain.stop_gradient and resolved(exp, "simclr_predictor").model.stop_gradient is False
+    notes = {v.name: v.note for v in exp.variants}
+    assert notes["byol_no_momentum"].startswith("BYOL's own figures, not the SimSiam paper's: 0.3, and 66.9")
+    assert notes["swav_no_stop_gradient"] == "NaN"
+
+
+def test_fig3_dry_run_starts_each_variant_from_its_method(tmp_path, capsys, no_submit):
+    assert S.main(["ablation", "fig3", "--output", str(tmp_path), "--data", "embedded", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    lines = {m.group(1): m.group(2) for m in re.finditer(r"^\[submit\] (\S+)/trial_0 pretrain: simsiam pretrain (.*)$",
+                                                          out, re.M)}
+    assert list(lines) == FIG3
+    out_of = {name: str(tmp_path / name / "trial_0" / "pretrain") for name in FIG3}
+    assert lines["byol_no_momentum"] == (f"--output {out_of['byol_no_momentum']} --config byol model.target_momentum=0 "
+                                         "model.target_momentum_schedule=constant train.seed=0 data.root=embedded")
+    assert lines["simclr"] == f"--output {out_of['simclr']} --config simclr train.seed=0 data.root=embedded"
+    assert lines["swav_no_stop_gradient"].startswith(f"--output {out_of['swav_no_stop_gradient']} --config swav "
+                                                     "model.stop_gradient=false ")
+    assert "[submit] dry run: 8 run(s) of fig3 checked, nothing submitted" in out
+    a = args("fig3", "--output", str(tmp_path), "--data", "embedded", "--variants", "byol,swav")
+    exp = A.load_experiment("fig3")
+    doc = A.manifest(exp, A.plan(exp, a, tmp_path), a, tmp_path)
+    assert [(v["name"], v["pretrain_config"]) for v in doc["variants"]] == [("byol", ["byol"]), ("swav", ["swav"])]
+
+
+def test_a_variant_preset_list_is_checked(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("variants:\n  - {name: a, pretrain_config: [simclr, 3]}\n")
+    with pytest.raises(ConfigError) as e:
+        A.load_experiment(str(path))
+    assert "variants[0]: key 'pretrain_config': expected a preset name or a list of them" in str(e.value)
+    path.write_text("variants:\n  - {name: a, pretrain_config: nosuchpreset}\n")
+    with pytest.raises(ConfigError) as e:
+        A.load_experiment(str(path))
+    assert "variant 'a': config 'nosuchpreset' is neither a file nor a preset" in str(e.value)
 
 
 @pytest.mark.parametrize("text, message", [
@@ -221,7 +285,7 @@ def test_tiny_sweep_end_to_end_local(tmp_path, capsys, monkeypatch):
     table = (out / "table.md").read_text()
     assert "**Fig. 2: stop-gradient" in table and "| w/ stop-grad " in table and "| 67.7±0.1 " in table
     assert "variants left out of this sweep: without_stop_gradient" in table
-    assert "1 trial(s) != 5; pretraining dataset embedded != imagenet; train.epochs 1 != 100" in table
+    assert "1 trial(s) != 5; pretraining dataset embedded != imagenet; pretraining epochs 1 != 100" in table
     assert "Table 4" not in table                   # the sweep's runs are its experiment's, not Table 4's rows
     assert json.loads((out / "pipeline.json").read_text())["executor"] == "local"
     assert S.main(argv) == 0

@@ -12,6 +12,7 @@ import pytest
 
 from pretrain import config as config_mod
 from pretrain.main import resolve_config
+from pretrain.protocol import recipe_of
 from slurm import ablation as A
 from transfer.reporting import ablations as R
 from transfer.reporting import plots, tables
@@ -49,6 +50,14 @@ def sweep(tmp_path_factory) -> Path:
     return out
 
 
+def full_scale(cfg) -> dict:
+    """source.pretrain of a finished ImageNet pretraining of config `cfg` (what pretrain.train records)."""
+    return {"dataset": "imagenet", "epochs": cfg.train.epochs, "scheduled_epochs": cfg.train.epochs,
+            "completed": True, "batch_size": cfg.train.batch_size, "image_size": cfg.data.image_size,
+            "limit_per_class": 0, "max_steps_per_epoch": 0, "config_changes": [],
+            "recipe": recipe_of(config_mod.to_dict(cfg))}
+
+
 def top1(folder: Path, stage: str = "linear") -> float:
     return json.loads((folder / stage / "results.json").read_text())["metrics"]["top1"]
 
@@ -67,9 +76,9 @@ def test_table_puts_the_papers_numbers_beside_yours(sweep, capsys):
     assert rows["w/o stop-grad"][:3] == ["0.1 (collapse)", f"{top1(off):.1f} (n=1)", f"{top1(off, 'knn'):.1f} (n=1)"]
     # the protocol check of the shrunken sweep: what differs from the paper's measurement of the variant
     assert rows["w/ stop-grad"][3].startswith("2 trial(s) != 5; pretraining dataset embedded != imagenet; "
-                                              "train.epochs 2 != 100; "
-                                              "train.max_steps_per_epoch 1 != 0; data.limit_per_class 2 != 0; ")
-    assert rows["w/o stop-grad"][3].startswith("pretraining dataset embedded != imagenet; train.epochs 2 != 100")
+                                              "pretraining epochs 2 != 100; pretraining batch 16 != 512; "
+                                              "pretraining crop 32 != 224; pretraining on 2 images per class ")
+    assert rows["w/o stop-grad"][3].startswith("pretraining dataset embedded != imagenet; pretraining epochs 2 != 100")
     assert "**Fig. 2: stop-gradient: ImageNet linear top-1 (%), 100-epoch pretraining" in text
     assert "Table 4" not in text and "Table 5" not in text   # the sweep's runs are not rows of the paper's columns
 
@@ -79,15 +88,16 @@ def test_protocol_check_names_every_difference(sweep):
     v = doc["variants"][1]
     diffs = R.variant_differences(doc, v, R.trial_results(doc, v))
     assert "model.stop_gradient" not in " ".join(diffs)      # the variant's own switch is its recipe
-    for d in ("model.arch resnet18 != resnet50", "model.dim 256 != 2048", "train.batch_size 16 != 512",
-              "data.image_size 32 != 224", "linear epochs 1 != 90", "linear batch 8 != 4096"):
+    for d in ("pretraining model.arch resnet18 != resnet50", "pretraining model.dim 256 != 2048",
+              "pretraining batch 16 != 512", "pretraining crop 32 != 224", "pretraining epochs cut to 1 steps",
+              "linear epochs 1 != 90", "linear batch 8 != 4096"):
         assert d in diffs, (d, diffs)
     assert "1 trial(s) != 5" in R.variant_differences(doc, doc["variants"][0],
                                                       R.trial_results(doc, doc["variants"][0])[:1])
-    # the paper's recipe of the variant at full scale, on ImageNet: no difference left in the recipe
+    # the paper's recipe of the variant at full scale, on ImageNet: no difference left in the pretraining
     pre = json.loads((sweep / v["trials"][0] / "pretrain" / "results.json").read_text())
     full = resolve_config(["imagenet_r50_100ep"], v["settings"] + ["data.root=/data/imagenet"])
-    pre.update(dataset="imagenet", config=config_mod.to_dict(full))
+    pre["source"]["pretrain"].update(full_scale(full))
     assert R.recipe_differences(R.paper_recipe(doc, v), pre) == []
     assert R.brief([]) == "none: the paper's measurement"
 

@@ -1,4 +1,4 @@
-"""The paper's experiments (Fig. 2, Tables 1-3, Sec. 4.5, 4.6, 5.2, App. B) as tables and plots of a sweep.
+"""The paper's experiments (Fig. 2, Tables 1-3, Sec. 4.5, 4.6, 5.2, 6.2 / Fig. 3, App. B) as tables and plots of a sweep.
 
 A sweep is the folder `simsiam submit ablation NAME --output DIR` writes: DIR/ablation.json (the experiment,
 its variants with the paper's numbers and settings, and how the sweep was shrunk) and, per variant and trial,
@@ -6,9 +6,10 @@ DIR/<variant>/trial_<t>/{pretrain,knn,linear}/results.json. `simsiam table DIR` 
 paper's layout (one row per variant, or one column for Table 2, the k-step alternation and App. B): the
 paper's ImageNet linear top-1 beside yours (mean ± std over the trials, n) and your kNN top-1, then the
 protocol check: per variant what differs from the paper's measurement, i.e. from the pretraining recipe of
-the variant at full scale (the preset's settings on the paper's recipe, resolved as pretraining resolves
-them) and from the paper's linear protocol (transfer.reporting.protocols, Table 4's 100-epoch column). A
-variant without differences matches the paper's measurement. `simsiam plot DIR` draws, for every sweep, the
+the variant at full scale (the preset's settings on the recipe it starts from: the paper's, or for Sec. 6.2 the
+method's preset, resolved as pretraining resolves them; compared as Tables 4 and 5 compare a pretraining, with
+transfer.reporting.protocols.pretraining_differences) and from the paper's linear protocol (Table 4's 100-epoch
+column). A variant without differences matches the paper's measurement. `simsiam plot DIR` draws, for every sweep, the
 training loss, the output std (collapse monitor) and the kNN accuracy per epoch of each variant (trial 0):
 for the fig2 sweep that is the paper's Fig. 2 (with and without stop-gradient), DIR/fig2.png.
 
@@ -21,24 +22,16 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
+from pretrain.config import to_dict
 from pretrain.errors import InputError
-from pretrain.config import flatten, to_dict
+from pretrain.protocol import recipe_of
 from transfer.evaluation.trials import mean_std
+from transfer.reporting.protocols import TABLE4, Recipe, differences, pretraining_differences
 from transfer.reporting.results import MissingResults, Results, ResultsError, read_results
 
 MANIFEST = "ablation.json"
 SCHEMA = "simsiam-suite/ablation/v1"
 MISSING = "-"
-PAPER_DATASET = "imagenet"
-# Settings that do not change what is measured (where and how fast it runs, what it logs).
-NOT_RECIPE = {"data.root", "data.workers", "data.on_corrupt", "data.cache_dir", "data.train_split",
-              "data.val_split", "train.seed", "train.deterministic", "train.amp", "train.channels_last",
-              "train.compile", "train.gpu_augment", "train.print_freq", "train.save_freq", "train.stop_after_epochs",
-              "init_from"}
-NOT_RECIPE_SECTIONS = ("monitor.",)
-# Named first when they differ: what shrinks a sweep (its cost) and what swaps the network.
-FIRST = ("train.epochs", "train.max_steps_per_epoch", "data.limit_per_class", "data.image_size", "model.arch",
-         "train.batch_size")
 
 
 class AblationError(InputError, ValueError):
@@ -92,44 +85,26 @@ def trial_results(sweep: dict, variant: dict) -> list[dict[str, dict | None]]:
 
 
 # ----------------------------------------------------------------------------------------- protocol check
-def paper_recipe(sweep: dict, variant: dict) -> dict[str, Any]:
-    """The variant's pretraining config at the paper's scale: its settings on the paper's recipe."""
+def paper_recipe(sweep: dict, variant: dict) -> Recipe:
+    """The variant's pretraining at the paper's scale, as a column of transfer.reporting.protocols: its epochs,
+    batch and crop, and the recipe of its settings on its presets (the variant's, else the sweep's), resolved as
+    pretraining resolves them."""
     from pretrain.main import resolve_config
-    cfg = resolve_config(sweep.get("pretrain_config") or [], variant.get("settings") or [])
-    return flatten(to_dict(cfg))
+    cfg = resolve_config(variant.get("pretrain_config") or sweep.get("pretrain_config") or [],
+                         variant.get("settings") or [])
+    return Recipe((cfg.train.epochs,), (cfg.train.batch_size,), cfg.data.image_size,
+                  variants=(("paper", tuple(recipe_of(to_dict(cfg)).items())),))
 
 
-def _show(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (tuple, list)):
-        return ", ".join(map(_show, value))
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
-def recipe_differences(expected: dict[str, Any], pretrain: dict) -> list[str]:
-    """How a pretraining run (its results.json) departs from the variant's recipe at the paper's scale."""
-    from transfer.reporting.protocols import IMAGENET_NAMES
-    out = []
-    dataset = str(pretrain.get("dataset") or "")
-    if dataset.lower() not in IMAGENET_NAMES:
-        out.append(f"pretraining dataset {dataset or 'not recorded'} != {PAPER_DATASET}")
-    found = flatten(pretrain.get("config") or {})
-    for key, value in sorted(expected.items(), key=lambda kv: FIRST.index(kv[0]) if kv[0] in FIRST else len(FIRST)):
-        if key in NOT_RECIPE or key.startswith(NOT_RECIPE_SECTIONS):
-            continue
-        got = found.get(key, "not recorded")
-        if _show(got) != _show(value):
-            out.append(f"{key} {_show(got)} != {_show(value)}")
-    if pretrain.get("complete") is False:
-        out.append(f"pretraining stopped at epoch {pretrain.get('epochs')}")
-    return out
+def recipe_differences(expected: Recipe, pretrain: dict) -> list[str]:
+    """How a pretraining run (its results.json) departs from the variant's pretraining at the paper's scale
+    (transfer.reporting.protocols.pretraining_differences, as Tables 4 and 5 compare)."""
+    return pretraining_differences(Results.from_json(pretrain).source.pretrain, expected)
 
 
 def evaluation_differences(linear: dict) -> list[str]:
     """How a linear result departs from the paper's linear protocol (its settings only; the pretraining is
     compared with the variant's recipe instead)."""
-    from transfer.reporting.protocols import TABLE4, differences
     doc = Results.from_json(linear)
     return [d for d in differences(doc, TABLE4[100], pretraining=False) if not d.startswith("dataset ")]
 

@@ -12,8 +12,11 @@ pretraining epochs, dataset, batch (Table 4), recipe or whether its schedule end
 list says what is missing. A pretraining whose config was changed on resume (our checkpoints list such
 changes) is not the column's either.
 
-The column's recipe is the paper's (pretrain.protocol.paper_recipe: the defaults of pretrain.defaults), key by
-key. A checkpoint in the official SimSiam code's format records no recipe and counts as the paper's (the
+The column's recipe is that of the method the checkpoint records (its recipe's "method", else its method's name):
+for SimSiam the paper's (pretrain.protocol.paper_recipe: the defaults of pretrain.defaults), for SimCLR, MoCo v2,
+BYOL and SwAV the recipe of the method's preset in eval_configs/pretrain/ (METHOD_PRESETS; BYOL's depends on the
+epochs: byol for 100, byol_200ep for 200 and 400, byol_800ep for 800, the paper's three recipes), compared key by
+key, and the pretraining batch of the method's Table 4 row. A checkpoint in the official SimSiam code's format records no recipe and counts as the paper's (the
 converter records it so). Table 5 has two SimSiam rows: "base" (the paper's recipe: base lr 0.05, weight decay
 1e-4) and "optimal" (pretraining lr 0.5 and weight decay 1e-5, read as the base lr of the same scaling rule
 lr = base lr x batch / 256); a detection result enters Table 5 under the one its recipe equals.
@@ -29,19 +32,26 @@ Decisions where the paper leaves room:
   another batch, even with the lr scaled by the same rule, is a different measurement: it is listed with
   its difference, not assumed equivalent.
 - Pretraining batch, Table 4: SimSiam's 100-epoch result is reported at batch 256 and at 512 (68.1 both), so
-  either is accepted; another batch is a point of the paper's batch ablation. Table 5 does not state the
+  either is accepted; another batch is a point of the paper's batch ablation. The other methods' rows state one
+  batch each (SimCLR, BYOL, SwAV 4096; MoCo v2 256). Table 5 does not state the
   pretraining batch and none is required.
 - Pretraining crop size and image or step limits are options of this project's code; a checkpoint that does
   not record them (official SimSiam, MoCo) is taken to have run the official code's full 224-px epochs.
+- A pretraining whose epochs are none of Table 4's is compared with its method's recipe of the nearest column
+  (the first on a tie), and its epochs are named as a difference.
 - Numbers compare with a relative tolerance of 1e-6 (float formatting only); everything else is exact.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from pretrain.protocol import paper_recipe
+from pretrain import config as config_mod
+from pretrain.defaults import PretrainConfig
+from pretrain.methods import DISPLAY
+from pretrain.protocol import paper_recipe, recipe_of
 from pretrain.results import PretrainInfo, Results
 
 TABLE4_EPOCHS = (100, 200, 400, 800)
@@ -99,19 +109,30 @@ class Setting:
         return f"{self.label} {show(value)} != {show(self.value)}"
 
 
+@functools.lru_cache(maxsize=None)
+def preset_recipe(presets: tuple[str, ...]) -> dict[str, Any]:
+    """The recipe of pretraining presets (eval_configs/pretrain/ names, resolved as `simsiam pretrain --config`
+    resolves them); no preset: the paper's."""
+    if not presets:
+        return paper_recipe()
+    cfg = config_mod.resolve(PretrainConfig(), list(presets), kind="pretrain")
+    return recipe_of(config_mod.to_dict(cfg))
+
+
 @dataclass(frozen=True)
 class Recipe:
     """What a column needs of the evaluated checkpoint's pretraining (results.json source.pretrain): its epochs,
     batch (empty: any) and crop, and the trajectory keys of one of `variants` (name, the keys where the variant
-    departs from the paper's recipe)."""
+    departs from the recipe of `presets`: pretraining presets, none for the paper's SimSiam recipe)."""
     epochs: tuple[int, ...]
     batches: tuple[int, ...] = ()
     image_size: int = 224
     variants: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = (("paper", ()),)
+    presets: tuple[str, ...] = ()
 
     def expected(self, variant: str) -> dict[str, Any]:
         """The recipe {"section.key": value} of one variant."""
-        return {**paper_recipe(), **dict(dict(self.variants)[variant])}
+        return {**preset_recipe(self.presets), **dict(dict(self.variants)[variant])}
 
 
 @dataclass(frozen=True)
@@ -219,6 +240,47 @@ LINEAR_IMAGENET = (
 TABLE4 = {e: Protocol(f"Table 4, {e} ep", LINEAR_IMAGENET, Recipe((e,), (256, 512))) for e in TABLE4_EPOCHS}
 TABLE4_ANY = Protocol("Table 4", LINEAR_IMAGENET, Recipe(TABLE4_EPOCHS, (256, 512)))
 
+# The rows of the other methods (Table 4, its footnotes and App. C): per Table 4 column, the pretraining preset
+# of the method's recipe as the paper reproduced it, and the batch of its row.
+METHOD_PRESETS: dict[str, dict[int, str]] = {
+    "simclr": dict.fromkeys(TABLE4_EPOCHS, "simclr"),
+    "moco": dict.fromkeys(TABLE4_EPOCHS, "moco_v2"),
+    "byol": {100: "byol", 200: "byol_200ep", 400: "byol_200ep", 800: "byol_800ep"},
+    "swav": dict.fromkeys(TABLE4_EPOCHS, "swav"),
+}
+METHOD_BATCHES = {"simsiam": (256, 512), "simclr": (4096,), "moco": (256,), "byol": (4096,), "swav": (4096,)}
+
+
+def column_method(info: PretrainInfo) -> str:
+    """The method (a pretrain.methods key) whose row a pretraining is compared with: its recipe's "method",
+    else the one its recorded name is the display name of (pretrain.methods.DISPLAY), else simsiam."""
+    method = (info.recipe or {}).get("method")
+    if method in METHOD_BATCHES:
+        return method
+    by_name = {name.lower(): key for key, name in DISPLAY.items()}
+    return by_name.get(str(info.method or "").lower(), "simsiam")
+
+
+def _nearest(epochs: int | None) -> int:
+    return min(TABLE4_EPOCHS, key=lambda e: abs(e - epochs)) if epochs is not None else TABLE4_EPOCHS[0]
+
+
+def method_recipe(method: str, epochs: int | None, columns: tuple[int, ...], batches: tuple[int, ...] = (),
+                  variants: tuple = (("paper", ()),)) -> Recipe:
+    """The recipe of `method`'s row in the columns of `columns` epochs, for a pretraining of `epochs` epochs."""
+    presets = (METHOD_PRESETS[method][_nearest(epochs)],) if method in METHOD_PRESETS else ()
+    return Recipe(columns, batches, variants=variants, presets=presets)
+
+
+def table4_protocol(method: str, epochs: int | None) -> Protocol:
+    """Table 4's column of `epochs` for `method`'s row (any column, with the recipe of the nearest, when
+    `epochs` is none of them)."""
+    if method not in METHOD_PRESETS:
+        return TABLE4.get(epochs, TABLE4_ANY)
+    columns = (epochs,) if epochs in TABLE4_EPOCHS else TABLE4_EPOCHS
+    name = f"Table 4, {DISPLAY[method]}" + (f", {epochs} ep" if epochs in TABLE4_EPOCHS else "")
+    return Protocol(name, LINEAR_IMAGENET, method_recipe(method, epochs, columns, METHOD_BATCHES[method]))
+
 
 def _detection(train: tuple[str, ...], test: tuple[str, ...], iterations: int,
                steps: tuple[int, ...], min_train: tuple[int, ...], mask: bool,
@@ -261,8 +323,10 @@ TABLE5 = {
 
 
 def table4_differences(doc: Results, pretraining: bool = True) -> list[str]:
-    """Differences from the Table 4 column of the checkpoint's pretraining epochs (any column when none fits)."""
-    return differences(doc, TABLE4.get(doc.source.pretrain.epochs, TABLE4_ANY), pretraining)
+    """Differences from the Table 4 column of the checkpoint's pretraining epochs (any column when none fits),
+    in the row of the method it records."""
+    info = doc.source.pretrain
+    return differences(doc, table4_protocol(column_method(info), info.epochs), pretraining)
 
 
 def table5_benchmark(dataset: str | None) -> str | None:
@@ -271,16 +335,28 @@ def table5_benchmark(dataset: str | None) -> str | None:
     return name if name in TABLE5 else None
 
 
+def table5_recipe(method: str) -> Recipe:
+    """The pretraining of `method`'s Table 5 row(s): 200 epochs with its 200-epoch recipe (SimSiam: base or
+    optimal)."""
+    return TABLE5_RECIPE if method not in METHOD_PRESETS else method_recipe(method, 200, (200,))
+
+
 def table5_differences(doc: Results, pretraining: bool = True) -> tuple[str | None, list[str]]:
-    """(benchmark or None, differences from that benchmark's Table 5 protocol)."""
+    """(benchmark or None, differences from that benchmark's Table 5 protocol, in the row of the method the
+    checkpoint records)."""
     bench = table5_benchmark(doc.dataset)
     if bench is None:
         return None, [f"dataset {doc.dataset} != {_either(TABLE5_BENCHMARKS)}"]
-    return bench, differences(doc, TABLE5[bench], pretraining)
+    protocol = TABLE5[bench]
+    protocol = Protocol(protocol.name, protocol.settings, table5_recipe(column_method(doc.source.pretrain)))
+    return bench, differences(doc, protocol, pretraining)
 
 
 def table5_variant(doc: Results) -> str | None:
-    """The Table 5 SimSiam row ("base" or "optimal") whose pretraining recipe the checkpoint's equals, or None."""
+    """The Table 5 SimSiam row ("base" or "optimal") whose pretraining recipe the checkpoint's equals; None for
+    another recipe and for the other methods (one row each)."""
+    if column_method(doc.source.pretrain) in METHOD_PRESETS:
+        return None
     return recipe_match(doc.source.pretrain, TABLE5_RECIPE)[0]
 
 

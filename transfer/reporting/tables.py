@@ -7,8 +7,12 @@ AP50 / AP / AP75) are printed with the published rows of Chen & He (2021) and on
 checkpoint found in the given run folders' results.json files. A user's number lands in a paper column
 only when the protocol its results.json records, and the pretraining its checkpoint records, equal that
 column's (transfer.reporting.protocols: dataset and split sizes, schedule, batch, optimizer, image sizes, pretraining
-epochs run to the end of their schedule with the paper's recipe). A Table 5 row of yours is named for the paper's
-SimSiam row whose recipe it ran: "SimSiam, base" or "SimSiam, optimal" (pretraining lr 0.5, weight decay 1e-5). Every other result (another dataset, a shortened or changed
+epochs run to the end of their schedule with the recipe of the method's row). Each method's rows (SimCLR, MoCo v2,
+BYOL, SwAV, SimSiam) get yours below them: a run pretrained here with that method (`simsiam pretrain --config byol`,
+...) is compared with the recipe of the method's preset in eval_configs/pretrain/ (BYOL's by the epochs column),
+SimSiam's with the paper's. A Table 5 row of yours is named for the paper's
+SimSiam row whose recipe it ran: "SimSiam, base" or "SimSiam, optimal" (pretraining lr 0.5, weight decay 1e-5), or
+for its method. Every other result (another dataset, a shortened or changed
 protocol, an unfinished or unknown pretraining, a random-init backbone) goes into a "not comparable" table
 that says what differs. The runs of a sweep of the paper's experiments (`simsiam submit ablation`) are
 laid out as that experiment's table instead (transfer.reporting.ablations). A linear result whose head was picked from a grid (`simsiam linear` grid mode) is
@@ -152,6 +156,18 @@ def method_name(doc: Results, names: dict[str | None, str] | None = None) -> str
         if prefix is not None and sha.startswith(prefix):
             return name
     return (names or {}).get(None) or method or UNKNOWN_METHOD
+
+
+def beside_paper_rows(paper: list[list[str]], mine: list[tuple[str, list[str]]]) -> list[list[str]]:
+    """The paper's rows, the last of each method followed by your rows of that method (method, row) in the order
+    given; rows of a method the paper's rows lack come last."""
+    ranks = [paper_rank(row[0]) for row in paper]
+    groups: list[list[list[str]]] = [[row] for row in paper] + [[]]
+    for method, row in mine:
+        rank = paper_rank(method)
+        at = max((i for i, r in enumerate(ranks) if r == rank and rank < len(PAPER_METHODS)), default=len(paper))
+        groups[at].append(row)
+    return [row for group in groups for row in group]
 
 
 def method_columns(method: str) -> tuple[str, str]:
@@ -301,7 +317,8 @@ class Tables:
         else:
             store = self.det[key]
             variant = table5_variant(doc)   # the SimSiam row of Table 5 whose recipe it ran: base or optimal
-            self.det_labels.setdefault(key, row_label(doc, f"{self.methods[key]}, {variant}"))
+            name = self.methods[key] + (f", {variant}" if variant else "")
+            self.det_labels.setdefault(key, row_label(doc, name))
         for tm in _detection_trials(doc):
             box, segm = tm.get("bbox", tm), tm.get("segm")
             if diffs:
@@ -318,12 +335,13 @@ class Tables:
     # -- Table 4
     def table4(self) -> tuple[list[str], list[list[str]]]:
         headers = ["method", "batch", "neg. pairs", "momentum enc.", *[f"{e} ep" for e in EPOCHS]]
-        rows = [[name, str(bs), neg, mom, *[f"{v:.1f}" for v in vals]]
-                for name, bs, neg, mom, vals in PAPER_TABLE4]
-        for key, by_ep in self.linear.items():
-            rows.append([self.labels[key], str(self.linear_batch.get(key) or MISSING),
-                         *method_columns(self.methods[key]), *[fmt_stat(by_ep.get(e), with_n=True) for e in EPOCHS]])
-        return headers, rows
+        paper = [[name, str(bs), neg, mom, *[f"{v:.1f}" for v in vals]]
+                 for name, bs, neg, mom, vals in PAPER_TABLE4]
+        mine = [(self.methods[key], [self.labels[key], str(self.linear_batch.get(key) or MISSING),
+                                     *method_columns(self.methods[key]),
+                                     *[fmt_stat(by_ep.get(e), with_n=True) for e in EPOCHS]])
+                for key, by_ep in self.linear.items()]
+        return headers, beside_paper_rows(paper, mine)
 
     def other_classification(self) -> tuple[list[str], list[list[str]]]:
         headers = ["pretrained model", "neg. pairs", "momentum enc.", "evaluation", "dataset", "pretrain epochs",
@@ -355,11 +373,11 @@ class Tables:
     # -- Table 5
     def table5(self) -> tuple[list[str], list[list[str]]]:
         headers = ["pre-train", *[f"{BENCHMARK_TITLES[b]} AP50 / AP / AP75" for b in BENCHMARKS]]
-        rows = [[name, *[" / ".join(f"{v:.1f}" for v in t) for t in triples]]
-                for name, *triples in PAPER_TABLE5]
-        for key, per in self.det.items():
-            rows.append([self.det_labels[key], *[fmt_triple(per.get(b)) for b in BENCHMARKS]])
-        return headers, rows
+        paper = [[name, *[" / ".join(f"{v:.1f}" for v in t) for t in triples]]
+                 for name, *triples in PAPER_TABLE5]
+        mine = [(self.methods[key], [self.det_labels[key], *[fmt_triple(per.get(b)) for b in BENCHMARKS]])
+                for key, per in self.det.items()]
+        return headers, beside_paper_rows(paper, mine)
 
     def other_detection(self) -> tuple[list[str], list[list[str]]]:
         headers = ["pre-train", "dataset", "box AP50 / AP / AP75", "mask AP50 / AP / AP75",
