@@ -1,0 +1,220 @@
+"""pretrain.methods.swav: Sinkhorn-Knopp against a float64 reference and over two processes, the prototypes'
+normalisation and freeze, learning on the embedded data, resume, the Sec. 6.2 switches and the refused ones."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import traceback
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pretrain import config, methods
+from pretrain import data as data_mod
+from pretrain.config import ConfigError
+from pretrain.defaults import PretrainConfig
+from pretrain.distributed import DistInfo
+from pretrain.methods import swav
+from pretrain.optim import build_optimizer
+from pretrain.train import NonFiniteLossError, knn_monitor, optimizer_step, run, seed_everything, step_loss
+from test_distributed import spawn_ranks
+from test_embedded import LEARN_OVERRIDES
+
+# A small SwAV on the test_tiny ResNet-18: 32 prototypes of 64-d projections, SGD (the suite's tests never use
+# LARS), the prototypes frozen for the first 3 steps.
+SMALL = ["method=swav", "model.dim=64", "model.proj_hidden_dim=128", "model.predictor=none", "model.head_bn=hidden",
+         "model.prototypes=32", "optim.freeze_prototypes_steps=3", "optim.optimizer=sgd"]
+
+
+def tiny_swav(*overrides):
+    return config.resolve(PretrainConfig(), ["test_tiny"], [*SMALL, *overrides], kind="pretrain")
+
+
+def unit_scores(b: int, k: int, d: int = 16, seed: int = 0) -> torch.Tensor:
+    """Cosines of b random unit vectors with k random unit prototypes (b x k), as SwAV's scores are."""
+    g = torch.Generator().manual_seed(seed)
+    z = F.normalize(torch.randn(b, d, generator=g), dim=1)
+    c = F.normalize(torch.randn(k, d, generator=g), dim=1)
+    return z @ c.t()
+
+
+def reference_sinkhorn(scores: np.ndarray, iters: int, eps: float) -> np.ndarray:
+    """SwAV's Sinkhorn-Knopp written out in float64 (App. A.1): Q = exp(C^T Z / eps) / total, then each row
+    (prototype) rescaled to sum 1/K and each column (sample) to 1/B, `iters` times; codes B Q^T."""
+    q = np.exp(scores.astype(np.float64).T / eps)
+    k, b = q.shape
+    q = q / q.sum()
+    for _ in range(iters):
+        for r in range(k):
+            q[r, :] = q[r, :] / q[r, :].sum() / k
+        for c in range(b):
+            q[:, c] = q[:, c] / q[:, c].sum() / b
+    return (b * q).T
+
+
+def test_sinkhorn_matches_float64_reference():
+    scores = unit_scores(24, 10)
+    for iters in (1, 3, 10):
+        got = swav.sinkhorn(scores, iters, 0.05)
+        want = reference_sinkhorn(scores.numpy(), iters, 0.05)
+        assert got.dtype == torch.float32 and got.shape == (24, 10)
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(got.sum(dim=1).numpy(), np.ones(24), rtol=1e-5)  # every code sums to 1
+    # the balanced partition: with enough iterations every prototype holds B/K of the batch
+    np.testing.assert_allclose(swav.sinkhorn(scores, 50, 0.05).sum(dim=0).numpy(), np.full(10, 2.4), rtol=1e-3)
+    # bf16 scores (autocast) are raised to fp32 first
+    low = swav.sinkhorn(scores.bfloat16(), 3, 0.05)
+    assert low.dtype == torch.float32
+    np.testing.assert_allclose(low.numpy(), reference_sinkhorn(scores.bfloat16().float().numpy(), 3, 0.05),
+                               rtol=1e-4, atol=1e-7)
+
+
+def _sinkhorn_rank(rank: int, port: int, out_dir: str) -> None:
+    """One rank of two: the Sinkhorn codes of its half of the global scores (and their gradient), and two SGD
+    steps of a small SwAV under DistributedDataParallel with the prototypes frozen for the first."""
+    result: dict = {}
+    try:
+        os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+        torch.set_num_threads(1)
+        from pretrain import distributed
+        info = distributed.init_distributed("cpu")
+        scores = unit_scores(12, 7)[6 * rank: 6 * (rank + 1)].clone().requires_grad_(True)
+        codes = swav.sinkhorn(scores, 3, 0.05)
+        (codes * torch.arange(7.0)).sum().backward()    # a gradient through the all-reduced sums
+        result["codes"], result["grad"] = codes.tolist(), scores.grad.tolist()
+        cfg = tiny_swav("optim.freeze_prototypes_steps=1", "optim.weight_decay=0.1")
+        seed_everything(0)
+        model = distributed.prepare_model(methods.build_model(cfg), info)
+        optimizer = build_optimizer(model, cfg.optim, 0.5)
+        objective = methods.build_objective(cfg, model)
+        g = torch.Generator().manual_seed(10 + rank)                  # each rank its own images
+        protos = [distributed.unwrap(model).prototypes.weight.detach().clone()]
+        for step in range(2):
+            views = [torch.randn(4, 3, 32, 32, generator=g) for _ in range(2)]
+            loss, _ = step_loss(objective, model, views, None, epoch=0, step_in_epoch=step, step=step, dtype=None)
+            optimizer_step(loss, optimizer, None)
+            objective.after_step(model, step + 1)
+            protos.append(distributed.unwrap(model).prototypes.weight.detach().clone())
+        result["protos"] = [p.tolist() for p in protos]
+        result["conv1"] = distributed.unwrap(model).encoder.conv1.weight.flatten()[:20].tolist()
+        distributed.cleanup()
+    except BaseException:  # noqa: BLE001 - reported to the parent test
+        result["error"] = traceback.format_exc()
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
+
+
+def test_two_process_sinkhorn_equals_one_process(tmp_path):
+    """Two gloo ranks, each with half of the global batch's scores, give the codes (and the gradient, for the
+    variant without stop-gradient) of one process holding all of them; under DistributedDataParallel the
+    prototypes, outside its buckets, stay equal on both ranks, unmoved in the frozen first step."""
+    procs = spawn_ranks(_sinkhorn_rank, tmp_path)
+    for p in procs:
+        p.join(timeout=120)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join()
+    res = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for got in res:
+        assert "error" not in got, got["error"]
+    scores = unit_scores(12, 7).requires_grad_(True)
+    codes = swav.sinkhorn(scores, 3, 0.05)
+    (codes * torch.arange(7.0)).sum().backward()
+    np.testing.assert_allclose(np.array(res[0]["codes"] + res[1]["codes"]), codes.detach().numpy(), rtol=1e-5,
+                               atol=1e-7)
+    np.testing.assert_allclose(np.array(res[0]["grad"] + res[1]["grad"]), scores.grad.numpy(), rtol=1e-4,
+                               atol=1e-6)
+    a, b = (np.array(r["protos"]) for r in res)
+    assert np.array_equal(a, b) and res[0]["conv1"] == res[1]["conv1"]   # the ranks agree
+    assert np.array_equal(a[0], a[1]) and not np.allclose(a[1], a[2])    # frozen, then trained
+    assert np.allclose(np.linalg.norm(a[2], axis=1), 1.0, atol=1e-6)
+
+
+def test_prototypes_unit_norm_and_frozen(tmp_path):
+    """Through the objective, the real optimiser (SGD with momentum and a large weight decay) and the step of
+    pretrain.train: during the first optim.freeze_prototypes_steps steps the prototypes do not move and get no
+    momentum buffer while the encoder trains; afterwards they move and stay unit vectors after every step."""
+    cfg = tiny_swav("optim.weight_decay=0.1")
+    seed_everything(0)
+    model = methods.build_model(cfg)
+    w = model.prototypes.weight
+    assert w.shape == (32, 64) and torch.allclose(w.norm(dim=1), torch.ones(32), atol=1e-6)
+    optimizer = build_optimizer(model, cfg.optim, 0.5)
+    assert any(p is w for p in optimizer.param_groups[0]["params"])
+    objective = methods.build_objective(cfg, model)
+    g = torch.Generator().manual_seed(1)
+    start, conv = w.detach().clone(), model.encoder.conv1.weight.detach().clone()
+    for step in range(5):
+        views = [torch.randn(8, 3, 32, 32, generator=g) for _ in range(2)]
+        before = w.detach().clone()
+        loss, z1 = step_loss(objective, model, views, None, epoch=0, step_in_epoch=step, step=step, dtype=None)
+        assert math.isfinite(loss.item()) and z1.shape == (8, 64) and not z1.requires_grad
+        optimizer_step(loss, optimizer, None)
+        objective.after_step(model, step + 1)
+        assert torch.allclose(w.norm(dim=1), torch.ones(32), atol=1e-6), step
+        if step < 3:
+            assert torch.equal(w, start) and w not in optimizer.state, step
+        else:
+            assert not torch.allclose(w, before), step
+    assert not torch.allclose(model.encoder.conv1.weight, conv)
+    assert "momentum_buffer" in optimizer.state[w]
+
+
+def test_codes_carry_gradient_only_without_stop_gradient():
+    """model.stop_gradient=true: the loss's gradient reaches the prototypes only through the predictions (the
+    codes are constants); false (Sec. 6.2): also through the Sinkhorn-Knopp codes, so the gradient differs."""
+    grads = {}
+    for sg in (True, False):
+        cfg = tiny_swav(f"model.stop_gradient={str(sg).lower()}", "optim.freeze_prototypes_steps=0")
+        seed_everything(0)
+        model = methods.build_model(cfg)
+        objective = methods.build_objective(cfg, model)
+        views = [torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(v)) for v in range(2)]
+        objective.before_step(model, None, epoch=0, step_in_epoch=0, step=0)
+        loss, _ = objective(model, views)
+        loss.backward()
+        grads[sg] = (loss.item(), model.prototypes.weight.grad.clone(), model.encoder.conv1.weight.grad.clone())
+    assert grads[True][0] == pytest.approx(grads[False][0], rel=1e-6)        # the same loss value
+    assert not torch.allclose(grads[True][1], grads[False][1], rtol=1e-3)    # another gradient
+    assert not torch.allclose(grads[True][2], grads[False][2], rtol=1e-3)
+
+
+def test_preset_resolves_and_passes_check():
+    cfg = config.resolve(PretrainConfig(), ["swav"], [], kind="pretrain")
+    methods.check(cfg)
+    m, lo, o = cfg.model, cfg.loss, cfg.optim
+    assert (cfg.method, m.dim, m.proj_hidden_dim, m.proj_layers, m.prototypes, m.predictor) == \
+        ("swav", 128, 2048, 3, 3000, "none")
+    assert (lo.temperature, lo.sinkhorn_iters, lo.sinkhorn_epsilon) == (0.1, 3, 0.05)
+    assert (o.optimizer, o.weight_decay, o.warmup_epochs, o.freeze_prototypes_steps) == ("lars", 1e-6, 10, 313)
+    assert cfg.train.batch_size == 4096 and o.base_lr * 4096 / 256 == pytest.approx(4.8)
+    for variant in ("model.predictor=trained", "model.stop_gradient=false"):
+        methods.check(config.resolve(PretrainConfig(), ["swav"], [variant], kind="pretrain"))
+    model = methods.build_model(tiny_swav("model.predictor=trained"))
+    assert isinstance(model.predictor, torch.nn.Sequential) and model.prototypes.bias is None
+
+
+@pytest.mark.parametrize("override, words", [
+    ("model.target=momentum", "model.target=momentum means nothing for method=swav"),
+    ("model.target=kstep", "model.target=kstep means nothing for method=swav"),
+    ("model.predictor=fixed", "model.predictor=fixed means nothing for method=swav"),
+    ("model.proj_out_bn_affine=true", "model.proj_out_bn_affine=true with model.head_bn=hidden"),
+    ("model.prototypes=1", "model.prototypes=1 is out of range"),
+    ("loss.sinkhorn_epsilon=0.0", "loss.sinkhorn_epsilon=0.0 is out of range"),
+    ("loss.sinkhorn_iters=0", "loss.sinkhorn_iters=0 is out of range"),
+    ("loss.temperature=0.0", "loss.temperature=0.0 is out of range"),
+    ("optim.freeze_prototypes_steps=-1", "optim.freeze_prototypes_steps=-1 is out of range"),
+    ("model.queue_size=4096", "method=swav does not read model.queue_size=4096"),
+    ("loss.similarity=cross_entropy", "method=swav does not read loss.similarity=cross_entropy"),
+    ("loss.symmetrisation=asymmetric", "method=swav does not read loss.symmetrisation=asymmetric"),
+    ("model.target_momentum=0.5", "method=swav does not read model.target_momentum=0.5"),
+])
+def test_refused_switches(override, words):
+    with pytest.raises(ConfigError) as err:
+        methods.check(tiny_swav(override))
+    assert words in str(err.value) and "\n" not in str(err.value)
