@@ -1,4 +1,4 @@
-"""LARS for linear evaluation, with the semantics the official SimSiam code gets from apex's LARC.
+"""LARS with the semantics the official SimSiam code gets from apex's LARC: linear evaluation, and pretraining.
 
 The official `main_lincls.py --lars` builds SGD(momentum 0.9) over the classifier's weight and bias and
 wraps it in `apex.parallel.LARC(trust_coefficient=0.001, clip=False)`. LARC adapts every parameter it is
@@ -21,6 +21,12 @@ The trust ratio is per parameter tensor and lr / weight decay per param group: a
 (transfer.evaluation.linear) gives each head its own weight and bias tensors and its own group, so every head is
 updated exactly as it would be by an optimizer of its own. "No clipping" (`clip=False`) means
 local_lr is used as it is; LARC's `clip=True` would cap it at 1 relative to lr.
+
+Pretraining (pretrain.optim.build_optimizer, optim.optimizer=lars) uses the same rule, with one per-group switch:
+a group with `adapt=False` takes the plain momentum-SGD step of torch.optim.SGD, g <- g + weight_decay * w, no
+trust ratio. SimCLR's and BYOL's official LARS exclude the BN and bias parameters from both the weight decay
+and the adaptation (optim.exclude_bn_bias): their group has adapt=False and weight decay 0. Every group adapts
+unless it says otherwise, so linear evaluation, which never sets the switch, is updated as before.
 """
 from __future__ import annotations
 
@@ -30,10 +36,11 @@ import torch
 
 
 class LARS(torch.optim.Optimizer):
-    """SGD with momentum whose per-parameter step is scaled as apex's LARC(clip=False) scales it."""
+    """SGD with momentum whose per-parameter step is scaled as apex's LARC(clip=False) scales it; a param group
+    with adapt=False takes the plain momentum-SGD step (with its own weight decay)."""
 
     def __init__(self, params: Iterable, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
-                 trust_coefficient: float = 0.001, eps: float = 1e-8):
+                 trust_coefficient: float = 0.001, eps: float = 1e-8, adapt: bool = True):
         if lr < 0:
             raise ValueError(f"LARS: invalid learning rate {lr}")
         if not 0.0 <= momentum < 1.0:
@@ -41,7 +48,7 @@ class LARS(torch.optim.Optimizer):
         if weight_decay < 0:
             raise ValueError(f"LARS: invalid weight_decay {weight_decay}")
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
-                        trust_coefficient=trust_coefficient, eps=eps)
+                        trust_coefficient=trust_coefficient, eps=eps, adapt=adapt)
         super().__init__(params, defaults)
 
     @staticmethod
@@ -64,7 +71,10 @@ class LARS(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                g = self.adapted_grad(p, p.grad, group["trust_coefficient"], group["weight_decay"], group["eps"])
+                if group.get("adapt", True):  # a group loaded from a state without the key adapts
+                    g = self.adapted_grad(p, p.grad, group["trust_coefficient"], group["weight_decay"], group["eps"])
+                else:
+                    g = p.grad.add(p, alpha=group["weight_decay"]) if group["weight_decay"] else p.grad
                 state = self.state[p]
                 buf = state.get("momentum_buffer")
                 if buf is None:

@@ -33,7 +33,7 @@ from .frame import StageRun
 from .logs import progress
 from .loss import simsiam_loss, views_per_image
 from .monitor import collapse_floor, collapse_std, extract_features, knn_accuracy
-from .optim import adjust_learning_rate, build_optimizer, in_warmup
+from .optim import adjust_learning_rate, build_optimizer, group_lr, in_warmup
 from .protocol import pretrain_fingerprint, recipe_of
 from .results import PretrainInfo, Results, Source
 
@@ -578,7 +578,7 @@ class Pretraining:
 
     def _record(self, epoch: int, lr: float, stats: dict) -> dict:
         record = {"stage": "pretrain", "epoch": epoch + 1, "step": self.step, "lr": lr,
-                  "pred_lr": self.optimizer.param_groups[1]["lr"], **stats}
+                  "pred_lr": group_lr(self.optimizer, "predictor"), **stats}
         if self.cfg.monitor.collapse:
             # the batch each BN normalises over (SyncBN: the global batch) sets the collapse monitor's floor
             synced = any(isinstance(m, torch.nn.SyncBatchNorm) for m in self.model.modules())

@@ -24,8 +24,9 @@ def test_defaults_are_the_paper_recipe():
 def test_only_the_demo_and_test_presets_name_a_dataset():
     """The presets of a real dataset leave data.root to the user; the embedded data only by name."""
     roots = {p.stem: _preset(p.stem).data.root for p in (config.CONFIG_ROOT / "pretrain").glob("*.yaml")}
-    assert roots == {"imagenet_r50_100ep": "", "imagenet_r50_200ep": "", "cifar10_r18": "", "cifar10_r18_fast": "",
-                     "demo": "embedded", "test_tiny": "embedded"}
+    assert {name for name, root in roots.items() if root} == {"demo", "test_tiny"}
+    assert roots["demo"] == roots["test_tiny"] == "embedded"
+    assert {"imagenet_r50_100ep", "imagenet_r50_200ep", "cifar10_r18", "cifar10_r18_fast"} <= set(roots)
     assert _preset("cifar10_r18", "data.root=embedded").data.root == "embedded"
 
 

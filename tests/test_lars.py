@@ -154,3 +154,48 @@ def test_invalid_arguments():
         LARS(p, lr=0.1, momentum=1.5)
     with pytest.raises(ValueError, match="weight_decay"):
         LARS(p, lr=0.1, weight_decay=-1e-4)
+
+
+def test_pretraining_groups_bn_and_bias_take_plain_momentum_steps():
+    """optim.optimizer=lars with optim.exclude_bn_bias (SimCLR, BYOL): a BN weight and a bias take the plain
+    momentum-SGD step without weight decay (w - lr g, then the momentum buffer), a conv weight the LARC step."""
+    from torch import nn
+    from pretrain.defaults import OptimConfig
+    from pretrain.model import SimSiam
+    from pretrain.optim import build_optimizer
+    model = SimSiam("resnet18", dim=8, pred_dim=4, proj_layers=2)
+    cfg = OptimConfig(optimizer="lars", exclude_bn_bias=True, weight_decay=0.1)
+    opt = build_optimizer(model, cfg, lr=2.0)
+    assert isinstance(opt, LARS)
+    assert [g["name"] for g in opt.param_groups] == ["encoder", "predictor", "encoder_bn_bias", "predictor_bn_bias"]
+    bn_w, bias, conv = model.encoder.bn1.weight, model.predictor[-1].bias, model.encoder.conv1.weight
+    assert isinstance(model.encoder.bn1, nn.BatchNorm2d)
+    start = {id(p): p.detach().clone() for p in (bn_w, bias, conv)}
+    grads = {}
+    for step in range(2):
+        for p in model.parameters():
+            p.grad = torch.randn_like(p) if p.requires_grad else None
+        grads[step] = {id(p): p.grad.clone() for p in (bn_w, bias, conv)}
+        opt.step()
+    for p in (bn_w, bias):      # buf = g0, then 0.9 g0 + g1; no decay, no trust ratio
+        g0, g1 = grads[0][id(p)], grads[1][id(p)]
+        expected = start[id(p)] - 2.0 * g0 - 2.0 * (0.9 * g0 + g1)
+        assert torch.allclose(p.detach(), expected, rtol=0, atol=1e-5)
+    w0, g0 = start[id(conv)].double(), grads[0][id(conv)].double()
+    rate = 0.001 * w0.norm() / (g0.norm() + 0.1 * w0.norm() + 1e-8)
+    w1 = w0 - 2.0 * (g0 + 0.1 * w0) * rate
+    buf = (g0 + 0.1 * w0) * rate
+    g1 = grads[1][id(conv)].double()
+    rate1 = 0.001 * w1.norm() / (g1.norm() + 0.1 * w1.norm() + 1e-8)
+    w2 = w1 - 2.0 * (0.9 * buf + (g1 + 0.1 * w1) * rate1)
+    assert torch.allclose(conv.detach().double(), w2, rtol=0, atol=1e-6)
+    assert (conv.detach() - start[id(conv)]).norm() < 0.01 * start[id(conv)].norm()  # the trust ratio's size
+
+
+def test_without_exclusion_every_group_adapts():
+    from pretrain.defaults import OptimConfig
+    from pretrain.model import SimSiam
+    from pretrain.optim import build_optimizer
+    opt = build_optimizer(SimSiam("resnet18", dim=8, pred_dim=4, proj_layers=2), OptimConfig(optimizer="lars"), 0.5)
+    assert [g["name"] for g in opt.param_groups] == ["encoder", "predictor"]
+    assert all(g["adapt"] and g["weight_decay"] == 1e-4 for g in opt.param_groups)
