@@ -194,6 +194,8 @@ REWRITES: tuple[Rewrite, ...] = (
             "chain would add 2-3 minutes)"),
     Rewrite(r"^simsiam submit pipeline\b", _pipeline_sizes,
             "tiny sizes appended inside each --STAGE-args (added where the command has none)"),
+    Rewrite(r"^simsiam pretrain --config (byol|simclr|swav)\b", lambda t: t + " optim.warmup_epochs=0",
+            "the preset's 10-epoch warm-up needs more than the one epoch of the tiny sizes: no warm-up"),
 )
 
 # Appended `key=value` / `KEY VALUE` overrides, by command prefix (longest prefix wins).
@@ -405,6 +407,12 @@ def _check_table(r: Ran) -> None:
         assert r.opt("--method") in r.stdout
 
 
+def _check_method_table(r: Ran) -> None:
+    """The tables of one method's run: its row is labelled with the method its checkpoint records (BYOL, ...)."""
+    assert "Table 4" in r.stdout and "Table 5" in r.stdout, r.stdout[-2000:]
+    assert "BYOL (yours: resnet50" in r.stdout, r.stdout
+
+
 def _check_ablation(r: Ran) -> None:
     name, out = re.search(r"submit ablation (?:--time \d+ )?(\S+)", r.text).group(1), r.output()
     if "--dry-run" in r.argv:
@@ -536,6 +544,7 @@ EXPECT: dict[str, Expect] = {
     "simsiam plot": Expect(_check_plot),
     "simsiam submit ablation": Expect(_check_ablation, timeout=600),
     "simsiam table runs/fig2": Expect(_check_ablation_table),
+    "simsiam table runs/byol_linear": Expect(_check_method_table),
     "simsiam plot runs/fig2": Expect(_check_ablation_plot),
     "python -m transfer.tooling.grid_bench": Expect(_check_grid_bench),
     "python -m transfer.tooling.loader_bench": Expect(_check_loader_bench),
