@@ -450,3 +450,96 @@ def test_best_of_grid_sits_beside_the_protocol_row_never_in_a_paper_column(tmp_p
     assert rows["linear, best of grid (held-out 10000 images, seed 1)"][8] == \
         "lr picked from a grid on held-out training images"
     assert "best of grid (held-out 10000 images, seed 0)" in render(t, "markdown")
+
+
+# ------------------------------------------------------------------------------ the other methods' rows
+def method_source(sha: str, presets: tuple[str, ...], *overrides: str, epochs: int = 100, batch: int = 4096) -> dict:
+    """results.json `source` of a finished ImageNet pretraining of the suite run with `presets` and `overrides`:
+    its method's display name and the recipe its checkpoint records (pretrain.protocol.recipe_of of the config)."""
+    from pretrain.defaults import PretrainConfig
+    from pretrain.methods import display_name
+    from pretrain.protocol import recipe_of
+    cfg = config_mod.resolve(PretrainConfig(), list(presets), list(overrides), kind="pretrain")
+    return source(sha=sha, method=display_name(cfg.method), epochs=epochs, scheduled_epochs=epochs,
+                  batch_size=batch, recipe=recipe_of(config_mod.to_dict(cfg)))
+
+
+# (method's paper row, its Table 4 preset, its 200-epoch preset, its row's batch, one recipe key changed, the
+# difference that names it)
+METHOD_ROWS = [
+    ("BYOL (repro.)", "byol", "byol_200ep", 4096, "model.target_momentum=0.996",
+     "pretraining model.target_momentum 0.996 != 0.99"),
+    ("SimCLR (repro.+)", "simclr", "simclr", 4096, "loss.temperature=0.2", "pretraining loss.temperature 0.2 != 0.1"),
+    ("MoCo v2 (repro.+)", "moco_v2", "moco_v2", 256, "model.queue_size=16384",
+     "pretraining model.queue_size 16384 != 65536"),
+    ("SwAV (repro.+)", "swav", "swav", 4096, "model.prototypes=1000", "pretraining model.prototypes 1000 != 3000"),
+]
+
+
+def _right_below(rows: list[list[str]], paper_row: str) -> list[str]:
+    """The labels of the rows between `paper_row` and the next paper row (the user rows of that method)."""
+    labels = [r[0] for r in rows]
+    below = []
+    for label in labels[labels.index(paper_row) + 1:]:
+        if "(yours" not in label:
+            break
+        below.append(label)
+    return below
+
+
+@pytest.mark.parametrize("paper_row, preset, preset_200, batch, changed, difference", METHOD_ROWS,
+                         ids=[m[1] for m in METHOD_ROWS])
+def test_a_method_run_with_its_presets_recipe_is_yours_in_its_rows(tmp_path, paper_row, preset, preset_200, batch,
+                                                                   changed, difference):
+    """A 100-epoch run of the method's preset enters its Table 4 row (right below the paper's), a 200-epoch run of
+    its 200-epoch recipe its Table 5 row; the same runs with one recipe key changed enter neither and say which."""
+    name = paper_row.split(" (")[0]
+    write_linear(tmp_path / "lin", 66.0, src=method_source("a1" * 32, (preset,), batch=batch))
+    write_linear(tmp_path / "lin_changed", 65.0, src=method_source("b2" * 32, (preset,), changed, batch=batch))
+    voc = [{"AP50": 77.0, "AP": 47.0, "AP75": 50.0}]
+    write_detection(tmp_path / "voc", "voc07", VOC07, voc, src=method_source("c3" * 32, (preset_200,), epochs=200))
+    write_detection(tmp_path / "voc_changed", "voc07", VOC07, voc,
+                    src=method_source("d4" * 32, (preset_200,), changed, epochs=200))
+    t = tables(tmp_path)
+    h4, r4 = t.table4()
+    (mine,) = [r for r in r4 if "(yours" in r[0]]
+    assert _right_below(r4, paper_row) == [mine[0]]
+    assert mine[0] == f"{name} (yours: resnet50, pretrained on imagenet, 100 ep, bs {batch}, a1a1a1a1)"
+    assert mine[1] == str(batch) and mine[h4.index("100 ep")] == "66.0 (n=1)" and mine[h4.index("200 ep")] == "-"
+    (other,) = not_comparable(t)
+    assert other[0].endswith("b2b2b2b2)") and other[-1] == difference
+    _, r5 = t.table5()
+    (mine5,) = [r for r in r5 if "(yours" in r[0]]
+    assert _right_below(r5, paper_row) == [mine5[0]]
+    assert mine5[0].startswith(f"{name} (yours: resnet50, pretrained on imagenet, 200 ep")
+    assert mine5[1] == "77.0 / 47.0 / 50.0 (n=1)"
+    (other5,) = t.other_detection()[1]
+    assert other5[0].endswith("d4d4d4d4)") and other5[-1] == difference
+
+
+def test_a_method_row_takes_its_methods_batch_and_byols_recipe_of_its_epochs(tmp_path):
+    """The other methods' rows state one batch each (MoCo v2 256, the others 4096); BYOL has a recipe per epochs
+    (lr 0.45 / 0.3 / 0.2, weight decay 1e-6 / 1e-6 / 1.5e-6, base momentum 0.99 / 0.99 / 0.996)."""
+    write_linear(tmp_path / "moco512", 67.0, src=method_source("e5" * 32, ("moco_v2",),
+                                                               batch=512))
+    write_linear(tmp_path / "byol800", 74.0, src=method_source("f6" * 32, ("byol_800ep",), epochs=800))
+    write_linear(tmp_path / "byol800_100ep_recipe", 73.0, src=method_source("07" * 32, ("byol",), epochs=800))
+    t = tables(tmp_path)
+    h4, r4 = t.table4()
+    (byol,) = [r for r in r4 if "(yours" in r[0]]
+    assert byol[0].endswith("800 ep, bs 4096, f6f6f6f6)") and byol[h4.index("800 ep")] == "74.0 (n=1)"
+    reasons = {r[0][-9:-1]: r[-1] for r in not_comparable(t)}
+    assert reasons == {
+        "e5e5e5e5": "pretraining batch 512 != 256",
+        "07070707": "pretraining model.target_momentum 0.99 != 0.996; pretraining optim.base_lr 0.45 != 0.2; "
+                    "pretraining optim.weight_decay 1e-06 != 1.5e-06"}
+
+
+def test_a_simsiam_run_never_enters_another_methods_row(tmp_path):
+    """Rows follow the method the checkpoint's recipe records: a SimSiam run at batch 4096 is compared with
+    SimSiam's row (and refused for its batch), not accepted as a BYOL one."""
+    write_linear(tmp_path / "simsiam4096", 64.0, src=source(sha="18" * 32, batch_size=4096))
+    t = tables(tmp_path)
+    assert not [r for r in t.table4()[1] if "(yours" in r[0]]
+    (row,) = not_comparable(t)
+    assert row[0].startswith("SimSiam (yours") and row[-1] == "pretraining batch 4096 != 256 or 512"
