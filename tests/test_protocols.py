@@ -248,3 +248,20 @@ def test_numbers_compare_within_float_formatting_only():
     assert s.difference({"lr": 1.61}) == "linear lr 1.61 != 1.6"
     assert s.difference({}) == "linear lr not recorded"
     assert P.Setting("mask", "mask head", True).difference({"mask": False}) == "mask head False != True"
+
+
+def test_the_projector_output_bn_affine_on_or_off_is_the_papers_simsiam_recipe():
+    """The official code's output BN has no affine (the default, 68.2 in Table 3c); the paper's 68.1 (Tables 3c and
+    4) was measured with it: both enter SimSiam's columns of Tables 4 and 5, base and optimal alike. Any other
+    change beside it is still named, and the other methods' recipes accept no such alternative."""
+    affine = "model.proj_out_bn_affine=true"
+    assert table4(linear_doc(pretrain={"recipe": recipe(affine)})) == []
+    assert table4(linear_doc(pretrain={"recipe": recipe(affine, "model.dim=256")})) == [
+        "pretraining model.dim 256 != 2048"]
+    for extra, variant in (((), "base"), (("optim.base_lr=0.5", "optim.weight_decay=1e-5"), "optimal")):
+        doc = detection_doc("voc07", ["voc_2007_trainval"], ["voc_2007_test"],
+                            pretrain={"recipe": recipe(affine, *extra)})
+        assert table5(doc)[1] == [] and P.table5_variant(Results.from_json(doc)) == variant
+    cfg = config_mod.resolve(PretrainConfig(), ["simclr"], [affine], kind="pretrain")
+    simclr = {"method": "SimCLR", "batch_size": 4096, "recipe": fp.recipe_of(config_mod.to_dict(cfg))}
+    assert table4(linear_doc(pretrain=simclr)) == ["pretraining model.proj_out_bn_affine True != False"]

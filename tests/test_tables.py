@@ -129,6 +129,21 @@ def test_table5_tells_the_base_recipe_from_the_optimal_one(tmp_path):
     assert other[4] == "pretraining optim.base_lr 0.5 != 0.05"
 
 
+def test_a_simsiam_row_says_when_its_projector_output_bn_had_the_affine(tmp_path):
+    """Both settings are SimSiam's recipe in Table 4 (the paper's 68.1 with the affine, the official code without
+    it): each run is in the column, the one with the affine labelled so."""
+    write_linear(tmp_path / "off", 68.2, src=source(sha="0f" * 32))
+    write_linear(tmp_path / "on", 68.1, src=source(sha="1e" * 32, recipe={**paper_recipe(),
+                                                                          "model.proj_out_bn_affine": True}))
+    t = tables(tmp_path)
+    h4, r4 = t.table4()
+    rows = {r[0]: r[h4.index("100 ep")] for r in yours(r4)}
+    assert rows == {"SimSiam (yours: resnet50, pretrained on imagenet, 100 ep, bs 512, 0f0f0f0f)": "68.2 (n=1)",
+                    "SimSiam (yours: resnet50, pretrained on imagenet, 100 ep, bs 512, projector output BN affine, "
+                    "1e1e1e1e)": "68.1 (n=1)"}
+    assert not not_comparable(t)
+
+
 def test_other_datasets_are_listed_with_their_dataset(tmp_path):
     cifar = source(arch="resnet18_cifar", dataset="cifar10-jpg", epochs=800, scheduled_epochs=800)
     write_linear(tmp_path / "cifar", 90.1, presets=("cifar10",), src=cifar, dataset="cifar10-jpg",

@@ -10,7 +10,8 @@ column's (transfer.reporting.protocols: dataset and split sizes, schedule, batch
 epochs run to the end of their schedule with the recipe of the method's row). Each method's rows (SimCLR, MoCo v2,
 BYOL, SwAV, SimSiam) get yours below them: a run pretrained here with that method (`simsiam pretrain --config byol`,
 ...) is compared with the recipe of the method's preset in eval_configs/pretrain/ (BYOL's by the epochs column),
-SimSiam's with the paper's. A Table 5 row of yours is named for the paper's
+SimSiam's with the paper's, the projector output BN with or without its affine (the paper measured with it, the
+official code runs without; a row with it says "projector output BN affine"). A Table 5 row of yours is named for the paper's
 SimSiam row whose recipe it ran: "SimSiam, base" or "SimSiam, optimal" (pretraining lr 0.5, weight decay 1e-5), or
 for its method. Every other result (another dataset, a shortened or changed
 protocol, an unfinished or unknown pretraining, a random-init backbone) goes into a "not comparable" table
@@ -216,6 +217,8 @@ def row_label(doc: Results, method: str) -> str:
         bits.append(f"{info.epochs} ep")
     if info.batch_size:
         bits.append(f"bs {info.batch_size}")
+    if (info.recipe or {}).get("model.proj_out_bn_affine") is True:
+        bits.append("projector output BN affine")   # the paper's 68.1; the official code's default is without
     if src.sha256:
         bits.append(src.sha256[:8])
     whose = "published, evaluated here" if is_published(doc) else "yours"
