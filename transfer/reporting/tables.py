@@ -11,8 +11,8 @@ epochs run to the end of their schedule with the recipe of the method's row). Ea
 BYOL, SwAV, SimSiam) get yours below them: a run pretrained here with that method (`simsiam pretrain --config byol`,
 ...) is compared with the recipe of the method's preset in eval_configs/pretrain/ (BYOL's by the epochs column),
 SimSiam's with the paper's, the projector output BN with or without its affine (the paper measured with it, the
-official code runs without; a row with it says "projector output BN affine"). A Table 5 row of yours is named for the paper's
-SimSiam row whose recipe it ran: "SimSiam, base" or "SimSiam, optimal" (pretraining lr 0.5, weight decay 1e-5), or
+official code runs without; a row with it says "projector output BN affine"). A Table 5 row of yours is named for
+the paper's SimSiam row whose recipe it ran: "SimSiam, base" or "SimSiam, optimal" (pretraining lr 0.5, weight decay 1e-5), or
 for its method. Every other result (another dataset, a shortened or changed
 protocol, an unfinished or unknown pretraining, a random-init backbone) goes into a "not comparable" table
 that says what differs. The runs of a sweep of the paper's experiments (`simsiam submit ablation`) are
