@@ -6,8 +6,7 @@ cluster is not up). Every run is tiny (32 px, 2 steps per epoch) so the file sta
 Interruptions never race the clock: RUN/PAUSE holds a pretraining at an epoch boundary after its checkpoint
 (pretrain.train.wait_while_paused), and every wait is on a state, a log line or a file, with a bound.
 The helpers (submit_tiny, task_pid, kill_task, release, requeue_at_first_hold, wait_ended, assert_same_weights,
-assert_clean_run, state_differences)
-are meant for further interruption tests.
+assert_clean_run, state_differences) are meant for further interruption tests.
 """
 from __future__ import annotations
 
