@@ -383,6 +383,56 @@ def test_failing_stage_stops_dependants(tmp_path, cache):
     assert re.search(r"rank 0 ended with: \w+: .*cannot read image", r.stderr), r.stderr[-3000:]
 
 
+def test_tiny_sweep_into_its_table_and_its_status(tmp_path, cache):
+    """`simsiam submit ablation fig2` shrunk as tests/test_ablation.py's local sweep (its stop-gradient variant,
+    one trial, one epoch of two steps) on the cluster: pretraining, kNN and linear arrays, then the table job,
+    whose table puts the paper's number beside the sweep's and says what differs. `simsiam submit status` of
+    the sweep folder shows the run's stages: while the pretraining holds after its epoch (RUN/PAUSE), where it
+    runs and its epoch, the evaluations queued after it; at the end every stage completed."""
+    from test_ablation import TINY
+    out = tmp_path / "fig2"
+    run = out / "with_stop_gradient" / "trial_0"
+    (run / "pretrain").mkdir(parents=True)
+    (run / "pretrain" / "PAUSE").touch()
+    r = simsiam("submit", "ablation", "fig2", "--output", str(out), "--data", "embedded", "--variants",
+                "with_stop_gradient", "--cpus-per-task", "1", "--no-wait", *TINY,
+                "--pretrain-args", f"data.cache_dir={cache}", "--knn-args", f"--cache-dir {cache}",
+                "--linear-args", f"data.cache_dir={cache}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    stages = json.loads((out / "pipeline.json").read_text())["stages"]
+    ids = {name.removeprefix("simsiam-ablation-"): s["jobs"] for name, s in stages.items()}
+    (pre,), (knn,), (linear,), (table,) = ids["pretrain"], ids["knn"], ids["linear"], ids["table"]
+
+    wait_until(lambda: _pauses(run / "pretrain") == 1, 300, "the hold after the pretraining's epoch")
+    st = simsiam("submit", "status", str(out))
+    assert st.returncode == 0, st.stderr
+    lines = st.stdout.splitlines()
+    assert lines[:3] == [f"ablation fig2 (Fig. 2: stop-gradient): 1 run(s) in {out}", "with_stop_gradient/trial_0",
+                         f"  pretrain  {pre} RUNNING   epoch 1/1"], st.stdout
+    assert re.search(r"\n      ranks: 0 on node\d \(local 0, cpu\); world size 1\n      progress: epoch 1/1 done",
+                     st.stdout), st.stdout
+    assert f"\n  knn       {knn} PENDING\n  linear    {linear} PENDING\n" in st.stdout, st.stdout
+    assert f"table     {table} PENDING   -> {out / 'table.md'}" in st.stdout
+    (run / "pretrain" / "PAUSE").unlink()
+
+    every = [pre, knn, linear, table]
+    assert wait_ended(every) == dict.fromkeys(every, "COMPLETED")
+    st = simsiam("submit", "status", str(out))
+    assert st.returncode == 0, st.stderr
+    assert st.stdout.splitlines()[1:] == [
+        "with_stop_gradient/trial_0", f"  pretrain  {pre} COMPLETED   epoch 1/1", f"  knn       {knn} COMPLETED",
+        f"  linear    {linear} COMPLETED   epoch 1/1", f"table     {table} COMPLETED   -> {out / 'table.md'}"]
+    linear_top1, knn_top1 = (json.loads((run / s / "results.json").read_text())["metrics"]["top1"]
+                             for s in ("linear", "knn"))
+    table_md = (out / "table.md").read_text()
+    assert table_md.startswith("**Fig. 2: stop-gradient")
+    assert "variants left out of this sweep: without_stop_gradient" in table_md
+    # the paper's number, the sweep's (mean over its one trial), and what differs from the paper's measurement
+    yours = rf"{linear_top1:.1f} \(n=1\) +\| {knn_top1:.1f} \(n=1\)"
+    assert re.search(rf"\n\| w/ stop-grad +\| 67\.7±0\.1 +\| {yours} +\| 1 trial\(s\) != 5; pretraining dataset "
+                     r"embedded != imagenet; pretraining epochs 1 != 100; ", table_md), table_md
+
+
 # ------------------------------------------------------------------------------------------------ two nodes
 
 def test_two_nodes_in_their_own_namespaces():
