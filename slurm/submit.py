@@ -601,8 +601,8 @@ def status(out: Path) -> int:
     if doc is None:
         raise SubmitError(f"status: {out} holds neither pipeline.json nor slurm/*_submission.sh "
                           "(submit something there first)")
-    if (out / "ablation.json").is_file():   # a sweep: its runs' stages (slurm/ablation.py)
-        from .ablation import status as sweep_status
+    from .ablation import MANIFEST, status as sweep_status
+    if (out / MANIFEST).is_file():   # a sweep (slurm/ablation.py): its runs' stages
         return sweep_status(out, doc)
     states, acct = job_records(doc)
     failed = False
