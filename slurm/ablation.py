@@ -292,7 +292,8 @@ def submit_array(stage: str, runs: list[Run], res: S.Resources, folder: Path, de
             jobs = [ex.submit(c) for c in todo]
     print(f"[submit] {name}: {len(jobs)} job(s) {[j.job_id for j in jobs]}, {len(calls) - len(todo)} already "
           f"finished ({S.executor_kind(res)}, {res.nodes} node(s) x {res.tasks} task(s)); logs {folder}", flush=True)
-    return S.Submitted(name, runs[0].folder.parent.parent, jobs=jobs, skipped=not jobs)
+    return S.Submitted(name, runs[0].folder.parent.parent, jobs=jobs, skipped=not jobs,
+                       outputs=[c.output for c in todo])
 
 
 def _after(subs: list[S.Submitted], local: bool) -> Optional[str]:
@@ -338,7 +339,47 @@ def job_manifest(subs: dict[str, S.Submitted], res: S.Resources) -> dict[str, An
     """OUTPUT/pipeline.json in the layout `simsiam submit status` reads (one entry per array)."""
     return {"executor": S.executor_kind(res),
             "stages": {name: {"output": str(s.output), "skipped": s.skipped, "jobs": [j.job_id for j in s.all_jobs],
+                              "outputs": [str(o) for o in s.outputs],   # the run folder of each job
                               "logs": [str(j.paths.folder) for j in s.all_jobs][:1]} for name, s in subs.items()}}
+
+
+RUN_STAGES = ("pretrain", "knn", "linear")   # the chain of each variant and trial
+
+
+def status(out: Path, doc: dict[str, Any]) -> int:
+    """`simsiam submit status OUTPUT` of a sweep: per variant and trial (OUTPUT/ablation.json), the state of
+    each of its stages (its job in OUTPUT/pipeline.json, or finished before that submission) and its epochs
+    (metrics.jsonl and config.json of the stage's run folder), with where a running job runs and why a failed
+    one failed (as for a pipeline); then the table job. Exit code 1 when a job failed or was cancelled."""
+    from .jobs import finished, run_progress
+    sweep = json.loads((out / MANIFEST).read_text())
+    states, acct = S.job_records(doc)
+    jobs = {o: (j, (s["logs"] or [""])[0]) for s in doc["stages"].values()
+            for j, o in zip(s["jobs"], s.get("outputs", []))}
+    runs = [r for v in sweep["variants"] for r in v["trials"]]
+    print(f"ablation {sweep['experiment']} ({sweep['title']}): {len(runs)} run(s) in {out}")
+    failed = False
+    for run in runs:
+        print(run)
+        for stage in RUN_STAGES:
+            folder = str(stages.Chain(out / run).folder(stage))
+            job, logs = jobs.get(folder, (None, ""))
+            state = states.get(job) or ("finished" if finished(Path(folder) / "results.json") else
+                                        "?" if job else "not submitted")   # no SLURM state: the local executor
+            progress = run_progress(folder)
+            epochs = f"   epoch {progress['epochs_done']}/{progress['epochs']}" if progress["epochs"] else ""
+            print(f"  {stage:<9} {job or '-'} {state}{epochs}")
+            if job:
+                failed = S.print_job_report(stage, job, state, logs, folder, acct.get(job), "    ") or failed
+            for line in S.history_report(folder):
+                print(f"    {line}")
+    table = doc["stages"].get("table")
+    if table and table["jobs"]:
+        job = table["jobs"][0]
+        print(f"{'table':<9} {job} {states.get(job, '?')}   -> {out / 'table.md'}")
+        failed = S.print_job_report("table", job, states.get(job, "?"), (table["logs"] or [""])[0],
+                                    table["output"], acct.get(job)) or failed
+    return 1 if failed else 0
 
 
 # ---------------------------------------------------------------------------------------------------------- cli

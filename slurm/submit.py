@@ -229,6 +229,7 @@ class Submitted:
     job: Any = None                     # submitit Job (None when skipped)
     jobs: list = field(default_factory=list)  # array elements (detection trials)
     skipped: bool = False
+    outputs: list = field(default_factory=list)  # the run folder of each array element (a sweep's arrays)
 
     @property
     def all_jobs(self) -> list:
@@ -594,16 +595,16 @@ def status(out: Path) -> int:
     """`simsiam submit status RUN`: state of each stage of a submitted pipeline (or of the single stage whose
     run folder RUN is), from SLURM's accounting (sacct); for a running job its nodes and time (sacct), its
     ranks and how far it is (the run record, run_state.json, written by the stage's rank 0); for a failed
-    one its failed steps and tasks and the end of that task's log. Exit code 1 when a stage failed."""
-    from .jobs import TERMINAL, sacct_records, slurm_states
+    one its failed steps and tasks and the end of that task's log; for a sweep (RUN/ablation.json) each
+    variant's and trial's stages (slurm.ablation.status). Exit code 1 when a stage failed."""
     doc = submitted_stages(out)
     if doc is None:
         raise SubmitError(f"status: {out} holds neither pipeline.json nor slurm/*_submission.sh "
                           "(submit something there first)")
-    ids = [j for s in doc["stages"].values() for j in s["jobs"]]
-    slurm = doc.get("executor") == "slurm"
-    states = slurm_states(ids) if slurm else {}
-    acct = (sacct_records(ids) or {}) if slurm else {}
+    from .ablation import MANIFEST, status as sweep_status
+    if (out / MANIFEST).is_file():   # a sweep (slurm/ablation.py): its runs' stages
+        return sweep_status(out, doc)
+    states, acct = job_records(doc)
     failed = False
     for stage, s in doc["stages"].items():
         if s["skipped"]:
@@ -613,21 +614,36 @@ def status(out: Path) -> int:
         st = ", ".join(f"{j} {states.get(j, '?')}" for j in s["jobs"])
         print(f"{stage:<9} {st}   logs: {folder or '-'}")
         for j in s["jobs"]:
-            state = states.get(j, "?")
-            detail: list[str] = []
-            if state in ("RUNNING", "COMPLETING"):
-                detail = running_report(j, acct.get(j), s["output"])
-            elif state in TERMINAL and state not in ("COMPLETED", "CANCELLED") and folder:
-                failed = True
-                print(f"  stage '{stage}' failed (job {j}: {state}).")
-                detail = failure_report(j, folder, s["output"], acct.get(j))
-            elif state == "CANCELLED":
-                failed = True
-            for line in detail:
-                print(f"    {line}")
+            failed = print_job_report(stage, j, states.get(j, "?"), folder, s["output"], acct.get(j)) or failed
         for line in history_report(s["output"]):
             print(f"  {line}")
     return 1 if failed else 0
+
+
+def job_records(doc: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
+    """(state, sacct record) of every job of a pipeline.json; empty without SLURM (the local executor)."""
+    from .jobs import sacct_records, slurm_states
+    ids = [j for s in doc["stages"].values() for j in s["jobs"]]
+    if doc.get("executor") != "slurm":
+        return {}, {}
+    return slurm_states(ids), sacct_records(ids) or {}
+
+
+def print_job_report(stage: str, job_id: str, state: str, folder: str, output: str,
+                     acct: Optional[dict[str, Any]], indent: str = "  ") -> bool:
+    """The lines under a job's state: where a running job runs and how far it is, why a failed one failed.
+    True when the job failed or was cancelled."""
+    from .jobs import TERMINAL
+    if state in ("RUNNING", "COMPLETING"):
+        detail = running_report(job_id, acct, output)
+    elif state in TERMINAL and state not in ("COMPLETED", "CANCELLED") and folder:
+        print(f"{indent}stage '{stage}' failed (job {job_id}: {state}).")
+        detail = failure_report(job_id, folder, output, acct)
+    else:
+        return state == "CANCELLED"
+    for line in detail:
+        print(f"{indent}  {line}")
+    return state not in ("RUNNING", "COMPLETING")
 
 
 def check(argv: list[str]) -> int:

@@ -259,6 +259,35 @@ def test_one_array_per_resource_shape(tmp_path, monkeypatch):
                                                     "transfer.evaluation.linear"] * 2) for c in e["calls"])
     status = A.job_manifest(subs, res)
     assert status["executor"] == "slurm" and status["stages"]["simsiam-ablation-pretrain-x2"]["jobs"] == ["104"]
+    assert status["stages"]["simsiam-ablation-linear"]["outputs"] == [b256 + "/linear"]   # each job's run
+
+
+def test_status_of_a_sweep_lists_each_run_and_stage(tmp_path, capsys):
+    """`simsiam submit status SWEEP`: per variant and trial (ablation.json), each stage's job (pipeline.json
+    names each job's run folder), or finished before it, or not submitted; its epochs from the stage's folder."""
+    (tmp_path / "ablation.json").write_text(json.dumps({
+        "experiment": "fig2", "title": "Fig. 2", "variants": [{"trials": ["a/trial_0"]},
+                                                             {"trials": ["b/trial_0", "b/trial_1"]}]}))
+    done = tmp_path / "a" / "trial_0" / "pretrain"
+    done.mkdir(parents=True)
+    (done / "config.json").write_text(json.dumps({"train": {"epochs": 3}}))
+    (done / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "time": 1.0}) + "\n" for e in (1, 2, 3)))
+    (done / "results.json").write_text("{}")
+    def array(stage, ids, runs):
+        return {"output": str(tmp_path), "skipped": False, "jobs": ids, "logs": [],
+                "outputs": [str(tmp_path / r / stage) for r in runs]}
+    (tmp_path / "pipeline.json").write_text(json.dumps({"executor": "local", "stages": {
+        "simsiam-ablation-pretrain": array("pretrain", ["7", "8"], ["b/trial_1", "b/trial_0"]),
+        "simsiam-ablation-knn": array("knn", ["9"], ["b/trial_0"]),
+        "table": {"output": str(tmp_path), "skipped": False, "jobs": ["10"], "outputs": [], "logs": []}}}))
+    assert S.main(["status", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"ablation fig2 (Fig. 2): 3 run(s) in {tmp_path}",
+        "a/trial_0", "  pretrain  - finished   epoch 3/3", "  knn       - not submitted",
+        "  linear    - not submitted",
+        "b/trial_0", "  pretrain  8 ?", "  knn       9 ?", "  linear    - not submitted",
+        "b/trial_1", "  pretrain  7 ?", "  knn       - not submitted", "  linear    - not submitted",
+        f"table     10 ?   -> {tmp_path / 'table.md'}"]
 
 
 TINY = ["--epochs", "1", "--trials", "1", "--time", "10",
@@ -288,6 +317,11 @@ def test_tiny_sweep_end_to_end_local(tmp_path, capsys, monkeypatch):
     assert "1 trial(s) != 5; pretraining dataset embedded != imagenet; pretraining epochs 1 != 100" in table
     assert "Table 4" not in table                   # the sweep's runs are its experiment's, not Table 4's rows
     assert json.loads((out / "pipeline.json").read_text())["executor"] == "local"
+    assert S.main(["status", str(out)]) == 0       # a sweep's status: each run's stages, from their folders
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == [f"ablation fig2 (Fig. 2: stop-gradient): 1 run(s) in {out}", "with_stop_gradient/trial_0"]
+    assert [x.split()[0::2] for x in lines[2:5]] == [["pretrain", "finished", "1/1"], ["knn", "finished"],
+                                                      ["linear", "finished", "1/1"]], lines
     assert S.main(argv) == 0
     again = capsys.readouterr().out
     assert "[submit] simsiam-ablation-pretrain: 0 job(s) [], 1 already finished" in again

@@ -5,8 +5,8 @@ Skipped only when SLURM is not installed and CI is unset; under CI these tests m
 cluster is not up). Every run is tiny (32 px, 2 steps per epoch) so the file stays within a few minutes.
 Interruptions never race the clock: RUN/PAUSE holds a pretraining at an epoch boundary after its checkpoint
 (pretrain.train.wait_while_paused), and every wait is on a state, a log line or a file, with a bound.
-The helpers (submit_tiny, task_pid, kill_task, release, wait_ended, assert_same_weights, assert_clean_run)
-are meant for further interruption tests.
+The helpers (submit_tiny, task_pid, kill_task, release, requeue_at_first_hold, wait_ended, assert_same_weights,
+assert_clean_run, state_differences) are meant for further interruption tests.
 """
 from __future__ import annotations
 
@@ -93,29 +93,51 @@ def release(jid: str) -> None:
     subprocess.run(["scontrol", "update", f"jobid={jid}", "StartTime=now"], check=True, capture_output=True)
 
 
-def submit_tiny(run: Path, *flags: str, epochs: int, cache: Path, requeues: int = 3) -> str:
-    """`simsiam submit pretrain --no-wait` of a tiny deterministic CPU run (one checkpoint per epoch); the job id."""
+def requeue_at_first_hold(run: Path, jid: str, unpause: bool = False) -> None:
+    """`scontrol requeue` of job `jid` while it holds (RUN/PAUSE) after its first checkpoint; once its tasks
+    are gone (and, with unpause, RUN/PAUSE removed: the next attempt runs through) the job is released."""
+    wait_until(lambda: _pauses(run) == 1, 300, "the hold after the first checkpoint", poll=0.3)
+    assert _ckpt_epoch(run) == 1
+    subprocess.run(["scontrol", "requeue", jid], check=True, capture_output=True)
+    wait_until(lambda: slurm_states([jid])[jid] == "PENDING", 60, f"job {jid} back in the queue")
+    wait_until(lambda: not any(tasks(jid, n) for n in NODES), 60, f"the tasks of job {jid} to end")
+    if unpause:
+        (run / "PAUSE").unlink()
+    release(jid)
+
+
+def submit_tiny(run: Path, *flags: str, epochs: int, cache: Path, requeues: int = 3,
+                settings: tuple[str, ...] = ()) -> str:
+    """`simsiam submit pretrain --no-wait` of a tiny deterministic CPU run (one checkpoint per epoch); the job id.
+    flags: options (submit's, or a pretraining --config before test_tiny); settings: more key=value overrides."""
     r = simsiam("submit", "pretrain", "--cpus-per-task", "1", "--time", "10", "--no-wait",
                 "--max-requeues", str(requeues), *flags,
-                *tiny(cache, f"train.epochs={epochs}", "train.deterministic=true", "train.save_freq=1"),
+                *tiny(cache, f"train.epochs={epochs}", "train.deterministic=true", "train.save_freq=1", *settings),
                 "--output", str(run))
     assert r.returncode == 0, r.stderr[-3000:]
     return job_id(r.stdout)
 
 
-def task_pid(jid: str, node: str, rank: int) -> int:
-    """The process id of rank `rank` of job `jid`, a task running on `node` (in that node's network namespace)."""
+def tasks(jid: str, node: str) -> dict[int, int]:
+    """{rank: process id} of the tasks of job `jid` running on `node` (in that node's network namespace)."""
     r = subprocess.run(["ip", "netns", "pids", NETNS.format(node=node)], capture_output=True, text=True, check=True)
+    found = {}
     for pid in r.stdout.split():
         try:
             env = dict(x.split("=", 1) for x in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in x)
             cmd = Path(f"/proc/{pid}/cmdline").read_text()
         except OSError:
             continue
-        if (env.get("SLURM_JOB_ID") == jid and env.get("SLURM_PROCID") == str(rank)
-                and "submitit.core._submit" in cmd):
-            return int(pid)
-    raise AssertionError(f"no task of rank {rank} of job {jid} runs on {node}")
+        if env.get("SLURM_JOB_ID") == jid and "submitit.core._submit" in cmd:
+            found[int(env["SLURM_PROCID"])] = int(pid)
+    return found
+
+
+def task_pid(jid: str, node: str, rank: int) -> int:
+    """The process id of rank `rank` of job `jid`, a task running on `node`."""
+    pid = tasks(jid, node).get(rank)
+    assert pid is not None, f"no task of rank {rank} of job {jid} runs on {node}"
+    return pid
 
 
 def kill_task(jid: str, node: str, rank: int) -> None:
@@ -203,10 +225,7 @@ def test_requeued_job_resumes_to_same_weights(tmp_path, cache):
     jref, jid = job_id(r_ref.stdout), job_id(r_run.stdout)
 
     # 1) scheduler requeue while the job holds after its first checkpoint
-    wait_until(lambda: _pauses(run) == 1, 300, "the hold after the first checkpoint")
-    assert _ckpt_epoch(run) == 1
-    subprocess.run(["scontrol", "requeue", jid], check=True, capture_output=True)
-    release(jid)
+    requeue_at_first_hold(run, jid)
     # 2) the restarted job resumes, checkpoints epoch 2 and holds again: preemption signal, handled by
     #    submitit + StageCall.checkpoint
     wait_until(lambda: any(e["event"] == "restart" for e in read_events(run)), 300, "the restart record")
@@ -245,6 +264,45 @@ def test_requeued_job_resumes_to_same_weights(tmp_path, cache):
 def _stop_seen(jid: str, run: Path) -> bool:
     """The job's rank 0 has received the preemption signal (StageCall prints it when it asks training to stop)."""
     return any(PREEMPTION_MARK in p.read_text(errors="replace") for p in (run / "slurm").glob(f"{jid}_0_log.out"))
+
+
+# MoCo v2 (pretrain/methods/moco.py) on the tiny model, with the small head of tests/test_moco.py and a queue of
+# three global batches: 4 steps of 16 keys leave its pointer at 16, after one wrap.
+MOCO = ("model.dim=64", "model.proj_hidden_dim=256", "model.queue_size=48")
+
+
+def state_differences(a, b, where: str = "") -> list[str]:
+    """The entries of two nested checkpoint states (dicts, lists, tensors, numbers) that are not equal."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        if a.keys() != b.keys():
+            return [f"{where}: keys {sorted(a)} != {sorted(b)}"]
+        return [d for k in a for d in state_differences(a[k], b[k], f"{where}.{k}")]
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return [] if a.dtype == b.dtype and torch.equal(a, b) else [where]
+    return [] if a == b else [f"{where}: {a!r} != {b!r}"]
+
+
+def test_moco_requeued_across_two_nodes_resumes_to_same_weights_key_encoder_and_queue(tmp_path, cache):
+    """MoCo v2 over two nodes (one rank each: the keys' BN shuffled across the ranks, every rank's keys in the
+    queue), `scontrol requeue`d while it holds after epoch 1, ends with the weights, key encoder (weights, BN
+    buffers, momentum updates) and queue (keys and pointer) of an uninterrupted two-node run, bit for bit."""
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    run.mkdir()
+    (run / "PAUSE").touch()
+    jid = submit_tiny(run, "--nodes", "2", "--config", "moco_v2", epochs=2, cache=cache, settings=MOCO)
+    jref = submit_tiny(ref, "--nodes", "2", "--config", "moco_v2", epochs=2, cache=cache, settings=MOCO)
+    requeue_at_first_hold(run, jid, unpause=True)
+    assert wait_ended([jid, jref]) == {jid: "COMPLETED", jref: "COMPLETED"}
+
+    assert [e["event"] for e in read_events(run)] == ["restart"] and not read_events(ref)
+    for folder in (ref, run):
+        assert "2 processes" in (folder / "log.txt").read_text()
+        assert_clean_run(folder, 2)
+    assert_same_weights(ref, run)
+    a, b = load_ckpt(ref), load_ckpt(run)
+    assert a["target"]["kind"] == "moco" and a["step"] == 4
+    assert a["target"]["queue"]["ptr"] == 16 and a["target"]["key_encoder"]["updated_at"] == 4
+    assert not (differ := state_differences(a["target"], b["target"], "target")), differ[:5]
 
 
 def test_detection_trials_job_array(tmp_path, cache):
@@ -325,6 +383,56 @@ def test_failing_stage_stops_dependants(tmp_path, cache):
     assert re.search(r"rank 0 ended with: \w+: .*cannot read image", r.stderr), r.stderr[-3000:]
 
 
+def test_tiny_sweep_into_its_table_and_its_status(tmp_path, cache):
+    """`simsiam submit ablation fig2` shrunk as tests/test_ablation.py's local sweep (its stop-gradient variant,
+    one trial, one epoch of two steps) on the cluster: pretraining, kNN and linear arrays, then the table job,
+    whose table puts the paper's number beside the sweep's and says what differs. `simsiam submit status` of
+    the sweep folder shows the run's stages: while the pretraining holds after its epoch (RUN/PAUSE), where it
+    runs and its epoch, the evaluations queued after it; at the end every stage completed."""
+    from test_ablation import TINY
+    out = tmp_path / "fig2"
+    run = out / "with_stop_gradient" / "trial_0"
+    (run / "pretrain").mkdir(parents=True)
+    (run / "pretrain" / "PAUSE").touch()
+    r = simsiam("submit", "ablation", "fig2", "--output", str(out), "--data", "embedded", "--variants",
+                "with_stop_gradient", "--cpus-per-task", "1", "--no-wait", *TINY,
+                "--pretrain-args", f"data.cache_dir={cache}", "--knn-args", f"--cache-dir {cache}",
+                "--linear-args", f"data.cache_dir={cache}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    stages = json.loads((out / "pipeline.json").read_text())["stages"]
+    ids = {name.removeprefix("simsiam-ablation-"): s["jobs"] for name, s in stages.items()}
+    (pre,), (knn,), (linear,), (table,) = ids["pretrain"], ids["knn"], ids["linear"], ids["table"]
+
+    wait_until(lambda: _pauses(run / "pretrain") == 1, 300, "the hold after the pretraining's epoch")
+    st = simsiam("submit", "status", str(out))
+    assert st.returncode == 0, st.stderr
+    lines = st.stdout.splitlines()
+    assert lines[:3] == [f"ablation fig2 (Fig. 2: stop-gradient): 1 run(s) in {out}", "with_stop_gradient/trial_0",
+                         f"  pretrain  {pre} RUNNING   epoch 1/1"], st.stdout
+    assert re.search(r"\n      ranks: 0 on node\d \(local 0, cpu\); world size 1\n      progress: epoch 1/1 done",
+                     st.stdout), st.stdout
+    assert f"\n  knn       {knn} PENDING\n  linear    {linear} PENDING\n" in st.stdout, st.stdout
+    assert f"table     {table} PENDING   -> {out / 'table.md'}" in st.stdout
+    (run / "pretrain" / "PAUSE").unlink()
+
+    every = [pre, knn, linear, table]
+    assert wait_ended(every) == dict.fromkeys(every, "COMPLETED")
+    st = simsiam("submit", "status", str(out))
+    assert st.returncode == 0, st.stderr
+    assert st.stdout.splitlines()[1:] == [
+        "with_stop_gradient/trial_0", f"  pretrain  {pre} COMPLETED   epoch 1/1", f"  knn       {knn} COMPLETED",
+        f"  linear    {linear} COMPLETED   epoch 1/1", f"table     {table} COMPLETED   -> {out / 'table.md'}"]
+    linear_top1, knn_top1 = (json.loads((run / s / "results.json").read_text())["metrics"]["top1"]
+                             for s in ("linear", "knn"))
+    table_md = (out / "table.md").read_text()
+    assert table_md.startswith("**Fig. 2: stop-gradient")
+    assert "variants left out of this sweep: without_stop_gradient" in table_md
+    # the paper's number, the sweep's (mean over its one trial), and what differs from the paper's measurement
+    yours = rf"{linear_top1:.1f} \(n=1\) +\| {knn_top1:.1f} \(n=1\)"
+    assert re.search(rf"\n\| w/ stop-grad +\| 67\.7±0\.1 +\| {yours} +\| 1 trial\(s\) != 5; pretraining dataset "
+                     r"embedded != imagenet; pretraining epochs 1 != 100; ", table_md), table_md
+
+
 # ------------------------------------------------------------------------------------------------ two nodes
 
 def test_two_nodes_in_their_own_namespaces():
@@ -359,9 +467,7 @@ def test_two_nodes_equal_one_node_and_survive_requeue_a_killed_task_and_preempti
     jtwo = submit_tiny(two, "--nodes", "2", epochs=4, cache=cache)
     jone = submit_tiny(one, "--tasks-per-node", "2", epochs=4, cache=cache)
 
-    wait_until(lambda: _pauses(run) == 1, 300, "the hold after the first checkpoint")
-    subprocess.run(["scontrol", "requeue", jid], check=True, capture_output=True)
-    release(jid)
+    requeue_at_first_hold(run, jid)
     wait_until(lambda: _pauses(run) == 2, 300, "the hold after the checkpoint of epoch 2", poll=0.3)
     st = simsiam("submit", "status", str(run))
     assert st.returncode == 0, st.stderr
