@@ -34,10 +34,10 @@ class DataConfig(ImageFolderData):
     root: str = ""
     min_scale: float = 0.2          # RandomResizedCrop scale lower bound (MoCo v2)
     blur: bool = True               # Gaussian blur p=0.5 (off for CIFAR, as in the paper's appendix)
-    # The views' CPU code: "reference" (PIL/torchvision, the official code's ops) or "fast" (pretrain.cpu_augment:
-    # OpenCV/numpy, uint8 views normalised on the device; over twice the reference's images/s per core,
-    # docs/benchmarks.md). Same parameter draws; pixels within rounding of each other.
-    pipeline: str = "reference"
+    # The views' CPU code: "fast" (pretrain.cpu_augment: OpenCV/numpy, uint8 views normalised on the device; over
+    # twice the reference's images/s per core, docs/benchmarks.md) or "reference" (PIL/torchvision, the official
+    # code's ops). Same parameter draws; pixels within rounding of each other; both learn alike.
+    pipeline: str = "fast"
     prefetch: int = 4               # batches each loader process prepares ahead (data.workers > 0)
 
 

@@ -210,7 +210,7 @@ def cfg_for(root, *overrides):
 
 def test_loader_yields_uint8_views_that_normalise_like_the_reference(cifar_root):
     cfg = cfg_for(cifar_root, "data.limit_per_class=2")
-    assert cfg.data.pipeline == "fast" and PretrainConfig().data.pipeline == "reference"
+    assert cfg.data.pipeline == "fast" and PretrainConfig().data.pipeline == "fast"
     loader = data_mod.build_pretrain_loader(cfg, cifar_root / "train", pairs=2)
     views, _ = next(iter(loader))
     assert len(views) == 4 and all(v.dtype == torch.uint8 and v.shape == (8, 3, 32, 32) for v in views)
