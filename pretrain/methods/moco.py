@@ -193,6 +193,9 @@ class MoCoObjective:
         self.step = step
         return None
 
+    def before_optimizer_step(self, model, step: int) -> None:
+        pass
+
     def __call__(self, model, views, batch_indices=None) -> tuple[torch.Tensor, torch.Tensor]:
         x1, x2 = views
         if self.symmetric:
