@@ -21,9 +21,11 @@ from pretrain.defaults import PretrainConfig
 from pretrain.distributed import DistInfo
 from pretrain.methods import swav
 from pretrain.optim import build_optimizer
-from pretrain.train import NonFiniteLossError, knn_monitor, optimizer_step, run, seed_everything, step_loss
+from pretrain.train import (STOP_FILE, NonFiniteLossError, knn_monitor, optimizer_step, run, seed_everything,
+                            step_loss)
 from test_distributed import spawn_ranks
 from test_embedded import LEARN_OVERRIDES
+from test_train import MID, _stop_resume_equal, _weights
 
 # A small SwAV on the test_tiny ResNet-18: 32 prototypes of 64-d projections, SGD (the suite's tests never use
 # LARS), the prototypes frozen for the first 3 steps.
@@ -205,6 +207,29 @@ def test_prototypes_unit_norm_and_frozen(tmp_path):
             assert not torch.allclose(w, before), step
     assert not torch.allclose(model.encoder.conv1.weight, conv)
     assert "momentum_buffer" in optimizer.state[w]
+
+
+def test_stop_mid_run_and_resume_is_exact(tmp_path):
+    """A stop request after the first step of the first epoch, inside the prototypes' freeze (3 steps), then a
+    resume: the weights (the prototypes included), the optimiser and the metrics equal an uninterrupted run's;
+    the final prototypes are unit vectors, trained away from their init after the freeze."""
+    cfg = tiny_swav(*MID)
+    run(cfg, tmp_path / "full")
+    split = tmp_path / "split"
+    split.mkdir()
+    (split / STOP_FILE).touch()
+    first = run(cfg, split)
+    assert first["stopped_on_request"] and first["step"] == 1
+    ck = _weights(split / "checkpoint.pth")
+    assert (ck["epoch"], ck["epoch_step"], ck["step"]) == (0, 1, 1)
+    run(cfg, split)
+    _stop_resume_equal(tmp_path / "full", split)
+    seed_everything(cfg.train.seed)
+    init = methods.build_model(cfg).prototypes.weight.detach()
+    assert torch.equal(ck["model"]["prototypes.weight"], init)       # frozen at the stop
+    final = _weights(split / "checkpoint.pth")["model"]["prototypes.weight"]
+    assert torch.allclose(final.norm(dim=1), torch.ones(32), atol=1e-6)
+    assert not torch.allclose(final, init, atol=1e-4)
 
 
 def test_codes_carry_gradient_only_without_stop_gradient():
