@@ -3,11 +3,6 @@ and shuffled-BN keys over two gloo processes against one process, the preset, th
 the embedded data, and a mid-run stop that resumes to the weights and queue of an uninterrupted run."""
 from __future__ import annotations
 
-import json
-import os
-import traceback
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,7 +17,7 @@ from pretrain.main import main
 from pretrain.methods.moco import KeyQueue, MoCoObjective, moco_loss, shuffle_permutation, shuffled_keys
 from pretrain import train as train_mod
 from pretrain.train import knn_monitor, run, seed_everything
-from test_distributed import spawn_ranks
+from test_distributed import run_ranks
 
 
 def moco(*overrides):
@@ -114,21 +109,12 @@ def two_steps(q1, q2, k1, k2, queue: KeyQueue):
     return out
 
 
-def _rank(rank: int, port: int, out_dir: str) -> None:
-    result: dict = {}
-    try:
-        os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-        torch.set_num_threads(1)
-        distributed.init_distributed("cpu")
-        b = N // 2
-        mine = [e[rank * b:(rank + 1) * b] for e in embeddings()]
-        result.update(two_steps(*mine, KeyQueue(K, D, seed=5)))
-        result["keys"] = shuffled_keys(key_encoder(), images()[rank * b:(rank + 1) * b], 3, 7, 1).tolist()
-        distributed.cleanup()
-    except BaseException:  # noqa: BLE001 - reported to the parent test
-        result["error"] = traceback.format_exc()
-    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
+def _rank(info) -> dict:
+    rank, b = info.rank, N // 2
+    mine = [e[rank * b:(rank + 1) * b] for e in embeddings()]
+    result = two_steps(*mine, KeyQueue(K, D, seed=5))
+    result["keys"] = shuffled_keys(key_encoder(), images()[rank * b:(rank + 1) * b], 3, 7, 1).tolist()
+    return result
 
 
 def test_two_processes_equal_one(tmp_path):
@@ -136,16 +122,7 @@ def test_two_processes_equal_one(tmp_path):
     of the queries and the queue after each step (every rank's keys, in rank order) equal one process given the
     whole batch; the queue is the same on both ranks. The shuffled-BN keys of each rank are those of the key
     encoder (train mode) run on its slice of the permuted global batch, put back in image order."""
-    procs = spawn_ranks(_rank, tmp_path)
-    for p in procs:
-        p.join(timeout=120)
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-            p.join()
-    got = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    for g in got:
-        assert "error" not in g, g["error"]
+    got = run_ranks(_rank, tmp_path)
     one = two_steps(*embeddings(), KeyQueue(K, D, seed=5))
     for step in range(2):
         for g in got:

@@ -2,11 +2,7 @@
 normalisation and freeze, learning on the embedded data, resume, the Sec. 6.2 switches and the refused ones."""
 from __future__ import annotations
 
-import json
 import math
-import os
-import traceback
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +19,7 @@ from pretrain.methods import swav
 from pretrain.optim import build_optimizer
 from pretrain.train import (STOP_FILE, NonFiniteLossError, knn_monitor, optimizer_step, run, seed_everything,
                             step_loss)
-from test_distributed import spawn_ranks
+from test_distributed import run_ranks
 from test_embedded import LEARN_OVERRIDES
 from test_train import MID, _stop_resume_equal, _weights
 
@@ -116,27 +112,19 @@ class Halves(nn.Module):
         return tuple(torch.cat(parts) for parts in zip(*halves))
 
 
-def _sinkhorn_rank(rank: int, port: int, out_dir: str) -> None:
+def _sinkhorn_rank(info) -> dict:
     """One rank of two: the Sinkhorn codes of its half of the global scores (and their gradient), and two SGD
     steps of a small SwAV under DistributedDataParallel with the prototypes frozen for the first."""
-    result: dict = {}
-    try:
-        os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-        torch.set_num_threads(1)
-        info = distributed.init_distributed("cpu")
-        scores = unit_scores(12, 7)[6 * rank: 6 * (rank + 1)].clone().requires_grad_(True)
-        codes = swav.sinkhorn(scores, 3, 0.05)
-        (codes * torch.arange(7.0)).sum().backward()    # a gradient through the all-reduced sums
-        result["codes"], result["grad"] = codes.tolist(), scores.grad.tolist()
-        seed_everything(0)
-        model = distributed.prepare_model(methods.build_model(TWO_STEPS), info)
-        result["ddp"] = isinstance(model, nn.parallel.DistributedDataParallel)
-        result.update(trained_steps(model, rank_views(rank), TWO_STEPS))
-        distributed.cleanup()
-    except BaseException:  # noqa: BLE001 - reported to the parent test
-        result["error"] = traceback.format_exc()
-    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
+    rank, result = info.rank, {}
+    scores = unit_scores(12, 7)[6 * rank: 6 * (rank + 1)].clone().requires_grad_(True)
+    codes = swav.sinkhorn(scores, 3, 0.05)
+    (codes * torch.arange(7.0)).sum().backward()    # a gradient through the all-reduced sums
+    result["codes"], result["grad"] = codes.tolist(), scores.grad.tolist()
+    seed_everything(0)
+    model = distributed.prepare_model(methods.build_model(TWO_STEPS), info)
+    result["ddp"] = isinstance(model, nn.parallel.DistributedDataParallel)
+    result.update(trained_steps(model, rank_views(rank), TWO_STEPS))
+    return result
 
 
 def test_two_process_sinkhorn_equals_one_process(tmp_path):
@@ -145,16 +133,7 @@ def test_two_process_sinkhorn_equals_one_process(tmp_path):
     prototypes are one of its parameters: their gradient, averaged over the ranks by DDP alone, is dropped in
     the frozen first step (None at the update, the prototypes unmoved) and then equals the one-process gradient
     of the whole batch (Halves), so the prototypes and the encoder stay equal on both ranks and to one process."""
-    procs = spawn_ranks(_sinkhorn_rank, tmp_path)
-    for p in procs:
-        p.join(timeout=120)
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-            p.join()
-    res = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    for got in res:
-        assert "error" not in got, got["error"]
+    res = run_ranks(_sinkhorn_rank, tmp_path)
     scores = unit_scores(12, 7).requires_grad_(True)
     codes = swav.sinkhorn(scores, 3, 0.05)
     (codes * torch.arange(7.0)).sum().backward()
