@@ -15,6 +15,7 @@ from pretrain.defaults import PretrainConfig
 from pretrain.distributed import DistInfo
 from pretrain.main import main
 from pretrain.methods.moco import KeyQueue, MoCoObjective, moco_loss, shuffle_permutation, shuffled_keys
+from pretrain.protocol import recipe_of
 from pretrain import train as train_mod
 from pretrain.train import knn_monitor, run, seed_everything
 from test_distributed import run_ranks
@@ -153,8 +154,8 @@ def test_preset_resolves_and_passes_check():
     m, lo, o = cfg.model, cfg.loss, cfg.optim
     assert (cfg.method, cfg.train.batch_size, m.target, m.target_momentum, m.target_momentum_schedule) == \
         ("moco", 256, "momentum", 0.999, "constant")
-    assert (m.queue_size, m.dim, m.proj_layers, m.proj_hidden_dim, m.head_bn, m.sync_bn) == \
-        (65536, 128, 2, 2048, "none", False)
+    assert (m.predictor, m.queue_size, m.dim, m.proj_layers, m.proj_hidden_dim, m.head_bn, m.sync_bn) == \
+        ("none", 65536, 128, 2, 2048, "none", False)
     assert (lo.temperature, lo.symmetrisation, o.base_lr, o.weight_decay, o.momentum, o.schedule) == \
         (0.2, "symmetric", 0.03, 1e-4, 0.9, "cosine")
     model = methods.build_model(cfg)
@@ -174,7 +175,8 @@ def test_preset_resolves_and_passes_check():
     ("model.head_bn=all", "model.head_bn=all"),
     ("model.proj_out_bn_affine=true", "model.proj_out_bn_affine=true"),
     ("model.stop_gradient=false", "model.stop_gradient=false"),
-    ("model.predictor=none", "does not read model.predictor=none"),
+    ("model.predictor=trained", "method=moco: model.predictor=trained; MoCo has no predictor"),
+    ("model.predictor=fixed", "method=moco: model.predictor=fixed; MoCo has no predictor"),
     ("loss.similarity=cross_entropy", "does not read loss.similarity=cross_entropy"),
     ("model.target_every=5", "does not read model.target_every=5"),
     ("model.prototypes=100", "does not read model.prototypes=100"),
@@ -220,6 +222,8 @@ def test_stop_mid_epoch_resumes_to_same_weights_and_queue(tmp_path):
     assert run(cfg, split)["complete"]
     a, b = (torch.load(d / "checkpoint.pth", weights_only=True) for d in (tmp_path / "full", split))
     assert (a["step"], b["step"]) == (6, 6)
+    assert recipe_of(b["config"])["model.predictor"] == "none"       # what the run recorded: no predictor
+    assert not any(k.startswith("predictor.") for k in b["model"])
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), f"weights differ after resume: {k}"
     bufs = lambda o: [s["momentum_buffer"] for s in o["optimizer"]["state"].values()]  # noqa: E731
