@@ -110,6 +110,10 @@ class Objective:
         self.target.before_step(model, step, step_in_epoch)
         return self.target.batch_indices(loader, epoch, step_in_epoch)
 
+    def before_optimizer_step(self, model, step: int) -> None:
+        """Work on the gradients of global step `step` (0-based), after the backward pass (unscaled under fp16)
+        and before the optimiser's update, e.g. dropping a frozen parameter's gradient; nothing here."""
+
     def after_step(self, model, step: int) -> None:
         """Work after the update that made global step `step` (a momentum encoder's EMA)."""
         self.target.after_step(model, step)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -223,15 +224,21 @@ def step_loss(objective, model, views, loader, *, epoch: int, step_in_epoch: int
         return objective(model, views, indices)
 
 
-def optimizer_step(loss: torch.Tensor, optimizer, scaler) -> None:
-    """Backward and update (through the GradScaler for fp16)."""
+def optimizer_step(loss: torch.Tensor, optimizer, scaler, before_update=None) -> None:
+    """Backward and update (through the GradScaler for fp16). `before_update()`, when given, runs between the
+    two on the gradients (unscaled under fp16): the objective's before_optimizer_step."""
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
+        if before_update is not None:
+            scaler.unscale_(optimizer)
+            before_update()
         scaler.step(optimizer)
         scaler.update()
     else:
         loss.backward()
+        if before_update is not None:
+            before_update()
         optimizer.step()
 
 
@@ -309,7 +316,7 @@ def train_one_epoch(model, loader, optimizer, scaler, *, epoch: int, step: int, 
             raise NonFiniteLossError(
                 f"loss is {loss_val} at epoch {epoch + 1}, step {i + 1}/{n_steps} (global step {step + 1}): "
                 f"training stopped before this update; the last good checkpoint is kept: {last_good}")
-        optimizer_step(loss, optimizer, scaler)
+        optimizer_step(loss, optimizer, scaler, functools.partial(objective.before_optimizer_step, model, step))
         step += 1
         objective.after_step(model, step)
         tally.steps += 1

@@ -1,6 +1,7 @@
 """pretrain.distributed: env:// set-up, single-process fallbacks and a real two-process gloo group on CPU."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -123,6 +124,48 @@ def spawn_ranks(target, out_dir, world: int = 2) -> list:
     for p in procs:
         p.start()
     return procs
+
+
+def _rank_main(body, rank: int, port: int, out_dir: str, world: int = 2) -> None:
+    """One rank of a `world`-process gloo group on CPU (one thread): writes body(info) (a JSON-able dict), or
+    the traceback of what failed, to <out_dir>/rank<rank>.json."""
+    result: dict = {}
+    try:
+        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+        torch.set_num_threads(1)
+        info = distributed.init_distributed("cpu")
+        result.update(body(info))
+        distributed.cleanup()
+    except BaseException:  # noqa: BLE001 - reported to the parent test
+        result["error"] = traceback.format_exc()
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
+
+
+def run_ranks(body, out_dir, world: int = 2, timeout: float = 120) -> list[dict]:
+    """body(info) -> dict (a module-level function) on every rank of a `world`-process gloo group; the ranks'
+    dicts in rank order. Fails naming the ranks still running after `timeout` s, or a rank's traceback."""
+    procs = spawn_ranks(functools.partial(_rank_main, body, world=world), out_dir, world)
+    for p in procs:
+        p.join(timeout=timeout)
+    hung = [r for r, p in enumerate(procs) if p.is_alive()]
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join()
+    assert not hung, f"ranks {hung} did not finish within {timeout} s"
+    results = [json.loads(Path(out_dir, f"rank{r}.json").read_text()) for r in range(world)]
+    for r, got in enumerate(results):
+        assert "error" not in got, f"rank {r}: {got['error']}"
+    return results
+
+
+def _sum_of_ranks(info) -> dict:
+    return {"rank": info.rank, "sum": distributed.all_reduce_mean(torch.tensor(float(info.rank))).item() * 2}
+
+
+def test_run_ranks_returns_each_ranks_result(tmp_path):
+    assert run_ranks(_sum_of_ranks, tmp_path) == [{"rank": 0, "sum": 1.0}, {"rank": 1, "sum": 1.0}]
 
 
 def test_two_process_gloo_group(tmp_path):

@@ -42,3 +42,11 @@ def test_every_own_key_exists_and_names_known_methods():
     for key, readers in methods.OWN_KEYS.items():
         assert key in flat and set(readers) <= set(methods.METHODS), key
     assert set(methods.DISPLAY) == set(methods.METHODS)
+
+
+def test_every_method_reads_model_predictor():
+    """model.predictor is a key of every method (MoCo's own check asks for none): never refused as foreign."""
+    assert set(methods.OWN_KEYS["model.predictor"]) == set(methods.METHODS)
+    assert methods.foreign_keys(cfg("method=moco", "model.predictor=none", "model.target=momentum")) == []
+    assert methods.foreign_keys(cfg("method=moco", "model.predictor=none", "model.queue_size=4096",
+                                    "loss.similarity=cross_entropy")) == ["loss.similarity"]

@@ -3,11 +3,6 @@ and shuffled-BN keys over two gloo processes against one process, the preset, th
 the embedded data, and a mid-run stop that resumes to the weights and queue of an uninterrupted run."""
 from __future__ import annotations
 
-import json
-import os
-import traceback
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,9 +15,10 @@ from pretrain.defaults import PretrainConfig
 from pretrain.distributed import DistInfo
 from pretrain.main import main
 from pretrain.methods.moco import KeyQueue, MoCoObjective, moco_loss, shuffle_permutation, shuffled_keys
+from pretrain.protocol import recipe_of
 from pretrain import train as train_mod
 from pretrain.train import knn_monitor, run, seed_everything
-from test_distributed import spawn_ranks
+from test_distributed import run_ranks
 
 
 def moco(*overrides):
@@ -114,21 +110,12 @@ def two_steps(q1, q2, k1, k2, queue: KeyQueue):
     return out
 
 
-def _rank(rank: int, port: int, out_dir: str) -> None:
-    result: dict = {}
-    try:
-        os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-        torch.set_num_threads(1)
-        distributed.init_distributed("cpu")
-        b = N // 2
-        mine = [e[rank * b:(rank + 1) * b] for e in embeddings()]
-        result.update(two_steps(*mine, KeyQueue(K, D, seed=5)))
-        result["keys"] = shuffled_keys(key_encoder(), images()[rank * b:(rank + 1) * b], 3, 7, 1).tolist()
-        distributed.cleanup()
-    except BaseException:  # noqa: BLE001 - reported to the parent test
-        result["error"] = traceback.format_exc()
-    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
+def _rank(info) -> dict:
+    rank, b = info.rank, N // 2
+    mine = [e[rank * b:(rank + 1) * b] for e in embeddings()]
+    result = two_steps(*mine, KeyQueue(K, D, seed=5))
+    result["keys"] = shuffled_keys(key_encoder(), images()[rank * b:(rank + 1) * b], 3, 7, 1).tolist()
+    return result
 
 
 def test_two_processes_equal_one(tmp_path):
@@ -136,16 +123,7 @@ def test_two_processes_equal_one(tmp_path):
     of the queries and the queue after each step (every rank's keys, in rank order) equal one process given the
     whole batch; the queue is the same on both ranks. The shuffled-BN keys of each rank are those of the key
     encoder (train mode) run on its slice of the permuted global batch, put back in image order."""
-    procs = spawn_ranks(_rank, tmp_path)
-    for p in procs:
-        p.join(timeout=120)
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-            p.join()
-    got = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    for g in got:
-        assert "error" not in g, g["error"]
+    got = run_ranks(_rank, tmp_path)
     one = two_steps(*embeddings(), KeyQueue(K, D, seed=5))
     for step in range(2):
         for g in got:
@@ -176,8 +154,8 @@ def test_preset_resolves_and_passes_check():
     m, lo, o = cfg.model, cfg.loss, cfg.optim
     assert (cfg.method, cfg.train.batch_size, m.target, m.target_momentum, m.target_momentum_schedule) == \
         ("moco", 256, "momentum", 0.999, "constant")
-    assert (m.queue_size, m.dim, m.proj_layers, m.proj_hidden_dim, m.head_bn, m.sync_bn) == \
-        (65536, 128, 2, 2048, "none", False)
+    assert (m.predictor, m.queue_size, m.dim, m.proj_layers, m.proj_hidden_dim, m.head_bn, m.sync_bn) == \
+        ("none", 65536, 128, 2, 2048, "none", False)
     assert (lo.temperature, lo.symmetrisation, o.base_lr, o.weight_decay, o.momentum, o.schedule) == \
         (0.2, "symmetric", 0.03, 1e-4, 0.9, "cosine")
     model = methods.build_model(cfg)
@@ -197,7 +175,8 @@ def test_preset_resolves_and_passes_check():
     ("model.head_bn=all", "model.head_bn=all"),
     ("model.proj_out_bn_affine=true", "model.proj_out_bn_affine=true"),
     ("model.stop_gradient=false", "model.stop_gradient=false"),
-    ("model.predictor=none", "does not read model.predictor=none"),
+    ("model.predictor=trained", "method=moco: model.predictor=trained; MoCo has no predictor"),
+    ("model.predictor=fixed", "method=moco: model.predictor=fixed; MoCo has no predictor"),
     ("loss.similarity=cross_entropy", "does not read loss.similarity=cross_entropy"),
     ("model.target_every=5", "does not read model.target_every=5"),
     ("model.prototypes=100", "does not read model.prototypes=100"),
@@ -243,6 +222,8 @@ def test_stop_mid_epoch_resumes_to_same_weights_and_queue(tmp_path):
     assert run(cfg, split)["complete"]
     a, b = (torch.load(d / "checkpoint.pth", weights_only=True) for d in (tmp_path / "full", split))
     assert (a["step"], b["step"]) == (6, 6)
+    assert recipe_of(b["config"])["model.predictor"] == "none"       # what the run recorded: no predictor
+    assert not any(k.startswith("predictor.") for k in b["model"])
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), f"weights differ after resume: {k}"
     bufs = lambda o: [s["momentum_buffer"] for s in o["optimizer"]["state"].values()]  # noqa: E731

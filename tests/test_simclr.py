@@ -1,13 +1,19 @@
-"""pretrain.methods.simclr: NT-Xent over the global batch equals a plain float64 reference, and each rank's share
-(its rows against every key) adds up to the one-process loss; the preset resolves and passes the checks."""
+"""pretrain.methods.simclr: NT-Xent over the global batch equals a plain float64 reference, each rank's share
+(its rows against every key) adds up to the one-process loss, two gloo processes give the one-process loss and
+gradients; the preset resolves and passes the checks."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from pretrain import config, methods
+from pretrain import config, distributed, methods
 from pretrain.defaults import PretrainConfig
-from pretrain.methods.simclr import info_nce
+from pretrain.methods.simclr import InfoNCE, info_nce
+from test_distributed import run_ranks
+
+N, T = 8, 0.2   # the global batch of the two-process test, and its temperature
 
 
 def reference(z1, z2, t):
@@ -40,3 +46,65 @@ def test_preset_resolves_and_passes_the_checks():
     c = config.resolve(PretrainConfig(), ["simclr"], ["data.root=embedded"], kind="pretrain")
     methods.check(c)
     assert (c.method, c.model.stop_gradient, c.optim.optimizer) == ("simclr", False, "lars")
+
+
+class Projector(nn.Module):
+    """A small network without BN in the place of SimCLR's (p = z for both views, keys with gradients)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 5))
+
+    def forward(self, x1, x2):
+        z1, z2 = self.net(x1), self.net(x2)
+        return z1, z2, z1, z2
+
+
+def global_views() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    return torch.randn(N, 6, generator=g), torch.randn(N, 6, generator=g)
+
+
+def projector() -> Projector:
+    torch.manual_seed(0)
+    return Projector()
+
+
+def _rank(info) -> dict:
+    """This rank's half of the global batch through InfoNCE under DistributedDataParallel: the loss averaged over
+    the ranks and the gradients of the parameters after backward."""
+    model = distributed.prepare_model(projector(), info)
+    rows = slice(info.rank * N // 2, (info.rank + 1) * N // 2)
+    loss, _ = InfoNCE(T)(model, tuple(x[rows] for x in global_views()))
+    loss.backward()
+    return {"ddp": isinstance(model, nn.parallel.DistributedDataParallel), "own": loss.item(),
+            "loss": distributed.all_reduce_mean(loss.detach()).item(),
+            "grads": [p.grad.flatten().tolist() for p in model.parameters()]}
+
+
+def one_process_grads(detach_keys: bool = False) -> tuple[float, list[torch.Tensor]]:
+    """The loss of the whole global batch in one process and its gradients (keys detached: their share left out)."""
+    model = projector()
+    z1, z2, _, _ = model(*global_views())
+    keys = (z1.detach(), z2.detach()) if detach_keys else (z1, z2)
+    loss = info_nce((z1, z2), keys, T)
+    loss.backward()
+    return loss.item(), [p.grad.flatten() for p in model.parameters()]
+
+
+def test_two_processes_equal_one(tmp_path):
+    """Two gloo processes, each with half of the global batch of 8, its keys gathered from both ranks with their
+    gradients: a small model wrapped in DistributedDataParallel, whose gradient is the mean over the ranks of the
+    gradients of their losses, i.e. the gradient of the mean of the ranks' losses. That mean is the one-process
+    loss of the whole batch, so the losses and the parameters' gradients equal one process's (rtol 1e-5); with
+    the keys' gradients left out the one-process gradient differs, so the gather's backward counts."""
+    got = run_ranks(_rank, tmp_path)
+    loss, grads = one_process_grads()
+    assert got[0]["ddp"] and got[1]["ddp"] and got[0]["own"] != got[1]["own"]
+    for g in got:
+        assert g["loss"] == pytest.approx(loss, rel=1e-5)
+        for mine, one in zip(g["grads"], grads):
+            assert torch.allclose(torch.tensor(mine), one, rtol=1e-5, atol=1e-7)
+    assert got[0]["grads"] == got[1]["grads"]
+    _, without_keys = one_process_grads(detach_keys=True)
+    assert not all(torch.allclose(a, b, rtol=1e-2) for a, b in zip(without_keys, grads))

@@ -2,27 +2,26 @@
 normalisation and freeze, learning on the embedded data, resume, the Sec. 6.2 switches and the refused ones."""
 from __future__ import annotations
 
-import json
 import math
-import os
-import traceback
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from pretrain import config, methods
+from pretrain import config, distributed, methods
 from pretrain import data as data_mod
 from pretrain.config import ConfigError
 from pretrain.defaults import PretrainConfig
 from pretrain.distributed import DistInfo
 from pretrain.methods import swav
 from pretrain.optim import build_optimizer
-from pretrain.train import NonFiniteLossError, knn_monitor, optimizer_step, run, seed_everything, step_loss
-from test_distributed import spawn_ranks
+from pretrain.train import (STOP_FILE, NonFiniteLossError, knn_monitor, optimizer_step, run, seed_everything,
+                            step_loss)
+from test_distributed import run_ranks
 from test_embedded import LEARN_OVERRIDES
+from test_train import MID, _stop_resume_equal, _weights
 
 # A small SwAV on the test_tiny ResNet-18: 32 prototypes of 64-d projections, SGD (the suite's tests never use
 # LARS), the prototypes frozen for the first 3 steps.
@@ -32,6 +31,9 @@ SMALL = ["method=swav", "model.dim=64", "model.proj_hidden_dim=128", "model.pred
 
 def tiny_swav(*overrides):
     return config.resolve(PretrainConfig(), ["test_tiny"], [*SMALL, *overrides], kind="pretrain")
+
+
+TWO_STEPS = tiny_swav("optim.freeze_prototypes_steps=1", "optim.weight_decay=0.1")
 
 
 def unit_scores(b: int, k: int, d: int = 16, seed: int = 0) -> torch.Tensor:
@@ -73,55 +75,65 @@ def test_sinkhorn_matches_float64_reference():
                                rtol=1e-4, atol=1e-7)
 
 
-def _sinkhorn_rank(rank: int, port: int, out_dir: str) -> None:
+def rank_views(rank: int, steps: int = 2) -> list[list[torch.Tensor]]:
+    """The two views of rank `rank`'s 4 images at each step of the two-process test (each rank its own)."""
+    g = torch.Generator().manual_seed(10 + rank)
+    return [[torch.randn(4, 3, 32, 32, generator=g) for _ in range(2)] for _ in range(steps)]
+
+
+def trained_steps(model, views, cfg) -> dict:
+    """Two SGD steps of pretrain.train's step (the objective's hook between backward and update) on `model`
+    (two views per step): the prototypes after each step, their gradient at each update, conv1's weights."""
+    optimizer = build_optimizer(model, cfg.optim, 0.5)
+    objective = methods.build_objective(cfg, model)
+    w = distributed.unwrap(model).prototypes.weight
+    out: dict = {"protos": [w.tolist()], "grads": []}
+    for step, pair in enumerate(views):
+        loss, _ = step_loss(objective, model, pair, None, epoch=0, step_in_epoch=step, step=step, dtype=None)
+        optimizer_step(loss, optimizer, None, lambda: objective.before_optimizer_step(model, step))  # noqa: B023
+        objective.after_step(model, step + 1)
+        out["grads"].append(None if w.grad is None else w.grad.tolist())
+        out["protos"].append(w.tolist())
+    out["conv1"] = distributed.unwrap(model).encoder.conv1.weight.flatten()[:20].tolist()
+    return out
+
+
+class Halves(nn.Module):
+    """One process holding both ranks' images: the model run on each rank's half of the batch (its BN over
+    those 4 images, as on that rank) and the outputs concatenated in rank order."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+        self.encoder, self.predictor, self.prototypes = inner.encoder, inner.predictor, inner.prototypes
+
+    def forward(self, x1, x2):
+        halves = [self.inner(x1[a:a + 4], x2[a:a + 4]) for a in (0, 4)]
+        return tuple(torch.cat(parts) for parts in zip(*halves))
+
+
+def _sinkhorn_rank(info) -> dict:
     """One rank of two: the Sinkhorn codes of its half of the global scores (and their gradient), and two SGD
     steps of a small SwAV under DistributedDataParallel with the prototypes frozen for the first."""
-    result: dict = {}
-    try:
-        os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-        torch.set_num_threads(1)
-        from pretrain import distributed
-        info = distributed.init_distributed("cpu")
-        scores = unit_scores(12, 7)[6 * rank: 6 * (rank + 1)].clone().requires_grad_(True)
-        codes = swav.sinkhorn(scores, 3, 0.05)
-        (codes * torch.arange(7.0)).sum().backward()    # a gradient through the all-reduced sums
-        result["codes"], result["grad"] = codes.tolist(), scores.grad.tolist()
-        cfg = tiny_swav("optim.freeze_prototypes_steps=1", "optim.weight_decay=0.1")
-        seed_everything(0)
-        model = distributed.prepare_model(methods.build_model(cfg), info)
-        optimizer = build_optimizer(model, cfg.optim, 0.5)
-        objective = methods.build_objective(cfg, model)
-        g = torch.Generator().manual_seed(10 + rank)                  # each rank its own images
-        protos = [distributed.unwrap(model).prototypes.weight.detach().clone()]
-        for step in range(2):
-            views = [torch.randn(4, 3, 32, 32, generator=g) for _ in range(2)]
-            loss, _ = step_loss(objective, model, views, None, epoch=0, step_in_epoch=step, step=step, dtype=None)
-            optimizer_step(loss, optimizer, None)
-            objective.after_step(model, step + 1)
-            protos.append(distributed.unwrap(model).prototypes.weight.detach().clone())
-        result["protos"] = [p.tolist() for p in protos]
-        result["conv1"] = distributed.unwrap(model).encoder.conv1.weight.flatten()[:20].tolist()
-        distributed.cleanup()
-    except BaseException:  # noqa: BLE001 - reported to the parent test
-        result["error"] = traceback.format_exc()
-    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
+    rank, result = info.rank, {}
+    scores = unit_scores(12, 7)[6 * rank: 6 * (rank + 1)].clone().requires_grad_(True)
+    codes = swav.sinkhorn(scores, 3, 0.05)
+    (codes * torch.arange(7.0)).sum().backward()    # a gradient through the all-reduced sums
+    result["codes"], result["grad"] = codes.tolist(), scores.grad.tolist()
+    seed_everything(0)
+    model = distributed.prepare_model(methods.build_model(TWO_STEPS), info)
+    result["ddp"] = isinstance(model, nn.parallel.DistributedDataParallel)
+    result.update(trained_steps(model, rank_views(rank), TWO_STEPS))
+    return result
 
 
 def test_two_process_sinkhorn_equals_one_process(tmp_path):
     """Two gloo ranks, each with half of the global batch's scores, give the codes (and the gradient, for the
-    variant without stop-gradient) of one process holding all of them; under DistributedDataParallel the
-    prototypes, outside its buckets, stay equal on both ranks, unmoved in the frozen first step."""
-    procs = spawn_ranks(_sinkhorn_rank, tmp_path)
-    for p in procs:
-        p.join(timeout=120)
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-            p.join()
-    res = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    for got in res:
-        assert "error" not in got, got["error"]
+    variant without stop-gradient) of one process holding all of them. Under DistributedDataParallel the
+    prototypes are one of its parameters: their gradient, averaged over the ranks by DDP alone, is dropped in
+    the frozen first step (None at the update, the prototypes unmoved) and then equals the one-process gradient
+    of the whole batch (Halves), so the prototypes and the encoder stay equal on both ranks and to one process."""
+    res = run_ranks(_sinkhorn_rank, tmp_path)
     scores = unit_scores(12, 7).requires_grad_(True)
     codes = swav.sinkhorn(scores, 3, 0.05)
     (codes * torch.arange(7.0)).sum().backward()
@@ -130,15 +142,25 @@ def test_two_process_sinkhorn_equals_one_process(tmp_path):
     np.testing.assert_allclose(np.array(res[0]["grad"] + res[1]["grad"]), scores.grad.numpy(), rtol=1e-4,
                                atol=1e-6)
     a, b = (np.array(r["protos"]) for r in res)
+    assert res[0]["ddp"] and res[1]["ddp"]
     assert np.array_equal(a, b) and res[0]["conv1"] == res[1]["conv1"]   # the ranks agree
     assert np.array_equal(a[0], a[1]) and not np.allclose(a[1], a[2])    # frozen, then trained
     assert np.allclose(np.linalg.norm(a[2], axis=1), 1.0, atol=1e-6)
+    assert res[0]["grads"][0] is None and res[0]["grads"][1] == res[1]["grads"][1]
+    seed_everything(0)
+    views = [[torch.cat(halves) for halves in zip(*pairs)] for pairs in zip(rank_views(0), rank_views(1))]
+    one = trained_steps(Halves(methods.build_model(TWO_STEPS)), views, TWO_STEPS)
+    assert one["grads"][0] is None
+    np.testing.assert_allclose(np.array(res[0]["grads"][1]), np.array(one["grads"][1]), rtol=1e-4, atol=2e-6)
+    np.testing.assert_allclose(a, np.array(one["protos"]), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(res[0]["conv1"], one["conv1"], rtol=1e-4, atol=1e-5)
 
 
 def test_prototypes_unit_norm_and_frozen(tmp_path):
     """Through the objective, the real optimiser (SGD with momentum and a large weight decay) and the step of
-    pretrain.train: during the first optim.freeze_prototypes_steps steps the prototypes do not move and get no
-    momentum buffer while the encoder trains; afterwards they move and stay unit vectors after every step."""
+    pretrain.train: during the first optim.freeze_prototypes_steps steps the prototypes lose their gradient
+    before the update, do not move and get no momentum buffer while the encoder trains; afterwards they move and
+    stay unit vectors after every step."""
     cfg = tiny_swav("optim.weight_decay=0.1")
     seed_everything(0)
     model = methods.build_model(cfg)
@@ -154,7 +176,8 @@ def test_prototypes_unit_norm_and_frozen(tmp_path):
         before = w.detach().clone()
         loss, z1 = step_loss(objective, model, views, None, epoch=0, step_in_epoch=step, step=step, dtype=None)
         assert math.isfinite(loss.item()) and z1.shape == (8, 64) and not z1.requires_grad
-        optimizer_step(loss, optimizer, None)
+        optimizer_step(loss, optimizer, None, lambda: objective.before_optimizer_step(model, step))  # noqa: B023
+        assert (w.grad is None) == (step < 3), step
         objective.after_step(model, step + 1)
         assert torch.allclose(w.norm(dim=1), torch.ones(32), atol=1e-6), step
         if step < 3:
@@ -163,6 +186,29 @@ def test_prototypes_unit_norm_and_frozen(tmp_path):
             assert not torch.allclose(w, before), step
     assert not torch.allclose(model.encoder.conv1.weight, conv)
     assert "momentum_buffer" in optimizer.state[w]
+
+
+def test_stop_mid_run_and_resume_is_exact(tmp_path):
+    """A stop request after the first step of the first epoch, inside the prototypes' freeze (3 steps), then a
+    resume: the weights (the prototypes included), the optimiser and the metrics equal an uninterrupted run's;
+    the final prototypes are unit vectors, trained away from their init after the freeze."""
+    cfg = tiny_swav(*MID)
+    run(cfg, tmp_path / "full")
+    split = tmp_path / "split"
+    split.mkdir()
+    (split / STOP_FILE).touch()
+    first = run(cfg, split)
+    assert first["stopped_on_request"] and first["step"] == 1
+    ck = _weights(split / "checkpoint.pth")
+    assert (ck["epoch"], ck["epoch_step"], ck["step"]) == (0, 1, 1)
+    run(cfg, split)
+    _stop_resume_equal(tmp_path / "full", split)
+    seed_everything(cfg.train.seed)
+    init = methods.build_model(cfg).prototypes.weight.detach()
+    assert torch.equal(ck["model"]["prototypes.weight"], init)       # frozen at the stop
+    final = _weights(split / "checkpoint.pth")["model"]["prototypes.weight"]
+    assert torch.allclose(final.norm(dim=1), torch.ones(32), atol=1e-6)
+    assert not torch.allclose(final, init, atol=1e-4)
 
 
 def test_codes_carry_gradient_only_without_stop_gradient():

@@ -300,6 +300,30 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
             allow_config_change=True)
 
 
+def test_optimizer_step_runs_before_update_on_unscaled_gradients():
+    """optimizer_step calls before_update between the backward pass and the update: through a GradScaler it
+    sees the unscaled gradients (those of the plain path), and a gradient it drops leaves its parameter unmoved,
+    weight decay and momentum included, while the others take the plain path's update."""
+    seen = {}
+    for scaled in (False, True):
+        torch.manual_seed(0)
+        net = torch.nn.Linear(3, 2)
+        opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1)
+        bias = net.bias.detach().clone()
+
+        def drop_bias():
+            seen[scaled] = net.weight.grad.clone()
+            net.bias.grad = None
+
+        scaler = torch.amp.GradScaler("cpu", init_scale=1024.0) if scaled else None
+        train_mod.optimizer_step(net(torch.ones(4, 3)).square().mean(), opt, scaler, drop_bias)
+        assert torch.equal(net.bias, bias) and net.bias not in opt.state
+        seen[f"weight{scaled}"] = net.weight.detach().clone()
+    assert seen[False].abs().min() > 0
+    assert torch.allclose(seen[True], seen[False], rtol=1e-6, atol=0)
+    assert torch.allclose(seen["weightTrue"], seen["weightFalse"], rtol=1e-6, atol=0)
+
+
 def test_unreadable_image_fails_the_run_with_its_path(cifar_root, tmp_path, capsys):
     root = tmp_path / "imgs"
     for cls in ("bird", "ship"):

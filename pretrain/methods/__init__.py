@@ -14,7 +14,9 @@ truly differs, behind three functions:
 
 An objective is called once per step, objective(model, views, batch_indices) -> (loss, z1) (z1: the first
 view's projection, detached, for the collapse monitor), and follows the protocol of pretrain.loss.Objective:
-before_step(model, loader, epoch=, step_in_epoch=, step=) -> batch indices or None, after_step(model, step),
+before_step(model, loader, epoch=, step_in_epoch=, step=) -> batch indices or None,
+before_optimizer_step(model, step) (after the backward pass, the gradients unscaled under fp16, before the
+optimiser's update: SwAV drops its frozen prototypes' gradient; a no-op elsewhere), after_step(model, step),
 stateful, state_dict() / load_state_dict(state) (what the checkpoint's "target" keeps: a target copy, a queue).
 
 Keys that only some methods read (OWN_KEYS) are refused, with a non-default value, under a method that does not
@@ -34,7 +36,7 @@ DISPLAY = {"simsiam": "SimSiam", "byol": "BYOL", "simclr": "SimCLR", "moco": "Mo
 
 # key -> the methods that read it; every other key is read by every method
 OWN_KEYS: dict[str, tuple[str, ...]] = {
-    "model.predictor": ("simsiam", "byol", "simclr", "swav"),
+    "model.predictor": ("simsiam", "byol", "simclr", "moco", "swav"),
     "model.target_every": ("simsiam",),
     "model.target_momentum": ("simsiam", "byol", "moco"),
     "model.target_momentum_schedule": ("byol", "moco"),

@@ -31,11 +31,9 @@ and a shuffle changes nothing, so none is done; in one process the key encoder n
 
 The objective's state (the checkpoint's "target" entry) is the key encoder's weights and BN buffers, the queue
 and its pointer: a resume continues bit-exactly. The online network is pretrain.model.SimSiam without predictor
-(p = z), whose encoder is what the converters and evaluations read.
+(model.predictor=none: p = z), whose encoder is what the converters and evaluations read.
 """
 from __future__ import annotations
-
-import dataclasses
 
 import torch
 import torch.distributed as dist
@@ -53,6 +51,9 @@ def check(cfg) -> None:
     """What MoCo v2 reads and refuses (one line naming the key and its value)."""
     check_switches(cfg)
     m, lo, t = cfg.model, cfg.loss, cfg.train
+    if m.predictor != "none":
+        raise ConfigError(f"method=moco: model.predictor={m.predictor}; MoCo has no predictor (its queries are the "
+                          "projections): set model.predictor=none")
     if m.target != "momentum":
         raise ConfigError(f"method=moco: model.target={m.target}; MoCo's keys come from a momentum key encoder: "
                           "set model.target=momentum")
@@ -74,8 +75,8 @@ def check(cfg) -> None:
 
 def build_model(cfg):
     """The query encoder: backbone + MoCo v2's MLP head (model.proj_layers, proj_hidden_dim, head_bn) and no
-    predictor (MoCo has none; model.predictor is not a MoCo key, pretrain.methods.OWN_KEYS)."""
-    return build_online(dataclasses.replace(cfg.model, predictor="none"))
+    predictor (model.predictor=none, the only value `check` lets through)."""
+    return build_online(cfg.model)
 
 
 def build_objective(cfg, model, context):
@@ -192,6 +193,9 @@ class MoCoObjective:
     def before_step(self, model, loader, *, epoch: int, step_in_epoch: int, step: int):
         self.step = step
         return None
+
+    def before_optimizer_step(self, model, step: int) -> None:
+        pass
 
     def __call__(self, model, views, batch_indices=None) -> tuple[torch.Tensor, torch.Tensor]:
         x1, x2 = views

@@ -90,6 +90,9 @@ class InfoNCE:
     def before_step(self, model, loader, *, epoch: int, step_in_epoch: int, step: int):
         return None
 
+    def before_optimizer_step(self, model, step: int) -> None:
+        pass
+
     def after_step(self, model, step: int) -> None:
         pass
 

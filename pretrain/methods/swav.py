@@ -21,15 +21,15 @@ Sec. 6.2 variants, as switches:
 
 The prototypes (main_swav.py): a Linear(dim, K, bias=False) named `prototypes` on the model, l2-normalised at
 their init and after every optimiser step that moved them (after_step; the official code normalises before each
-step, the same weights), and frozen for the first optim.freeze_prototypes_steps steps: they get no gradient (the
-official code sets `p.grad = None`), so SGD or LARS neither decays them nor gives them a momentum buffer, and
+step, the same weights), and frozen for the first optim.freeze_prototypes_steps steps as the official code
+freezes them: after the backward pass and before the optimiser step their gradient is dropped (`p.grad = None`,
+before_optimizer_step), so SGD or LARS skips them, neither decaying them nor giving them a momentum buffer, and
 they stay bit for bit as initialised.
 
 Distributed: Sinkhorn-Knopp runs over the global batch, as main_swav.py's distributed_sinkhorn (the total and
 the row sums are all-reduced, B is the global batch; the column sums are per sample, hence local). The
-prototypes stay outside DistributedDataParallel's buckets: a hook averages their gradient over the ranks once
-it is accumulated, and during the freeze they are left out of the backward pass altogether (requires_grad off),
-which DDP's buckets would not allow.
+prototypes are an ordinary module of the model inside DistributedDataParallel: their gradient is averaged over
+the ranks with every other one, also during the freeze, where it is then dropped on every rank alike.
 """
 from __future__ import annotations
 
@@ -119,21 +119,11 @@ def normalise_prototypes(model) -> None:
 
 def build_model(cfg):
     """The SimSiam network of cfg.model (backbone + projector, predictor or identity) plus the prototypes,
-    unit vectors from their init, left out of DistributedDataParallel's gradient buckets (see the module
-    docstring)."""
+    unit vectors from their init."""
     model = build_simsiam(cfg.model)
     model.prototypes = nn.Linear(cfg.model.dim, cfg.model.prototypes, bias=False)
     normalise_prototypes(model)
-    nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ["prototypes.weight"])
     return model
-
-
-def average_over_ranks(param: torch.Tensor) -> None:
-    """Gradient hook of the prototypes: the mean over ranks of their gradient, as DDP gives the others."""
-    n = world_size()
-    if n > 1:
-        dist.all_reduce(param.grad)
-        param.grad /= n
 
 
 def build_objective(cfg, model, context):
@@ -141,8 +131,8 @@ def build_objective(cfg, model, context):
 
 
 class SwAVObjective:
-    """The swapped prediction loss of one step, the prototypes' freeze before it and their normalisation after
-    it; stateless (the freeze follows from the global step, so a resume continues it exactly)."""
+    """The swapped prediction loss of one step, the prototypes' freeze before its update and their
+    normalisation after it; stateless (the freeze follows from the global step, so a resume continues it exactly)."""
 
     stateful = False
 
@@ -151,12 +141,15 @@ class SwAVObjective:
         self.iters, self.epsilon = cfg.loss.sinkhorn_iters, cfg.loss.sinkhorn_epsilon
         self.freeze_steps = cfg.optim.freeze_prototypes_steps
         self.stop_gradient = cfg.model.stop_gradient
-        unwrap(model).prototypes.weight.register_post_accumulate_grad_hook(average_over_ranks)
 
     def before_step(self, model, loader, *, epoch: int, step_in_epoch: int, step: int):
-        """Freeze the prototypes for global steps 0 .. freeze_prototypes_steps - 1 (no gradient at all)."""
-        unwrap(model).prototypes.weight.requires_grad_(step >= self.freeze_steps)
         return None
+
+    def before_optimizer_step(self, model, step: int) -> None:
+        """Freeze the prototypes for global steps 0 .. freeze_prototypes_steps - 1: drop their gradient."""
+        if step < self.freeze_steps:
+            for p in unwrap(model).prototypes.parameters():
+                p.grad = None
 
     def after_step(self, model, step: int) -> None:
         """Back to unit prototypes after an update that moved them (global step `step` > the freeze)."""
