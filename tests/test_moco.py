@@ -9,16 +9,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from pretrain import config, distributed, methods
-from pretrain import data as data_mod
 from pretrain.config import ConfigError
 from pretrain.defaults import PretrainConfig
-from pretrain.distributed import DistInfo
 from pretrain.main import main
 from pretrain.methods.moco import KeyQueue, MoCoObjective, moco_loss, shuffle_permutation, shuffled_keys
 from pretrain.protocol import recipe_of
 from pretrain import train as train_mod
-from pretrain.train import knn_monitor, run, seed_everything
+from pretrain.train import run
 from test_distributed import run_ranks
+from test_embedded import knn_before_and_after
 
 
 def moco(*overrides):
@@ -235,3 +234,28 @@ def test_stop_mid_epoch_resumes_to_same_weights_and_queue(tmp_path):
         assert torch.equal(v, tb["key_encoder"]["weights"][k]), f"key encoder differs after resume: {k}"
     # the queue holds keys of the run, not its random start
     assert not torch.equal(ta["queue"]["keys"], KeyQueue(32, 64, seed=0).keys)
+
+
+# ------------------------------------------------------------------------------------------ learning
+# LEARN_OVERRIDES (tests/test_embedded.py) shortened to 10 epochs (120 steps of 32 images) with a small MoCo v2:
+# a 2-layer head of 256 hidden units to 64-d keys with BN (at batch 32 the headless-BN preset did not learn:
+# 13.75 -> 17.9 with m = 0.99 and a 256-key queue), a queue of two batches, m = 0.9 for the short run, one
+# warm-up epoch.
+LEARN = ["method=moco", "model.predictor=none", "model.target=momentum", "model.target_momentum=0.9", "model.target_momentum_schedule=constant",
+         "model.queue_size=64", "model.proj_layers=2", "model.head_bn=hidden_proj_out", "model.dim=64",
+         "model.proj_hidden_dim=256", "loss.temperature=0.2", "optim.base_lr=0.8", "optim.warmup_epochs=1",
+         "train.epochs=10"]
+
+
+def test_short_pretraining_beats_random_init(tmp_path):
+    """A short MoCo v2 run on the embedded data beats the same network at random init in kNN top-1 (k=20, 240
+    held-out images; chance 12.5 %).
+
+    Measured (kNN top-1 %, random init -> after 120 steps; embedded data v2, 2026-12-04, AMD EPYC):
+      one thread:  seed 0 13.75 -> 25.00 (+11.2), seed 1 13.33 -> 27.92 (+14.6), seed 2 12.92 -> 28.75 (+15.8);
+      two threads: seed 0 13.75 -> 27.92 (+14.2).
+    At 240 steps: +18.8 / +21.2 / +18.3 (one thread). Bounds well inside the smallest gain: random init below
+    20 %, a gain of more than 5 points."""
+    before, after = knn_before_and_after(tmp_path / "run", 0, tuple(LEARN))
+    assert before < 20.0, (before, after)
+    assert after - before > 5.0, (before, after)

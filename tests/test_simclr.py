@@ -12,6 +12,7 @@ from pretrain import config, distributed, methods
 from pretrain.defaults import PretrainConfig
 from pretrain.methods.simclr import InfoNCE, info_nce
 from test_distributed import run_ranks
+from test_embedded import knn_before_and_after
 
 N, T = 8, 0.2   # the global batch of the two-process test, and its temperature
 
@@ -108,3 +109,25 @@ def test_two_processes_equal_one(tmp_path):
     assert got[0]["grads"] == got[1]["grads"]
     _, without_keys = one_process_grads(detach_keys=True)
     assert not all(torch.allclose(a, b, rtol=1e-2) for a, b in zip(without_keys, grads))
+
+
+# LEARN_OVERRIDES (tests/test_embedded.py) shortened to 10 epochs (120 steps of 32 images) with a small SimCLR:
+# the 2-layer projector of 256 hidden units to 64-d of the suite's heads, no predictor, no stop-gradient, SGD (the
+# suite's tests never use LARS), temperature 0.2 for the short run.
+LEARN = ["method=simclr", "model.predictor=none", "model.stop_gradient=false", "model.dim=64",
+         "model.proj_hidden_dim=256", "optim.optimizer=sgd", "loss.temperature=0.2", "optim.base_lr=0.8",
+         "train.epochs=10"]
+
+
+def test_short_pretraining_beats_random_init(tmp_path):
+    """A short SimCLR run on the embedded data beats the same network at random init in kNN top-1 (k=20, 240
+    held-out images; chance 12.5 %).
+
+    Measured (kNN top-1 %, random init -> after 120 steps; embedded data v2, 2026-12-04, AMD EPYC):
+      one thread:  seed 0 13.75 -> 29.58 (+15.8), seed 1 13.33 -> 25.83 (+12.5), seed 2 12.92 -> 26.67 (+13.8);
+      two threads: seed 0 13.75 -> 25.00 (+11.2).
+    At 240 steps: +21.7 / +17.9 / +20.0 (one thread). Bounds well inside the smallest gain: random init below
+    20 %, a gain of more than 5 points."""
+    before, after = knn_before_and_after(tmp_path / "run", 0, tuple(LEARN))
+    assert before < 20.0, (before, after)
+    assert after - before > 5.0, (before, after)

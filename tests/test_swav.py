@@ -11,16 +11,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from pretrain import config, distributed, methods
-from pretrain import data as data_mod
 from pretrain.config import ConfigError
 from pretrain.defaults import PretrainConfig
-from pretrain.distributed import DistInfo
 from pretrain.methods import swav
 from pretrain.optim import build_optimizer
-from pretrain.train import (STOP_FILE, NonFiniteLossError, knn_monitor, optimizer_step, run, seed_everything,
+from pretrain.train import (STOP_FILE, NonFiniteLossError, optimizer_step, run, seed_everything,
                             step_loss)
 from test_distributed import run_ranks
-from test_embedded import LEARN_OVERRIDES
+from test_embedded import LEARN_OVERRIDES, knn_before_and_after
 from test_train import MID, _stop_resume_equal, _weights
 
 # A small SwAV on the test_tiny ResNet-18: 32 prototypes of 64-d projections, SGD (the suite's tests never use
@@ -264,3 +262,25 @@ def test_refused_switches(override, words):
     with pytest.raises(ConfigError) as err:
         methods.check(tiny_swav(override))
     assert words in str(err.value) and "\n" not in str(err.value)
+
+
+# LEARN_OVERRIDES (tests/test_embedded.py) shortened to 10 epochs (120 steps of 32 images) with SMALL's SwAV at
+# 100 prototypes of 32-d projections, temperature 0.1 and epsilon 0.05 (SwAV's), SGD at LEARN_OVERRIDES' base lr
+# (SimSiam's).
+LEARN = [*SMALL, "model.dim=32", "model.prototypes=100", "loss.temperature=0.1", "loss.sinkhorn_epsilon=0.05",
+         "train.epochs=10"]
+
+
+def test_short_pretraining_beats_random_init(tmp_path):
+    """A short SwAV run on the embedded data beats the same network at random init in kNN top-1 (k=20, 240
+    held-out images; chance 12.5 %).
+
+    Measured (kNN top-1 %, random init -> after 120 steps; embedded data v2, 2026-12-04, AMD EPYC):
+      one thread:  seed 0 13.75 -> 23.33 (+9.6), seed 1 13.33 -> 19.17 (+5.8), seed 2 12.92 -> 25.42 (+12.5);
+      two threads: seed 0 13.75 -> 23.75 (+10.0).
+    At 240 steps: +12.5 / +10.4 / +15.4 (one thread). With 32 prototypes of 64-d and base lr 0.8 the 240-step
+    run gained only +1.2 (seed 0). Bounds well inside the smallest gain: random init below 20 %, a gain of more
+    than 3 points."""
+    before, after = knn_before_and_after(tmp_path / "run", 0, tuple(LEARN))
+    assert before < 20.0, (before, after)
+    assert after - before > 3.0, (before, after)

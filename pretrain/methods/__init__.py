@@ -36,7 +36,6 @@ DISPLAY = {"simsiam": "SimSiam", "byol": "BYOL", "simclr": "SimCLR", "moco": "Mo
 
 # key -> the methods that read it; every other key is read by every method
 OWN_KEYS: dict[str, tuple[str, ...]] = {
-    "model.predictor": ("simsiam", "byol", "simclr", "moco", "swav"),
     "model.target_every": ("simsiam",),
     "model.target_momentum": ("simsiam", "byol", "moco"),
     "model.target_momentum_schedule": ("byol", "moco"),
