@@ -155,10 +155,9 @@ def test_config_presets_and_errors(tmp_path):
                                        train=linear.LinearTrainConfig(cache_features=True)), tmp_path / "x")
     with pytest.raises(config_mod.ConfigError, match="needs model.arch"):
         linear.run(dataclasses.replace(LinearConfig(), weights="random"), tmp_path / "y")
-    # head: N(0, 0.01) weights, zero bias, 512-d input for ResNet-18
-    torch.manual_seed(0)
-    head = heads.build_head(2048, 1000)
-    assert head.weight.std().item() == pytest.approx(0.01, rel=0.02) and head.bias.abs().sum() == 0
+    # the protocol's head (a grid of one): N(0, 0.01) weights, zero bias
+    head = heads.HeadGrid(2048, 1000, 1)
+    assert head.weights[0].std().item() == pytest.approx(0.01, rel=0.02) and head.biases[0].abs().sum() == 0
 
 
 def test_data_root_is_required_and_embedded_is_named(tmp_path, capsys):

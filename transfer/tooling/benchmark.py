@@ -47,7 +47,6 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -162,9 +161,10 @@ def make_pretrain_step(arch: str, device: torch.device, sw: Switches, dim: int |
 
 
 def make_linear_step(arch: str, device: torch.device, sw: Switches, num_classes: int) -> Callable:
-    """Frozen trunk (eval mode, no grad) + linear head (N(0, 0.01) init) with the LARS of transfer.evaluation.linear."""
+    """Frozen trunk (eval mode, no grad) + the protocol's linear head (a grid of one, N(0, 0.01) init) with the
+    LARS of transfer.evaluation.linear."""
     from transfer.evaluation.linear import LinearConfig
-    from transfer.evaluation.linear.heads import build_head, build_optimizer
+    from transfer.evaluation.linear.heads import HeadGrid, build_grid_optimizer, grid_heads, head_losses
     trunk = build_backbone(arch)
     dim = trunk.fc.in_features
     trunk.fc = nn.Identity()
@@ -174,15 +174,15 @@ def make_linear_step(arch: str, device: torch.device, sw: Switches, num_classes:
     if sw.channels_last:
         trunk = trunk.to(memory_format=torch.channels_last)
     run = torch.compile(trunk) if sw.compile else trunk
-    head = build_head(dim, num_classes).to(device)
-    optimizer = build_optimizer(head.parameters(), LinearConfig(), 1.6)
+    head = HeadGrid(dim, num_classes, 1).to(device)
+    optimizer, _ = build_grid_optimizer(head, grid_heads(LinearConfig()), LinearConfig())
 
     def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if sw.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.no_grad(), _autocast(device, sw):
             f = run(x)
-        loss = F.cross_entropy(head(f.float()), y)
+        loss = head_losses(head(f.float()), y).sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -6,7 +6,7 @@
 
 Times the training step of transfer.evaluation.linear on tensors already on the device (the data path is the same for one
 head and for the grid, so it is left out): the frozen backbone's forward (eval mode, no gradients), the heads'
-logits, the summed loss, backward and the optimizer step, for the protocol's single nn.Linear head and for the
+logits, the summed loss, backward and the optimizer step, for the protocol's one head (a grid of one) and for the
 default grid of the optimizer (transfer.evaluation.linear.heads.default_grid: 13 heads for LARS, 27 for SGD), each as one
 matmul over its heads. Two workloads: "images" (a batch of images through the backbone every step, as with
 augmentation) and "cached features" (train.cache_features: the heads alone). Rounds alternate between one
@@ -24,7 +24,6 @@ import time
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from tabulate import tabulate
 
 from pretrain.model import build_backbone
@@ -32,22 +31,18 @@ from transfer.evaluation import linear
 from transfer.evaluation.linear import heads as linear_heads
 
 
-def make_step(trunk, dim: int, classes: int, cfg: linear.LinearConfig, grid: bool, device) -> Callable:
-    """One training step of transfer.evaluation.linear: trunk (None: cached features) + one head or the default grid."""
-    if grid:
-        specs = linear_heads.grid_heads(cfg)
-        heads = linear_heads.HeadGrid(dim, classes, len(specs)).to(device)
-        optimizer, _ = linear_heads.build_grid_optimizer(heads, specs, cfg)
-    else:
-        heads = linear_heads.build_head(dim, classes).to(device)
-        optimizer = linear_heads.build_optimizer(heads.parameters(), cfg, linear.init_lr(cfg))
+def make_step(trunk, dim: int, classes: int, cfg: linear.LinearConfig, device) -> Callable:
+    """One training step of transfer.evaluation.linear: trunk (None: cached features) + the heads of `cfg` (the
+    protocol's one head, a grid of one, or the default grid with grid.enabled=true)."""
+    specs = linear_heads.grid_heads(cfg)
+    heads = linear_heads.HeadGrid(dim, classes, len(specs)).to(device)
+    optimizer, _ = linear_heads.build_grid_optimizer(heads, specs, cfg)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
         if trunk is not None:
             with torch.no_grad():
                 x = trunk(x)
-        logits = heads(x)
-        loss = linear_heads.head_losses(logits, y) if grid else F.cross_entropy(logits, y)
+        loss = linear_heads.head_losses(heads(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.sum().backward()
         optimizer.step()
@@ -91,8 +86,8 @@ def run_bench(args) -> list[dict]:
         feats = trunk(images)
     rows = []
     for workload, net, x in (("images", trunk, images), ("cached features", None, feats)):
-        steps = {1: make_step(net, dim, args.classes, cfg, False, device),
-                 n_grid: make_step(net, dim, args.classes, grid_cfg, True, device)}
+        steps = {1: make_step(net, dim, args.classes, cfg, device),
+                 n_grid: make_step(net, dim, args.classes, grid_cfg, device)}
         rates: dict[int, list[float]] = {k: [] for k in steps}
         for _ in range(args.rounds):
             for k, step in steps.items():

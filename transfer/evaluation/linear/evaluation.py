@@ -111,20 +111,18 @@ class LinearEvaluation:
         self.log.info("resumed from %s after epoch %d", self.ckpt_path, self.epoch)
 
     def _describe(self) -> None:
-        cfg, bb, data, b = self.cfg, self.backbone, self.data, self.batches
+        cfg, bb, data, b, n = self.cfg, self.backbone, self.data, self.batches, self.normalisation
+        grid = (f"; {len(self.specs)} heads (base lrs {sorted({h[0] for h in self.specs})} x weight decays "
+                f"{sorted({h[1] for h in self.specs})}), the head picked on {b.holdout_images} training images held "
+                f"out (seed {cfg.grid.holdout_seed}), not on the validation split" if self.grid else "")
         self.log.info("linear evaluation of %s (%s, %d-d features) on %s: %d classes, %d train / %d held-out "
-                      "images, %s lr %.4g, global batch %d over %d processes, %d epochs%s", cfg.weights,
+                      "images, %s lr %.4g, global batch %d over %d processes, %d epochs%s%s", cfg.weights,
                       self.source["pretrain"].get("arch"), bb.dim, data.name, data.num_classes, b.train_images,
                       len(data.val), cfg.optim.optimizer.upper(), self.lrs[0], cfg.train.batch_size,
-                      self.info.world_size, cfg.train.epochs, ", cached features" if cfg.train.cache_features else "")
-        if self.grid:
-            self.log.info("grid of %d heads: base lrs %s x weight decays %s; the head is picked on %d training "
-                          "images held out (seed %d), not on the validation split", len(self.specs),
-                          sorted({h[0] for h in self.specs}), sorted({h[1] for h in self.specs}),
-                          b.holdout_images, cfg.grid.holdout_seed)
-        self.log.info("input normalisation: mean %s std %s (%s); precision and memory format of the backbone "
-                      "forward: amp %s, channels_last %s", self.normalisation["mean"], self.normalisation["std"],
-                      ", ".join(f"{k} from {v}" for k, v in self.normalisation["from"].items()),
+                      self.info.world_size, cfg.train.epochs, ", cached features" if cfg.train.cache_features
+                      else "", grid)
+        self.log.info("input normalisation: mean %s std %s (%s); backbone forward: amp %s, channels_last %s",
+                      n["mean"], n["std"], ", ".join(f"{k} from {v}" for k, v in n["from"].items()),
                       bb.applied["amp"], bb.applied["channels_last"])
 
     def fit(self) -> None:
@@ -142,41 +140,36 @@ class LinearEvaluation:
                 break
 
     def train_epoch(self, epoch: int) -> dict:
-        """One epoch: every head's step on the same features; per-head means."""
+        """One epoch: every head's step on the same features; per-head means over all processes."""
         cfg, dev = self.cfg, self.info.device
         for g, lr0 in zip(self.optimizer.param_groups, self.lrs):
             g["lr"] = scheduled_lr(lr0, epoch, cfg.train.epochs, cfg.optim.schedule)
         self.ddp.train()
-        sums = torch.zeros(2, len(self.specs), dtype=torch.float64, device=dev)  # loss x images, correct
-        seen, t0, batches = 0, time.time(), self.batches.epoch(epoch)
+        sums = torch.zeros(3, len(self.specs), dtype=torch.float64, device=dev)  # loss x images, correct, images
+        t0, batches = time.time(), self.batches.epoch(epoch)
         for step, (x, y) in enumerate(batches):
             if cfg.train.max_steps_per_epoch and step >= cfg.train.max_steps_per_epoch:
                 break
             y = y.to(dev, non_blocking=True)
             logits = self.ddp(self.batches.to_features(x))
             losses = head_losses(logits, y)
-            self._check_finite(losses, epoch, step)
+            if not bool(torch.isfinite(losses).any()):  # a grid goes on while one head's loss is finite
+                raise NonFiniteLossError(f"linear evaluation: the loss of every head is {losses.min().item()} at "
+                                         f"epoch {epoch + 1}, step {step}: lower optim.base_lr (grid.base_lrs in "
+                                         "grid mode)")
             self.optimizer.zero_grad(set_to_none=True)
             losses.sum().backward()
             self.optimizer.step()
-            sums[0] += losses.detach().double() * y.shape[0]
-            sums[1] += (logits.detach().argmax(2) == y[:, None]).sum(0).double()
-            seen += y.shape[0]
+            sums += torch.stack([losses.detach().double() * y.shape[0],
+                                 (logits.detach().argmax(2) == y[:, None]).sum(0).double(),
+                                 torch.full_like(sums[2], y.shape[0])])
             if self.info.is_main and cfg.train.print_freq and (step + 1) % cfg.train.print_freq == 0:
                 self.log.info("epoch %d step %d/%d loss %.4f", epoch + 1, step + 1, len(batches), float(losses.min()))
-        elapsed = time.time() - t0
-        seen = max(self._total(seen), 1.0)
-        sums = self._sum(sums)
+        elapsed, sums = time.time() - t0, self._sum(sums)
+        seen = max(float(sums[2, 0]), 1.0)
         return {"lr": [g["lr"] for g in self.optimizer.param_groups], "loss": (sums[0] / seen).tolist(),
                 "train_top1": (100.0 * sums[1] / seen).tolist(), "time": elapsed,
                 "images_per_s": seen / max(elapsed, 1e-9)}
-
-    def _check_finite(self, losses: torch.Tensor, epoch: int, step: int) -> None:
-        """A non-finite loss of every head stops the run (a grid goes on while one head's is finite)."""
-        if bool(torch.isfinite(losses).any()):
-            return
-        raise NonFiniteLossError(f"linear evaluation: the loss of every head is {losses.min().item()} at epoch "
-                                 f"{epoch + 1}, step {step}: lower optim.base_lr (grid.base_lrs in grid mode)")
 
     def _sum(self, t: torch.Tensor) -> torch.Tensor:
         """t summed over processes (in place)."""
@@ -184,22 +177,18 @@ class LinearEvaluation:
             torch.distributed.all_reduce(t)
         return t
 
-    def _total(self, n: int) -> float:
-        """A count summed over processes."""
-        return float(self._sum(torch.tensor([float(n)], dtype=torch.float64, device=self.info.device)).item())
-
     @torch.no_grad()
     def _evaluate_split(self, loader) -> dict:
         """Per-head top-1 / top-5 (percent) and mean loss over a split, over all processes."""
         self.heads.eval()
-        dev = self.info.device
-        counts, n = torch.zeros(3, len(self.specs), dtype=torch.float64, device=dev), 0
+        counts = torch.zeros(4, len(self.specs), dtype=torch.float64, device=self.info.device)
         for x, y in loader:
-            y = y.to(dev)
-            counts += head_counts(self.heads(self.batches.to_features(x)), y)
-            n += y.shape[0]
-        n = int(self._total(n))
-        c = (self._sum(counts) / max(n, 1)).tolist()
+            y = y.to(self.info.device)
+            counts += torch.cat([head_counts(self.heads(self.batches.to_features(x)), y),
+                                 torch.full_like(counts[:1], y.shape[0])])
+        counts = self._sum(counts)
+        n = int(counts[3, 0])
+        c = (counts[:3] / max(n, 1)).tolist()
         return {"top1": [100.0 * v for v in c[0]], "top5": [100.0 * v for v in c[1]], "loss": c[2], "images": n}
 
     def evaluate(self, epoch: int | None) -> None:

@@ -76,14 +76,6 @@ class HeadGrid(nn.Module):
         return [bool(x) for x in flags.tolist()]
 
 
-def build_head(in_dim: int, num_classes: int) -> nn.Linear:
-    """The protocol's head as one nn.Linear (the benchmarks' training step): weights N(0, 0.01), bias 0."""
-    head = nn.Linear(in_dim, num_classes)
-    nn.init.normal_(head.weight, mean=0.0, std=0.01)
-    nn.init.zeros_(head.bias)
-    return head
-
-
 def build_optimizer(params, cfg: LinearConfig, lr: float) -> torch.optim.Optimizer:
     """LARS or SGD (optim.optimizer, checked by check_config) over `params` (tensors or param groups)."""
     o = cfg.optim
