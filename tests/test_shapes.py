@@ -75,3 +75,31 @@ def test_plain_background_and_contrast_colour():
         assert r == g == b
         steps.add(round(r / 255 - 0.5, 2))
     assert steps == {-shapes.SHAPE_CONTRAST, shapes.SHAPE_CONTRAST}
+
+
+def test_scatter_objects_keeps_boxes_apart_and_inside():
+    """Boxes stay inside the image at 0.01 px and overlap no earlier box; an object whose tries all overlap is
+    left out, and the painter sees each accepted box once, in order."""
+    painted = []
+
+    def paint(rng, box):
+        painted.append(box)
+        return {"box": box, "n": len(painted)}
+
+    objects = shapes.scatter_objects(np.random.default_rng(0), (100, 80), 30, lambda rng: (30.0, 25.0), 5, paint)
+    assert 1 < len(objects) < 30 and [o["box"] for o in objects] == painted
+    assert [o["n"] for o in objects] == list(range(1, len(objects) + 1))
+    for j, o in enumerate(objects):
+        x0, y0, x1, y1 = o["box"]
+        assert 0 <= x0 < x1 <= 100 and 0 <= y0 < y1 <= 80 and all(round(v, 2) == v for v in o["box"])
+        assert all(shapes.iou(o["box"], p["box"]) <= 0.05 for p in objects[:j])
+    assert shapes.scatter_objects(np.random.default_rng(0), (100, 80), 3, lambda rng: (100.0, 80.0), 9, paint) \
+        == [{"box": (0.0, 0.0, 100.0, 80.0), "n": len(painted)}]
+
+
+def test_flat_outline_is_clipped_and_rounded():
+    poly = shapes.flat_outline("square", (-5.123, 10.0, 30.0, 90.0), 0.0, (40, 60))
+    assert poly == [0.0, 10.0, 30.0, 10.0, 30.0, 60.0, 0.0, 60.0]
+    ring = shapes.flat_outline("ring", (2.0, 3.0, 22.0, 33.0), 0.0, (40, 60))
+    assert len(ring) == 2 * len(shapes.shape_outline("ring", (2.0, 3.0, 22.0, 33.0)))
+    assert all(round(v, 2) == v for v in ring)

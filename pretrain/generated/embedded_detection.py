@@ -40,32 +40,26 @@ _SPLITS = {"train": 0, "val": 1}
 def shape_polygon(shape: str, box, rotation: float = 0.0) -> list[float]:
     """The outline (flat [x0, y0, x1, y1, ...], inside the image) of what `draw_shape(img, shape, box, ...,
     rotation)` paints."""
-    pts = shapes.shape_outline(shape, box, rotation)
-    pts[:, 0] = np.clip(pts[:, 0], 0, WIDTH)
-    pts[:, 1] = np.clip(pts[:, 1], 0, HEIGHT)
-    return [round(float(v), 2) for v in pts.reshape(-1)]
+    return shapes.flat_outline(shape, box, rotation, (WIDTH, HEIGHT))
+
+
+def _box_size(rng: np.random.Generator) -> tuple[float, float]:
+    side = rng.uniform(24, 64)
+    aspect = math.exp(rng.uniform(math.log(2 / 3), math.log(3 / 2)))
+    return side * math.sqrt(aspect), side / math.sqrt(aspect)
 
 
 def render_scene(rng: np.random.Generator) -> tuple[Image.Image, list[dict]]:
     """One image with 1-4 non-overlapping shapes; objects as {"class", "box" (x0,y0,x1,y1 float), "polygon"}."""
     img, level = shapes.plain_background(rng, WIDTH, HEIGHT)
-    objects: list[dict] = []
-    for _ in range(int(rng.integers(1, 5))):
-        for _attempt in range(20):
-            side = rng.uniform(24, 64)
-            aspect = math.exp(rng.uniform(math.log(2 / 3), math.log(3 / 2)))
-            bw, bh = side * math.sqrt(aspect), side / math.sqrt(aspect)
-            x0, y0 = rng.uniform(0, WIDTH - bw), rng.uniform(0, HEIGHT - bh)
-            box = tuple(round(v, 2) for v in (x0, y0, x0 + bw, y0 + bh))  # exact in both VOC and COCO files
-            if all(shapes.iou(box, o["box"]) < 0.05 for o in objects):
-                break
-        else:
-            continue
+
+    def paint(rng: np.random.Generator, box: shapes.Box) -> dict:
         shape = CLASSES[int(rng.integers(len(CLASSES)))]
         rotation = float(rng.uniform(-15, 15))
         shapes.draw_shape(img, shape, box, shapes.contrast_colour(rng, level), rotation=rotation)
-        objects.append({"class": shape, "box": box, "polygon": shape_polygon(shape, box, rotation)})
-    return img, objects
+        return {"class": shape, "box": box, "polygon": shape_polygon(shape, box, rotation)}
+
+    return img, shapes.scatter_objects(rng, (WIDTH, HEIGHT), int(rng.integers(1, 5)), _box_size, 20, paint)
 
 
 def _voc_xml(image_id: str, objects: list[dict]) -> str:

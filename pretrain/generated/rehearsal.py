@@ -46,7 +46,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .publish import publish_tree, read_marker
-from .shapes import SHAPES, draw_shape, iou, polygon_area, random_background, shape_outline, voc_annotation
+from .shapes import (SHAPES, Box, draw_shape, flat_outline, polygon_area, random_background, scatter_objects,
+                     voc_annotation)
 from . import GeneratedDataError, TargetExistsError
 from ..frame import guard
 
@@ -290,20 +291,19 @@ def render_scene(rng: np.random.Generator, n_classes: int, max_objects: int = 4)
     [x, y, ...] outline}."""
     w, h = (int(v) for v in rng.integers(DET_SIZE[0], DET_SIZE[1] + 1, size=2))
     img = random_background(rng, w, h)
-    objects: list[dict] = []
-    for _ in range(int(rng.integers(1, max_objects + 1)) if max_objects > 0 else 0):
+
+    def box_size(rng: np.random.Generator) -> tuple[float, float]:
         side = rng.uniform(0.2, 0.45) * min(w, h)
-        bw, bh = side * rng.uniform(0.7, 1.4), side * rng.uniform(0.7, 1.4)
-        x0, y0 = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
-        box = tuple(round(v, 2) for v in (x0, y0, x0 + bw, y0 + bh))
-        if any(iou(box, o["box"]) > 0.05 for o in objects):
-            continue
+        return side * rng.uniform(0.7, 1.4), side * rng.uniform(0.7, 1.4)
+
+    def paint(rng: np.random.Generator, box: Box) -> dict:
         label = int(rng.integers(n_classes))
         shape, rotation = _DET_SHAPES[label % len(_DET_SHAPES)], float(rng.uniform(-15, 15))
         draw_shape(img, shape, box, class_colour(8 * label, rng), rotation=rotation)
-        poly = np.clip(shape_outline(shape, box, rotation), 0, [w, h])
-        objects.append({"label": label, "box": box, "polygon": [round(float(v), 2) for v in poly.reshape(-1)]})
-    return img, objects
+        return {"label": label, "box": box, "polygon": flat_outline(shape, box, rotation, (w, h))}
+
+    count = int(rng.integers(1, max_objects + 1)) if max_objects > 0 else 0
+    return img, scatter_objects(rng, (w, h), count, box_size, 1, paint)
 
 
 def _voc_xml(image_id: str, size: tuple[int, int], objects: list[dict], difficult: set[int]) -> str:

@@ -2,13 +2,13 @@
 a given box, their outlines as polygons, the backgrounds, and the boxes and annotations of painted objects.
 
 The embedded classification set (`embedded`), its detection twin (`embedded_detection`) and the rehearsal trees
-(`rehearsal`) all paint with `draw_shape`; the detection sets annotate what it painted with `shape_outline`.
+(`rehearsal`) all paint with `draw_shape`; the detection sets place objects with `scatter_objects`.
 """
 from __future__ import annotations
 
 import colorsys
 import math
-from typing import Sequence, Union
+from typing import Callable, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -207,6 +207,31 @@ def iou(a: Sequence[float], b: Sequence[float]) -> float:
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = ix * iy
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def flat_outline(shape: str, box: Sequence[float], rotation: float, size: tuple[int, int]) -> list[float]:
+    """`shape_outline(shape, box, rotation)` clipped to an image of `size` (w, h), as a flat [x0, y0, x1, y1, ...]
+    list rounded to 0.01 px."""
+    return [round(float(v), 2) for v in np.clip(shape_outline(shape, box, rotation), 0, size).reshape(-1)]
+
+
+def scatter_objects(rng: np.random.Generator, size: tuple[int, int], count: int, box_size: Callable,
+                    attempts: int, paint: Callable) -> list[dict]:
+    """Up to `count` objects in an image of `size` (w, h) whose boxes overlap no earlier one's by an IoU over 0.05.
+
+    Each object tries up to `attempts` boxes, a width and height `box_size(rng)` placed uniformly inside the image
+    with corners rounded to 0.01 px (exact in VOC and COCO files), and is left out when none fits; the first that
+    fits goes to `paint(rng, box)`, which draws the object and returns its dict (holding the box as "box")."""
+    objects: list[dict] = []
+    for _ in range(count):
+        for _attempt in range(attempts):
+            bw, bh = box_size(rng)
+            x0, y0 = rng.uniform(0, size[0] - bw), rng.uniform(0, size[1] - bh)
+            box = tuple(round(v, 2) for v in (x0, y0, x0 + bw, y0 + bh))
+            if all(iou(box, o["box"]) <= 0.05 for o in objects):
+                objects.append(paint(rng, box))
+                break
+    return objects
 
 
 def polygon_area(poly: Sequence[float]) -> float:
