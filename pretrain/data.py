@@ -266,6 +266,25 @@ def knn_bank_limit(cfg) -> int:
     return min(caps) if caps else 0
 
 
+def labelled_splits(train_dir: Path, val_dir: Path, transforms: tuple, on_corrupt: str,
+                    limits: tuple[int, int] = (0, 0), what: str = "") -> tuple[RobustImageFolder, RobustImageFolder]:
+    """(training, held-out) RobustImageFolders with their `transforms` and per-class `limits`; DataError when
+    their classes differ (`what` names the task in the message)."""
+    train = RobustImageFolder(train_dir, transforms[0], on_corrupt, limits[0])
+    held = RobustImageFolder(val_dir, transforms[1], on_corrupt, limits[1])
+    if train.classes != held.classes:
+        raise DataError(f"{what}classes of {train_dir} ({len(train.classes)}) and {val_dir} ({len(held.classes)}) "
+                        "differ")
+    return train, held
+
+
+def eval_loader(dataset, rank: int, world_size: int, batch_size: int, workers: int,
+                pin_memory: bool = False) -> DataLoader:
+    """In-order batches of rank `rank`'s shard of an evaluation split (features are gathered afterwards)."""
+    return DataLoader(shard(dataset, rank, world_size), batch_size=batch_size, shuffle=False, num_workers=workers,
+                      pin_memory=pin_memory, worker_init_fn=seed_worker)
+
+
 def build_knn_loaders(cfg, train_dir: Path, val_dir: Path, rank: int = 0, world_size: int = 1,
                       batch_size: int | None = None, pin_memory: bool = False):
     """Memory bank (train, eval transform, knn_max_train images per class) and held-out loaders.
@@ -274,11 +293,8 @@ def build_knn_loaders(cfg, train_dir: Path, val_dir: Path, rank: int = 0, world_
     """
     d = cfg.data
     tf = eval_transform(d.image_size, d.mean, d.std, crop_fraction=eval_crop_fraction(d.image_size))
-    bank = RobustImageFolder(train_dir, tf, d.on_corrupt, knn_bank_limit(cfg))
-    test = RobustImageFolder(val_dir, tf, d.on_corrupt, cfg.monitor.knn_max_val)
-    if bank.classes != test.classes:
-        raise DataError(f"kNN monitor: classes of {train_dir} and {val_dir} differ")
+    bank, test = labelled_splits(train_dir, val_dir, (tf, tf), d.on_corrupt,
+                                 (knn_bank_limit(cfg), cfg.monitor.knn_max_val), "kNN monitor: ")
     bs = batch_size or max(32, per_rank_batch(cfg.train.batch_size, world_size))
-    mk = lambda ds: DataLoader(shard(ds, rank, world_size), batch_size=bs, shuffle=False,  # noqa: E731
-                               num_workers=d.workers, pin_memory=pin_memory, worker_init_fn=seed_worker)
-    return mk(bank), mk(test), len(bank.classes)
+    return (eval_loader(bank, rank, world_size, bs, d.workers, pin_memory),
+            eval_loader(test, rank, world_size, bs, d.workers, pin_memory), len(bank.classes))

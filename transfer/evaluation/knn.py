@@ -27,11 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 from pretrain import config as config_mod
 from pretrain.augment import IMAGENET_MEAN, IMAGENET_STD, eval_crop_fraction, eval_transform
-from pretrain.data import DataError, RobustImageFolder, dataset_name, resolve_roots, shard
+from pretrain.data import DataError, RobustImageFolder, dataset_name, eval_loader, labelled_splits, resolve_roots
 from pretrain.defaults import ImageFolderData
 from pretrain.frame import StageRun, guard
 from pretrain.monitor import extract_features, knn_accuracy
@@ -83,11 +82,7 @@ def build_splits(d: KnnDataConfig) -> tuple[RobustImageFolder, RobustImageFolder
         raise DataError(f"--data {d.root}: no held-out split next to {train_dir} (looked for '{d.val_split}', "
                         "val, test): kNN evaluation needs one")
     tf = eval_transform(d.image_size, d.mean, d.std, crop_fraction=d.crop_fraction)
-    bank = RobustImageFolder(train_dir, tf, d.on_corrupt, d.limit_per_class)
-    test = RobustImageFolder(val_dir, tf, d.on_corrupt, d.val_limit_per_class)
-    if bank.classes != test.classes:
-        raise DataError(f"classes of {train_dir} and {val_dir} differ")
-    return bank, test
+    return labelled_splits(train_dir, val_dir, (tf, tf), d.on_corrupt, (d.limit_per_class, d.val_limit_per_class))
 
 
 def run(cfg: KnnConfig, output_dir: str | Path) -> dict:
@@ -115,9 +110,8 @@ def run(cfg: KnnConfig, output_dir: str | Path) -> dict:
 def evaluate(backbone: torch.nn.Module, bank, test, cfg: KnnConfig, sr: StageRun) -> dict[str, float]:
     """Top-1/top-5 for every k of cfg.ks (each rank embeds its shard; features are gathered)."""
     info = sr.info
-    loader = lambda ds: DataLoader(shard(ds, info.rank, info.world_size), batch_size=cfg.batch_size,  # noqa: E731
-                                   shuffle=False, num_workers=cfg.data.workers,
-                                   pin_memory=info.device.type == "cuda")
+    loader = lambda ds: eval_loader(ds, info.rank, info.world_size, cfg.batch_size, cfg.data.workers,  # noqa: E731
+                                    info.device.type == "cuda")
     t0 = time.time()
     with torch.no_grad():
         fb, yb = extract_features(backbone, loader(bank), info.device)

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDatas
 
 from pretrain import fastdata
 from pretrain.augment import eval_transform, linear_train_transform
-from pretrain.data import DataError, RobustImageFolder, dataset_name, resolve_roots, shard
+from pretrain.data import DataError, RobustImageFolder, dataset_name, eval_loader, labelled_splits, resolve_roots
 from pretrain.logs import LOGGER_NAME
 from pretrain.monitor import extract_features
 
@@ -34,12 +34,9 @@ class ImageData:
                             "next to the training folder): linear evaluation needs one")
         self.name = dataset_name(d)
         self.eval_tf = eval_transform(d.image_size, d.mean, d.std, crop_fraction=d.crop_fraction)
-        self.train = self.train_folder(linear_train_transform(d.image_size, d.mean, d.std) if d.augment
-                                       else self.eval_tf)
-        self.val = RobustImageFolder(self.val_dir, self.eval_tf, d.on_corrupt, d.val_limit_per_class)
-        if self.train.classes != self.val.classes:
-            raise DataError(f"classes of {self.train_dir} ({len(self.train.classes)}) and {self.val_dir} "
-                            f"({len(self.val.classes)}) differ")
+        train_tf = linear_train_transform(d.image_size, d.mean, d.std) if d.augment else self.eval_tf
+        self.train, self.val = labelled_splits(self.train_dir, self.val_dir, (train_tf, self.eval_tf), d.on_corrupt,
+                                               (d.limit_per_class, d.val_limit_per_class))
         self.num_classes = len(self.train.classes)
         self.split = holdout_split(len(self.train), cfg.grid) if cfg.grid.enabled else None
 
@@ -80,10 +77,10 @@ def build_source(data: ImageData, bb: FrozenBackbone, info) -> DataSource:
 
 
 def _eval_loader(data: ImageData, info, dataset, workers: int | None = None) -> DataLoader:
-    """In-order batches of this process's share of an evaluation split."""
-    return DataLoader(shard(dataset, info.rank, info.world_size), batch_size=data.cfg.train.eval_batch_size,
-                      shuffle=False, num_workers=data.cfg.data.workers if workers is None else workers,
-                      pin_memory=workers is None and info.device.type == "cuda")
+    """In-order batches of this process's share of an evaluation split (workers=0: tensors in memory)."""
+    return eval_loader(dataset, info.rank, info.world_size, data.cfg.train.eval_batch_size,
+                       data.cfg.data.workers if workers is None else workers,
+                       workers is None and info.device.type == "cuda")
 
 
 def _train_loader(data: ImageData, info, train_set, workers: int, pin: bool):
