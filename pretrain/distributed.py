@@ -111,13 +111,18 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
-    """Mean over ranks (a copy; the input is left alone)."""
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks (a copy; the input is left alone)."""
     t = t.detach().clone()
     if world_size() > 1:
         dist.all_reduce(t)
-        t /= world_size()
     return t
+
+
+def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    """Mean over ranks (a copy; the input is left alone)."""
+    t = all_reduce_sum(t)
+    return t / world_size() if world_size() > 1 else t
 
 
 def all_gather(t: torch.Tensor) -> torch.Tensor:

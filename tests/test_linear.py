@@ -23,6 +23,7 @@ from pretrain import config as config_mod
 from pretrain.defaults import PretrainConfig
 from pretrain.errors import InputError
 from pretrain.frame import StageRun
+from pretrain.lars import LARS
 from pretrain.logs import read_metrics
 from pretrain.model import SimSiam
 from pretrain.generated.embedded import embedded_dir
@@ -337,8 +338,10 @@ def test_head_grid_trains_like_separate_heads(optimizer):
     for i, (_, wd) in enumerate(specs):
         head = torch.nn.Linear(24, 5)
         head.load_state_dict({"weight": grid.weights[i].detach().clone(), "bias": grid.biases[i].detach().clone()})
-        solo.append((head, heads.build_optimizer(head.parameters(), dataclasses.replace(
-            cfg, optim=dataclasses.replace(cfg.optim, weight_decay=wd)), lrs[i])))
+        o = cfg.optim
+        solo.append((head, LARS(head.parameters(), lr=lrs[i], momentum=o.momentum, weight_decay=wd,
+                                trust_coefficient=o.trust_coefficient, eps=o.eps) if optimizer == "lars" else
+                     torch.optim.SGD(head.parameters(), lr=lrs[i], momentum=o.momentum, weight_decay=wd)))
     for f, y in batches:
         for g in opt.param_groups:
             g["lr"] *= 0.8  # a schedule, applied per group

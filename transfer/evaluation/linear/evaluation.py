@@ -111,19 +111,18 @@ class LinearEvaluation:
         self.log.info("resumed from %s after epoch %d", self.ckpt_path, self.epoch)
 
     def _describe(self) -> None:
-        cfg, bb, data, b, n = self.cfg, self.backbone, self.data, self.batches, self.normalisation
-        grid = (f"; {len(self.specs)} heads (base lrs {sorted({h[0] for h in self.specs})} x weight decays "
-                f"{sorted({h[1] for h in self.specs})}), the head picked on {b.holdout_images} training images held "
-                f"out (seed {cfg.grid.holdout_seed}), not on the validation split" if self.grid else "")
-        self.log.info("linear evaluation of %s (%s, %d-d features) on %s: %d classes, %d train / %d held-out "
-                      "images, %s lr %.4g, global batch %d over %d processes, %d epochs%s%s", cfg.weights,
-                      self.source["pretrain"].get("arch"), bb.dim, data.name, data.num_classes, b.train_images,
-                      len(data.val), cfg.optim.optimizer.upper(), self.lrs[0], cfg.train.batch_size,
-                      self.info.world_size, cfg.train.epochs, ", cached features" if cfg.train.cache_features
-                      else "", grid)
-        self.log.info("input normalisation: mean %s std %s (%s); backbone forward: amp %s, channels_last %s",
-                      n["mean"], n["std"], ", ".join(f"{k} from {v}" for k, v in n["from"].items()),
-                      bb.applied["amp"], bb.applied["channels_last"])
+        cfg, b, n, specs = self.cfg, self.batches, self.normalisation, self.specs
+        grid = (f"; {len(specs)} heads (base lrs {sorted({h[0] for h in specs})} x weight decays "
+                f"{sorted({h[1] for h in specs})}) picked on {b.holdout_images} training images held out (seed "
+                f"{cfg.grid.holdout_seed}), not on the validation split" if self.grid else "")
+        self.log.info("linear evaluation of %s (%s, %d-d features) on %s: %d classes, %d train / %d held-out images, "
+                      "%s lr %.4g, global batch %d over %d processes, %d epochs%s%s", cfg.weights,
+                      self.source["pretrain"].get("arch"), self.backbone.dim, self.data.name, self.data.num_classes,
+                      b.train_images, len(self.data.val), cfg.optim.optimizer.upper(), self.lrs[0],
+                      cfg.train.batch_size, self.info.world_size, cfg.train.epochs,
+                      ", cached features" if cfg.train.cache_features else "", grid)
+        self.log.info("input normalisation: mean %s std %s (%s); backbone forward: %s", n["mean"], n["std"],
+                      ", ".join(f"{k} from {v}" for k, v in n["from"].items()), self.backbone.applied)
 
     def fit(self) -> None:
         t = self.cfg.train
@@ -165,17 +164,11 @@ class LinearEvaluation:
                                  torch.full_like(sums[2], y.shape[0])])
             if self.info.is_main and cfg.train.print_freq and (step + 1) % cfg.train.print_freq == 0:
                 self.log.info("epoch %d step %d/%d loss %.4f", epoch + 1, step + 1, len(batches), float(losses.min()))
-        elapsed, sums = time.time() - t0, self._sum(sums)
+        elapsed, sums = time.time() - t0, distributed.all_reduce_sum(sums)
         seen = max(float(sums[2, 0]), 1.0)
         return {"lr": [g["lr"] for g in self.optimizer.param_groups], "loss": (sums[0] / seen).tolist(),
                 "train_top1": (100.0 * sums[1] / seen).tolist(), "time": elapsed,
                 "images_per_s": seen / max(elapsed, 1e-9)}
-
-    def _sum(self, t: torch.Tensor) -> torch.Tensor:
-        """t summed over processes (in place)."""
-        if self.info.distributed:
-            torch.distributed.all_reduce(t)
-        return t
 
     @torch.no_grad()
     def _evaluate_split(self, loader) -> dict:
@@ -186,7 +179,7 @@ class LinearEvaluation:
             y = y.to(self.info.device)
             counts += torch.cat([head_counts(self.heads(self.batches.to_features(x)), y),
                                  torch.full_like(counts[:1], y.shape[0])])
-        counts = self._sum(counts)
+        counts = distributed.all_reduce_sum(counts)
         n = int(counts[3, 0])
         c = (counts[:3] / max(n, 1)).tolist()
         return {"top1": [100.0 * v for v in c[0]], "top5": [100.0 * v for v in c[1]], "loss": c[2], "images": n}

@@ -13,20 +13,14 @@ from pretrain.lars import LARS
 
 from .config import ConfigError, LinearConfig, LinearGridConfig
 
-LARS_LR_STEPS = tuple(range(-4, 9))   # default grid: base lr x 10^(k/4), k in these (LARS: /10 .. x100)
-SGD_LR_STEPS = tuple(range(-4, 5))    # SGD: /10 .. x10
-SGD_WEIGHT_DECAYS = (0.0, 1e-5, 1e-4)
-
 
 def default_grid(cfg: LinearConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(base lrs, weight decays): base_lr x 10^(k/4) to 4 digits, for LARS k = -4..8 (its relative step is
-    lr x trust, so runs shorter than ImageNet's need a larger lr) with optim.weight_decay; for SGD k = -4..4 with
-    weight decays 0, 1e-5, 1e-4 (and optim.weight_decay)."""
-    o = cfg.optim
-    steps = LARS_LR_STEPS if o.optimizer == "lars" else SGD_LR_STEPS
-    lrs = tuple(float(f"{o.base_lr * 10 ** (k / 4):.4g}") for k in steps)
-    wds = (o.weight_decay,) if o.optimizer == "lars" else tuple(sorted({o.weight_decay, *SGD_WEIGHT_DECAYS}))
-    return lrs, wds
+    """(base lrs, weight decays): base_lr x 10^(k/4) to 4 digits, for LARS k = -4..8 (/10 to x100: its relative
+    step is lr x trust, so runs shorter than ImageNet's need a larger lr) with optim.weight_decay; for SGD
+    k = -4..4 with weight decays 0, 1e-5, 1e-4 (and optim.weight_decay)."""
+    o, lars = cfg.optim, cfg.optim.optimizer == "lars"
+    lrs = tuple(float(f"{o.base_lr * 10 ** (k / 4):.4g}") for k in range(-4, 9 if lars else 5))
+    return lrs, (o.weight_decay,) if lars else tuple(sorted({o.weight_decay, 0.0, 1e-5, 1e-4}))
 
 
 def grid_heads(cfg: LinearConfig) -> list[tuple[float, float]]:
@@ -34,9 +28,7 @@ def grid_heads(cfg: LinearConfig) -> list[tuple[float, float]]:
     if not cfg.grid.enabled:
         return [(cfg.optim.base_lr, cfg.optim.weight_decay)]
     lrs, wds = default_grid(cfg)
-    lrs = tuple(cfg.grid.base_lrs) or lrs
-    wds = tuple(cfg.grid.weight_decays) or wds
-    return [(float(lr), float(wd)) for lr in lrs for wd in wds]
+    return [(float(lr), float(wd)) for lr in cfg.grid.base_lrs or lrs for wd in cfg.grid.weight_decays or wds]
 
 
 def holdout_split(n: int, grid: LinearGridConfig) -> tuple[list[int], list[int]]:
@@ -76,21 +68,15 @@ class HeadGrid(nn.Module):
         return [bool(x) for x in flags.tolist()]
 
 
-def build_optimizer(params, cfg: LinearConfig, lr: float) -> torch.optim.Optimizer:
-    """LARS or SGD (optim.optimizer, checked by check_config) over `params` (tensors or param groups)."""
-    o = cfg.optim
-    if o.optimizer == "lars":
-        return LARS(params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay,
-                    trust_coefficient=o.trust_coefficient, eps=o.eps)
-    return torch.optim.SGD(params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay)
-
-
 def build_grid_optimizer(grid: HeadGrid, heads: list[tuple[float, float]], cfg: LinearConfig):
-    """(optimizer with one param group per head: its lr, base lr x batch / 256, and weight decay; initial lrs)."""
+    """(LARS or SGD with one param group per head: its lr, base lr x batch / 256, and weight decay; the lrs)."""
+    o = cfg.optim
     lrs = [scaled_lr(lr, cfg.train.batch_size) for lr, _ in heads]
     groups = [{"params": grid.head_params(i), "lr": lr, "weight_decay": wd}
               for i, (lr, (_, wd)) in enumerate(zip(lrs, heads))]
-    return build_optimizer(groups, cfg, lrs[0]), lrs
+    if o.optimizer == "lars":
+        return LARS(groups, lr=lrs[0], momentum=o.momentum, trust_coefficient=o.trust_coefficient, eps=o.eps), lrs
+    return torch.optim.SGD(groups, lr=lrs[0], momentum=o.momentum), lrs
 
 
 def head_losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -124,14 +110,11 @@ def pick_head(holdout: dict | None, finite: list[bool]) -> int:
 
 def grid_edges(specs: list[tuple[float, float]], picked: int) -> list[dict]:
     """The grid edges (lowest / highest base lr, largest weight decay, of an axis of several values) the picked
-    head sits on: a better head may lie beyond them."""
+    head sits on, each with the direction in which to extend the grid: a better head may lie beyond them."""
     lr, wd = specs[picked]
     lrs, wds = sorted({s[0] for s in specs}), sorted({s[1] for s in specs})
-    found = []
-    if len(lrs) > 1 and lr == lrs[0] and lr > 0:
-        found.append(("grid.base_lrs", "lowest", lr, f"extend the grid below base lr {lr}"))
-    if len(lrs) > 1 and lr == lrs[-1]:
-        found.append(("grid.base_lrs", "highest", lr, f"extend the grid above base lr {lr}"))
-    if len(wds) > 1 and wd == wds[-1]:
-        found.append(("grid.weight_decays", "highest", wd, f"extend the grid above weight decay {wd}"))
-    return [dict(zip(("key", "edge", "value", "advice"), f)) for f in found]
+    found = [("grid.base_lrs", "lowest", lr, "below base lr") if len(lrs) > 1 and lr == lrs[0] and lr > 0 else None,
+             ("grid.base_lrs", "highest", lr, "above base lr") if len(lrs) > 1 and lr == lrs[-1] else None,
+             ("grid.weight_decays", "highest", wd, "above weight decay") if len(wds) > 1 and wd == wds[-1] else None]
+    return [{"key": k, "edge": e, "value": v, "advice": f"extend the grid {where} {v}"}
+            for k, e, v, where in filter(None, found)]
