@@ -1,6 +1,4 @@
-"""What a run writes: the metrics line of an epoch, results.json's metrics, protocol and grid sections. A grid
-reports the head picked on the held-out slice, with no best over epochs (that would pick on the validation
-split)."""
+"""What a run writes: the metrics line of an epoch, results.json's metrics, protocol and grid sections."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,6 +10,7 @@ from transfer.reporting.tables import GRID_LABEL, grid_label
 
 if TYPE_CHECKING:
     from .evaluation import LinearEvaluation
+
 
 def epoch_record(ev: LinearEvaluation, tr: dict, evaluated: bool) -> dict:
     """The metrics line of an epoch: the protocol's keys for its head (in grid mode the picked head's) and,
@@ -36,16 +35,14 @@ def epoch_record(ev: LinearEvaluation, tr: dict, evaluated: bool) -> dict:
 
 
 def metrics(ev: LinearEvaluation) -> dict:
-    """results.json "metrics": the protocol's head, or the picked head of the grid with its held-out top-1."""
-    p, val = ev.picked, ev.last["val"]
-    m = {"top1": val["top1"][p], "top5": val["top5"][p], "best_top1": ev.best["top1"],
-         "best_epoch": ev.best["epoch"], "val_images": val["images"]}
-    if ev.grid:
-        base_lr, wd = ev.specs[p]
-        del m["best_top1"], m["best_epoch"]
-        m.update(holdout_top1=ev.last["holdout"]["top1"][p], holdout_images=ev.last["holdout"]["images"],
-                 picked_base_lr=base_lr, picked_weight_decay=wd, heads=len(ev.specs))
-    return m
+    """results.json "metrics": the protocol's head (with its best epoch), or the grid's picked head with its
+    held-out top-1 (no best over epochs: that would pick on the validation split)."""
+    p, val, hold = ev.picked, ev.last["val"], ev.last.get("holdout")
+    m = {"top1": val["top1"][p], "top5": val["top5"][p]}
+    if not ev.grid:
+        return {**m, "best_top1": ev.best["top1"], "best_epoch": ev.best["epoch"], "val_images": val["images"]}
+    return {**m, "val_images": val["images"], "holdout_top1": hold["top1"][p], "holdout_images": hold["images"],
+            "picked_base_lr": ev.specs[p][0], "picked_weight_decay": ev.specs[p][1], "heads": len(ev.specs)}
 
 
 def grid_section(ev: LinearEvaluation) -> dict:

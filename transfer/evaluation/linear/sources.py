@@ -3,6 +3,7 @@ loader workers, each batch through the backbone), the device (train.gpu_augment:
 device, pretrain.fastdata) and cached features (train.cache_features: both splits through the backbone once)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -71,9 +72,7 @@ def build_source(data: ImageData, bb: FrozenBackbone, info) -> DataSource:
     if t.batch_size % info.world_size:
         raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by the {info.world_size} processes")
     build = _feature_source if t.cache_features else _device_source if t.gpu_augment else _image_source
-    source = build(data, bb, info)
-    source.holdout_images = len(data.split[1]) if data.split else 0
-    return source
+    return dataclasses.replace(build(data, bb, info), holdout_images=len(data.split[1]) if data.split else 0)
 
 
 def _eval_loader(data: ImageData, info, dataset, workers: int | None = None) -> DataLoader:
@@ -101,21 +100,19 @@ def _image_source(data: ImageData, bb: FrozenBackbone, info) -> DataSource:
     return DataSource(loader, sampler, _eval_loader(data, info, data.val), holdout, bb.features, len(train_set))
 
 
-def _cached_features(data: ImageData, bb: FrozenBackbone, info, dataset) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features, labels) of a split, once, in dataset order (on the CPU)."""
-    f, y = extract_features(bb.features, _eval_loader(data, info, dataset), info.device)
-    order = torch.tensor([i for r in range(info.world_size) for i in range(r, len(dataset), info.world_size)])
-    return f.cpu()[order.argsort()], y.cpu()[order.argsort()]  # the ranks' shards back into dataset order
-
-
 def _feature_source(data: ImageData, bb: FrozenBackbone, info) -> DataSource:
-    t0, split = time.time(), data.split
-    (ftr, ytr), (fva, yva) = (_cached_features(data, bb, info, ds) for ds in (data.train, data.val))
+    """Both splits through the backbone once, in dataset order (the ranks' shards put back), on the CPU."""
+    t0, cached = time.time(), []
+    for ds in (data.train, data.val):
+        f, y = extract_features(bb.features, _eval_loader(data, info, ds), info.device)
+        order = torch.tensor([i for r in range(info.world_size) for i in range(r, len(ds), info.world_size)])
+        cached.append((f.cpu()[order.argsort()], y.cpu()[order.argsort()]))
+    (ftr, ytr), (fva, yva) = cached
     logging.getLogger(LOGGER_NAME).info("cached features: %d train, %d held-out (%d-d) in %.1f s", len(ftr),
                                         len(fva), bb.dim, time.time() - t0)
     holdout = None
-    if split is not None:
-        keep, hold = torch.tensor(split[0]), torch.tensor(split[1])
+    if data.split is not None:
+        keep, hold = torch.tensor(data.split[0]), torch.tensor(data.split[1])
         holdout = _eval_loader(data, info, TensorDataset(ftr[hold], ytr[hold]), workers=0)
         ftr, ytr = ftr[keep], ytr[keep]
     sampler, loader = _train_loader(data, info, TensorDataset(ftr, ytr), workers=0, pin=False)
