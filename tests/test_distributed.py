@@ -43,6 +43,8 @@ def test_single_process_without_env(clean_env):
     x = torch.tensor([1.0, 2.0, 3.0])
     mean = distributed.all_reduce_mean(x)
     assert torch.equal(mean, x) and mean is not x
+    total = distributed.all_reduce_sum(x)
+    assert torch.equal(total, x) and total is not x
     mean += 10
     assert torch.equal(x, torch.tensor([1.0, 2.0, 3.0]))
     assert torch.equal(distributed.all_gather(x), x)
@@ -100,6 +102,8 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         x = torch.tensor([float(rank), 10.0 * (rank + 1)])
         result["mean"] = distributed.all_reduce_mean(x).tolist()
         result["input_after_mean"] = x.tolist()
+        result["sum"] = distributed.all_reduce_sum(x).tolist()
+        result["input_after_sum"] = x.tolist()
         rows = 3 if rank == 0 else 1
         t = torch.stack([torch.tensor([float(rank), float(r)]) for r in range(rows)])
         result["gathered"] = distributed.all_gather(t).tolist()
@@ -184,7 +188,8 @@ def test_two_process_gloo_group(tmp_path):
         assert got["info"] == [r, 2, r, "cpu", True, r == 0]
         assert got["helpers"] == [2, r, r == 0]
         assert got["mean"] == [0.5, 15.0]
-        assert got["input_after_mean"] == [float(r), 10.0 * (r + 1)]
+        assert got["input_after_mean"] == got["input_after_sum"] == [float(r), 10.0 * (r + 1)]
+        assert got["sum"] == [1.0, 30.0]
         assert got["gathered"] == [[0.0, 0.0], [0.0, 1.0], [0.0, 2.0], [1.0, 0.0]]
         assert got["ddp"] is True and got["bn"] == "BatchNorm2d" and got["unwrap_is_net"] is True
         assert got["initialized_after_cleanup"] is False
