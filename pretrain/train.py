@@ -254,6 +254,13 @@ class EpochTally:
     batch_per_rank: int = 0
     data_wait: float = 0.0          # seconds of `seconds` spent waiting for the next batch
 
+    def add(self, batch_per_rank: int, loss: float, collapse: float | None) -> None:
+        """One step's batch size, reduced loss and (when monitored) collapse std."""
+        self.steps += 1
+        self.batch_per_rank = batch_per_rank
+        self.loss_sum += loss
+        self.collapse_sum += collapse or 0.0
+
 
 def steps_per_epoch(loader, cfg: PretrainConfig) -> int:
     """Training steps in one epoch: the loader's batches, capped by train.max_steps_per_epoch."""
@@ -319,11 +326,7 @@ def train_one_epoch(model, loader, optimizer, scaler, *, epoch: int, step: int, 
         optimizer_step(loss, optimizer, scaler, functools.partial(objective.before_optimizer_step, model, step))
         step += 1
         objective.after_step(model, step)
-        tally.steps += 1
-        tally.batch_per_rank = views[0].shape[0]
-        tally.loss_sum += loss_val
-        if cfg.monitor.collapse:
-            tally.collapse_sum += collapse_std(z1)
+        tally.add(views[0].shape[0], loss_val, collapse_std(z1) if cfg.monitor.collapse else None)
         if report is not None:
             report(epoch=epoch + 1, epochs=cfg.train.epochs, step=tally.steps, steps=n_steps)
         if info.is_main and hasattr(bar, "set_postfix") and (i % max(cfg.train.print_freq, 1) == 0):
