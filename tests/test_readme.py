@@ -906,3 +906,20 @@ def test_links_resolve():
                 if anchor not in heads:
                     problems.append(f"{doc}: link {target}: no heading '{anchor}' in {file.relative_to(REPO)}")
     assert not problems, "\n".join(problems)
+
+
+REPO_PATH = re.compile(r"^((?:pretrain|transfer|slurm|eval_configs|tests|docs)/[\w./-]*?)(?:::?\w+)?$")
+
+
+def test_named_paths_exist():
+    """Every repository path the docs name in backticks (`transfer/stages.py`, `eval_configs/linear/`, with an
+    optional `:name` or `::name`) exists; placeholders (`<name>`, `*`) are left alone."""
+    named, missing = 0, []
+    for doc in DOCS:
+        for token in re.findall(r"`([^`\s]+)`", (REPO / doc).read_text()):
+            m = REPO_PATH.match(token)
+            if m and "<" not in token and "*" not in token:
+                named += 1
+                if not (REPO / m.group(1)).exists():
+                    missing.append(f"{doc}: `{token}`")
+    assert named > 50 and not missing, (named, missing)
