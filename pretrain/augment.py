@@ -3,6 +3,11 @@
 - `moco_v2_transform`: RandomResizedCrop(scale=(min_scale, 1)) -> ColorJitter(0.4, 0.4, 0.4, 0.1) with p=0.8
   -> RandomGrayscale(p=0.2) -> Gaussian blur with sigma ~ U[0.1, 2.0] with p=0.5 (PIL ImageFilter, as in the
   official code) -> horizontal flip -> ToTensor -> Normalize. `blur=False` drops the blur (CIFAR recipe).
+  Another `ViewRecipe` sets the jitter strengths and the probabilities, and adds a solarisation (threshold 128)
+  after the blur: `AUGMENTATIONS` names the two views of each (data.augmentation): "moco_v2", the same view
+  twice (SimSiam's), "byol", BYOL's asymmetric views (Grill et al. 2020, Table 6: jitter 0.4, 0.4, 0.2,
+  0.1; blur with p 1.0 and 0.1; solarisation with p 0 and 0.2), and "simclr", SimCLR's view twice (Chen et al.
+  2020, App. A: colour distortion of strength 1, jitter 0.8, 0.8, 0.8, 0.2; blur with p 0.5), which SwAV uses too.
 - `TwoCropsTransform`: two independent views of one image, as a list [query, key].
 - `eval_transform`: Resize(image_size * 256/224) + CenterCrop(image_size) (+ ToTensor + Normalize).
 - `linear_train_transform`: RandomResizedCrop(image_size) + flip (+ ToTensor + Normalize), the official
@@ -14,6 +19,7 @@ The batched GPU version of the pretraining views is `pretrain.gpu_augment.GPUMoC
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -29,6 +35,32 @@ JITTER = (0.4, 0.4, 0.4, 0.1)    # brightness, contrast, saturation, hue
 P_JITTER, P_GRAY, P_BLUR = 0.8, 0.2, 0.5
 BLUR_SIGMA = (0.1, 2.0)
 CROP_RATIO = (3 / 4, 4 / 3)
+SOLARIZE_THRESHOLD = 128
+
+
+@dataclass(frozen=True)
+class ViewRecipe:
+    """One pretraining view's colour jitter strengths and the probabilities of its random ops."""
+    jitter: tuple[float, float, float, float] = JITTER
+    p_jitter: float = P_JITTER
+    p_gray: float = P_GRAY
+    p_blur: float = P_BLUR
+    p_solarize: float = 0.0
+
+
+MOCO_V2 = ViewRecipe()
+_BYOL_JITTER = (0.4, 0.4, 0.2, 0.1)
+_SIMCLR = ViewRecipe((0.8, 0.8, 0.8, 0.2))     # colour distortion of strength 1 (SimCLR App. A, data_util.py)
+AUGMENTATIONS = {"moco_v2": (MOCO_V2, MOCO_V2),
+                 "byol": (ViewRecipe(_BYOL_JITTER, p_blur=1.0), ViewRecipe(_BYOL_JITTER, p_blur=0.1, p_solarize=0.2)),
+                 "simclr": (_SIMCLR, _SIMCLR)}
+
+
+def view_recipes(name: str) -> tuple[ViewRecipe, ViewRecipe]:
+    """The two views of data.augmentation `name` (ValueError naming the known ones)."""
+    if name not in AUGMENTATIONS:
+        raise ValueError(f"data.augmentation: '{name}' is not one of {', '.join(AUGMENTATIONS)}")
+    return AUGMENTATIONS[name]
 
 
 class ToRGB:
@@ -66,18 +98,22 @@ def _finish(mean: Sequence[float], std: Sequence[float]) -> list:
 
 
 def moco_v2_transform(image_size: int = 224, min_scale: float = 0.2, blur: bool = True,
-                      mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> T.Compose:
-    """One MoCo v2 / SimSiam view: PIL image -> normalised float tensor (3, image_size, image_size)."""
+                      mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                      recipe: ViewRecipe = MOCO_V2) -> T.Compose:
+    """One MoCo v2 / SimSiam view (or another `recipe`'s): PIL image -> normalised float tensor (3, image_size,
+    image_size)."""
     if not 0 < min_scale <= 1:
         raise ValueError(f"moco_v2_transform: min_scale must be in (0, 1], got {min_scale}")
     steps: list[Callable] = [
         ToRGB(),
         T.RandomResizedCrop(image_size, scale=(min_scale, 1.0), ratio=CROP_RATIO),
-        T.RandomApply([T.ColorJitter(*JITTER)], p=P_JITTER),
-        T.RandomGrayscale(p=P_GRAY),
+        T.RandomApply([T.ColorJitter(*recipe.jitter)], p=recipe.p_jitter),
+        T.RandomGrayscale(p=recipe.p_gray),
     ]
     if blur:
-        steps.append(T.RandomApply([PILGaussianBlur(BLUR_SIGMA)], p=P_BLUR))
+        steps.append(T.RandomApply([PILGaussianBlur(BLUR_SIGMA)], p=recipe.p_blur))
+    if recipe.p_solarize > 0:
+        steps.append(T.RandomSolarize(SOLARIZE_THRESHOLD, p=recipe.p_solarize))
     steps.append(T.RandomHorizontalFlip())
     return T.Compose(steps + _finish(mean, std))
 

@@ -15,6 +15,7 @@ The pixels differ from PIL's only by rounding, op by op (tests/test_cpu_augment.
 - grayscale: PIL's integer luma (exact);
 - blur: PIL's three extended box filters per axis (`pil_box_radius`, as in pretrain.gpu_augment), composed into one
   separable kernel, the edge pixel repeated beyond the border (PIL rounds after each box, this once);
+- solarisation (a `ViewRecipe` with p_solarize, BYOL's second view): PIL's table, exact;
 - flip: exact.
 
 The views come out as uint8 (3, H, W) tensors; `device_views` moves a batch to the device and normalises it
@@ -33,15 +34,14 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from .augment import BLUR_SIGMA, CROP_RATIO, JITTER, P_BLUR, P_GRAY, P_JITTER
+from .augment import BLUR_SIGMA, CROP_RATIO, MOCO_V2, SOLARIZE_THRESHOLD, ViewRecipe
 from .data import CorruptImageError, RobustImageFolder
 
 cv2.setNumThreads(0)           # one thread per loader process: forked workers never wait on OpenCV's pool
 cv2.ocl.setUseOpenCL(False)
 
 PIPELINES = ("fast", "reference")
-_JITTER_RANGES = [T.ColorJitter(*JITTER).brightness, T.ColorJitter(*JITTER).contrast,
-                  T.ColorJitter(*JITTER).saturation, T.ColorJitter(*JITTER).hue]
+_SOLARIZE = np.array([v if v < SOLARIZE_THRESHOLD else 255 - v for v in range(256)], np.uint8)
 _DECODE_FLAGS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
                  8: cv2.IMREAD_REDUCED_COLOR_8}
 
@@ -50,28 +50,38 @@ _DECODE_FLAGS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMRE
 @dataclass
 class ViewParams:
     """One view's random choices: crop (top, left, height, width) in the full image; colour jitter (order of
-    the four ops, brightness, contrast, saturation, hue factors) or None; grayscale; blur sigma or None; flip."""
+    the four ops, brightness, contrast, saturation, hue factors) or None; grayscale; blur sigma or None; flip;
+    solarisation."""
     crop: tuple[int, int, int, int]
     jitter: tuple[list[int], float, float, float, float] | None
     gray: bool
     sigma: float | None
     flip: bool
+    solarize: bool = False
 
 
-def sample_view(height: int, width: int, min_scale: float, blur: bool) -> ViewParams:
-    """The draws of one `moco_v2_transform` view on a height x width image, in its order, from torch's generator."""
+@functools.lru_cache(maxsize=8)
+def _jitter_ranges(strengths: tuple[float, float, float, float]) -> tuple:
+    cj = T.ColorJitter(*strengths)
+    return cj.brightness, cj.contrast, cj.saturation, cj.hue
+
+
+def sample_view(height: int, width: int, min_scale: float, blur: bool, recipe: ViewRecipe = MOCO_V2) -> ViewParams:
+    """The draws of one `moco_v2_transform(.., recipe=recipe)` view on a height x width image, in its order, from
+    torch's generator."""
     crop = T.RandomResizedCrop.get_params(torch.empty(()).expand(3, height, width), [min_scale, 1.0],
                                           list(CROP_RATIO))
     jitter = None
-    if not P_JITTER < torch.rand(1):                              # RandomApply: skipped when p < u
-        order, b, c, s, h = T.ColorJitter.get_params(*_JITTER_RANGES)
+    if not recipe.p_jitter < torch.rand(1):                       # RandomApply: skipped when p < u
+        order, b, c, s, h = T.ColorJitter.get_params(*_jitter_ranges(recipe.jitter))
         jitter = (order.tolist(), b, c, s, h)
-    gray = bool(torch.rand(1) < P_GRAY)
+    gray = bool(torch.rand(1) < recipe.p_gray)
     sigma = None
-    if blur and not P_BLUR < torch.rand(1):
+    if blur and not recipe.p_blur < torch.rand(1):
         sigma = torch.empty(()).uniform_(BLUR_SIGMA[0], BLUR_SIGMA[1]).item()
+    solarize = recipe.p_solarize > 0 and bool(torch.rand(1).item() < recipe.p_solarize)
     flip = bool(torch.rand(1) < 0.5)
-    return ViewParams(tuple(int(v) for v in crop), jitter, gray, sigma, flip)
+    return ViewParams(tuple(int(v) for v in crop), jitter, gray, sigma, flip, solarize)
 
 
 def decode_scale(views: Sequence[ViewParams], image_size: int, is_jpeg: bool) -> int:
@@ -194,7 +204,8 @@ _JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue
 
 
 def apply_view(img: np.ndarray, p: ViewParams, size: int, scale: int = 1) -> np.ndarray:
-    """One view (uint8 RGB H x W x 3 -> size x size x 3) in the reference order: crop, jitter, gray, blur, flip."""
+    """One view (uint8 RGB H x W x 3 -> size x size x 3) in the reference order: crop, jitter, gray, blur,
+    solarisation, flip."""
     out = crop_resize(img, p.crop, size, scale)
     if p.jitter is not None:
         order, *factors = p.jitter
@@ -204,6 +215,8 @@ def apply_view(img: np.ndarray, p: ViewParams, size: int, scale: int = 1) -> np.
         out = to_grayscale(out)
     if p.sigma is not None:
         out = gaussian_blur(out, p.sigma)
+    if p.solarize:
+        out = cv2.LUT(out, _SOLARIZE)
     if p.flip:
         out = cv2.flip(out, 1)
     return out
@@ -255,23 +268,25 @@ def _chw(view: np.ndarray) -> torch.Tensor:
 
 
 class FastTwoCrops:
-    """`pairs` pairs of MoCo v2 views of one EncodedImage (or PIL image / uint8 array), as uint8 (3, S, S)
-    tensors: [x1, x2] for pairs=1, [x1, x2, x3, x4] for 2, exactly as `TwoCropsTransform(.., pairs=pairs)`.
-    All views' parameters are drawn first (the reference order), then the image is decoded once, at the
-    smallest scale all crops allow (`reduce=False`: always full size)."""
+    """`pairs` pairs of views of one EncodedImage (or PIL image / uint8 array), as uint8 (3, S, S) tensors:
+    [x1, x2] for pairs=1, [x1, x2, x3, x4] for 2, exactly as `TwoCropsTransform(first, second, pairs=pairs)`
+    with `recipes` (first, second; MoCo v2's twice by default). All views' parameters are drawn first (the
+    reference order), then the image is decoded once, at the smallest scale all crops allow (`reduce=False`:
+    always full size)."""
 
     def __init__(self, image_size: int = 224, min_scale: float = 0.2, blur: bool = True, pairs: int = 1,
-                 reduce: bool = True):
+                 reduce: bool = True, recipes: tuple[ViewRecipe, ViewRecipe] = (MOCO_V2, MOCO_V2)):
         if not 0 < min_scale <= 1:
             raise ValueError(f"FastTwoCrops: min_scale must be in (0, 1], got {min_scale}")
         self.image_size, self.min_scale, self.blur = int(image_size), float(min_scale), bool(blur)
-        self.pairs, self.reduce = int(pairs), bool(reduce)
+        self.pairs, self.reduce, self.recipes = int(pairs), bool(reduce), tuple(recipes)
 
     def __call__(self, img) -> list[torch.Tensor]:
         if isinstance(img, Image.Image):
             img = np.asarray(img.convert("RGB"))
         width, height = img.size if isinstance(img, EncodedImage) else (img.shape[1], img.shape[0])
-        views = [sample_view(height, width, self.min_scale, self.blur) for _ in range(2 * self.pairs)]
+        views = [sample_view(height, width, self.min_scale, self.blur, self.recipes[k % 2])
+                 for k in range(2 * self.pairs)]
         scale = 1
         if isinstance(img, EncodedImage):
             scale = decode_scale(views, self.image_size, img.is_jpeg) if self.reduce else 1
@@ -282,7 +297,7 @@ class FastTwoCrops:
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(image_size={self.image_size}, min_scale={self.min_scale}, "
-                f"blur={self.blur}, pairs={self.pairs}, reduce={self.reduce})")
+                f"blur={self.blur}, pairs={self.pairs}, reduce={self.reduce}, recipes={self.recipes})")
 
 
 @functools.lru_cache(maxsize=16)

@@ -19,7 +19,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from torchvision.datasets import ImageFolder
 
-from .augment import TwoCropsTransform, eval_crop_fraction, eval_transform, moco_v2_transform  # noqa: F401
+from .augment import (TwoCropsTransform, eval_crop_fraction, eval_transform, moco_v2_transform,  # noqa: F401
+                      view_recipes)
 from .errors import InputError
 
 EMBEDDED = "embedded"
@@ -223,19 +224,35 @@ def per_rank_batch(global_batch: int, world_size: int) -> int:
     return global_batch // world_size
 
 
+def check_views(cfg) -> None:
+    """ConfigError (one line) for a data.augmentation that is not known, or that the device augmentation
+    (train.gpu_augment, MoCo v2's views only) cannot make."""
+    from .config import ConfigError
+    d = cfg.data
+    try:
+        view_recipes(d.augmentation)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if cfg.train.gpu_augment and d.augmentation != "moco_v2":
+        raise ConfigError(f"data.augmentation={d.augmentation} with train.gpu_augment=true: the device "
+                          "augmentation makes MoCo v2's views only; set train.gpu_augment=false")
+
+
 def build_pretrain_loader(cfg, train_dir: Path, rank: int = 0, world_size: int = 1,
                           pin_memory: bool = False, pairs: int = 1) -> EpochLoader:
-    """Two MoCo v2 views per image (`pairs` pairs of them); global batch split over ranks; drop_last; reshuffled
-    per epoch. data.pipeline: "fast" (pretrain.cpu_augment, uint8 views) or "reference" (PIL, float views)."""
+    """Two views per image (`pairs` pairs of them; data.augmentation: MoCo v2's twice, or BYOL's two); global
+    batch split over ranks; drop_last; reshuffled per epoch. data.pipeline: "fast" (pretrain.cpu_augment, uint8
+    views) or "reference" (PIL, float views)."""
     d = cfg.data
+    recipes = view_recipes(d.augmentation)
     if d.pipeline == "fast":   # uint8 views, normalised on the device (pretrain.cpu_augment.device_views)
         from .cpu_augment import EncodedImageFolder, FastTwoCrops
-        views = FastTwoCrops(d.image_size, d.min_scale, d.blur, pairs=pairs)
+        views = FastTwoCrops(d.image_size, d.min_scale, d.blur, pairs=pairs, recipes=recipes)
         dataset = EncodedImageFolder(train_dir, views, d.on_corrupt, d.limit_per_class)
     elif d.pipeline == "reference":
-        base = moco_v2_transform(d.image_size, d.min_scale, d.blur, d.mean, d.std)
-        dataset = RobustImageFolder(train_dir, TwoCropsTransform(base, pairs=pairs), d.on_corrupt,
-                                    d.limit_per_class)
+        first, second = (moco_v2_transform(d.image_size, d.min_scale, d.blur, d.mean, d.std, r) for r in recipes)
+        dataset = RobustImageFolder(train_dir, TwoCropsTransform(first, second if recipes[1] != recipes[0] else None,
+                                                                 pairs=pairs), d.on_corrupt, d.limit_per_class)
     else:
         raise DataError(f"data.pipeline: '{d.pipeline}' is not one of fast, reference")
     batch = per_rank_batch(cfg.train.batch_size, world_size)

@@ -34,6 +34,8 @@ class DataConfig(ImageFolderData):
     root: str = ""
     min_scale: float = 0.2          # RandomResizedCrop scale lower bound (MoCo v2)
     blur: bool = True               # Gaussian blur p=0.5 (off for CIFAR, as in the paper's appendix)
+    augmentation: str = "moco_v2"   # the two views (pretrain.augment): moco_v2 (the same view twice, SimSiam's) |
+    #                                 byol (asymmetric: blur p 1.0 / 0.1, solarisation p 0 / 0.2) | simclr (jitter 0.8)
     # The views' CPU code: "fast" (pretrain.cpu_augment: OpenCV/numpy, uint8 views normalised on the device; over
     # twice the reference's images/s per core, docs/benchmarks.md) or "reference" (PIL/torchvision, the official
     # code's ops). Same parameter draws; pixels within rounding of each other; both learn alike.

@@ -445,6 +445,7 @@ def run(cfg: PretrainConfig, output_dir: str | Path, allow_config_change: bool =
     results.json and in the checkpoints ("config_changes": {epoch, key, old, new})."""
     output_dir = Path(output_dir)
     methods.check(cfg)
+    data_mod.check_views(cfg)
     state, changes = read_resume_state(output_dir / ckpt_io.LATEST, cfg, allow_config_change)
     with StageRun("pretrain", output_dir, tensorboard=cfg.monitor.tensorboard) as sr:
         trainer = Pretraining(cfg, sr, config_history(state, changes, sr.log))

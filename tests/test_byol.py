@@ -38,7 +38,8 @@ def grads(model) -> dict:
 
 def test_presets_resolve_to_the_papers_recipes():
     """Table 4's BYOL (repro.) recipes: lr 0.45 / 0.3 / 0.2, wd 1e-6 / 1e-6 / 1.5e-6, base momentum 0.99 / 0.99 /
-    0.996 for 100 / 200 / 800 epochs; BYOL's heads, LARS without BN and bias, 10 warm-up epochs, batch 4096."""
+    0.996 for 100 / 200 / 800 epochs; BYOL's heads, LARS without BN and bias, 10 warm-up epochs, batch 4096;
+    BYOL's views (blur p 1.0 / 0.1, solarisation p 0 / 0.2) and crops (8-100 % of the area)."""
     want = {"byol": (100, 0.45, 1e-6, 0.99), "byol_200ep": (200, 0.3, 1e-6, 0.99),
             "byol_800ep": (800, 0.2, 1.5e-6, 0.996)}
     for name, (epochs, lr, wd, m) in want.items():
@@ -52,6 +53,7 @@ def test_presets_resolve_to_the_papers_recipes():
             256, 2, 4096, 4096, "hidden")
         assert (c.optim.optimizer, c.optim.exclude_bn_bias, c.optim.warmup_epochs) == ("lars", True, 10)
         assert (c.optim.momentum, c.optim.trust_coefficient, c.optim.fix_pred_lr) == (0.9, 0.001, False)
+        assert (c.data.augmentation, c.data.min_scale) == ("byol", 0.08)  # BYOL's views and crop scale
 
 
 def test_heads_are_byols():

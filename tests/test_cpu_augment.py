@@ -23,7 +23,7 @@ from PIL import Image, ImageFilter
 from pretrain import config
 from pretrain import cpu_augment as ca
 from pretrain import data as data_mod
-from pretrain.augment import TwoCropsTransform, moco_v2_transform
+from pretrain.augment import TwoCropsTransform, moco_v2_transform, view_recipes
 from pretrain.defaults import PretrainConfig
 
 
@@ -45,26 +45,29 @@ def diff(a: np.ndarray, b) -> np.ndarray:
     return np.abs(np.asarray(a).astype(np.int32) - np.asarray(b).astype(np.int32))
 
 
-def reference_views(img: Image.Image, size: int, blur: bool, pairs: int, seed: int) -> list[torch.Tensor]:
+def reference_views(img: Image.Image, size: int, blur: bool, pairs: int, seed: int,
+                    augmentation: str = "moco_v2") -> list[torch.Tensor]:
     """The reference pipeline's views in 0..255 (ToTensor's /255 undone), seeded."""
     torch.manual_seed(seed)
-    tf = TwoCropsTransform(moco_v2_transform(size, blur=blur, mean=(0, 0, 0), std=(1, 1, 1)), pairs=pairs)
-    return [v * 255 for v in tf(img)]
+    first, second = (moco_v2_transform(size, blur=blur, mean=(0, 0, 0), std=(1, 1, 1), recipe=r)
+                     for r in view_recipes(augmentation))
+    return [v * 255 for v in TwoCropsTransform(first, second, pairs=pairs)(img)]
 
 
 # ------------------------------------------------------------------------------------------ parameters
 @pytest.mark.parametrize("shape", [(120, 160), (32, 32), (10, 200), (300, 120)])
-@pytest.mark.parametrize("blur,pairs", [(True, 1), (False, 2)])
-def test_same_draws_as_torchvision(shape, blur, pairs):
+@pytest.mark.parametrize("blur,pairs,augmentation", [(True, 1, "moco_v2"), (False, 2, "moco_v2"),
+                                                     (True, 1, "byol"), (True, 2, "byol"), (True, 1, "simclr")])
+def test_same_draws_as_torchvision(shape, blur, pairs, augmentation):
     """After the views of an image the generator is exactly where the reference leaves it (same number and
     kind of draws; (10, 200) is the elongated image where every crop try fails and the fallback runs)."""
     h, w = shape
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8))
     for seed in range(8):
-        reference_views(img, 16, blur, pairs, seed)
+        reference_views(img, 16, blur, pairs, seed, augmentation)
         after_ref = torch.get_rng_state()
         torch.manual_seed(seed)
-        views = ca.FastTwoCrops(16, blur=blur, pairs=pairs)(np.asarray(img))
+        views = ca.FastTwoCrops(16, blur=blur, pairs=pairs, recipes=view_recipes(augmentation))(np.asarray(img))
         assert torch.equal(torch.get_rng_state(), after_ref), seed
         assert len(views) == 2 * pairs and all(v.shape == (3, 16, 16) and v.dtype == torch.uint8 for v in views)
 
@@ -87,6 +90,39 @@ def test_probabilities_and_ranges():
     sig = [v.sigma for v in views if v.sigma is not None]
     assert 0.1 <= min(sig) and max(sig) <= 2.0
     assert all(0 <= v.crop[0] and v.crop[0] + v.crop[2] <= 480 and v.crop[1] + v.crop[3] <= 640 for v in views)
+
+
+def test_byol_views_probabilities_and_ranges():
+    """BYOL's first view is always blurred and never solarised, its second blurred with p 0.1 and solarised
+    with p 0.2; both jitter saturation within 0.8-1.2 (strength 0.2) with p 0.8 (BYOL Table 6)."""
+    torch.manual_seed(0)
+    first, second = view_recipes("byol")
+    n = 2500
+    views = [(ca.sample_view(480, 640, 0.08, True, first), ca.sample_view(480, 640, 0.08, True, second))
+             for _ in range(n)]
+
+    def rate_ok(k: int, p: float) -> bool:
+        return abs(k / n - p) < 4.5 * math.sqrt(p * (1 - p) / n)
+
+    one, two = zip(*views)
+    assert all(v.sigma is not None and not v.solarize for v in one)
+    assert rate_ok(sum(v.sigma is not None for v in two), 0.1) and rate_ok(sum(v.solarize for v in two), 0.2)
+    for side in (one, two):
+        jit = [v.jitter for v in side if v.jitter is not None]
+        assert rate_ok(len(jit), 0.8) and rate_ok(sum(v.gray for v in side), 0.2)
+        sat = np.array([j[3] for j in jit])
+        assert 0.8 <= sat.min() < 0.82 and 1.18 < sat.max() <= 1.2
+
+
+def test_solarize_equals_pil(coco, cifar):
+    """Solarisation (threshold 128) is PIL's table: equal, and a view with it equals the view without it
+    solarised."""
+    for p in coco[:3] + cifar[:5]:
+        img = rgb(p)
+        plain = ca.ViewParams((0, 0, img.height, img.width), None, False, None, False)
+        solar = ca.ViewParams((0, 0, img.height, img.width), None, False, None, False, True)
+        out = ca.apply_view(np.asarray(img), solar, 32)
+        assert diff(out, TF.solarize(Image.fromarray(ca.apply_view(np.asarray(img), plain, 32)), 128)).max() == 0
 
 
 def test_decode_scale_keeps_every_crop_at_full_resolution():
@@ -183,18 +219,21 @@ def test_crop_resize_within_rounding_of_pil(coco, cifar):
         assert mean < bounds[0] and worst < bounds[1] and p999 <= bounds[2], (size, mean, worst, p999)
 
 
-@pytest.mark.parametrize("size,blur,bounds", [(224, True, (2.0, 4.0, 26)), (64, True, (3.0, 7.0, 36)),
-                                              (32, False, (1.0, 2.3, 12))])
-def test_whole_views_match_the_reference(coco, cifar, size, blur, bounds):
+@pytest.mark.parametrize("size,blur,bounds,augmentation", [
+    (224, True, (2.0, 4.0, 26), "moco_v2"), (64, True, (3.0, 7.0, 36), "moco_v2"), (32, False, (1.0, 2.3, 12), "moco_v2"),
+    (64, True, (3.0, 7.0, 36), "byol"), (64, True, (3.0, 7.0, 36), "simclr")])
+def test_whole_views_match_the_reference(coco, cifar, size, blur, bounds, augmentation):
     """The seeded views of the two pipelines, each op in its turn (and scaled decoding where the crops allow it:
     most COCO views at 64 px). Measured: 224 px mean 0.99, worst view 2.0, p99.9 13; 64 px mean 1.43, worst
-    3.4, p99.9 18; CIFAR at 32 px mean 0.48, worst 1.14, p99.9 6."""
-    paths = cifar[:20] if size == 32 else coco[:6]
+    3.4, p99.9 18; CIFAR at 32 px mean 0.48, worst 1.14, p99.9 6; BYOL's views at 64 px (10 images, two of
+    the second views solarised) mean 1.41, worst 3.3, p99.9 17; SimCLR's (hue up to 0.2) mean 1.83, worst 4.0,
+    p99.9 26 (AMD EPYC, 2026-12-04)."""
+    paths = cifar[:20] if size == 32 else coco[:10] if augmentation == "byol" else coco[:6]
     ds = []
     for k, p in enumerate(paths):
-        ref = reference_views(rgb(p), size, blur, 1, k)
+        ref = reference_views(rgb(p), size, blur, 1, k, augmentation)
         torch.manual_seed(k)
-        fast = ca.FastTwoCrops(size, blur=blur)(ca.read_encoded(str(p)))
+        fast = ca.FastTwoCrops(size, blur=blur, recipes=view_recipes(augmentation))(ca.read_encoded(str(p)))
         ds += [np.abs(f.numpy().astype(np.float64) - r.numpy().astype(np.float64)) for f, r in zip(fast, ref)]
     mean, worst, p999 = stats(ds)
     assert mean < bounds[0] and worst < bounds[1] and p999 <= bounds[2], (size, mean, worst, p999)

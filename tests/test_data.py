@@ -131,3 +131,29 @@ def test_knn_bank_is_capped_by_default_and_never_exceeds_training():
     assert knn_bank_limit(none) == 0
     cifar = config.resolve(PretrainConfig(), ["cifar10_r18"], kind="pretrain")
     assert (cifar.monitor.knn_max_train, cifar.monitor.knn_max_val) == (0, 0)  # the paper's CIFAR monitor: all
+
+
+def test_views_follow_data_augmentation(cifar_root):
+    """data.augmentation=byol gives both pipelines BYOL's two views (the second alone solarises; the first
+    always blurs); moco_v2 gives one view twice; an unknown name, or BYOL's views with the device augmentation,
+    is refused by check_views (one line naming the key)."""
+    from pretrain.augment import view_recipes
+    from pretrain.config import ConfigError
+    from pretrain.data import check_views
+    byol = cfg_for(cifar_root, "data.augmentation=byol", "data.limit_per_class=2")
+    check_views(byol)
+    first, second = view_recipes("byol")
+    assert (first.p_blur, first.p_solarize, second.p_blur, second.p_solarize) == (1.0, 0.0, 0.1, 0.2)
+    fast = build_pretrain_loader(byol, cifar_root / "train").dataset.transform
+    assert fast.recipes == (first, second)
+    ref = build_pretrain_loader(dataclasses.replace(byol, data=dataclasses.replace(byol.data, pipeline="reference")),
+                                cifar_root / "train").dataset.transform
+    names = [[type(t).__name__ for t in view.transforms] for view in (ref.base, ref.second)]
+    assert "RandomSolarize" not in names[0] and "RandomSolarize" in names[1]
+    moco = build_pretrain_loader(cfg_for(cifar_root, "data.limit_per_class=2", "data.pipeline=reference"),
+                                 cifar_root / "train").dataset.transform
+    assert moco.second is moco.base
+    with pytest.raises(ConfigError, match="data.augmentation: 'swav' is not one of moco_v2, byol, simclr"):
+        check_views(cfg_for(cifar_root, "data.augmentation=swav"))
+    with pytest.raises(ConfigError, match="data.augmentation=byol with train.gpu_augment=true"):
+        check_views(cfg_for(cifar_root, "data.augmentation=byol", "train.gpu_augment=true"))

@@ -129,6 +129,7 @@ def recipe(*overrides: str) -> dict:
     (["optim.base_lr=0.1"], ["pretraining optim.base_lr 0.1 != 0.05"]),
     (["loss.symmetrisation=asymmetric", "model.predictor=fixed"],
      ["pretraining loss.symmetrisation asymmetric != symmetric", "pretraining model.predictor fixed != trained"]),
+    (["data.augmentation=byol"], ["pretraining data.augmentation byol != moco_v2"]),
 ])
 def test_a_changed_recipe_keeps_the_run_out_of_the_column(overrides, expected):
     """A finished 100-epoch ImageNet run at batch 512 is Table 4's only with the paper's recipe."""

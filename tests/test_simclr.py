@@ -47,6 +47,7 @@ def test_preset_resolves_and_passes_the_checks():
     c = config.resolve(PretrainConfig(), ["simclr"], ["data.root=embedded"], kind="pretrain")
     methods.check(c)
     assert (c.method, c.model.stop_gradient, c.optim.optimizer) == ("simclr", False, "lars")
+    assert (c.data.augmentation, c.data.min_scale) == ("simclr", 0.08)  # SimCLR's views and crops
 
 
 class Projector(nn.Module):

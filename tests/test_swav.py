@@ -237,6 +237,7 @@ def test_preset_resolves_and_passes_check():
     assert (lo.temperature, lo.sinkhorn_iters, lo.sinkhorn_epsilon) == (0.1, 3, 0.05)
     assert (o.optimizer, o.weight_decay, o.warmup_epochs, o.freeze_prototypes_steps) == ("lars", 1e-6, 10, 313)
     assert cfg.train.batch_size == 4096 and o.base_lr * 4096 / 256 == pytest.approx(4.8)
+    assert (cfg.data.augmentation, cfg.data.min_scale) == ("simclr", 0.14)  # SwAV's views: SimCLR's colour
     for variant in ("model.predictor=trained", "model.stop_gradient=false"):
         methods.check(config.resolve(PretrainConfig(), ["swav"], [variant], kind="pretrain"))
     model = methods.build_model(tiny_swav("model.predictor=trained"))
