@@ -225,17 +225,12 @@ def per_rank_batch(global_batch: int, world_size: int) -> int:
 
 
 def check_views(cfg) -> None:
-    """ConfigError (one line) for a data.augmentation that is not known, or that the device augmentation
-    (train.gpu_augment, MoCo v2's views only) cannot make."""
+    """ConfigError (one line) for a data.augmentation that is not known."""
     from .config import ConfigError
-    d = cfg.data
     try:
-        view_recipes(d.augmentation)
+        view_recipes(cfg.data.augmentation)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    if cfg.train.gpu_augment and d.augmentation != "moco_v2":
-        raise ConfigError(f"data.augmentation={d.augmentation} with train.gpu_augment=true: the device "
-                          "augmentation makes MoCo v2's views only; set train.gpu_augment=false")
 
 
 def build_pretrain_loader(cfg, train_dir: Path, rank: int = 0, world_size: int = 1,

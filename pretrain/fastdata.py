@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from .augment import CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, eval_resize_size
+from .augment import CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, eval_resize_size, view_recipes
 from .data import CorruptImageError, DataError, ResumableSampler, RobustImageFolder, resolve_roots
 from .gpu_augment import (DeviceImageDataset, GPUMoCoV2Augment, crop_resize, decode_jpeg_batch, resize_taps,
                           sample_crop_boxes)
@@ -138,13 +138,16 @@ class GPULinearTrainAugment:
 
 
 def _views(augment, batch: Union[Tensor, Sequence[Tensor]], generator, n_views: int) -> list[Tensor]:
-    """`n_views` augmented views of a batch tensor or of a list of variable-size images."""
+    """`n_views` augmented views of a batch tensor or of a list of variable-size images; `augment` is one
+    augmentation or a tuple of them, view k made by augment[k % len(augment)] (a method's first and second
+    views)."""
+    augments = augment if isinstance(augment, tuple) else (augment,)
+    each = [augments[k % len(augments)] for k in range(n_views)]
     if isinstance(batch, Tensor) or not _padding_pays(batch):
-        return [augment(batch, generator) for _ in range(n_views)]
+        return [a(batch, generator) for a in each]
     padded, sizes = pad_to_batch(batch)
-    if isinstance(augment, GPUMoCoV2Augment):
-        return [augment.apply(padded, augment.sample_params(len(batch), generator, sizes)) for _ in range(n_views)]
-    return [augment(padded, generator, sizes=sizes) for _ in range(n_views)]
+    return [a.apply(padded, a.sample_params(len(batch), generator, sizes)) if isinstance(a, GPUMoCoV2Augment)
+            else a(padded, generator, sizes=sizes) for a in each]
 
 
 # ---------------------------------------------------------------------------------------- streaming files
@@ -456,11 +459,12 @@ def build_gpu_batches(data_cfg, batch_per_rank: int, rank: int = 0, world_size: 
                       device: Device = "cuda", *, mode: str = "auto", task: str = "pretrain",
                       channels_last: bool = False, workers: int | None = None, pairs: int = 1) -> BatchSource:
     """The GPU batch source of one rank for the training split of `data_cfg` (pretrain.defaults.ImageFolderData;
-    for pretraining a DataConfig, whose min_scale and blur shape the views).
+    for pretraining a DataConfig, whose augmentation, min_scale and blur shape the views).
 
-    mode: "auto" | "memory" | "stream". task: "pretrain" (two MoCo v2 views) | "linear" (one linear-training
-    view); either way batches are (views, labels). workers: loader processes reading bytes in "stream" mode
-    (default data_cfg.workers). pairs: pairs of pretraining views per image (two for the asymmetric x2 loss)."""
+    mode: "auto" | "memory" | "stream". task: "pretrain" (two views of data.augmentation) | "linear" (one
+    linear-training view); either way batches are (views, labels). workers: loader processes reading bytes in
+    "stream" mode (default data_cfg.workers). pairs: pairs of pretraining views per image (two for the
+    asymmetric x2 loss)."""
     if mode not in MODES:
         raise ValueError(f"build_gpu_batches: mode '{mode}' is not one of {', '.join(MODES)}")
     if task not in TASKS:
@@ -475,9 +479,10 @@ def build_gpu_batches(data_cfg, batch_per_rank: int, rank: int = 0, world_size: 
     auto = mode == "auto"
     if auto:
         mode = choose_mode(folder, data_cfg.image_size)
-    if task == "pretrain":
-        augment = GPUMoCoV2Augment(data_cfg.image_size, data_cfg.min_scale, data_cfg.blur, data_cfg.mean,
-                                   data_cfg.std)
+    if task == "pretrain":  # the first and second views of data.augmentation (one object when they are alike)
+        first, second = (GPUMoCoV2Augment(data_cfg.image_size, data_cfg.min_scale, data_cfg.blur, data_cfg.mean,
+                                          data_cfg.std, recipe) for recipe in view_recipes(data_cfg.augmentation))
+        augment = first if first.recipe == second.recipe else (first, second)
     else:
         augment = GPULinearTrainAugment(data_cfg.image_size, data_cfg.mean, data_cfg.std)
     spec = SourceSpec(task, device, batch_per_rank, rank, world_size, seed, augment, channels_last,

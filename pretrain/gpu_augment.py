@@ -15,7 +15,12 @@ The same views as `pretrain.augment.moco_v2_transform`, computed for a whole bat
    `ImageFilter.GaussianBlur(radius=sigma)` computes it: three extended box blurs per axis whose variances add
    up to sigma^2, the edge pixel repeated beyond the border (`gaussian_blur`). Its width follows sigma only,
    whatever the image size;
-6. normalisation with mean/std.
+6. solarisation (only a `recipe` with p_solarize > 0, BYOL's second view): pixels of 128/255 and above become
+   1 - x, as PIL's `ImageOps.solarize(threshold=128)` on bytes;
+7. normalisation with mean/std.
+
+Another `recipe` (pretrain.augment.ViewRecipe: BYOL's or SimCLR's views) sets the jitter strengths and the
+probabilities of steps 3-6.
 
 Every random choice is per sample, drawn by `sample_params` (so tests can inspect them) and applied by
 `apply`. Inputs: a uint8 (0..255) or float (0..1) batch (N, 3, H, W), or a list of (3, H_i, W_i) images of
@@ -50,7 +55,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pretrain.augment import BLUR_SIGMA, CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, JITTER, P_BLUR, P_GRAY, P_JITTER
+from pretrain.augment import (BLUR_SIGMA, CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, MOCO_V2, SOLARIZE_THRESHOLD,
+                              ViewRecipe)
 
 P_FLIP = 0.5
 BLUR_PASSES = 3          # box blurs per axis in Pillow's GaussianBlur
@@ -72,6 +78,11 @@ def grayscale(x: Tensor) -> Tensor:
     """Luma of (n, 3, H, W) as (n, 1, H, W)."""
     r, g, b = x.unbind(1)
     return (GRAY_WEIGHTS[0] * r + GRAY_WEIGHTS[1] * g + GRAY_WEIGHTS[2] * b).unsqueeze(1)
+
+
+def solarize(x: Tensor) -> Tensor:
+    """1 - x where x is at or above the threshold (128 of 255, the byte it rounds to), else x."""
+    return torch.where(x * 255 >= SOLARIZE_THRESHOLD - 0.5, 1.0 - x, x)
 
 
 def adjust_brightness(x: Tensor, factor: Tensor) -> Tensor:
@@ -186,6 +197,7 @@ class AugmentParams:
     blur:    (N,) bool, blurred (all False when blur is disabled)
     sigma:   (N,) float, blur sigma (drawn for every sample, used where `blur`)
     flip:    (N,) bool, mirrored left-right
+    solarize: (N,) bool, solarised (all False for a recipe without solarisation)
     """
     boxes: Tensor
     jitter: Tensor
@@ -195,6 +207,7 @@ class AugmentParams:
     blur: Tensor
     sigma: Tensor
     flip: Tensor
+    solarize: Tensor
 
     def __len__(self) -> int:
         return self.boxes.shape[0]
@@ -258,10 +271,12 @@ class GPUMoCoV2Augment:
         min_scale: lower bound of the crop's area fraction (upper bound 1).
         blur: apply the Gaussian blur with p=0.5 (False for CIFAR).
         mean, std: normalisation.
+        recipe: the view's jitter strengths and probabilities (default MoCo v2's).
     """
 
     def __init__(self, image_size: int = 224, min_scale: float = 0.2, blur: bool = True,
-                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 recipe: ViewRecipe = MOCO_V2):
         if not 0 < min_scale <= 1:
             raise ValueError(f"GPUMoCoV2Augment: min_scale must be in (0, 1], got {min_scale}")
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
@@ -272,12 +287,13 @@ class GPUMoCoV2Augment:
         self.blur = bool(blur)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
-        b, c, s, h = JITTER
+        self.recipe = recipe
+        b, c, s, h = recipe.jitter
         self.jitter_ranges = ((1 - b, 1 + b), (1 - c, 1 + c), (1 - s, 1 + s), (-h, h))
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(image_size={self.image_size}, min_scale={self.scale[0]}, blur={self.blur}, "
-                f"mean={self.mean}, std={self.std})")
+                f"mean={self.mean}, std={self.std}, recipe={self.recipe})")
 
     # -- randomness -------------------------------------------------------------------------------
     def sample_params(self, n: int, generator: torch.Generator | None = None,
@@ -298,20 +314,23 @@ class GPUMoCoV2Augment:
             return torch.rand(*shape, generator=generator, device=dev)
 
         boxes = sample_crop_boxes(sizes, self.scale, self.ratio, generator)
-        jitter = rand(n) < P_JITTER
+        r = self.recipe
+        jitter = rand(n) < r.p_jitter
         u = rand(n, 4)
         lo = torch.tensor([r[0] for r in self.jitter_ranges], device=dev)
         hi = torch.tensor([r[1] for r in self.jitter_ranges], device=dev)
         factors = lo + (hi - lo) * u
         order = torch.argsort(rand(n, 4), dim=1)
-        gray = rand(n) < P_GRAY
-        blur = rand(n) < P_BLUR
+        gray = rand(n) < r.p_gray
+        blur = rand(n) < r.p_blur
         if not self.blur:
             blur = torch.zeros_like(blur)
         sigma = BLUR_SIGMA[0] + (BLUR_SIGMA[1] - BLUR_SIGMA[0]) * rand(n)
         flip = rand(n) < P_FLIP
+        # drawn only when the recipe solarises, so MoCo v2's stream of draws is what it was
+        solarize = rand(n) < r.p_solarize if r.p_solarize > 0 else torch.zeros_like(flip)
         return AugmentParams(boxes=boxes, jitter=jitter, factors=factors, order=order, gray=gray, blur=blur,
-                             sigma=sigma, flip=flip)
+                             sigma=sigma, flip=flip, solarize=solarize)
 
     # -- application ------------------------------------------------------------------------------
     def __call__(self, batch: Images, generator: torch.Generator | None = None) -> Tensor:
@@ -342,6 +361,9 @@ class GPUMoCoV2Augment:
         idx = torch.nonzero(p.blur).squeeze(1)
         if idx.numel():
             x[idx] = gaussian_blur(x[idx], p.sigma[idx])
+        idx = torch.nonzero(p.solarize).squeeze(1)
+        if idx.numel():
+            x[idx] = solarize(x[idx])
         mean = torch.tensor(self.mean, device=device, dtype=x.dtype).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=device, dtype=x.dtype).view(1, 3, 1, 1)
         return (x - mean) / std

@@ -340,8 +340,8 @@ def train_one_epoch(model, loader, optimizer, scaler, *, epoch: int, step: int, 
 
 
 def build_data(cfg: PretrainConfig, train_dir: Path, val_dir, info: distributed.DistInfo):
-    """(training batches, kNN monitor loaders or None). train.gpu_augment: JPEG decode + MoCo v2 augmentation
-    on the device (pretrain.fastdata; the whole split in device memory for small images), else the PIL
+    """(training batches, kNN monitor loaders or None). train.gpu_augment: JPEG decode + the views of
+    data.augmentation on the device (pretrain.fastdata; the whole split in device memory for small images), else the PIL
     reference pipeline. Both yield ((x1, x2), labels) batches with the same augmentation distributions
     (((x1, x2, x3, x4), labels), two pairs of views, for loss.symmetrisation=asymmetric_x2)."""
     pin = info.device.type == "cuda"

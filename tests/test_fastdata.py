@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DistributedSampler
 
-from pretrain.augment import CIFAR_MEAN, CIFAR_STD, eval_transform
+from pretrain.augment import CIFAR_MEAN, CIFAR_STD, eval_transform, view_recipes
 from pretrain.data import CorruptImageError, DataError, RobustImageFolder
 from pretrain.defaults import DataConfig
 from pretrain.fastdata import (BatchSource, MemoryBatches, MixedSizesError, StreamBatches, build_gpu_batches, build_gpu_eval_batches,
@@ -71,6 +71,21 @@ def test_memory_and_stream_agree_and_auto_picks_memory(cifar_root):
         for ((a1, a2), ya), ((s1, s2), ys) in zip(auto, stream):
             assert torch.equal(ya, ys)
             assert torch.allclose(a1, s1, atol=1e-5) and torch.allclose(a2, s2, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["memory", "stream"])
+def test_byols_views_are_made_by_their_own_augmentations(cifar_root, mode):
+    """data.augmentation=byol: view 1 comes from BYOL's first recipe, view 2 from its second (solarised with
+    p 0.2), in memory and in stream mode (stream pads variable sizes through apply / sample_params); MoCo v2's
+    views share one augmentation."""
+    byol = dataclasses.replace(cifar_cfg(cifar_root, limit_per_class=4), augmentation="byol")
+    src = build_gpu_batches(byol, 8, 0, 1, 0, "cpu", mode=mode, pairs=2)
+    first, second = src.spec.augment
+    assert (first.recipe, second.recipe) == view_recipes("byol")
+    (x1, x2, x3, x4), _ = next(iter(src))
+    assert all(x.shape == (8, 3, 32, 32) for x in (x1, x2, x3, x4)) and (x1 - x2).abs().mean() > 0.1
+    moco = build_gpu_batches(cifar_cfg(cifar_root, limit_per_class=4), 8, 0, 1, 0, "cpu", mode=mode)
+    assert isinstance(moco.spec.augment, GPUMoCoV2Augment) and moco.spec.augment.recipe == view_recipes("moco_v2")[0]
 
 
 def test_ranks_partition_like_distributed_sampler():

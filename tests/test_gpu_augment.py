@@ -8,6 +8,7 @@ module computes in float, so the tolerances are bounds on that rounding, with he
 can differ between CPUs only in its last bits (far under 0.01 of a level)."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 
@@ -19,6 +20,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image, ImageFilter
 from torchvision.transforms import InterpolationMode
 
+from pretrain.augment import MOCO_V2, view_recipes
 from pretrain.gpu_augment import (AugmentParams, DeviceImageDataset, GPUMoCoV2Augment, adjust_brightness,
                                   adjust_contrast, adjust_hue, adjust_saturation, crop_resize, decode_jpeg_batch,
                                   gaussian_blur, pil_box_radius, resize_taps, sample_crop_boxes)
@@ -112,6 +114,26 @@ def test_sample_params_probabilities_and_ranges():
         aug.sample_params(3, sizes=[(10, 10)] * 2)
 
 
+def test_recipes_set_probabilities_and_ranges_and_leave_moco_v2s_draws_alone():
+    """BYOL's views: the first always blurred and never solarised, the second blurred with p 0.1 and solarised
+    with p 0.2, saturation within 0.8-1.2; SimCLR's: hue within -0.2-0.2. MoCo v2's recipe draws no solarisation,
+    so its parameters are what they were before recipes existed (the same generator stream)."""
+    first, second = view_recipes("byol")
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    a = GPUMoCoV2Augment(64, recipe=first).sample_params(N, g(), sizes=(80, 96))
+    b = GPUMoCoV2Augment(64, recipe=second).sample_params(N, g(), sizes=(80, 96))
+    assert a.blur.all() and not a.solarize.any()
+    assert binomial_ok(b.blur, 0.1) and binomial_ok(b.solarize, 0.2) and binomial_ok(b.jitter, 0.8)
+    assert 0.8 <= b.factors[:, 2].min() < 0.81 and 1.19 < b.factors[:, 2].max() <= 1.2
+    c = GPUMoCoV2Augment(64, recipe=view_recipes("simclr")[0]).sample_params(N, g(), sizes=(80, 96))
+    assert -0.2 <= c.factors[:, 3].min() < -0.19 and 0.19 < c.factors[:, 3].max() <= 0.2
+    moco, solar = g(), g()
+    assert not GPUMoCoV2Augment(64).sample_params(N, moco, sizes=(80, 96)).solarize.any()
+    GPUMoCoV2Augment(64, recipe=dataclasses.replace(MOCO_V2, p_solarize=0.5)).sample_params(N, solar, sizes=(80, 96))
+    torch.rand(N, generator=moco)  # the one draw a solarising recipe adds, after all of MoCo v2's
+    assert torch.equal(moco.get_state(), solar.get_state())
+
+
 def colourful(n=4, h=20, w=24, seed=0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(n, 3, h, w, generator=g)
@@ -146,7 +168,8 @@ def identity_params(n: int, size: int, **kw) -> AugmentParams:
     p = AugmentParams(boxes=torch.tensor([[0.0, 0.0, size, size]]).repeat(n, 1),
                       jitter=torch.zeros(n, dtype=torch.bool), factors=torch.tensor([[1.0, 1.0, 1.0, 0.0]]).repeat(n, 1),
                       order=torch.arange(4).repeat(n, 1), gray=torch.zeros(n, dtype=torch.bool),
-                      blur=torch.zeros(n, dtype=torch.bool), sigma=torch.ones(n), flip=torch.zeros(n, dtype=torch.bool))
+                      blur=torch.zeros(n, dtype=torch.bool), sigma=torch.ones(n), flip=torch.zeros(n, dtype=torch.bool),
+                      solarize=torch.zeros(n, dtype=torch.bool))
     for k, v in kw.items():
         setattr(p, k, v)
     return p
@@ -437,6 +460,17 @@ def test_grayscale_and_flip_match_pil_on_natural_images(photos):
         flip = plain(size).apply(x, identity_params(n, size, flip=torch.ones(n, dtype=torch.bool)))
         for o, im in zip(flip, ims):
             assert torch.equal((o * 255).round().to(torch.uint8), u8(TF.hflip(im)))
+
+
+def test_solarize_matches_pil_on_natural_images(photos):
+    """Solarisation (threshold 128) against PIL's ImageOps.solarize on the same bytes: equal."""
+    for size in (64, 32):
+        ims = at_size(photos, size)
+        x = torch.stack([u8(im) for im in ims])
+        n = len(ims)
+        out = plain(size).apply(x, identity_params(n, size, solarize=torch.ones(n, dtype=torch.bool)))
+        d = torch.stack([levels(o, TF.solarize(im, 128)) for o, im in zip(out, ims)])
+        assert d.max() < 1e-3, (size, d.max().item())
 
 
 def truncated_blur(x: torch.Tensor, sigma: float, size: int) -> torch.Tensor:
