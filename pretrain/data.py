@@ -235,8 +235,8 @@ def check_views(cfg) -> None:
 
 def build_pretrain_loader(cfg, train_dir: Path, rank: int = 0, world_size: int = 1,
                           pin_memory: bool = False, pairs: int = 1) -> EpochLoader:
-    """Two views per image (`pairs` pairs of them; data.augmentation: MoCo v2's twice, or BYOL's two); global
-    batch split over ranks; drop_last; reshuffled per epoch. data.pipeline: "fast" (pretrain.cpu_augment, uint8
+    """Two views per image, data.augmentation's first and second (`pairs` pairs of them); global batch split
+    over ranks; drop_last; reshuffled per epoch. data.pipeline: "fast" (pretrain.cpu_augment, uint8
     views) or "reference" (PIL, float views)."""
     d = cfg.data
     recipes = view_recipes(d.augmentation)
