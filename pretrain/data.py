@@ -21,6 +21,7 @@ from torchvision.datasets import ImageFolder
 
 from .augment import (TwoCropsTransform, eval_crop_fraction, eval_transform, moco_v2_transform,  # noqa: F401
                       view_recipes)
+from .config import ConfigError
 from .errors import InputError
 
 EMBEDDED = "embedded"
@@ -226,7 +227,6 @@ def per_rank_batch(global_batch: int, world_size: int) -> int:
 
 def check_views(cfg) -> None:
     """ConfigError (one line) for a data.augmentation that is not known."""
-    from .config import ConfigError
     try:
         view_recipes(cfg.data.augmentation)
     except ValueError as e:
