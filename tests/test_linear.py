@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from pretrain import config as config_mod
-from pretrain.defaults import PretrainConfig
+from pretrain.defaults import PretrainConfig, init_lr
 from pretrain.errors import InputError
 from pretrain.frame import StageRun
 from pretrain.lars import LARS
@@ -29,7 +29,8 @@ from pretrain.model import SimSiam
 from pretrain.generated.embedded import embedded_dir
 from transfer.evaluation import linear
 from transfer.evaluation.convert import EvalModelConfig, load_backbone
-from transfer.evaluation.linear import BackboneChangedError, LinearConfig, heads, state_checksum
+from transfer.evaluation.frozen import BackboneChangedError, state_checksum
+from transfer.evaluation.linear import LinearConfig, heads
 from transfer.evaluation.linear.evaluation import LinearEvaluation, prepare
 from transfer.reporting.results import read_results, sha256_file
 
@@ -142,9 +143,9 @@ def test_config_presets_and_errors(tmp_path):
     assert (d.optim.optimizer, d.optim.base_lr, d.train.batch_size, d.train.epochs, d.optim.weight_decay,
             d.optim.momentum, d.optim.trust_coefficient, d.data.image_size) == ("lars", 0.1, 4096, 90, 0.0, 0.9,
                                                                                  0.001, 224)
-    assert linear.init_lr(d) == pytest.approx(1.6)
+    assert init_lr(d) == pytest.approx(1.6)
     sgd = config_mod.resolve(LinearConfig(), ["imagenet_sgd"], kind="linear")
-    assert (sgd.optim.optimizer, linear.init_lr(sgd), sgd.train.batch_size) == ("sgd", 30.0, 256)
+    assert (sgd.optim.optimizer, init_lr(sgd), sgd.train.batch_size) == ("sgd", 30.0, 256)
     for preset in ("imagenet_lars", "cifar10", "demo", "grid"):
         config_mod.resolve(LinearConfig(), [preset], kind="linear")
     with pytest.raises(config_mod.ConfigError, match="unknown key 'optim.lr'"):

@@ -26,16 +26,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from pretrain import config as config_mod
-from pretrain.augment import IMAGENET_MEAN, IMAGENET_STD, eval_crop_fraction, eval_transform
-from pretrain.data import DataError, RobustImageFolder, dataset_name, eval_loader, labelled_splits, resolve_roots
+from pretrain.augment import eval_transform
+from pretrain.data import dataset_name, eval_loader
 from pretrain.defaults import ImageFolderData
 from pretrain.frame import StageRun, guard
 from pretrain.monitor import extract_features, knn_accuracy
-from transfer.evaluation.convert import EvalModelConfig, eval_backbone
 from pretrain.protocol import knn_fingerprint
+from transfer.evaluation.convert import EvalModelConfig
+from transfer.evaluation.frozen import FrozenBackbone, labelled_folders, load_weights
 
 
 @dataclass(frozen=True)
@@ -60,62 +59,38 @@ class KnnConfig:
     data: KnnDataConfig = field(default_factory=KnnDataConfig)
 
 
-def resolve_data(cfg: KnnConfig, stored: dict) -> KnnDataConfig:
-    d = cfg.data
-    size = d.image_size or int(stored.get("image_size") or 224)
-    mean = tuple(d.mean) or tuple(stored.get("mean") or IMAGENET_MEAN)
-    std = tuple(d.std) or tuple(stored.get("std") or IMAGENET_STD)
-    crop = d.crop_fraction or eval_crop_fraction(size)
-    return dataclasses.replace(d, image_size=size, mean=mean, std=std, crop_fraction=crop)
-
-
-def load_eval_backbone(cfg: KnnConfig) -> tuple[torch.nn.Module, dict, dict]:
-    """(backbone with fc = Identity, results.json `source`, the pretraining data settings it stores)."""
-    net, source, info = eval_backbone(cfg.weights, cfg.model, cfg.seed)
-    return net, source, info.get("pretrain_data") or {}
-
-
-def build_splits(d: KnnDataConfig) -> tuple[RobustImageFolder, RobustImageFolder]:
-    """(memory bank, held-out queries) of the data root, with the evaluation view of `d`."""
-    train_dir, val_dir = resolve_roots(d)
-    if val_dir is None:
-        raise DataError(f"--data {d.root}: no held-out split next to {train_dir} (looked for '{d.val_split}', "
-                        "val, test): kNN evaluation needs one")
-    tf = eval_transform(d.image_size, d.mean, d.std, crop_fraction=d.crop_fraction)
-    return labelled_splits(train_dir, val_dir, (tf, tf), d.on_corrupt, (d.limit_per_class, d.val_limit_per_class))
-
-
 def run(cfg: KnnConfig, output_dir: str | Path) -> dict:
     """Evaluate cfg.weights by kNN into output_dir (results.json); returns {"output_dir", "metrics"}."""
-    backbone, source, stored = load_eval_backbone(cfg)      # bad weights: refused before anything is written
-    origin = "given" if cfg.data.mean else "the checkpoint's" if stored.get("mean") else "ImageNet's"
-    cfg = dataclasses.replace(cfg, data=resolve_data(cfg, stored))
-    bank, test = build_splits(cfg.data)
+    w = load_weights(cfg.weights, cfg.model, cfg.seed, cfg.data)  # bad weights: refused before anything is written
+    cfg = dataclasses.replace(cfg, data=w.data)
+    d = cfg.data
+    tf = eval_transform(d.image_size, d.mean, d.std, crop_fraction=d.crop_fraction)
+    _, _, bank, test = labelled_folders(d, (tf, tf), f"--data {d.root}", "kNN evaluation")
     with StageRun("knn", output_dir) as sr:
         sr.save_config(cfg)
-        sr.log.info("inputs: %d px, mean %s, std %s (%s normalisation)", cfg.data.image_size, list(cfg.data.mean),
-                    list(cfg.data.std), origin)
-        metrics = evaluate(backbone.to(sr.info.device).eval(), bank, test, cfg, sr)
-        name = dataset_name(cfg.data)
-        sr.results(task="knn", dataset=name, metrics=metrics, config=config_mod.to_dict(cfg), source=source,
-                   epochs=source["pretrain"]["epochs"], batch_size=source["pretrain"]["batch_size"],
+        sr.log.info("inputs: %d px, mean %s, std %s (%s)", d.image_size, list(d.mean), list(d.std),
+                    ", ".join(f"{k} from {v}" for k, v in w.normalisation["from"].items()))
+        metrics = evaluate(FrozenBackbone(w.net, sr.info.device).features, bank, test, cfg, sr)
+        name, src = dataset_name(d), w.source
+        sr.results(task="knn", dataset=name, metrics=metrics, config=config_mod.to_dict(cfg), source=src,
+                   epochs=src["pretrain"]["epochs"], batch_size=src["pretrain"]["batch_size"],
                    extra={"k": list(cfg.ks), "t": cfg.t, "bank_images": len(bank), "test_images": len(test),
                           "num_classes": len(bank.classes),
-                          "protocol": knn_fingerprint(cfg, dataset=name, arch=source["pretrain"].get("arch"),
+                          "protocol": knn_fingerprint(cfg, dataset=name, arch=src["pretrain"].get("arch"),
                                                       bank_images=len(bank), test_images=len(test),
                                                       classes=len(bank.classes))})
     return {"output_dir": str(output_dir), "metrics": metrics}
 
 
-def evaluate(backbone: torch.nn.Module, bank, test, cfg: KnnConfig, sr: StageRun) -> dict[str, float]:
-    """Top-1/top-5 for every k of cfg.ks (each rank embeds its shard; features are gathered)."""
+def evaluate(features, bank, test, cfg: KnnConfig, sr: StageRun) -> dict[str, float]:
+    """Top-1/top-5 for every k of cfg.ks (`features`: images -> features; each rank embeds its shard, the
+    features are gathered)."""
     info = sr.info
     loader = lambda ds: eval_loader(ds, info.rank, info.world_size, cfg.batch_size, cfg.data.workers,  # noqa: E731
                                     info.device.type == "cuda")
     t0 = time.time()
-    with torch.no_grad():
-        fb, yb = extract_features(backbone, loader(bank), info.device)
-        ft, yt = extract_features(backbone, loader(test), info.device)
+    fb, yb = extract_features(features, loader(bank), info.device)
+    ft, yt = extract_features(features, loader(test), info.device)
     metrics: dict[str, float] = {}
     for k in cfg.ks:
         acc = knn_accuracy(fb, yb, ft, yt, k=k, t=cfg.t, num_classes=len(bank.classes))

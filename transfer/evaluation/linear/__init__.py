@@ -7,17 +7,16 @@ batch 4096, lr 0.1 x batch / 256, cosine over 90 epochs. The protocol's one head
 (`grid.enabled=true`) trains one head per (base lr, weight decay) and picks on a held-out slice of the training
 split; a pick at the grid's edge is logged and in results.json's grid.at_edge. Presets: eval_configs/linear/.
 
-Modules: `config` (keys, checks, data resolution), `heads` (grid, optimizer, losses, pick, edges), `backbone`
-(freezing, checksum), `sources` (the three data paths behind one interface), `evaluation` (`run` and the run
-state `LinearEvaluation`), `records` (metrics lines, results.json sections), `cli` (the command).
+Modules: `config` (keys, checks), `heads` (grid, optimizer, losses, pick, edges), `sources` (the three data
+paths behind one interface), `evaluation` (`run` and the run state `LinearEvaluation`), `records` (metrics lines,
+results.json sections), `cli` (the command). The frozen backbone, the weights' data settings and the labelled
+folders are transfer.evaluation.frozen's, shared with kNN.
 """
 from __future__ import annotations
 
-from .backbone import BackboneChangedError, state_checksum
 from .cli import build_parser, main
-from .config import (LinearConfig, LinearDataConfig, LinearGridConfig, LinearOptimConfig, LinearTrainConfig,
-                     init_lr)
+from .config import LinearConfig, LinearDataConfig, LinearGridConfig, LinearOptimConfig, LinearTrainConfig
 from .evaluation import run
 
-__all__ = ["BackboneChangedError", "LinearConfig", "LinearDataConfig", "LinearGridConfig", "LinearOptimConfig",
-           "LinearTrainConfig", "build_parser", "init_lr", "main", "run", "state_checksum"]
+__all__ = ["LinearConfig", "LinearDataConfig", "LinearGridConfig", "LinearOptimConfig", "LinearTrainConfig",
+           "build_parser", "main", "run"]

@@ -1,15 +1,13 @@
 """The config of `simsiam linear` (defaults in code, deltas in eval_configs/linear/*.yaml) and its checks."""
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 
 from pretrain import config as config_mod
 from pretrain.data import EMBEDDED
-from pretrain.defaults import ImageFolderData, init_lr  # noqa: F401 (re-exported by the package)
+from pretrain.defaults import ImageFolderData
 from transfer.evaluation.convert import EvalModelConfig, check_eval_model
-from transfer.evaluation.knn import resolve_data as resolve_eval_data
 
 ConfigError = config_mod.ConfigError
 
@@ -81,12 +79,10 @@ def check_config(cfg: LinearConfig) -> None:
     if t.cache_features and cfg.data.augment:
         raise ConfigError("train.cache_features=true needs data.augment=false (cached features are computed once, "
                           "without random crops)")
-    if t.amp not in ("none", "bf16"):
-        raise ConfigError(f"train.amp: '{t.amp}' is not one of none, bf16")
-    if o.schedule not in ("cosine", "constant"):
-        raise ConfigError(f"optim.schedule: unknown schedule '{o.schedule}'")
-    if o.optimizer not in ("lars", "sgd"):
-        raise ConfigError(f"optim.optimizer: unknown optimizer '{o.optimizer}' (known: lars, sgd)")
+    for key, value, known in (("train.amp", t.amp, ("none", "bf16")), ("optim.schedule", o.schedule,
+                              ("cosine", "constant")), ("optim.optimizer", o.optimizer, ("lars", "sgd"))):
+        if value not in known:
+            raise ConfigError(f"{key}: '{value}' is not one of {', '.join(known)}")
     if t.epochs < 1 or t.batch_size < 1:
         raise ConfigError("train.epochs and train.batch_size must be positive")
     _check_grid(cfg.grid)
@@ -107,15 +103,8 @@ def _check_grid(g: LinearGridConfig) -> None:
         raise ConfigError("grid.base_lrs / grid.weight_decays: a value is repeated")
 
 
-def resolve_data(cfg: LinearConfig, stored: dict) -> tuple[LinearConfig, dict]:
-    """(cfg with its data resolved by kNN's rule, the normalisation used and where it came from: data.mean /
-    data.std, else the checkpoint's pretraining normalisation (`stored`), else ImageNet's)."""
-    d = cfg.data
-    if not str(d.root).strip():
+def require_root(cfg: LinearConfig) -> None:
+    """ConfigError when data.root is not given (linear evaluation has no default data)."""
+    if not str(cfg.data.root).strip():
         raise ConfigError(f"data.root: not given; set data.root=<folder> (an ImageFolder tree with train/ and val/ "
                           f"or test/), or data.root={EMBEDDED} for the built-in generated data")
-    resolved = resolve_eval_data(cfg, stored)
-    origin = {key: f"data.{key}" if getattr(d, key) else "checkpoint" if stored.get(key) else "ImageNet"
-              for key in ("mean", "std")}
-    return dataclasses.replace(cfg, data=resolved), {"mean": list(resolved.mean), "std": list(resolved.std),
-                                                     "from": origin}

@@ -2,6 +2,7 @@
 builds the heads, resumes, trains the epochs and writes the results."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from dataclasses import dataclass
@@ -16,10 +17,10 @@ from pretrain.frame import StageRun
 from pretrain.optim import scheduled_lr
 from pretrain.train import NonFiniteLossError
 from transfer.evaluation.convert import eval_backbone
+from transfer.evaluation.frozen import FrozenBackbone, Weights, load_weights
 
 from . import records
-from .backbone import FrozenBackbone
-from .config import LinearConfig, check_config, resolve_data
+from .config import LinearConfig, check_config, require_root
 from .heads import HeadGrid, build_grid_optimizer, grid_edges, grid_heads, head_counts, head_losses, pick_head
 from .sources import ImageData, build_source
 
@@ -28,20 +29,19 @@ FORMAT = "simsiam-suite/linear"
 
 @dataclass
 class Inputs:
-    """What a run reads, checked before its folder is made (cfg with its data resolved)."""
+    """What a run reads, checked before its folder is made: cfg with its data resolved, the weights, the images."""
     cfg: LinearConfig
-    net: torch.nn.Module
-    source: dict
+    weights: Weights
     data: ImageData
-    normalisation: dict
 
 
 def prepare(cfg: LinearConfig) -> Inputs:
     """Check the config, load the weights (train.seed: the same random backbone on every rank), resolve the data."""
     check_config(cfg)
-    net, source, info = eval_backbone(cfg.weights, cfg.model, cfg.train.seed)
-    cfg, normalisation = resolve_data(cfg, info.get("pretrain_data") or {})
-    return Inputs(cfg, net, source, ImageData(cfg), normalisation)
+    weights = load_weights(cfg.weights, cfg.model, cfg.train.seed, cfg.data)
+    require_root(cfg)
+    cfg = dataclasses.replace(cfg, data=weights.data)
+    return Inputs(cfg, weights, ImageData(cfg))
 
 
 def run(cfg: LinearConfig, output_dir: str | Path, *, presets: tuple[str, ...] = ()) -> dict:
@@ -59,17 +59,14 @@ class LinearEvaluation:
     each split, the picked head, the best validation top-1)."""
 
     def __init__(self, inputs: Inputs, sr: StageRun, presets: tuple[str, ...] = ()):
-        cfg = self.cfg = inputs.cfg
+        cfg, t = self.cfg, self.t = inputs.cfg, inputs.cfg.train
         self.sr, self.log, self.info, self.presets = sr, sr.log, sr.info, presets
-        self.data, self.split, self.source = inputs.data, inputs.data.split, inputs.source
-        self.normalisation, self.grid = inputs.normalisation, cfg.grid.enabled
-        self.config_dict = config_mod.to_dict(cfg)
+        self.data, self.weights, self.grid = inputs.data, inputs.weights, cfg.grid.enabled
         self.ckpt_path = sr.dir / "checkpoint.pth"
-        torch.manual_seed(cfg.train.seed)
-        self.backbone = FrozenBackbone(inputs.net, cfg, self.info.device)
+        torch.manual_seed(t.seed)
+        self.backbone = FrozenBackbone(self.weights.net, self.info.device, t.amp, t.channels_last)
         self.specs = grid_heads(cfg)
-        self.heads = HeadGrid(self.backbone.dim, self.data.num_classes, len(self.specs), cfg.train.seed).to(
-            self.info.device)
+        self.heads = HeadGrid(self.backbone.dim, self.data.num_classes, len(self.specs), t.seed).to(self.info.device)
         self.optimizer, self.lrs = build_grid_optimizer(self.heads, self.specs, cfg)
         self.ddp = distributed.prepare_model(self.heads, self.info, sync_bn=False)  # DDP with several processes
         self.epoch, self.ran, self.picked, self.last, self.edges = 0, 0, 0, {}, []
@@ -84,23 +81,20 @@ class LinearEvaluation:
         if not self.grid:
             return None
         return {"heads": [list(h) for h in self.specs], "holdout_seed": self.cfg.grid.holdout_seed,
-                "holdout": hashlib.sha256(repr(self.split[1]).encode()).hexdigest()}
+                "holdout": hashlib.sha256(repr(self.data.split[1]).encode()).hexdigest()}
 
     def resume(self) -> None:
         """Continue from the folder's checkpoint; one of another kind, other weights or other heads is refused."""
         if not self.ckpt_path.is_file():
             return
         state = load_torch(self.ckpt_path)
-        if state.get("format") != FORMAT:
-            raise CheckpointError(f"{self.ckpt_path}: not a linear-evaluation checkpoint (format "
-                                  f"{state.get('format')!r}); use another --output")
-        if state.get("backbone_checksum") != self.backbone.checksum:
-            raise CheckpointError(f"{self.ckpt_path}: this output folder holds a linear evaluation of other weights "
-                                  f"(backbone checksum differs from {self.cfg.weights}); use a new --output")
-        if state.get("grid") != self.identity():
-            raise CheckpointError(f"{self.ckpt_path}: this output folder holds a linear evaluation with other heads "
-                                  "(grid.enabled, grid.base_lrs, grid.weight_decays or the held-out slice differ); "
-                                  "use a new --output")
+        for ok, what in ((state.get("format") == FORMAT, f"no linear evaluation (format {state.get('format')!r})"),
+                         (state.get("backbone_checksum") == self.backbone.checksum, "a linear evaluation of other "
+                          f"weights (backbone checksum differs from {self.cfg.weights})"),
+                         (state.get("grid") == self.identity(), "a linear evaluation with other heads (grid.enabled, "
+                          "grid.base_lrs, grid.weight_decays or the held-out slice differ)")):
+            if not ok:
+                raise CheckpointError(f"{self.ckpt_path}: this output folder holds {what}; use a new --output")
         head = state["head"]
         if set(head) == {"weight", "bias"}:  # the protocol's head saved as one nn.Linear
             head = {"weights.0": head["weight"], "biases.0": head["bias"]}
@@ -111,21 +105,20 @@ class LinearEvaluation:
         self.log.info("resumed from %s after epoch %d", self.ckpt_path, self.epoch)
 
     def _describe(self) -> None:
-        cfg, b, n, specs = self.cfg, self.batches, self.normalisation, self.specs
+        cfg, b, n, specs = self.cfg, self.batches, self.weights.normalisation, self.specs
         grid = (f"; {len(specs)} heads (base lrs {sorted({h[0] for h in specs})} x weight decays "
                 f"{sorted({h[1] for h in specs})}) picked on {b.holdout_images} training images held out (seed "
                 f"{cfg.grid.holdout_seed}), not on the validation split" if self.grid else "")
         self.log.info("linear evaluation of %s (%s, %d-d features) on %s: %d classes, %d train / %d held-out images, "
-                      "%s lr %.4g, global batch %d over %d processes, %d epochs%s%s", cfg.weights,
-                      self.source["pretrain"].get("arch"), self.backbone.dim, self.data.name, self.data.num_classes,
-                      b.train_images, len(self.data.val), cfg.optim.optimizer.upper(), self.lrs[0],
-                      cfg.train.batch_size, self.info.world_size, cfg.train.epochs,
-                      ", cached features" if cfg.train.cache_features else "", grid)
-        self.log.info("input normalisation: mean %s std %s (%s); backbone forward: %s", n["mean"], n["std"],
+                      "%s lr %.4g, global batch %d over %d processes, %d epochs%s%s; input mean %s std %s (%s); "
+                      "backbone forward: %s", cfg.weights, self.weights.source["pretrain"].get("arch"),
+                      self.backbone.dim, self.data.name, self.data.num_classes, b.train_images, len(self.data.val),
+                      cfg.optim.optimizer.upper(), self.lrs[0], self.t.batch_size, self.info.world_size,
+                      self.t.epochs, ", cached features" if self.t.cache_features else "", grid, n["mean"], n["std"],
                       ", ".join(f"{k} from {v}" for k, v in n["from"].items()), self.backbone.applied)
 
     def fit(self) -> None:
-        t = self.cfg.train
+        t = self.t
         for epoch in range(self.epoch, t.epochs):
             tr = self.train_epoch(epoch)
             evaluated = (epoch + 1) % max(t.eval_every, 1) == 0 or epoch + 1 == t.epochs
@@ -140,14 +133,14 @@ class LinearEvaluation:
 
     def train_epoch(self, epoch: int) -> dict:
         """One epoch: every head's step on the same features; per-head means over all processes."""
-        cfg, dev = self.cfg, self.info.device
+        t, dev = self.t, self.info.device
         for g, lr0 in zip(self.optimizer.param_groups, self.lrs):
-            g["lr"] = scheduled_lr(lr0, epoch, cfg.train.epochs, cfg.optim.schedule)
+            g["lr"] = scheduled_lr(lr0, epoch, t.epochs, self.cfg.optim.schedule)
         self.ddp.train()
         sums = torch.zeros(3, len(self.specs), dtype=torch.float64, device=dev)  # loss x images, correct, images
         t0, batches = time.time(), self.batches.epoch(epoch)
         for step, (x, y) in enumerate(batches):
-            if cfg.train.max_steps_per_epoch and step >= cfg.train.max_steps_per_epoch:
+            if t.max_steps_per_epoch and step >= t.max_steps_per_epoch:
                 break
             y = y.to(dev, non_blocking=True)
             logits = self.ddp(self.batches.to_features(x))
@@ -162,7 +155,7 @@ class LinearEvaluation:
             sums += torch.stack([losses.detach().double() * y.shape[0],
                                  (logits.detach().argmax(2) == y[:, None]).sum(0).double(),
                                  torch.full_like(sums[2], y.shape[0])])
-            if self.info.is_main and cfg.train.print_freq and (step + 1) % cfg.train.print_freq == 0:
+            if self.info.is_main and t.print_freq and (step + 1) % t.print_freq == 0:
                 self.log.info("epoch %d step %d/%d loss %.4f", epoch + 1, step + 1, len(batches), float(losses.min()))
         elapsed, sums = time.time() - t0, distributed.all_reduce_sum(sums)
         seen = max(float(sums[2, 0]), 1.0)
@@ -199,19 +192,21 @@ class LinearEvaluation:
             atomic_save({"format": FORMAT, "version": 1, "epoch": self.epoch, "head": self.heads.state_dict(),
                          "optimizer": self.optimizer.state_dict(), "best": self.best,
                          "backbone_checksum": self.backbone.checksum, "weights": self.cfg.weights,
-                         "config": self.config_dict, "grid": self.identity(), "picked": self.picked},
+                         "config": config_mod.to_dict(self.cfg), "grid": self.identity(), "picked": self.picked},
                         self.ckpt_path)
             val = f" val top-1 {record['top1']:.2f} top-5 {record['top5']:.2f}" if "top1" in record else ""
             pick = f" (head {self.picked} of {len(self.specs)}, picked on the held-out slice)" if self.grid else ""
             self.log.info("epoch %d/%d: loss %.4f train top-1 %.2f%s lr %.4g %.0f img/s%s", self.epoch,
-                          self.cfg.train.epochs, record["loss"], record["train_top1"], val, record["lr"],
+                          self.t.epochs, record["loss"], record["train_top1"], val, record["lr"],
                           record["images_per_s"], pick)
         distributed.barrier()
 
     def finish(self) -> dict:
         """Backbone check, a final evaluation when nothing ran, results.json when the schedule is complete."""
-        self.backbone.check_unchanged()
-        complete = self.epoch >= self.cfg.train.epochs
+        cfg = self.cfg
+        self.backbone.check_unchanged(lambda: eval_backbone(cfg.weights, cfg.model, self.t.seed)[0],
+                                      "linear evaluation")
+        complete = self.epoch >= self.t.epochs
         if not self.last:  # a finished run restarted: measure again
             self.evaluate(None)
         self.edges = grid_edges(self.specs, self.picked)

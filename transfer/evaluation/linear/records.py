@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
+from pretrain import config as config_mod
 from pretrain.protocol import linear_fingerprint
 from transfer.evaluation.trials import finite_or_none
 from transfer.reporting.tables import GRID_LABEL, grid_label
@@ -67,10 +68,10 @@ def protocol(ev: LinearEvaluation, presets) -> dict:
     cfg, data = ev.cfg, ev.data
     base_lr, wd = ev.specs[ev.picked]
     picked = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, base_lr=base_lr, weight_decay=wd))
-    out = linear_fingerprint(picked, dataset=data.name, arch=ev.source["pretrain"].get("arch"),
+    out = linear_fingerprint(picked, dataset=data.name, arch=ev.weights.source["pretrain"].get("arch"),
                              train_images=ev.batches.train_images, val_images=len(data.val),
                              classes=data.num_classes, presets=presets)
-    out["normalisation"] = ev.normalisation
+    out["normalisation"] = ev.weights.normalisation
     if ev.grid:
         out["selection"] = {"method": GRID_LABEL, "heads": len(ev.specs), "holdout_images": ev.batches.holdout_images,
                             "holdout_seed": cfg.grid.holdout_seed}
@@ -84,5 +85,6 @@ def results_fields(ev: LinearEvaluation, presets) -> dict:
              "num_classes": ev.data.num_classes, "applied": ev.backbone.applied,
              **({"grid": grid_section(ev)} if ev.grid else {}),
              "train_images": ev.batches.train_images, "protocol": protocol(ev, presets)}
-    return {"dataset": ev.data.name, "metrics": metrics(ev), "config": ev.config_dict, "source": ev.source,
+    return {"dataset": ev.data.name, "metrics": metrics(ev), "config": config_mod.to_dict(cfg),
+            "source": ev.weights.source,
             "epochs": ev.epoch, "batch_size": cfg.train.batch_size, "extra": extra}

@@ -3,6 +3,7 @@ loader workers, each batch through the backbone), the device (train.gpu_augment:
 device, pretrain.fastdata) and cached features (train.cache_features: both splits through the backbone once)."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import time
@@ -14,11 +15,11 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDatas
 
 from pretrain import fastdata
 from pretrain.augment import eval_transform, linear_train_transform
-from pretrain.data import DataError, RobustImageFolder, dataset_name, eval_loader, labelled_splits, resolve_roots
+from pretrain.data import DataError, RobustImageFolder, dataset_name, eval_loader
 from pretrain.logs import LOGGER_NAME
 from pretrain.monitor import extract_features
+from transfer.evaluation.frozen import FrozenBackbone, labelled_folders
 
-from .backbone import FrozenBackbone
 from .config import ConfigError, LinearConfig
 from .heads import holdout_split
 
@@ -28,22 +29,19 @@ class ImageData:
     indices of the training split (`split`; None for the protocol's one head)."""
 
     def __init__(self, cfg: LinearConfig):
-        d, self.cfg = cfg.data, cfg
-        self.train_dir, self.val_dir = resolve_roots(d)
-        if self.val_dir is None:
-            raise DataError(f"data.root: '{d.root}' has no held-out split (looked for '{d.val_split}', val, test "
-                            "next to the training folder): linear evaluation needs one")
-        self.name = dataset_name(d)
+        d, self.cfg, self.name = cfg.data, cfg, dataset_name(cfg.data)
         self.eval_tf = eval_transform(d.image_size, d.mean, d.std, crop_fraction=d.crop_fraction)
         train_tf = linear_train_transform(d.image_size, d.mean, d.std) if d.augment else self.eval_tf
-        self.train, self.val = labelled_splits(self.train_dir, self.val_dir, (train_tf, self.eval_tf), d.on_corrupt,
-                                               (d.limit_per_class, d.val_limit_per_class))
+        self.train_dir, self.val_dir, self.train, self.val = labelled_folders(
+            d, (train_tf, self.eval_tf), f"data.root={d.root}", "linear evaluation")
         self.num_classes = len(self.train.classes)
         self.split = holdout_split(len(self.train), cfg.grid) if cfg.grid.enabled else None
 
-    def train_folder(self, transform) -> RobustImageFolder:
-        """The training split with `transform` (None: file paths only)."""
-        return RobustImageFolder(self.train_dir, transform, self.cfg.data.on_corrupt, self.cfg.data.limit_per_class)
+    def held_out(self, transform) -> RobustImageFolder:
+        """The grid's held-out slice of the training split with `transform` (None: file paths only)."""
+        folder = copy.copy(self.train)
+        folder.transform, folder.samples = transform, [self.train.samples[i] for i in self.split[1]]
+        return folder
 
 
 @dataclass
@@ -95,7 +93,7 @@ def _image_source(data: ImageData, bb: FrozenBackbone, info) -> DataSource:
     train_set, holdout, split = data.train, None, data.split
     if split is not None:
         train_set = Subset(data.train, split[0])
-        holdout = _eval_loader(data, info, Subset(data.train_folder(data.eval_tf), split[1]))
+        holdout = _eval_loader(data, info, data.held_out(data.eval_tf))
     sampler, loader = _train_loader(data, info, train_set, data.cfg.data.workers, info.device.type == "cuda")
     return DataSource(loader, sampler, _eval_loader(data, info, data.val), holdout, bb.features, len(train_set))
 
@@ -124,20 +122,17 @@ def _device_source(data: ImageData, bb: FrozenBackbone, info) -> DataSource:
     d, t, cl, split = data.cfg.data, data.cfg.train, data.cfg.train.channels_last, data.split
     source = fastdata.build_gpu_batches(d, t.batch_size // info.world_size, info.rank, info.world_size, t.seed,
                                         info.device, task="linear", channels_last=cl)
-    val = fastdata.build_gpu_eval_batches(data.val_dir, d, info.device, limit_per_class=d.val_limit_per_class,
-                                          batch_size=t.eval_batch_size, crop_fraction=d.crop_fraction,
-                                          rank=info.rank, world_size=info.world_size, channels_last=cl)
+    memory = lambda folder: fastdata.DeviceEvalLoader(  # noqa: E731  (a folder's evaluation views in memory)
+        fastdata.load_eval_memory(folder, info.device, d.image_size, d.crop_fraction), d.mean, d.std,
+        t.eval_batch_size, info.rank, info.world_size, cl)
     holdout = None
     if split is not None:
         if source.num_images != len(data.train):
             raise DataError(f"{data.train_dir}: {source.num_images} of {len(data.train)} training images readable; "
                             "the grid's held-out slice needs them all (or train.gpu_augment=false)")
         source.subset(split[0])
-        folder = data.train_folder(None)
-        folder.samples = [folder.samples[i] for i in split[1]]
-        held = fastdata.load_eval_memory(folder, info.device, d.image_size, d.crop_fraction)
-        holdout = fastdata.DeviceEvalLoader(held, d.mean, d.std, t.eval_batch_size, info.rank, info.world_size, cl)
-    return DataSource(_OneView(source), source, val, holdout, bb.features, source.num_images)
+        holdout = memory(data.held_out(None))
+    return DataSource(_OneView(source), source, memory(data.val), holdout, bb.features, source.num_images)
 
 
 @dataclass
