@@ -107,7 +107,7 @@ class LinearEvaluation:
     def _describe(self) -> None:
         cfg, b, n, specs = self.cfg, self.batches, self.weights.normalisation, self.specs
         grid = (f"; {len(specs)} heads (base lrs {sorted({h[0] for h in specs})} x weight decays "
-                f"{sorted({h[1] for h in specs})}) picked on {b.holdout_images} training images held out (seed "
+                f"{sorted({h[1] for h in specs})}) picked on {self.data.holdout_images} training images held out (seed "
                 f"{cfg.grid.holdout_seed}), not on the validation split" if self.grid else "")
         self.log.info("linear evaluation of %s (%s, %d-d features) on %s: %d classes, %d train / %d held-out images, "
                       "%s lr %.4g, global batch %d over %d processes, %d epochs%s%s; input mean %s std %s (%s); "
@@ -179,7 +179,7 @@ class LinearEvaluation:
 
     def evaluate(self, epoch: int | None) -> None:
         """Every split, the pick (on the held-out slice) and the best validation top-1 over epochs."""
-        self.last = {name: self._evaluate_split(loader) for name, loader in self.batches.splits().items()}
+        self.last = {name: self._evaluate_split(loader) for name, loader in self.batches.splits.items()}
         self.picked = pick_head(self.last.get("holdout"), self.heads.finite())
         top1 = self.last["val"]["top1"][self.picked]
         if epoch is not None and (self.best["top1"] is None or top1 > self.best["top1"]):

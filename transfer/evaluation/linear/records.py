@@ -56,9 +56,9 @@ def grid_section(ev: LinearEvaluation) -> dict:
                "top5": val["top5"][i]} if ok else dict.fromkeys(("holdout_top1", "holdout_top5", "top1", "top5"))
         rows.append({"base_lr": base_lr, "lr": lr, "weight_decay": wd, **acc, "diverged": not ok})
     return {"heads": rows, "picked": ev.picked, "selected_by": "held-out top-1 after the last epoch",
-            "holdout": {"images": src.holdout_images, "fraction": g.holdout_fraction,
+            "holdout": {"images": ev.data.holdout_images, "fraction": g.holdout_fraction,
                         "max_images": g.holdout_max_images, "seed": g.holdout_seed},
-            "train_images": src.train_images, "label": grid_label(src.holdout_images, g.holdout_seed),
+            "train_images": src.train_images, "label": grid_label(ev.data.holdout_images, g.holdout_seed),
             "at_edge": ev.edges}
 
 
@@ -73,7 +73,7 @@ def protocol(ev: LinearEvaluation, presets) -> dict:
                              classes=data.num_classes, presets=presets)
     out["normalisation"] = ev.weights.normalisation
     if ev.grid:
-        out["selection"] = {"method": GRID_LABEL, "heads": len(ev.specs), "holdout_images": ev.batches.holdout_images,
+        out["selection"] = {"method": GRID_LABEL, "heads": len(ev.specs), "holdout_images": ev.data.holdout_images,
                             "holdout_seed": cfg.grid.holdout_seed}
     return out
 

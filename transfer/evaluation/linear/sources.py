@@ -4,7 +4,6 @@ device, pretrain.fastdata) and cached features (train.cache_features: both split
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ class ImageData:
             d, (train_tf, self.eval_tf), f"data.root={d.root}", "linear evaluation")
         self.num_classes = len(self.train.classes)
         self.split = holdout_split(len(self.train), cfg.grid) if cfg.grid.enabled else None
+        self.holdout_images = len(self.split[1]) if self.split else 0
 
     def held_out(self, transform) -> RobustImageFolder:
         """The grid's held-out slice of the training split with `transform` (None: file paths only)."""
@@ -46,22 +46,17 @@ class ImageData:
 
 @dataclass
 class DataSource:
-    """Training batches (x, labels) and the object to set_epoch on, the validation batches, the held-out slice's
-    (None without a grid), how a batch becomes features, and the split sizes."""
+    """Training batches (x, labels) and the object to set_epoch on, the batches of each split the heads are
+    evaluated on ("val", and with a grid "holdout"), how a batch becomes features, and the training images."""
     train: Any
     sampler: Any
-    val: Any
-    holdout: Any
+    splits: dict
     to_features: Callable
     train_images: int
-    holdout_images: int = 0
 
     def epoch(self, epoch: int):
         self.sampler.set_epoch(epoch)
         return self.train
-
-    def splits(self) -> dict:
-        return {"val": self.val, **({"holdout": self.holdout} if self.holdout is not None else {})}
 
 
 def build_source(data: ImageData, bb: FrozenBackbone, info) -> DataSource:
@@ -70,7 +65,7 @@ def build_source(data: ImageData, bb: FrozenBackbone, info) -> DataSource:
     if t.batch_size % info.world_size:
         raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by the {info.world_size} processes")
     build = _feature_source if t.cache_features else _device_source if t.gpu_augment else _image_source
-    return dataclasses.replace(build(data, bb, info), holdout_images=len(data.split[1]) if data.split else 0)
+    return build(data, bb, info)
 
 
 def _eval_loader(data: ImageData, info, dataset, workers: int | None = None) -> DataLoader:
@@ -90,12 +85,12 @@ def _train_loader(data: ImageData, info, train_set, workers: int, pin: bool):
 
 
 def _image_source(data: ImageData, bb: FrozenBackbone, info) -> DataSource:
-    train_set, holdout, split = data.train, None, data.split
-    if split is not None:
-        train_set = Subset(data.train, split[0])
-        holdout = _eval_loader(data, info, data.held_out(data.eval_tf))
+    train_set, splits = data.train, {"val": _eval_loader(data, info, data.val)}
+    if data.split is not None:
+        train_set = Subset(data.train, data.split[0])
+        splits["holdout"] = _eval_loader(data, info, data.held_out(data.eval_tf))
     sampler, loader = _train_loader(data, info, train_set, data.cfg.data.workers, info.device.type == "cuda")
-    return DataSource(loader, sampler, _eval_loader(data, info, data.val), holdout, bb.features, len(train_set))
+    return DataSource(loader, sampler, splits, bb.features, len(train_set))
 
 
 def _feature_source(data: ImageData, bb: FrozenBackbone, info) -> DataSource:
@@ -108,14 +103,13 @@ def _feature_source(data: ImageData, bb: FrozenBackbone, info) -> DataSource:
     (ftr, ytr), (fva, yva) = cached
     logging.getLogger(LOGGER_NAME).info("cached features: %d train, %d held-out (%d-d) in %.1f s", len(ftr),
                                         len(fva), bb.dim, time.time() - t0)
-    holdout = None
+    splits = {"val": _eval_loader(data, info, TensorDataset(fva, yva), workers=0)}
     if data.split is not None:
         keep, hold = torch.tensor(data.split[0]), torch.tensor(data.split[1])
-        holdout = _eval_loader(data, info, TensorDataset(ftr[hold], ytr[hold]), workers=0)
+        splits["holdout"] = _eval_loader(data, info, TensorDataset(ftr[hold], ytr[hold]), workers=0)
         ftr, ytr = ftr[keep], ytr[keep]
     sampler, loader = _train_loader(data, info, TensorDataset(ftr, ytr), workers=0, pin=False)
-    return DataSource(loader, sampler, _eval_loader(data, info, TensorDataset(fva, yva), workers=0), holdout,
-                      lambda x: x.to(info.device), len(ftr))
+    return DataSource(loader, sampler, splits, lambda x: x.to(info.device), len(ftr))
 
 
 def _device_source(data: ImageData, bb: FrozenBackbone, info) -> DataSource:
@@ -125,14 +119,14 @@ def _device_source(data: ImageData, bb: FrozenBackbone, info) -> DataSource:
     memory = lambda folder: fastdata.DeviceEvalLoader(  # noqa: E731  (a folder's evaluation views in memory)
         fastdata.load_eval_memory(folder, info.device, d.image_size, d.crop_fraction), d.mean, d.std,
         t.eval_batch_size, info.rank, info.world_size, cl)
-    holdout = None
+    splits = {"val": memory(data.val)}
     if split is not None:
         if source.num_images != len(data.train):
             raise DataError(f"{data.train_dir}: {source.num_images} of {len(data.train)} training images readable; "
                             "the grid's held-out slice needs them all (or train.gpu_augment=false)")
         source.subset(split[0])
-        holdout = memory(data.held_out(None))
-    return DataSource(_OneView(source), source, memory(data.val), holdout, bb.features, source.num_images)
+        splits["holdout"] = memory(data.held_out(None))
+    return DataSource(_OneView(source), source, splits, bb.features, source.num_images)
 
 
 @dataclass
