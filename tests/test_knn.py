@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pretrain.augment import eval_transform
-from pretrain.data import DataError, RobustImageFolder
+from pretrain.data import RobustImageFolder
 from pretrain.model import SimSiam, build_backbone
 from transfer.evaluation import knn
 from transfer.reporting.results import read_results, sha256_file

@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 
-from pretrain import logs
 from pretrain.logs import MetricsWriter, read_metrics
 
 

@@ -12,7 +12,7 @@ from pretrain import config, distributed, methods
 from pretrain.config import ConfigError
 from pretrain.defaults import PretrainConfig
 from pretrain.main import main
-from pretrain.methods.moco import KeyQueue, MoCoObjective, moco_loss, shuffle_permutation, shuffled_keys
+from pretrain.methods.moco import KeyQueue, moco_loss, shuffle_permutation, shuffled_keys
 from pretrain.protocol import recipe_of
 from pretrain import train as train_mod
 from pretrain.train import run

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -183,7 +182,7 @@ def test_readme_pipeline_is_consistent(tmp_path, imagenet, d2_root, monkeypatch,
     lines = {ln.split(":", 1)[0].split()[-1]: ln for ln in capsys.readouterr().out.splitlines() if ": simsiam " in ln}
     assert f"--data {imagenet} " in lines["knn"]
     assert lines["linear"].endswith(f"data.root={imagenet}")
-    assert f"--config voc07 " in lines["detect"] and f"--data-root {d2_root}" in lines["detect"]
+    assert "--config voc07 " in lines["detect"] and f"--data-root {d2_root}" in lines["detect"]
     assert "--trials 5" in lines["detect"]
 
 

@@ -15,10 +15,9 @@ from pretrain.config import ConfigError
 from pretrain.defaults import PretrainConfig
 from pretrain.methods import swav
 from pretrain.optim import build_optimizer
-from pretrain.train import (STOP_FILE, NonFiniteLossError, optimizer_step, run, seed_everything,
-                            step_loss)
+from pretrain.train import STOP_FILE, optimizer_step, run, seed_everything, step_loss
 from test_distributed import run_ranks
-from test_embedded import LEARN_OVERRIDES, knn_before_and_after
+from test_embedded import knn_before_and_after
 from test_train import MID, _stop_resume_equal, _weights
 
 # A small SwAV on the test_tiny ResNet-18: 32 prototypes of 64-d projections, SGD (the suite's tests never use

@@ -50,7 +50,7 @@ from torch import nn
 from pretrain.config import ConfigError
 from pretrain.frame import guard
 from pretrain.checkpoint import (UnsafeFileError, atomic_save, atomic_write, load_pickle, load_torch,
-                                 state_mismatches, strip_prefix)
+                                 state_mismatches)
 from pretrain.model import ARCHS, build_backbone
 from pretrain.protocol import paper_recipe
 from transfer.evaluation.layouts import (BRANCHES, SUITE_FORMAT, ConvertError, Layout, describe,  # noqa: F401
