@@ -56,17 +56,23 @@ def _test_resize(d) -> int:
 
 
 def linear_fingerprint(cfg, *, dataset: str, arch: str | None, train_images: int, val_images: int,
-                       classes: int, presets: Sequence[str] = ()) -> dict[str, Any]:
-    """results.json "protocol" of a linear evaluation (cfg: transfer.evaluation.linear.LinearConfig)."""
+                       classes: int, presets: Sequence[str] = (), head: tuple[float, float] | None = None,
+                       normalisation: dict | None = None, selection: dict | None = None) -> dict[str, Any]:
+    """results.json "protocol" of a linear evaluation (cfg: transfer.evaluation.linear.LinearConfig). `head`: the
+    (base lr, weight decay) of the head reported (a grid's pick; default optim's); `normalisation`: the input
+    normalisation used; `selection`: how a grid picked its head."""
     d, o, t = cfg.data, cfg.optim, cfg.train
-    return {"stage": "linear", "dataset": dataset, "arch": arch, "train_images": train_images,
-            "val_images": val_images, "classes": classes, "epochs": t.epochs,
-            "max_steps_per_epoch": t.max_steps_per_epoch, "batch": t.batch_size, "optimizer": o.optimizer,
-            "lr": scaled_lr(o.base_lr, t.batch_size), "base_lr": o.base_lr, "weight_decay": o.weight_decay,
-            "momentum": o.momentum, "schedule": o.schedule, "lars_trust": o.trust_coefficient,
-            "train_augment": "RandomResizedCrop+flip" if d.augment else "none (test transform)",
-            "train_crop": d.image_size, "test_resize": _test_resize(d), "test_crop": d.image_size,
-            "preset": "+".join(map(str, presets)) or None}
+    base_lr, wd = head or (o.base_lr, o.weight_decay)
+    out = {"stage": "linear", "dataset": dataset, "arch": arch, "train_images": train_images,
+           "val_images": val_images, "classes": classes, "epochs": t.epochs,
+           "max_steps_per_epoch": t.max_steps_per_epoch, "batch": t.batch_size, "optimizer": o.optimizer,
+           "lr": scaled_lr(base_lr, t.batch_size), "base_lr": base_lr, "weight_decay": wd,
+           "momentum": o.momentum, "schedule": o.schedule, "lars_trust": o.trust_coefficient,
+           "train_augment": "RandomResizedCrop+flip" if d.augment else "none (test transform)",
+           "train_crop": d.image_size, "test_resize": _test_resize(d), "test_crop": d.image_size,
+           "preset": "+".join(map(str, presets)) or None}
+    extra = {"normalisation": normalisation, "selection": selection}
+    return {**out, **{k: v for k, v in extra.items() if v is not None}}
 
 
 def knn_fingerprint(cfg, *, dataset: str, arch: str | None, bank_images: int, test_images: int,

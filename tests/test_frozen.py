@@ -12,7 +12,7 @@ from pretrain.augment import IMAGENET_MEAN, IMAGENET_STD
 from pretrain.data import DataError
 from pretrain.model import SimSiam, build_backbone
 from transfer.evaluation.convert import EvalModelConfig
-from transfer.evaluation.frozen import (BackboneChangedError, FrozenBackbone, labelled_folders, load_weights,
+from transfer.evaluation.frozen import (BackboneChangedError, FrozenBackbone, Weights, labelled_folders,
                                         state_checksum)
 from transfer.evaluation.knn import KnnDataConfig
 from transfer.evaluation.linear import LinearDataConfig
@@ -34,23 +34,23 @@ def checkpoint(tmp_path_factory):
 
 
 def test_data_settings_come_from_the_checkpoint_unless_given(checkpoint):
-    w = load_weights(str(checkpoint), EvalModelConfig(), 0, KnnDataConfig())
+    w = Weights.load(str(checkpoint), EvalModelConfig(), 0, KnnDataConfig())
     assert (w.data.image_size, w.data.mean, w.data.std, w.data.crop_fraction) == (32, MEAN, STD, 1.0)
     assert w.normalisation == {"mean": list(MEAN), "std": list(STD), "from": {"mean": "checkpoint", "std": "checkpoint"}}
-    given = load_weights(str(checkpoint), EvalModelConfig(), 0, KnnDataConfig(mean=(0.0, 0.0, 0.0), image_size=64))
+    given = Weights.load(str(checkpoint), EvalModelConfig(), 0, KnnDataConfig(mean=(0.0, 0.0, 0.0), image_size=64))
     assert given.data.mean == (0.0, 0.0, 0.0) and given.data.std == STD and given.data.image_size == 64
     assert given.normalisation["from"] == {"mean": "data.mean", "std": "checkpoint"}
     assert w.source["pretrain"]["arch"] == "resnet18_cifar" and isinstance(w.net.fc, nn.Identity)
 
 
 def test_random_weights_read_imagenet_settings():
-    w = load_weights("random", EvalModelConfig(arch="resnet18"), 3, LinearDataConfig(root="embedded"))
+    w = Weights.load("random", EvalModelConfig(arch="resnet18"), 3, LinearDataConfig(root="embedded"))
     assert (w.data.image_size, w.data.crop_fraction) == (224, 0.875)  # linear's default size, the 224 px crop
     assert w.normalisation == {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
                                "from": {"mean": "ImageNet", "std": "ImageNet"}}
-    again = load_weights("random", EvalModelConfig(arch="resnet18"), 3, LinearDataConfig(root="embedded"))
+    again = Weights.load("random", EvalModelConfig(arch="resnet18"), 3, LinearDataConfig(root="embedded"))
     assert state_checksum(w.net) == state_checksum(again.net)  # the seed fixes the random network
-    other = load_weights("random", EvalModelConfig(arch="resnet18"), 4, LinearDataConfig(root="embedded"))
+    other = Weights.load("random", EvalModelConfig(arch="resnet18"), 4, LinearDataConfig(root="embedded"))
     assert state_checksum(other.net) != state_checksum(w.net)
 
 

@@ -30,19 +30,19 @@ class Weights:
     data: Any
     normalisation: dict
 
-
-def load_weights(weights: str, model, seed: int, data) -> Weights:
-    """`weights` (a checkpoint or "random", torch seed `seed`) as `model` says, and `data` resolved for them."""
-    net, source, info = eval_backbone(weights, model, seed)
-    stored = info.get("pretrain_data") or {}
-    size = data.image_size or int(stored.get("image_size") or 224)
-    mean = tuple(data.mean) or tuple(stored.get("mean") or IMAGENET_MEAN)
-    std = tuple(data.std) or tuple(stored.get("std") or IMAGENET_STD)
-    resolved = dataclasses.replace(data, image_size=size, mean=mean, std=std,
-                                   crop_fraction=data.crop_fraction or eval_crop_fraction(size))
-    origin = {k: f"data.{k}" if getattr(data, k) else "checkpoint" if stored.get(k) else "ImageNet"
-              for k in ("mean", "std")}
-    return Weights(net, source, resolved, {"mean": list(mean), "std": list(std), "from": origin})
+    @classmethod
+    def load(cls, weights: str, model, seed: int, data) -> "Weights":
+        """`weights` (a checkpoint or "random", torch seed `seed`) as `model` says, and `data` resolved for them."""
+        net, source, info = eval_backbone(weights, model, seed)
+        stored = info.get("pretrain_data") or {}
+        size = data.image_size or int(stored.get("image_size") or 224)
+        mean = tuple(data.mean) or tuple(stored.get("mean") or IMAGENET_MEAN)
+        std = tuple(data.std) or tuple(stored.get("std") or IMAGENET_STD)
+        resolved = dataclasses.replace(data, image_size=size, mean=mean, std=std,
+                                       crop_fraction=data.crop_fraction or eval_crop_fraction(size))
+        origin = {k: f"data.{k}" if getattr(data, k) else "checkpoint" if stored.get(k) else "ImageNet"
+                  for k in ("mean", "std")}
+        return cls(net, source, resolved, {"mean": list(mean), "std": list(std), "from": origin})
 
 
 def labelled_folders(d, transforms: tuple, key: str, stage: str):

@@ -34,7 +34,7 @@ from pretrain.frame import StageRun, guard
 from pretrain.monitor import extract_features, knn_accuracy
 from pretrain.protocol import knn_fingerprint
 from transfer.evaluation.convert import EvalModelConfig
-from transfer.evaluation.frozen import FrozenBackbone, labelled_folders, load_weights
+from transfer.evaluation.frozen import FrozenBackbone, Weights, labelled_folders
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class KnnConfig:
 
 def run(cfg: KnnConfig, output_dir: str | Path) -> dict:
     """Evaluate cfg.weights by kNN into output_dir (results.json); returns {"output_dir", "metrics"}."""
-    w = load_weights(cfg.weights, cfg.model, cfg.seed, cfg.data)  # bad weights: refused before anything is written
+    w = Weights.load(cfg.weights, cfg.model, cfg.seed, cfg.data)  # bad weights: refused before anything is written
     cfg = dataclasses.replace(cfg, data=w.data)
     d = cfg.data
     tf = eval_transform(d.image_size, d.mean, d.std, crop_fraction=d.crop_fraction)

@@ -17,7 +17,7 @@ from pretrain.frame import StageRun
 from pretrain.optim import scheduled_lr
 from pretrain.train import NonFiniteLossError
 from transfer.evaluation.convert import eval_backbone
-from transfer.evaluation.frozen import FrozenBackbone, Weights, load_weights
+from transfer.evaluation.frozen import FrozenBackbone, Weights
 
 from . import records
 from .config import LinearConfig, check_config, require_root
@@ -38,7 +38,7 @@ class Inputs:
 def prepare(cfg: LinearConfig) -> Inputs:
     """Check the config, load the weights (train.seed: the same random backbone on every rank), resolve the data."""
     check_config(cfg)
-    weights = load_weights(cfg.weights, cfg.model, cfg.train.seed, cfg.data)
+    weights = Weights.load(cfg.weights, cfg.model, cfg.train.seed, cfg.data)
     require_root(cfg)
     cfg = dataclasses.replace(cfg, data=weights.data)
     return Inputs(cfg, weights, ImageData(cfg))

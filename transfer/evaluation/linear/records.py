@@ -1,7 +1,6 @@
 """What a run writes: the metrics line of an epoch, results.json's metrics, protocol and grid sections."""
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING
 
 from pretrain import config as config_mod
@@ -63,19 +62,15 @@ def grid_section(ev: LinearEvaluation) -> dict:
 
 
 def protocol(ev: LinearEvaluation, presets) -> dict:
-    """results.json "protocol": the fingerprint of the head reported (in grid mode the picked head's lr and
-    weight decay, and how it was picked) and the input normalisation used."""
-    cfg, data = ev.cfg, ev.data
-    base_lr, wd = ev.specs[ev.picked]
-    picked = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, base_lr=base_lr, weight_decay=wd))
-    out = linear_fingerprint(picked, dataset=data.name, arch=ev.weights.source["pretrain"].get("arch"),
-                             train_images=ev.batches.train_images, val_images=len(data.val),
-                             classes=data.num_classes, presets=presets)
-    out["normalisation"] = ev.weights.normalisation
-    if ev.grid:
-        out["selection"] = {"method": GRID_LABEL, "heads": len(ev.specs), "holdout_images": ev.data.holdout_images,
-                            "holdout_seed": cfg.grid.holdout_seed}
-    return out
+    """results.json "protocol": the fingerprint of the head reported (in grid mode the picked head, and how it
+    was picked) with the input normalisation used."""
+    data, g = ev.data, ev.cfg.grid
+    selection = {"method": GRID_LABEL, "heads": len(ev.specs), "holdout_images": data.holdout_images,
+                 "holdout_seed": g.holdout_seed} if ev.grid else None
+    return linear_fingerprint(ev.cfg, dataset=data.name, arch=ev.weights.source["pretrain"].get("arch"),
+                              train_images=ev.batches.train_images, val_images=len(data.val),
+                              classes=data.num_classes, presets=presets, head=ev.specs[ev.picked],
+                              normalisation=ev.weights.normalisation, selection=selection)
 
 
 def results_fields(ev: LinearEvaluation, presets) -> dict:
