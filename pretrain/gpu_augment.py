@@ -317,8 +317,8 @@ class GPUMoCoV2Augment:
         r = self.recipe
         jitter = rand(n) < r.p_jitter
         u = rand(n, 4)
-        lo = torch.tensor([r[0] for r in self.jitter_ranges], device=dev)
-        hi = torch.tensor([r[1] for r in self.jitter_ranges], device=dev)
+        lo = torch.tensor([low for low, _ in self.jitter_ranges], device=dev)
+        hi = torch.tensor([high for _, high in self.jitter_ranges], device=dev)
         factors = lo + (hi - lo) * u
         order = torch.argsort(rand(n, 4), dim=1)
         gray = rand(n) < r.p_gray

@@ -53,7 +53,7 @@ def labelled_folders(d, transforms: tuple, key: str, stage: str):
         raise DataError(f"{key}: no held-out split next to {train_dir} (looked for '{d.val_split}', val, test): "
                         f"{stage} needs one")
     train, val = labelled_splits(train_dir, val_dir, transforms, d.on_corrupt,
-                                 (d.limit_per_class, getattr(d, "val_limit_per_class", 0)))
+                                 (d.limit_per_class, d.val_limit_per_class))
     return train_dir, val_dir, train, val
 
 
